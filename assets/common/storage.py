@@ -1,0 +1,117 @@
+"""Atomic, content-addressed file I/O shared by every stage (no Dagster here).
+
+Every artifact is written to a temporary file beside its destination and renamed into place, so a crash
+never leaves a half-written file where a reader would find it, and an existing file is only replaced by a
+complete one. A data version is the SHA-256 of the bytes written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_dir(path: str | os.PathLike, pattern: str = "*") -> str:
+    """Hash of every file under ``path`` matching ``pattern``: names and bytes, in sorted order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob(pattern) if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    """A temp file beside ``path`` (same filesystem, so the rename is atomic) with normal file permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _umask_mode())
+    return fd, tmp
+
+
+def _replace(tmp: str, path: Path) -> None:
+    os.replace(tmp, path)
+    # Make the rename durable before anyone is told the file exists.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> str:
+    """Write ``df`` to ``path`` via temp file + rename; return the SHA-256 of the written bytes.
+
+    Statistics and compression are fixed so the same frame always gives the same bytes.
+    """
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        df.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        content_hash = sha256_file(tmp)
+        _replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return content_hash
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> str:
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
+    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def read_parquet(path: str | os.PathLike) -> pl.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such Parquet file. Materialize the upstream asset first "
+            "(or check the storage root in the `storage` resource)."
+        )
+    return pl.read_parquet(path)

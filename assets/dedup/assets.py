@@ -1,0 +1,135 @@
+"""`deduplicated_conversations` (MinHash LSH) and `decontaminated_conversations` (eval-set overlap removed),
+with a blocking check that re-verifies the decontaminated table independently before training may use it."""
+
+
+from typing import Literal
+
+import dagster as dg
+
+from assets.common.report import markdown_table
+from assets.dedup.decontam import DEFAULT_MINHASH, DecontamConfig, decontaminate
+from assets.dedup.minhash import MinHashConfig, deduplicate
+from assets.dedup.verify import find_leaks
+from pipelines.resources import DataStorage
+
+
+class DedupSettings(dg.Config):
+    unit: Literal["word", "char"] = "word"
+    ngram: int = 5
+    """Shingle size: words (default 5) or characters."""
+    num_perm: int = 128
+    threshold: float = 0.8
+    """Estimated Jaccard at or above which two conversations are near-duplicates (LSH bands/rows follow)."""
+    seed: int = 1
+
+    def to_core(self) -> MinHashConfig:
+        return MinHashConfig(unit=self.unit, ngram=self.ngram, num_perm=self.num_perm, threshold=self.threshold,
+                             seed=self.seed)
+
+
+class DecontamSettings(dg.Config):
+    ngram: int = 13
+    """Word n-gram length of the overlap detector (normalized text)."""
+    min_words: int = 4
+    """Eval texts shorter than `ngram` words are matched whole, down to this many words."""
+    similarity_threshold: float = DEFAULT_MINHASH.threshold
+    """MinHash similarity (word 3-grams) at or above which a message matches an eval item; 0 disables it."""
+
+    def to_core(self) -> DecontamConfig:
+        minhash = None
+        if self.similarity_threshold > 0:
+            minhash = MinHashConfig(**{**DEFAULT_MINHASH.to_json(), "threshold": self.similarity_threshold,
+                                       "weights": DEFAULT_MINHASH.weights})
+        return DecontamConfig(ngram=self.ngram, min_words=self.min_words, minhash=minhash)
+
+
+@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=["magpie_conversations"])
+def deduplicated_conversations(
+    context: dg.AssetExecutionContext, config: DedupSettings, storage: DataStorage
+) -> dg.MaterializeResult:
+    """Generated conversations with near-duplicates removed (MinHash LSH over user+assistant text). The first row
+    of each cluster by (shard, row_index) is kept; removed rows go to `rejected.parquet` with their cluster and the
+    id of the row they duplicate. The LSH index is saved beside the table."""
+    df = storage.read_table("magpie_conversations")
+    core = config.to_core()
+    result = deduplicate(df, core)
+    stored = storage.write_table("deduplicated_conversations", result.kept)
+    rejected = storage.write_table("deduplicated_conversations", result.removed, name="rejected")
+    index_hash = result.index.save(storage.asset_dir("deduplicated_conversations") / "lsh_index.npz")
+    bands, rows = core.params
+    report = {"config": core.to_json(), "bands": bands, "rows": rows, "stats": result.stats,
+              "rows_in": df.height, "rows_removed": result.removed.height, "index_hash": index_hash}
+    storage.write_json("deduplicated_conversations", "report", report)
+    context.log.info(f"kept {result.kept.height} of {df.height} ({result.removed.height} near-duplicates)")
+    examples = result.removed.head(5).select("conversation_id", "duplicate_of", "similarity")
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "rows_in": df.height,
+            "rows_removed": result.removed.height,
+            "rejected_path": dg.MetadataValue.path(str(rejected.path)),
+            "parameters": dg.MetadataValue.json({**core.to_json(), "bands": bands, "rows": rows}),
+            "removed_examples": dg.MetadataValue.md(markdown_table(examples)),
+        },
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+
+
+@dg.asset(
+    group_name="dedup",
+    kinds={"polars", "parquet"},
+    deps=["deduplicated_conversations", "eval_sets"],
+)
+def decontaminated_conversations(
+    context: dg.AssetExecutionContext, config: DecontamSettings, storage: DataStorage
+) -> dg.MaterializeResult:
+    """Deduplicated conversations minus every row whose prompt or response overlaps an eval set: a normalized word
+    n-gram (13) in common, a whole short eval item contained, or MinHash similarity to an eval item. Removed rows go
+    to `rejected.parquet` with the matched benchmark, item and n-gram; the report is per benchmark."""
+    df = storage.read_table("deduplicated_conversations")
+    eval_df = storage.read_table("eval_sets")
+    core = config.to_core()
+    kept, rejected_df, report = decontaminate(df, eval_df, core)
+    stored = storage.write_table("decontaminated_conversations", kept)
+    rejected = storage.write_table("decontaminated_conversations", rejected_df, name="rejected")
+    storage.write_json("decontaminated_conversations", "report", report)
+    per_benchmark = [
+        {"benchmark": name, "rows_removed": b["rows_removed"], "ngram_matches": b["matches"]["ngram"],
+         "minhash_matches": b["matches"]["minhash"], "matched_items": ", ".join(b["matched_item_ids"][:5]),
+         "example_ngram": b["example_ngram"] or ""}
+        for name, b in sorted(report["benchmarks"].items())
+    ]
+    context.log.info(f"kept {kept.height} of {df.height}; {rejected_df.height} contaminated rows removed")
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "rows_in": df.height,
+            "rows_removed": rejected_df.height,
+            "rejected_path": dg.MetadataValue.path(str(rejected.path)),
+            "per_benchmark": dg.MetadataValue.md(markdown_table(per_benchmark)),
+            "parameters": dg.MetadataValue.json(core.to_json()),
+        },
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+
+
+@dg.asset_check(asset=decontaminated_conversations, blocking=True,
+                description="Re-reads the decontaminated table and the eval sets and re-checks them with an "
+                "independent implementation: no normalized 13-gram (or whole short eval item) in common.")
+def no_eval_overlap(storage: DataStorage) -> dg.AssetCheckResult:
+    df = storage.read_table("decontaminated_conversations")
+    eval_df = storage.read_table("eval_sets")
+    report = storage.read_json("decontaminated_conversations", "report")
+    n = report.get("config", {}).get("ngram", 13)
+    leaks = find_leaks(df, eval_df, n=n)
+    return dg.AssetCheckResult(
+        passed=not leaks,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rows_checked": df.height,
+            "eval_texts": eval_df.height,
+            "leaks_found": len(leaks),
+            "leaks": dg.MetadataValue.md(markdown_table([leak.__dict__ for leak in leaks]) if leaks else "none"),
+        },
+    )
+

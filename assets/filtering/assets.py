@@ -1,0 +1,70 @@
+"""`filtered_conversations`: quality filters (empty, truncated, template leak, length, repetition)."""
+
+
+import dagster as dg
+
+from assets.base_model.assets import MANIFEST
+from assets.common.report import markdown_table
+from assets.filtering.core import FilterConfig, apply_filters
+from pipelines.resources import DataStorage
+from training.chat_template import special_token_strings
+
+
+class FilterSettings(dg.Config):
+    min_instruction_chars: int = 8
+    max_instruction_chars: int | None = 4000
+    min_response_chars: int = 16
+    max_response_chars: int | None = 8000
+    require_stop: bool = True
+    """Reject a conversation when any generated message hit the token limit instead of ending its turn."""
+    repetition_ngram: int = 3
+    max_duplicate_ngram_char_fraction: float | None = 0.3
+    max_duplicate_line_fraction: float | None = 0.3
+    extra_special_tokens: list[str] = []
+    """Strings that must not appear in any message, besides the base model's special tokens."""
+
+    def to_core(self, special_tokens: list[str]) -> FilterConfig:
+        fields = self.model_dump()
+        fields.pop("extra_special_tokens")
+        return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})))
+
+
+@dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=["decontaminated_conversations", "base_model"])
+def filtered_conversations(
+    context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
+) -> dg.MaterializeResult:
+    """Conversations that pass the quality rules, in order: empty, truncated (no end-of-turn), template-token leak,
+    length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
+    from transformers import AutoTokenizer
+
+    model = storage.read_json("base_model", MANIFEST)
+    special = special_token_strings(AutoTokenizer.from_pretrained(model["path"]))
+    core = config.to_core(special)
+    df = storage.read_table("decontaminated_conversations")
+    result = apply_filters(df, core)
+    stored = storage.write_table("filtered_conversations", result.kept)
+    rejected = storage.write_table("filtered_conversations", result.rejected, name="rejected")
+    reasons = result.rejected.group_by("reason").len().sort("reason")
+    report = {
+        "thresholds": {k: v for k, v in core.__dict__.items()},
+        "funnel": result.funnel,
+        "rejected_by_reason": dict(reasons.iter_rows()),
+    }
+    storage.write_json("filtered_conversations", "report", report)
+    context.log.info(f"kept {result.kept.height} of {df.height}; rejected {dict(reasons.iter_rows())}")
+    examples = result.rejected.group_by("reason", maintain_order=True).first().select("reason", "detail")
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "rows_in": df.height,
+            "rows_rejected": result.rejected.height,
+            "rejected_path": dg.MetadataValue.path(str(rejected.path)),
+            "rejected_by_reason": dg.MetadataValue.json(report["rejected_by_reason"]),
+            "funnel": dg.MetadataValue.md(markdown_table(result.funnel)),
+            "rejection_examples": dg.MetadataValue.md(markdown_table(examples)),
+            "thresholds": dg.MetadataValue.json({k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in report["thresholds"].items()}),
+        },
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+

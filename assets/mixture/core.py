@@ -1,0 +1,408 @@
+"""Task tagging, train/validation split and task-mixture sampling (no Dagster here).
+
+``build_mixture`` turns the filtered conversation pool into the SFT mixture in three steps:
+
+1. **Task tag.** Every row gets a ``task`` from ``classify_task``: a transparent keyword/regex HEURISTIC over
+   the first user message (``TASK_PATTERNS``, first match wins, in the order of ``TASKS``). It is cheap and
+   explainable, not accurate; a label it gets wrong only moves a row between buckets. To override it, supply
+   a ``task`` column upstream: existing non-null values are kept as they are (any label is allowed) and only
+   null ones are filled by the heuristic.
+2. **Split (before any sampling).** Each row hashes ``(seed, conversation_id)`` with BLAKE2b to a 64-bit
+   integer ``h``; rows with ``h / 2**64 < validation_fraction`` are the validation pool, the rest the train
+   pool. A row's pool depends only on its own id and the seed, so adding or removing other rows never moves
+   it between train and validation, and the two splits can never share a conversation. One exception keeps
+   small pools usable: with >= 2 rows and ``validation_fraction > 0``, if no row hashed into validation the
+   row with the smallest ``h`` is moved there (and if every row did, the largest ``h`` goes to train); a
+   single row is always train. These moves are the only case where adding rows can change a row's split.
+   The split is computed over the rows of the included tasks: those with a positive weight, or every task
+   when ``weights`` is None; rows of other tasks are dropped (``stats["excluded_rows"]``).
+3. **Sampling.** Target task proportions ``p`` are ``weights`` (normalised) or, when ``weights`` is None,
+   temperature-scaled natural proportions ``p_i ∝ n_i ** (1 / temperature)`` over the train pool counts
+   ``n_i`` (``temperature=1`` is the natural distribution, larger values flatten it towards uniform).
+   The train size ``N`` is ``max_rows - validation rows`` when ``max_rows`` is set, otherwise the largest
+   size whose per-task targets every task with available rows can meet without repeating rows (with the
+   natural distribution: every train-pool row). Per-task targets are ``N * p`` rounded by largest
+   remainder. Within a task, rows are taken in ascending ``h`` (a seeded uniform shuffle, without
+   replacement). A task with fewer rows than its target contributes all of them and the shortfall is
+   reported in ``stats``; it is not redistributed to other tasks. With ``allow_upsampling`` the task's rows
+   are instead repeated cyclically (in the same ``h`` order) up to the target.
+   Validation is drawn from the validation pool of the included tasks, in ascending ``h`` and so in the
+   pool's natural task distribution (it measures held-out loss; it is not a replica of the mixture), never
+   upsampled. Its size: ``max(1, round(max_rows * validation_fraction))`` with ``max_rows``; otherwise the
+   whole validation pool when train took every train-pool row, else ``max(1, round(N_realized * f /
+   (1 - f)))`` so that validation stays about ``validation_fraction`` of the output.
+
+The output is sorted by ``split`` ("train" before "validation"), then ``conversation_id``, then repeat
+index, so the same input and seed give an identical frame whatever the input row order (given unique
+conversation_ids; rows sharing an id are ordered by input position).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from assets.common.schema import role_texts
+
+TASKS: tuple[str, ...] = ("code", "math", "rewrite", "writing", "reasoning", "qa", "other")
+
+# (task, case-insensitive regex over the first user message). First match wins, so the order matters:
+# "write a Python function to solve the equation" is code, "rewrite this essay" is rewrite, not writing.
+TASK_PATTERNS: tuple[tuple[str, str], ...] = (
+    (
+        "code",
+        (
+            r"```|\bc(?:\+\+|#)|\b(python|javascript|typescript|java|golang|rust|kotlin|swift|php|ruby|sql|html|css"
+            r"|bash|powershell|regex|json|yaml|numpy|pandas|react|django|flask|api|sdk|git|docker|kubernetes"
+            r"|code|coding|programm(?:ing|er)|compiler?|debug\w*|refactor\w*|stack ?trace|unit tests?"
+            r"|algorithms?|data structures?|runtime error|syntax error)\b"
+            r"|\b(?:write|implement|create|define|fix)\s+(?:a|an|the|this|my)\s+(?:\w+\s+)?"
+            r"(?:function|class|method|script|program|query)\b"
+            r"|\bdef\s+\w+\(|#include\s*<|console\.log|\bSELECT\s.+\sFROM\b"
+        ),
+    ),
+    (
+        "math",
+        (
+            r"\b(math|mathematics|equations?|solve for|derivatives?|integrals?|integrate|differentiate"
+            r"|calculus|algebra|geometry|trigonometry|probability|statistics|theorem|prove that|proof"
+            r"|polynomials?"
+            r"|matrix|matrices|vectors?|eigen\w*|logarithm|factorial|prime numbers?|fractions?|percentages?"
+            r"|arithmetic|triangle|circle|radius|area of|volume of|sum of|product of|how many ways)\b"
+            r"|\d\s*[-+*/^×÷=]\s*\d|\b[xyz]\s*\^|√|∫|∑"
+        ),
+    ),
+    (
+        "rewrite",
+        (
+            r"\b(rewrite|re-write|rephrase|paraphrase|summari[sz]e|summary|tl;?dr|condense|shorten|simplify"
+            r"|proofread|edit|revise|polish"
+            r"|improve (?:the |this |my )?(?:text|writing|wording|paragraph|sentence)"
+            r"|grammar|translate|translation|make (?:this|it) (?:more|less|sound))\b"
+        ),
+    ),
+    (
+        "writing",
+        (
+            r"\b(write|draft|compose|poem|poetry|story|stories|essay|letter|e-?mail|blog|article|speech|lyrics"
+            r"|haiku|slogan|tagline|screenplay|script|dialogue|narrative|cover letter|speech|toast|caption"
+            r"|product description|tweet|post)\b"
+        ),
+    ),
+    (
+        "reasoning",
+        (
+            r"\b(step[- ]by[- ]step|reasoning|logic|logical|puzzle|riddle|deduce|infer|analy[sz]e|analysis"
+            r"|evaluate|compare|contrast|pros and cons|trade-?offs?|implications?|argue|argument|hypothetical"
+            r"|what would happen|explain why|why (?:does|do|is|are|did|would))\b"
+        ),
+    ),
+    (
+        "qa",
+        (
+            r"^\W*(what|who|whom|whose|when|where|which|why|how|is|are|was|were|can|could|does|do|did|should"
+            r"|would|will|explain|describe|define|tell me|list|name|give me)\b|\?\s*$"
+        ),
+    ),
+)
+
+_SPLIT_TRAIN = "train"
+_SPLIT_VALIDATION = "validation"
+_HASH = "__mix_hash"
+_ORDER = "__mix_order"
+_REPEAT = "__mix_repeat"
+_TWO_64 = 1 << 64
+
+
+def task_expr(text: pl.Expr) -> pl.Expr:
+    """The heuristic task of each string in ``text`` (null text is "other")."""
+    result: Any = None
+    for task, pattern in TASK_PATTERNS:
+        condition = text.str.contains(f"(?i){pattern}").fill_null(False)
+        result = pl.when(condition) if result is None else result.when(condition)
+        result = result.then(pl.lit(task))
+    return result.otherwise(pl.lit("other"))
+
+
+def classify_task(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with a ``task`` column: the heuristic over the first user message of ``messages``.
+
+    If ``df`` already has a ``task`` column its non-null values are kept (that is the override hook) and only
+    nulls are filled; the column keeps its position. Otherwise ``task`` is appended.
+    """
+    if "task" in df.columns and df["task"].null_count() == 0:
+        return df.with_columns(pl.col("task").cast(pl.Utf8))
+    heuristic = task_expr(role_texts("user").list.first())
+    if "task" in df.columns:
+        return df.with_columns(pl.col("task").cast(pl.Utf8).fill_null(heuristic))
+    return df.with_columns(heuristic.alias("task"))
+
+
+def classify_text(text: str) -> str:
+    """The heuristic task of one instruction string (same rules as ``classify_task``)."""
+    return pl.select(task_expr(pl.lit(text, pl.Utf8))).item()
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """How to build the mixture (see the module docstring for the exact semantics).
+
+    ``weights``: target share per task (any non-negative numbers, normalised; tasks missing from it or with
+    weight 0 are excluded); None = temperature-scaled natural distribution. ``temperature`` > 0 (1 = natural).
+    ``max_rows``: requested output size, train + validation (an upper bound: shortfalls make it smaller);
+    None = as large as the pool allows. ``validation_fraction`` in [0, 1). ``seed`` drives the split and the
+    sampling order. ``allow_upsampling``: repeat a short task's rows to reach its train target.
+    """
+
+    weights: Mapping[str, float] | None = None
+    temperature: float = 1.0
+    max_rows: int | None = None
+    validation_fraction: float = 0.1
+    seed: int = 0
+    allow_upsampling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weights is not None:
+            weights = dict(self.weights)
+            bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and v >= 0)}
+            if bad or not weights:
+                raise ValueError(f"weights must map task -> non-negative number, got {self.weights!r}")
+            if sum(weights.values()) <= 0:
+                raise ValueError(f"weights must have a positive total, got {self.weights!r}")
+            object.__setattr__(self, "weights", weights)
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
+        if self.max_rows is not None and self.max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0 or None, got {self.max_rows}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+@dataclass(frozen=True)
+class MixtureResult:
+    """``mixture``: the selected rows, all input columns plus ``task`` (if absent) and ``split``.
+
+    ``stats`` (JSON-serialisable): ``stats["tasks"][task]`` has ``available`` (rows in the input),
+    ``weight`` (normalised target share, 0 = excluded), ``train`` = {``available`` (train pool), ``target``,
+    ``realized``, ``shortfall``, ``target_fraction``, ``realized_fraction``, ``upsampled``} and
+    ``validation`` = {``available`` (validation pool), ``realized``, ``realized_fraction``}. Top level:
+    ``available_rows``, ``excluded_rows``, ``train_target``, ``train_rows``, ``validation_target``,
+    ``validation_rows``, ``validation_shortfall``, ``shortfall`` ({task: missing train rows}), ``config``.
+    """
+
+    mixture: pl.DataFrame
+    stats: dict[str, Any]
+
+
+def split_hash(conversation_ids: pl.Series, seed: int) -> pl.Series:
+    """Stable 64-bit BLAKE2b of each id keyed by ``seed`` (Python's hashlib: identical on every platform and
+    polars version, unlike ``Series.hash``). The one per-row Python loop in this module."""
+    key = str(seed).encode()
+    values = [
+        int.from_bytes(hashlib.blake2b(cid.encode("utf-8"), digest_size=8, key=key).digest(), "big")
+        for cid in conversation_ids.to_list()
+    ]
+    return pl.Series(conversation_ids.name, values, dtype=pl.UInt64)
+
+
+def _apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """Integer targets summing to ``total`` proportional to ``shares`` (largest remainder; ties by name)."""
+    if total <= 0 or not shares:
+        return {task: 0 for task in shares}
+    quotas = {task: total * share for task, share in shares.items()}
+    base = {task: math.floor(q + 1e-9) for task, q in quotas.items()}
+    left = total - sum(base.values())
+    order = sorted(shares, key=lambda t: (-(quotas[t] - base[t]), t))
+    for task in order[:left]:
+        base[task] += 1
+    return base
+
+
+def _exact_size(available: dict[str, int], shares: dict[str, float]) -> int:
+    """Largest N whose targets N * share every task with rows can meet without repeating rows."""
+    limits = [available[t] / s for t, s in shares.items() if s > 0 and available.get(t, 0) > 0]
+    return math.floor(min(limits) + 1e-9) if limits else 0
+
+
+def _included_tasks(available: dict[str, int], cfg: MixtureConfig) -> list[str]:
+    """Tasks the mixture draws from: positive weight, or (no weights) every task with rows."""
+    if cfg.weights is not None:
+        return sorted(t for t, w in cfg.weights.items() if w > 0)
+    return sorted(t for t, n in available.items() if n > 0)
+
+
+def _target_shares(train_available: dict[str, int], cfg: MixtureConfig) -> dict[str, float]:
+    """Normalised target share per task: the weights, or temperature-scaled train-pool counts."""
+    if cfg.weights is not None:
+        raw = {t: float(w) for t, w in cfg.weights.items() if w > 0}
+    else:
+        raw = {t: n ** (1.0 / cfg.temperature) for t, n in train_available.items() if n > 0}
+    total = math.fsum(raw[t] for t in sorted(raw))  # exact, order-independent
+    return {t: raw[t] / total for t in sorted(raw)} if total > 0 else {}
+
+
+def _take(pool: pl.DataFrame, targets: dict[str, int], upsample: bool) -> pl.DataFrame:
+    """Per task, the first ``target`` rows in ascending hash order (cyclic repeats when ``upsample``)."""
+    ranked = pool.with_columns(pl.int_range(pl.len()).over("task", order_by=[_HASH, _ORDER]).alias("__rank"))
+    target_col = pl.col("task").replace_strict(targets, default=0, return_dtype=pl.Int64)
+    n_task = pl.len().over("task")
+    if upsample:
+        # Row with rank r is used for draws r, r + n, r + 2n, ... below the target.
+        copies = (
+            pl.when(pl.col("__rank") < target_col)
+            .then((target_col - pl.col("__rank") - 1) // n_task + 1)
+            .otherwise(0)
+        )
+        return (
+            ranked.with_columns(pl.int_ranges(0, copies).alias(_REPEAT))
+            .filter(pl.col(_REPEAT).list.len() > 0)
+            .explode(_REPEAT)
+            .drop("__rank")
+        )
+    return ranked.filter(pl.col("__rank") < target_col).drop("__rank").with_columns(pl.lit(0).alias(_REPEAT))
+
+
+def _counts(df: pl.DataFrame) -> dict[str, int]:
+    """Rows per task, keys sorted (group_by order is arbitrary; float sums must not depend on it)."""
+    return {t: int(n) for t, n in sorted(df.group_by("task").len().iter_rows())}
+
+
+def _split_stats(available: dict[str, int], target: dict[str, int], realized: dict[str, int]) -> dict:
+    tasks = sorted(set(available) | set(target) | set(realized))
+    target_total, realized_total = sum(target.values()), sum(realized.values())
+    return {
+        t: {
+            "available": available.get(t, 0),
+            "target": target.get(t, 0),
+            "realized": realized.get(t, 0),
+            "shortfall": max(0, target.get(t, 0) - realized.get(t, 0)),
+            "target_fraction": target.get(t, 0) / target_total if target_total else 0.0,
+            "realized_fraction": realized.get(t, 0) / realized_total if realized_total else 0.0,
+        }
+        for t in tasks
+    }
+
+
+def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None) -> MixtureResult:
+    """Tag, split and sample ``df`` into the SFT mixture (see the module docstring)."""
+    cfg = cfg or MixtureConfig()
+    if "conversation_id" not in df.columns:
+        raise ValueError(f"build_mixture: missing column 'conversation_id'; columns are {df.columns}")
+    if df["conversation_id"].null_count():
+        raise ValueError("build_mixture: conversation_id has null values; every row needs an id to be split")
+    for column in ("split", _HASH, _ORDER, _REPEAT):
+        if column in df.columns:
+            raise ValueError(f"build_mixture: input already has a column named '{column}'")
+    out_columns = [*df.columns, *(["task"] if "task" not in df.columns else []), "split"]
+
+    tagged = classify_task(df).with_columns(
+        split_hash(df["conversation_id"], cfg.seed).alias(_HASH), pl.int_range(pl.len()).alias(_ORDER)
+    )
+    available_all = _counts(tagged)
+    pool = tagged.filter(pl.col("task").is_in(_included_tasks(available_all, cfg)))
+
+    # Split by hash before any sampling; the threshold is exact integer arithmetic on the 64-bit hash.
+    threshold = min(int(cfg.validation_fraction * _TWO_64), _TWO_64 - 1)
+    is_val = (pl.col(_HASH) < threshold) if cfg.validation_fraction > 0 else pl.lit(False)
+    pool = pool.with_columns(is_val.alias("__is_val"))
+    # Small-pool exceptions: >= 1 validation and >= 1 train row when there are >= 2 rows; one row is train.
+    n_val = int(pool["__is_val"].sum())
+    if pool.height == 1:
+        pool = pool.with_columns(pl.lit(False).alias("__is_val"))
+    elif cfg.validation_fraction > 0 and pool.height >= 2 and n_val in (0, pool.height):
+        by_hash = pool.sort([_HASH, _ORDER])[_ORDER]
+        move = by_hash[0] if n_val == 0 else by_hash[-1]
+        pool = pool.with_columns((pl.col("__is_val") ^ (pl.col(_ORDER) == move)).alias("__is_val"))
+    train_pool = pool.filter(~pl.col("__is_val"))
+    val_pool = pool.filter(pl.col("__is_val"))
+    train_available, val_available = _counts(train_pool), _counts(val_pool)
+    shares = _target_shares(train_available, cfg)
+
+    # Sizes.
+    f = cfg.validation_fraction
+    if cfg.max_rows is not None:
+        n_val_target = max(1, round(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
+        n_train = cfg.max_rows - n_val_target
+    else:
+        n_train = _exact_size(train_available, shares)
+        n_val_target = None  # decided after train is drawn
+    train_target = _apportion(n_train, shares)
+    train = _take(train_pool, train_target, cfg.allow_upsampling)
+    train_realized = _counts(train)
+    n_train_realized = train.height
+
+    if n_val_target is None:
+        used_every_row = train.filter(pl.col(_REPEAT) == 0).height == train_pool.height
+        if f == 0 or pool.height < 2:
+            n_val_target = 0
+        elif used_every_row:
+            n_val_target = val_pool.height
+        else:
+            n_val_target = max(1, round(n_train_realized * f / (1 - f)))
+    validation = val_pool.sort([_HASH, _ORDER]).head(n_val_target).with_columns(pl.lit(0).alias(_REPEAT))
+    val_realized = _counts(validation)
+
+    mixture = (
+        pl.concat(
+            [
+                train.with_columns(pl.lit(_SPLIT_TRAIN).alias("split")),
+                validation.with_columns(pl.lit(_SPLIT_VALIDATION).alias("split")),
+            ],
+            how="vertical_relaxed",
+        )
+        .sort(["split", "conversation_id", _REPEAT, _ORDER])
+        .select(out_columns)
+    )
+
+    train_stats = _split_stats(train_available, train_target, train_realized)
+    for t, entry in train_stats.items():
+        entry["upsampled"] = max(0, train_realized.get(t, 0) - train_available.get(t, 0))
+    tasks = sorted(set(available_all) | set(shares))
+    zero_train = {
+        "available": 0,
+        "target": 0,
+        "realized": 0,
+        "shortfall": 0,
+        "target_fraction": 0.0,
+        "realized_fraction": 0.0,
+        "upsampled": 0,
+    }
+    stats: dict[str, Any] = {
+        "tasks": {
+            t: {
+                "available": available_all.get(t, 0),
+                "weight": shares.get(t, 0.0),
+                "train": train_stats.get(t, dict(zero_train)),
+                "validation": {
+                    "available": val_available.get(t, 0),
+                    "realized": val_realized.get(t, 0),
+                    "realized_fraction": val_realized.get(t, 0) / validation.height
+                    if validation.height
+                    else 0.0,
+                },
+            }
+            for t in tasks
+        },
+        "available_rows": df.height,
+        "excluded_rows": df.height - pool.height,  # rows of tasks with zero/no weight
+        "train_target": n_train,
+        "train_rows": n_train_realized,
+        "validation_target": n_val_target,
+        "validation_rows": validation.height,
+        "validation_shortfall": max(0, n_val_target - validation.height),
+        "shortfall": {t: s["shortfall"] for t, s in train_stats.items() if s["shortfall"] > 0},
+        "config": {
+            "weights": dict(cfg.weights) if cfg.weights is not None else None,
+            "temperature": cfg.temperature,
+            "max_rows": cfg.max_rows,
+            "validation_fraction": cfg.validation_fraction,
+            "seed": cfg.seed,
+            "allow_upsampling": cfg.allow_upsampling,
+        },
+    }
+    return MixtureResult(mixture=mixture, stats=stats)

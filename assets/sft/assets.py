@@ -1,0 +1,153 @@
+"""`sft_model`: the base model fine-tuned on the mixture (TRL SFTTrainer + PEFT LoRA), with its lineage."""
+
+
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+
+from assets.base_model.assets import MANIFEST
+from assets.common.storage import sha256_text, write_parquet_atomic
+from pipelines.automation import RETRAIN_ON_UPSTREAM_CHANGE
+from pipelines.resources import DataStorage
+from training.chat_template import read_chat_template
+from training.config import TrainConfig
+
+# Every table that made the model, in pipeline order; their files and reports are joined into lineage.json.
+UPSTREAM_TABLES = (
+    "eval_sets",
+    "magpie_conversations",
+    "deduplicated_conversations",
+    "decontaminated_conversations",
+    "filtered_conversations",
+    "sft_mixture",
+)
+TRAIN_ROW_COLUMNS = ("conversation_id", "shard", "row_index", "seed", "generator_model", "generator_model_hash",
+                     "pre_query_template_hash", "task", "split")
+
+
+class SFTModelConfig(dg.Config):
+    """Recommended SFT defaults: LoRA r=16, alpha=32, dropout 0.05, LR 2e-4 (1e-5 full), cosine to 10% of peak,
+    3% warmup, up to 2 epochs with early stopping on validation loss."""
+
+    model_name: str = "sft-model"
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float | None = None
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.03
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    packing: bool = False
+    eval_steps: int | None = None
+    early_stopping_patience: int = 2
+    seed: int = 0
+
+    def to_core(self) -> TrainConfig:
+        fields = self.model_dump()
+        fields.pop("model_name")
+        return TrainConfig.from_dict(fields)
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "huggingface"},
+    deps=["base_model", "sft_mixture"],
+    pool="gpu",
+    automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
+    check_specs=[dg.AssetCheckSpec("chat_template_matches_base", asset="sft_model")],
+)
+def sft_model(
+    context: dg.AssetExecutionContext, config: SFTModelConfig, storage: DataStorage
+) -> dg.MaterializeResult:
+    """The base model fine-tuned on `sft_mixture` (always from the base model, never a previous fine-tune), saved as
+    merged safetensors + LoRA adapter + the exact chat template used in training, with `lineage.json`,
+    `train_rows.parquet` (every training row back to its generation shard and row) and a model card."""
+    from training.trainer import train
+
+    base = storage.read_json("base_model", MANIFEST)
+    mixture = storage.read_table("sft_mixture")
+    train_rows = mixture.filter(pl.col("split") == "train")
+    validation_rows = mixture.filter(pl.col("split") == "validation")
+    core = config.to_core()
+    upstream = {}
+    for asset in UPSTREAM_TABLES:
+        table = storage.describe_table(asset)
+        upstream[asset] = {
+            "path": str(table.path),
+            "content_hash": table.content_hash,
+            "row_count": table.row_count,
+            "report": _read_report(storage, asset),
+        }
+    run_key = sha256_text(f"{base['content_hash']}|{upstream['sft_mixture']['content_hash']}|"
+                          f"{sorted(core.to_dict().items())}")[:16]
+    output_dir = storage.root_path / "models" / "sft" / f"{config.model_name}-{run_key}"
+    lineage = {
+        "model_name": config.model_name,
+        "dagster_run_id": context.run.run_id,
+        "base_model": base,
+        "assets": upstream,
+        "retrained_from": "base_model",
+    }
+    context.log.info(f"training {config.method} on {train_rows.height} conversations "
+                     f"({validation_rows.height} validation) -> {output_dir}")
+    result = train(
+        base["path"],
+        train_rows["messages"].to_list(),
+        validation_rows["messages"].to_list(),
+        output_dir,
+        core,
+        lineage=lineage,
+        log=context.log.info,
+    )
+    rows_path = result.model_dir / "train_rows.parquet"
+    write_parquet_atomic(mixture.select([c for c in TRAIN_ROW_COLUMNS if c in mixture.columns]), rows_path)
+    template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])
+    model_hash = _model_hash(result.model_dir)
+    context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(result.model_dir)),
+            "model_dir": dg.MetadataValue.path(str(result.model_dir)),
+            "lineage_path": dg.MetadataValue.path(str(result.lineage_path)),
+            "adapter_dir": dg.MetadataValue.path(str(result.adapter_dir)) if result.adapter_dir else None,
+            "train_rows_path": dg.MetadataValue.path(str(rows_path)),
+            "content_hash": model_hash,
+            "dagster/row_count": train_rows.height,
+            "validation_rows": validation_rows.height,
+            "train_loss": result.metrics.get("train_loss"),
+            "best_eval_loss": result.metrics.get("best_eval_loss"),
+            "eval_perplexity": result.metrics.get("eval_perplexity"),
+            "global_step": result.metrics.get("global_step"),
+            "train_seconds": result.metrics.get("train_seconds"),
+            "preflight": dg.MetadataValue.json(result.preflight),
+            "training_config": dg.MetadataValue.json(core.to_dict()),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="chat_template_matches_base",
+                passed=template_ok,
+                metadata={"detail": "saved chat template is byte-identical to the base model's"
+                          if template_ok else "saved chat template differs from the base model's"},
+            )
+        ],
+        data_version=dg.DataVersion(model_hash),
+    )
+
+
+def _read_report(storage: DataStorage, asset: str) -> dict | None:
+    try:
+        return storage.read_json(asset, "report")
+    except FileNotFoundError:
+        return None
+
+
+def _model_hash(model_dir) -> str:
+    from assets.base_model.core import model_content_hash
+
+    return model_content_hash(model_dir)

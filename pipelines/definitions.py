@@ -1,0 +1,41 @@
+"""The Dagster code location: assembles assets, checks, jobs, schedules and resources (no logic here)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from assets.base_model.assets import base_model
+from assets.dedup.assets import decontaminated_conversations, deduplicated_conversations, no_eval_overlap
+from assets.eval_sets.assets import eval_sets
+from assets.filtering.assets import filtered_conversations
+from assets.generation.assets import magpie_conversations
+from assets.mixture.assets import sft_mixture
+from assets.sft.assets import sft_model
+from pipelines.automation import jobs, schedules
+from pipelines.resources import DataStorage, VLLMEngine
+
+ASSETS = [
+    base_model,
+    eval_sets,
+    magpie_conversations,
+    deduplicated_conversations,
+    decontaminated_conversations,
+    filtered_conversations,
+    sft_mixture,
+    sft_model,
+]
+ASSET_CHECKS = [no_eval_overlap]
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=jobs,
+    schedules=schedules,
+    resources={
+        # The data root is not a secret: SFT_DATA_ROOT moves it (default ./data, git-ignored).
+        "storage": DataStorage(root=os.environ.get("SFT_DATA_ROOT", "data")),
+        "engine": VLLMEngine(),
+    },
+)

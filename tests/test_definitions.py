@@ -1,0 +1,50 @@
+"""The code location loads, the graph has the designed shape, and the shipped profiles are valid run config."""
+
+import dagster as dg
+import pytest
+
+from pipelines.definitions import defs
+from pipelines.profiles import PROFILES_DIR, load_profile
+
+PIPELINE = ["base_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
+            "filtered_conversations", "sft_mixture", "sft_model"]
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert keys == {*PIPELINE, "eval_sets"}
+
+
+def test_assets_run_in_designed_sequence():
+    graph = defs.resolve_asset_graph()
+    for upstream, downstream in zip(PIPELINE, PIPELINE[1:], strict=False):
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
+        assert upstream in parents, f"{downstream} should depend on {upstream}, has {parents}"
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("decontaminated_conversations")).parent_keys}
+    assert "eval_sets" in parents
+
+
+def test_training_is_gated_by_a_blocking_contamination_check():
+    graph = defs.resolve_asset_graph()
+    check_keys = graph.asset_check_keys
+    names = {(k.asset_key.to_user_string(), k.name) for k in check_keys}
+    assert ("decontaminated_conversations", "no_eval_overlap") in names
+    check_def = next(c for c in defs.asset_checks if c.check_key.name == "no_eval_overlap")
+    assert check_def.check_specs_by_output_name and all(s.blocking for s in check_def.check_specs)
+
+
+def test_sft_model_sits_in_gpu_pool():
+    assert defs.resolve_assets_def("sft_model").op.pool == "gpu"
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+def test_profiles_are_valid_run_config(profile):
+    job = defs.resolve_job_def("sft_pipeline")
+    result = dg.validate_run_config(job, load_profile(profile))
+    assert result  # raises DagsterInvalidConfigError with the offending field when invalid
+
+
+def test_unknown_profile_names_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="demo"):
+        load_profile("no-such-profile")

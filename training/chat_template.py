@@ -1,0 +1,74 @@
+"""Chat-template utilities shared by generation and training (no Dagster here).
+
+The chat template is part of the model: the one a model ships in ``chat_template.jinja`` /
+``tokenizer_config.json`` is the one used to generate its data, to train it and to serve it, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SENTINEL = "MagpieSentinelQuery7f3a9c"  # plain ASCII: survives templates that trim or escape content
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used as needed; the message says why and what to set instead."""
+
+
+def render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool = False,
+           chat_template: str | None = None) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
+        )
+    except Exception as error:  # jinja raises its own exception types (e.g. raise_exception in the template)
+        roles = [m["role"] for m in messages]
+        raise TemplateError(f"the chat template failed to render roles {roles}: {error}") from error
+
+
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """Special and added token strings (longer than one character), sorted."""
+    tokens = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    return sorted(t for t in tokens if t and len(t) > 1)
+
+
+def first_special_token(tokenizer: Any, text: str) -> str | None:
+    """The first special token in ``text`` (as the tokenizer splits it), or None."""
+    special = set(special_token_strings(tokenizer))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for token in tokenizer.convert_ids_to_tokens(ids):
+        if token in special:
+            return token
+    return None
+
+
+def end_of_turn_after(tokenizer: Any, messages: Sequence[dict], chat_template: str | None = None) -> str | None:
+    """The special token the template writes right after the last message's text (what ends that turn).
+
+    The last message's content is replaced by a sentinel, and a user turn is appended after an assistant turn,
+    since some templates only close the final turn when another follows.
+    """
+    probe = [*messages[:-1], {"role": messages[-1]["role"], "content": SENTINEL}]
+    if probe[-1]["role"] == "assistant":
+        probe.append({"role": "user", "content": "next"})
+    text = render(tokenizer, probe, chat_template=chat_template)
+    if text.count(SENTINEL) != 1:
+        raise TemplateError(f"the {messages[-1]['role']} message appears {text.count(SENTINEL)} times in the "
+                            "rendered template (expected once)")
+    return first_special_token(tokenizer, text.split(SENTINEL)[1])
+
+
+def read_chat_template(model_dir: str | Path) -> str | None:
+    """The template a model directory ships, exactly as stored (chat_template.jinja wins, as in transformers)."""
+    root = Path(model_dir)
+    if (root / "chat_template.jinja").exists():
+        return (root / "chat_template.jinja").read_text(encoding="utf-8")
+    config = root / "tokenizer_config.json"
+    if config.exists():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None

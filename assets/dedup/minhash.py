@@ -16,8 +16,10 @@ Signatures match datasketch (>= 2.0, default ``scheme="affine32"``): the input h
 MurmurHash3 32-bit finalizer and permuted with ``a * h + b mod 2**32``, ``a``/``b`` drawn from
 ``np.random.RandomState(seed)`` exactly as ``datasketch.MinHash(num_perm, seed)`` draws them. With
 ``hash="sha1"`` the signature of a document equals ``MinHash(num_perm, seed)`` updated with its shingles'
-UTF-8 bytes, value for value. The default ``hash="xxh64"`` only swaps the input hash (XXH64 folded to 32
-bits), which is ~10x cheaper than SHA-1 and statistically equivalent.
+UTF-8 bytes, value for value. The default ``hash="xxh64"`` only swaps the 32-bit input hash of a shingle:
+for char shingles XXH64 of its bytes, for word shingles an XXH64-style combination of the XXH64 of each word
+(every word is hashed once), folded to 32 bits. The signature kernel is ~5x faster with it than with SHA-1
+and keep/drop decisions agree with datasketch's on > 99.9% of rows (benchmarks/dedup.py).
 
 Incremental use: :class:`LSHIndex` holds the signatures, band hashes and ids of every row kept so far, and
 is saved as one ``.npz`` file (no pickles) with an atomic write. ``deduplicate(new_df, cfg, index=idx)``
@@ -237,9 +239,9 @@ def _signature_kernel(data, offsets, char_unit, n, hash_kind, perm_a, perm_b, ou
         out[i, :] = sig
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)  # cheap next to signatures; serial keeps the cold JIT compile short
 def _band_hash_kernel(sig, n_bands, n_rows, out):
-    for i in numba.prange(sig.shape[0]):
+    for i in range(sig.shape[0]):
         for j in range(n_bands):
             h = _BAND_SEED + _U64(j)
             for k in range(n_rows):
@@ -302,11 +304,12 @@ def _cross_pairs_kernel(lo, hi, old_orders, cap, fill, out_old, out_new):
     return count
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def equal_counts(sig_a, rows_a, sig_b, rows_b):
+    """Number of equal signature values of each pair (``sig_a[rows_a[k]]``, ``sig_b[rows_b[k]]``)."""
     out = np.empty(rows_a.size, np.int64)
     n_perm = sig_a.shape[1]
-    for k in numba.prange(rows_a.size):
+    for k in range(rows_a.size):
         ra = rows_a[k]
         rb = rows_b[k]
         c = 0

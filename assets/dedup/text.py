@@ -193,8 +193,8 @@ def xxh64(data, start, end, seed):
 @numba.njit(inline="always")
 def hash_sequence(values, start, count):
     """64-bit hash of ``values[start:start+count]`` (uint64 word hashes): XXH64's 8-byte-lane tail steps
-    over the values, then its avalanche. Hashing each word once and combining is ~2x cheaper than
-    re-hashing the bytes of every overlapping n-gram."""
+    over the values, then its avalanche. Hashing each word once and combining is cheaper than re-hashing
+    the bytes of every overlapping n-gram."""
     h = _P5 + _U64(count)
     for k in range(start, start + count):
         h = h ^ _xxh_round(_U64(0), values[k])

@@ -1,11 +1,14 @@
 """`magpie_conversations`: instructions and answers generated Magpie-style by the teacher model on vLLM."""
 
 
+import shutil
+
 import dagster as dg
 
 from assets.base_model.assets import MANIFEST
-from assets.generation.engine import SamplingConfig, VLLMGenerator
-from assets.generation.magpie import MagpieConfig, generate_conversations
+from assets.generation.engine import SamplingConfig, VLLMGenerator, engine_distribution
+from assets.generation.magpie import MagpieConfig
+from assets.generation.shards import run_shard
 from assets.generation.templates import derive_pre_query
 from pipelines.resources import DataStorage, VLLMEngine
 
@@ -37,6 +40,8 @@ class MagpieGenerationConfig(dg.Config):
     pre_query_template: str | None = None
     """Override the pre-query prefix derived from the chat template (single-turn, no system prompt)."""
     seed: int = 0
+    batch_size: int = 256
+    """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing."""
 
     def to_core(self, shard: int = 0) -> MagpieConfig:
         return MagpieConfig(
@@ -63,13 +68,21 @@ def magpie_conversations(
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     core = config.to_core()
     first_prefix = core.pre_query_template or derive_pre_query(tokenizer).prefix
-    context.log.info(f"starting vLLM on {model['name']} for {core.num_conversations} conversations")
-    with VLLMGenerator(model["path"], engine.engine_config(), seed=core.seed) as generator:
-        context.log.info(f"engine {generator.engine_name}=={generator.engine_version} up in "
-                         f"{generator.startup_seconds:.0f}s")
-        df, stats = generate_conversations(generator, tokenizer, core, model["name"], model["content_hash"],
-                                           log=context.log.info)
+    engine_name, engine_version = engine_distribution()
+    engine_config = engine.engine_config()
+
+    def start_engine() -> VLLMGenerator:
+        context.log.info(f"starting {engine_name}=={engine_version} on {model['name']}")
+        generator = VLLMGenerator(model["path"], engine_config, seed=core.seed)
+        context.log.info(f"engine up in {generator.startup_seconds:.0f}s")
+        return generator
+
+    work_dir = storage.asset_dir("magpie_conversations") / "checkpoints" / f"shard-{core.shard:05d}"
+    shard = run_shard(start_engine, tokenizer, core, model["name"], model["content_hash"], work_dir,
+                      config.batch_size, engine_key=f"{engine_name}=={engine_version}", log=context.log.info)
+    df, stats = shard.table, shard.stats
     stored = storage.write_table("magpie_conversations", df)
+    shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     generation = {
         "model": model["name"],
         "model_hash": model["content_hash"],
@@ -79,9 +92,10 @@ def magpie_conversations(
         "num_turns": core.num_turns,
         "system_prompts": [list(p) for p in core.system_prompts],
         "seed": core.seed,
-        "engine": {"name": generator.engine_name, "version": generator.engine_version,
-                   **engine.engine_config().__dict__},
+        "engine": {"name": engine_name, "version": engine_version, **engine_config.__dict__},
         "stats": stats.to_dict(),
+        "batches": shard.batches,
+        "resumed_batches": shard.resumed_batches,
     }
     storage.write_json("magpie_conversations", "report", generation)
     return dg.MaterializeResult(
@@ -91,7 +105,9 @@ def magpie_conversations(
             "dropped": dg.MetadataValue.json(stats.to_dict()["dropped"]),
             "tokens_generated": stats.tokens_generated,
             "tokens_per_second": stats.to_dict()["tokens_per_second"],
-            "engine": f"{generator.engine_name}=={generator.engine_version}",
+            "engine": f"{engine_name}=={engine_version}",
+            "batches": shard.batches,
+            "resumed_batches": shard.resumed_batches,
             "seed": core.seed,
             "sampling": dg.MetadataValue.json(generation["sampling"]),
             "pre_query_template": dg.MetadataValue.md(f"```\n{first_prefix}\n```"),

@@ -40,7 +40,10 @@ class TextGenerator(Protocol):
     engine_version: str
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 stop_token_ids: Sequence[int]) -> list[Completion]: ...
+                 stop_token_ids: Sequence[int], seeds: Sequence[int]) -> list[Completion]:
+        """One completion per prompt; ``seeds[i]`` makes completion i reproducible on its own, whatever else is
+        in the batch (so a resumed or re-batched run gives the same rows)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def _default_threads_bind() -> str:
 
 
 class VLLMGenerator:
-    """A started vLLM ``LLM``; seeded once at start (per-request seeds break chunked prefill on CPU)."""
+    """A started vLLM ``LLM``. Every request carries its own seed, so each row is reproducible whatever the
+    batching; per-request seeds crash with chunked prefill on CPU, so chunked prefill is off."""
 
     def __init__(self, model_path: str, config: EngineConfig, seed: int):
         self.engine_name, self.engine_version = engine_distribution()
@@ -104,6 +108,8 @@ class VLLMGenerator:
             tensor_parallel_size=config.tensor_parallel_size,
             enforce_eager=enforce_eager,
             trust_remote_code=False,
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(config.max_model_len, 2048),
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -112,20 +118,24 @@ class VLLMGenerator:
         self.startup_seconds = time.monotonic() - started
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 stop_token_ids: Sequence[int]) -> list[Completion]:
+                 stop_token_ids: Sequence[int], seeds: Sequence[int]) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
-        params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            repetition_penalty=sampling.repetition_penalty,
-            stop_token_ids=list(stop_token_ids),
-            skip_special_tokens=False,  # a leaked template token must stay visible to be caught
-        )
+        params = [
+            SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                repetition_penalty=sampling.repetition_penalty,
+                stop_token_ids=list(stop_token_ids),
+                skip_special_tokens=False,  # a leaked template token must stay visible to be caught
+                seed=seed,
+            )
+            for seed in seeds
+        ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts], params, use_tqdm=False
         )

@@ -8,6 +8,7 @@ that are empty or contain template tokens are dropped, and counted by reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -64,15 +65,21 @@ class MagpieStats:
         }
 
 
-def choose_system_prompts(config: MagpieConfig) -> list[str]:
-    """One system prompt per conversation, drawn with the configured weights from the seeded RNG."""
+def row_seed(config: MagpieConfig, row_index: int, turn: int, role: str) -> int:
+    """The sampling seed of one generated message: a function of (run seed, shard, row, turn, role) only, so a
+    row is the same whichever batch it is generated in, and a resumed shard reproduces the rows it lost."""
+    key = f"{config.seed}/{config.shard}/{row_index}/{turn}/{role}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 33  # 31 bits
+
+
+def choose_system_prompt(config: MagpieConfig, row_index: int) -> str:
+    """The system prompt of one conversation, drawn with the configured weights from a per-row seeded RNG."""
     texts = [text for text, _ in config.system_prompts]
     weights = np.array([w for _, w in config.system_prompts], dtype=np.float64)
     if len(texts) == 0 or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError("system_prompts: need at least one (text, weight) with non-negative weights summing > 0")
-    rng = np.random.default_rng([config.seed, config.shard])
-    picks = rng.choice(len(texts), size=config.num_conversations, p=weights / weights.sum())
-    return [texts[i] for i in picks]
+    rng = np.random.default_rng([config.seed, config.shard, row_index])
+    return texts[int(rng.choice(len(texts), p=weights / weights.sum()))]
 
 
 def _history(system_prompt: str) -> list[dict]:
@@ -103,21 +110,27 @@ def generate_conversations(
     model_name: str,
     model_hash: str,
     log: Any = None,
+    rows: Sequence[int] | None = None,
 ) -> tuple[pl.DataFrame, MagpieStats]:
-    """Run Magpie for ``config.num_conversations`` conversations; returns the table and what happened."""
+    """Run Magpie for the conversations ``rows`` of the shard (default: all ``config.num_conversations``).
+
+    Every row's system prompt and sampling seeds depend only on (seed, shard, row), so any subset of rows, in any
+    batching, gives the same conversations for those rows."""
     started = time.monotonic()
-    stats = MagpieStats(attempted=config.num_conversations)
+    rows = list(range(config.num_conversations)) if rows is None else list(rows)
+    stats = MagpieStats(attempted=len(rows))
     leak_tokens = special_token_strings(tokenizer)
-    conversations = [_history(s) for s in choose_system_prompts(config)]
-    finish: list[list[str]] = [[] for _ in conversations]
-    alive = list(range(len(conversations)))
+    conversations = {i: _history(choose_system_prompt(config, i)) for i in rows}
+    finish: dict[int, list[str]] = {i: [] for i in rows}
+    alive = rows
 
     for turn in range(1, config.num_turns + 1):
         pre_queries = [_pre_query(tokenizer, conversations[i], config) for i in alive]
         stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
         stop_strings = tokenizer.convert_ids_to_tokens(stops)
         prompts = [tokenizer(pq.prefix, add_special_tokens=False)["input_ids"] for pq in pre_queries]
-        instructions = generator.generate(prompts, config.instruction, stops)
+        seeds = [row_seed(config, i, turn, "user") for i in alive]
+        instructions = generator.generate(prompts, config.instruction, stops, seeds)
         survivors = []
         for i, completion in zip(alive, instructions, strict=True):
             stats.instruction_tokens += len(completion.token_ids)
@@ -134,15 +147,14 @@ def generate_conversations(
             finish[i].append(completion.finish_reason)
             survivors.append(i)
         alive = survivors
-        if log:
-            log(f"turn {turn}: {len(alive)} instructions kept of {len(instructions)}")
 
         prompts = [
             tokenizer(render(tokenizer, conversations[i], add_generation_prompt=True),
                       add_special_tokens=False)["input_ids"]
             for i in alive
         ]
-        responses = generator.generate(prompts, config.response, stops)
+        seeds = [row_seed(config, i, turn, "assistant") for i in alive]
+        responses = generator.generate(prompts, config.response, stops, seeds)
         survivors = []
         for i, completion in zip(alive, responses, strict=True):
             stats.response_tokens += len(completion.token_ids)
@@ -155,14 +167,15 @@ def generate_conversations(
             survivors.append(i)
         alive = survivors
         if log:
-            log(f"turn {turn}: {len(alive)} responses; {stats.tokens_generated} tokens so far")
+            log(f"rows {rows[0] if rows else 0}..{rows[-1] if rows else 0}, turn {turn}: {len(alive)} of "
+                f"{len(rows)} conversations alive; {stats.tokens_generated} tokens")
 
     stats.kept = len(alive)
     stats.seconds = time.monotonic() - started
     sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
                           sort_keys=True)
     template_hash = pre_query_hash(tokenizer, config)
-    rows = [
+    table = [
         {
             "conversation_id": f"{config.shard:05d}-{i:07d}",
             "messages": conversations[i],
@@ -180,7 +193,7 @@ def generate_conversations(
         }
         for i in alive
     ]
-    return pl.DataFrame(rows, schema=CONVERSATION_SCHEMA), stats
+    return pl.DataFrame(table, schema=CONVERSATION_SCHEMA), stats
 
 
 def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:

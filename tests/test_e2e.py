@@ -93,6 +93,8 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     model_dir = Path(model_dir)
     assert (model_dir / "model.safetensors").exists()
     assert (model_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert (model_dir / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Data" in (model_dir / "README.md").read_text()  # the model card
     assert read_chat_template(model_dir) == read_chat_template(model_dir_in)  # byte-identical
     assert Path(metadata["lineage_path"].path) == model_dir / "lineage.json"
     lineage = json.loads((model_dir / "lineage.json").read_text())

@@ -8,7 +8,8 @@ the assistant spans are found by rendering prefixes of the conversation with the
     upto_i   = render(messages[:i + 1])                            # ... through the i-th assistant turn
 
 The characters in ``[len(before_i), end of the end-of-turn token]`` are the assistant's: its words and the token
-that ends its turn (so the model learns to stop). Tokens are mapped to characters with the fast tokenizer's offsets.
+that ends its turn (so the model learns to stop). Tokens are mapped to characters with the fast tokenizer's offsets;
+a token holding any character of that range is trained (as transformers' ``{% generation %}`` masks do).
 A template for which the rendered prefixes do not extend each other cannot be masked this way: that is an error.
 """
 
@@ -70,7 +71,9 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], chat_templat
     for start, end in spans:
         eot_position = None
         for t, (s, e) in enumerate(encoding["offset_mapping"]):
-            if s >= start and e <= end and e > s:
+            # every token holding at least one character of the span: a token straddling the start (e.g. " It"
+            # after a generation prompt ending in a space) carries the assistant's first word and must be trained
+            if e > s and s < end and e > start:
                 masks[t] = 1
                 if e == end:
                     eot_position = t

@@ -55,8 +55,8 @@ def _sequences(batch: dict) -> Iterable[tuple[list[int], list[int]]]:
     input_ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
     if "attention_mask" in batch:
         for ids, lab, mask in zip(input_ids, labels, batch["attention_mask"].tolist(), strict=True):
-            n = sum(mask)
-            yield ids[:n], lab[:n]
+            keep = [i for i, m in enumerate(mask) if m]  # not ids[:sum(mask)]: that assumes right padding
+            yield [ids[i] for i in keep], [lab[i] for i in keep]
         return
     positions = batch["position_ids"].tolist()
     for ids, lab, pos in zip(input_ids, labels, positions, strict=True):
@@ -134,12 +134,19 @@ def check_batches(batches: Iterable[dict], markers: TemplateMarkers, tokenizer: 
                 report.failures.append(
                     f"{where}: a trained span does not end with the end-of-turn token "
                     f"{tokenizer.convert_ids_to_tokens(markers.end_of_turn_id)!r} "
-                    f"(ends {tokenizer.decode(ids[b - 8:b])!r}); the model would not learn to stop"
+                    f"(ends {tokenizer.decode(ids[max(0, b - 8):b])!r}); the model would not learn to stop"
+                )
+            elif markers.assistant_header_ids and not turns:
+                report.failures.append(
+                    f"{where}: {len(runs)} trained span(s) but no assistant turn (no "
+                    f"{tokenizer.decode(markers.assistant_header_ids)!r} header): text that is not an assistant's "
+                    "reply would be trained"
                 )
             elif turns and len(runs) != turns:
+                trained = [tokenizer.decode(ids[a:b])[-60:] for a, b in runs]
                 report.failures.append(
-                    f"{where}: {turns} assistant turns but {len(runs)} trained spans; every assistant turn, "
-                    "and nothing else, must be trained through its end-of-turn token"
+                    f"{where}: {turns} assistant turns but {len(runs)} trained spans (ending {trained}); every "
+                    "assistant turn, and nothing else, must be trained through its end-of-turn token"
                 )
             if len(report.failures) >= max_failures:
                 break
@@ -150,10 +157,19 @@ def check_batches(batches: Iterable[dict], markers: TemplateMarkers, tokenizer: 
     return report
 
 
-def check_template_identity(used: str, shipped: str | None, where: str) -> None:
-    """The template used to render training data must be byte-identical to the one saved with the model."""
+def check_template_identity(used: str | dict[str, str], shipped: str | None, where: str) -> None:
+    """The template used to render training data must be byte-identical to the one saved with the model.
+
+    ``used`` may be a tokenizer's ``chat_template`` as loaded: a dict of named templates when the model also ships
+    ``additional_chat_templates/``; its ``default`` entry is the one applied when no template is named.
+    """
     if shipped is None:
         raise PreflightError(f"{where}: no chat template saved (chat_template.jinja / tokenizer_config.json)")
+    if isinstance(used, dict):
+        if not isinstance(used.get("default"), str):
+            raise PreflightError(f"{where}: the tokenizer has named chat templates {sorted(used)} but no 'default' "
+                                 "one; save the template to train and serve with as chat_template.jinja")
+        used = used["default"]
     if used != shipped:
         pairs = enumerate(zip(used, shipped, strict=False))
         diff_at = next((i for i, (a, b) in pairs if a != b), min(len(used), len(shipped)))

@@ -37,6 +37,7 @@ from training.preflight import (
     check_batches,
     check_template_identity,
 )
+from training.report import loss_curve_png
 
 Messages = Sequence[dict]
 
@@ -178,6 +179,7 @@ def train(
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     started = time.monotonic()
@@ -225,6 +227,7 @@ def train(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
 
     markers = template_markers(tokenizer, template)
     report: PreflightReport = check_batches(trainer.get_train_dataloader(), markers, tokenizer)
@@ -293,6 +296,9 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
         }
         write_json_atomic(full_lineage, tmp / "lineage.json")
         write_bytes_atomic(model_card(full_lineage).encode("utf-8"), tmp / "README.md")
+        png = loss_curve_png(log_history)
+        if png:
+            write_bytes_atomic(png, tmp / "loss_curve.png")
         os.chmod(tmp, 0o755)
         if output_dir.exists():
             shutil.rmtree(output_dir)

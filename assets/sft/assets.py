@@ -127,6 +127,7 @@ def sft_model(
             "train_seconds": result.metrics.get("train_seconds"),
             "preflight": dg.MetadataValue.json(result.preflight),
             "training_config": dg.MetadataValue.json(core.to_dict()),
+            "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -145,6 +146,14 @@ def _read_report(storage: DataStorage, asset: str) -> dict | None:
         return storage.read_json(asset, "report")
     except FileNotFoundError:
         return None
+
+
+def _png_markdown(path) -> str:
+    import base64
+
+    if not path.exists():
+        return "(no losses logged)"
+    return f"![loss curve](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def _model_hash(model_dir) -> str:

@@ -23,7 +23,7 @@ from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import sha256_text
 from assets.generation.engine import SamplingConfig, TextGenerator
 from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
-from training.chat_template import render, special_token_strings
+from training.chat_template import TemplateError, render, special_token_strings
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,10 @@ def generate_conversations(
 
 
 def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:
-    derived = derive_pre_query(tokenizer, history)
     if config.pre_query_template and len(history) == 0:
-        return PreQuery(prefix=config.pre_query_template, end_of_turn=derived.end_of_turn)
-    return derived
-
+        try:  # the derivation may fail on this template: the override is exactly for that case
+            end_of_turn = derive_pre_query(tokenizer, history).end_of_turn
+        except TemplateError:
+            end_of_turn = None
+        return PreQuery(prefix=config.pre_query_template, end_of_turn=end_of_turn)
+    return derive_pre_query(tokenizer, history)

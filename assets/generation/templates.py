@@ -91,7 +91,7 @@ def derive_pre_query(tokenizer: Any, history: Sequence[dict] = (), chat_template
         # the last assistant turn is exempt: templates render a final assistant turn differently from one a user
         # message follows (an empty <think></think> block, <|return|> instead of <|end|>, a trailing EOS), so the
         # prefix must extend everything rendered before it.
-        earlier = _render(tokenizer, history[:-1], chat_template, parts).rstrip()
+        earlier = _render(tokenizer, history[:-1], chat_template, parts).rstrip() if len(history) > 1 else ""
         if tokenizer.eos_token and earlier.endswith(tokenizer.eos_token):
             earlier = earlier[: -len(tokenizer.eos_token)].rstrip()
         if not head.startswith(earlier):

@@ -51,7 +51,7 @@ class EngineConfig:
     """vLLM engine settings: hardware-specific, so they live in a resource, not in the data config."""
 
     tensor_parallel_size: int = 1
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: the model's dtype on GPU, float32 on CPU
     max_model_len: int = 4096
     enable_prefix_caching: bool = True
     # torch.compile costs minutes of start-up on a small CPU box and gains little for small models there;
@@ -98,11 +98,13 @@ class VLLMGenerator:
         from vllm import LLM
 
         enforce_eager = (not on_gpu) if config.enforce_eager is None else config.enforce_eager
+        # "auto" would pick the checkpoint's half precision; CPUs without AVX-512 BF16 emulate it, ~5x slower.
+        dtype = "float32" if config.dtype == "auto" and not on_gpu else config.dtype
         kwargs = dict(
             model=model_path,
             tokenizer=model_path,
             seed=seed,
-            dtype=config.dtype,
+            dtype=dtype,
             max_model_len=config.max_model_len,
             enable_prefix_caching=config.enable_prefix_caching,
             tensor_parallel_size=config.tensor_parallel_size,

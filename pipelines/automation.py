@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.partitions import GENERATION_SHARDS
 from pipelines.profiles import load_profile
+from pipelines.shards import next_shard
 
 # Retrain from base whenever any upstream data changes (sft_model's condition); the rest is rebuilt on schedule.
 RETRAIN_ON_UPSTREAM_CHANGE = dg.AutomationCondition.eager()
@@ -30,12 +32,15 @@ dataset_rebuild = dg.define_asset_job(
     description="Regenerate and re-filter the SFT dataset (training follows via sft_model's automation condition).",
 )
 
-weekly_dataset_rebuild = dg.ScheduleDefinition(
-    job=dataset_rebuild,
-    cron_schedule="0 3 * * 1",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Weekly dataset rebuild (off by default; turn it on in the UI).",
-)
+
+
+@dg.schedule(job=dataset_rebuild, cron_schedule="0 3 * * 1", default_status=dg.DefaultScheduleStatus.STOPPED)
+def weekly_new_shard(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Weekly: add the next generation shard and rebuild the dataset with it (dedup compares only the new shard
+    against its index); `sft_model` then retrains from base. Off by default; turn it on in the UI."""
+    key = next_shard(context.instance)
+    context.instance.add_dynamic_partitions(GENERATION_SHARDS.name, [key])
+    return dg.RunRequest(run_key=f"shard-{key}", partition_key=key)
 
 jobs = [sft_pipeline, sft_demo, dataset_rebuild]
-schedules = [weekly_dataset_rebuild]
+schedules = [weekly_new_shard]

@@ -58,6 +58,10 @@ class DataStorage(dg.ConfigurableResource):
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         return StoredTable(path=path, content_hash=sha256_file(path), row_count=rows)
 
+    def shard_tables(self, asset: str) -> dict[str, Path]:
+        """The per-partition tables of a partitioned asset: partition key -> ``<asset>/shard-<key>.parquet``."""
+        return {p.stem.removeprefix("shard-"): p for p in sorted(self.asset_dir(asset).glob("shard-*.parquet"))}
+
     def write_json(self, asset: str, name: str, obj: dict) -> Path:
         path = self.asset_dir(asset) / f"{name}.json"
         write_json_atomic(obj, path)

@@ -11,10 +11,12 @@ import pytest
 from assets.common.storage import sha256_file
 from pipelines.definitions import ASSET_CHECKS
 from pipelines.definitions import ASSETS as ALL_ASSETS
+from pipelines.partitions import GENERATION_SHARDS
 from pipelines.resources import DataStorage, VLLMEngine
 from training.chat_template import read_chat_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
+SHARD = "00000"
 
 ASSETS = ["base_model", "eval_sets", "magpie_conversations", "deduplicated_conversations",
           "decontaminated_conversations", "filtered_conversations", "sft_mixture", "sft_model"]
@@ -43,11 +45,13 @@ def pipeline_run(tiny_model_dir, tmp_path_factory):
     storage = DataStorage(root=str(root / "data"))
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+        instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize(
             [*ALL_ASSETS, *ASSET_CHECKS],
             resources={"storage": storage, "engine": VLLMEngine(max_model_len=1024, cpu_kv_cache_gb=1)},
             run_config=tiny_run_config(tiny_model_dir),
             instance=instance,
+            partition_key=SHARD,
         )
         assert result.success
         materializations = {
@@ -74,7 +78,7 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
 
 def test_generation_rows_carry_provenance(pipeline_run, tiny_model_dir):
     storage, materializations, _, _ = pipeline_run
-    df = storage.read_table("magpie_conversations")
+    df = storage.read_table("magpie_conversations", f"shard-{SHARD}")
     assert df.height > 24  # the tiny model ends most turns on its own
     assert df["engine"].unique().to_list() == ["vllm-cpu"]
     base_hash = materializations["base_model"].metadata["content_hash"].value
@@ -100,9 +104,12 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
     for key in ASSETS[1:-1]:
-        assert lineage["assets"][key]["content_hash"] == materializations[key].metadata["content_hash"].value, key
-        assert lineage["assets"][key]["row_count"] == materializations[key].metadata["dagster/row_count"].value, key
-    generation = lineage["assets"]["magpie_conversations"]["report"]
+        entry = lineage["assets"][key]
+        if key == "magpie_conversations":  # partitioned: one entry per generation shard
+            entry = entry["shards"][SHARD]
+        assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
+        assert entry["row_count"] == materializations[key].metadata["dagster/row_count"].value, key
+    generation = lineage["assets"]["magpie_conversations"]["shards"][SHARD]["report"]
     assert generation["pre_query_template"].endswith("<|im_start|>user\n")
     assert generation["engine"]["name"] == "vllm-cpu" and generation["seed"] == 1
     assert lineage["training"]["config"]["lora_r"] == 16
@@ -117,7 +124,7 @@ def test_train_rows_trace_back_to_generation(pipeline_run):
 
     model_dir = Path(materializations["sft_model"].metadata["model_dir"].path)
     rows = pl.read_parquet(model_dir / "train_rows.parquet")
-    generated = storage.read_table("magpie_conversations")
+    generated = storage.read_table("magpie_conversations", f"shard-{SHARD}")
     joined = rows.join(generated, on=["shard", "row_index"], how="left", suffix="_gen")
     assert joined["conversation_id_gen"].null_count() == 0
     assert (joined["conversation_id"] == joined["conversation_id_gen"]).all()

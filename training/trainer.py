@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assets.common.storage import sha256_text, write_bytes_atomic, write_json_atomic
+from assets.common.storage import make_tree_readable, sha256_text, write_bytes_atomic, write_json_atomic
 from training.chat_template import read_chat_template, render, special_token_strings
 from training.config import TrainConfig
 from training.masking import assistant_end_of_turn, tokenize_conversation
@@ -243,7 +242,7 @@ def train(
     if len(eval_ds):
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
-    metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["best_step"] = _step_of(trainer.state.best_model_checkpoint)
     metrics["best_eval_loss"] = trainer.state.best_metric
     metrics["global_step"] = trainer.state.global_step
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
@@ -254,6 +253,11 @@ def train(
                               dropped_train + dropped_eval, len(train_ds), len(eval_ds))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    """The step of a checkpoint directory name (checkpoint-<step>); the directory itself is deleted after training."""
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
 
 
 def _last_checkpoint(checkpoints: Path) -> str | None:
@@ -299,7 +303,7 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
         png = loss_curve_png(log_history)
         if png:
             write_bytes_atomic(png, tmp / "loss_curve.png")
-        os.chmod(tmp, 0o755)
+        make_tree_readable(tmp)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         tmp.rename(output_dir)

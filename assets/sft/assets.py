@@ -16,7 +16,6 @@ from training.config import TrainConfig
 # Every table that made the model, in pipeline order; their files and reports are joined into lineage.json.
 UPSTREAM_TABLES = (
     "eval_sets",
-    "magpie_conversations",
     "deduplicated_conversations",
     "decontaminated_conversations",
     "filtered_conversations",
@@ -75,7 +74,7 @@ def sft_model(
     train_rows = mixture.filter(pl.col("split") == "train")
     validation_rows = mixture.filter(pl.col("split") == "validation")
     core = config.to_core()
-    upstream = {}
+    upstream = {"magpie_conversations": _generation_lineage(storage)}
     for asset in UPSTREAM_TABLES:
         table = storage.describe_table(asset)
         upstream[asset] = {
@@ -141,9 +140,23 @@ def sft_model(
     )
 
 
-def _read_report(storage: DataStorage, asset: str) -> dict | None:
+def _generation_lineage(storage: DataStorage) -> dict:
+    """Every generation shard: its table's path, hash and rows, and how it was generated."""
+    shards = {}
+    for key, path in storage.shard_tables("magpie_conversations").items():
+        table = storage.describe_table("magpie_conversations", f"shard-{key}")
+        shards[key] = {"path": str(path), "content_hash": table.content_hash, "row_count": table.row_count,
+                       "report": _read_report(storage, "magpie_conversations", f"report-{key}")}
+    return {
+        "content_hash": sha256_text("\n".join(f"{k}:{s['content_hash']}" for k, s in sorted(shards.items()))),
+        "row_count": sum(s["row_count"] for s in shards.values()),
+        "shards": shards,
+    }
+
+
+def _read_report(storage: DataStorage, asset: str, name: str = "report") -> dict | None:
     try:
-        return storage.read_json(asset, "report")
+        return storage.read_json(asset, name)
     except FileNotFoundError:
         return None
 

@@ -12,7 +12,7 @@ from assets.eval_sets.assets import eval_sets
 from assets.filtering.assets import filtered_conversations
 from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
-from assets.sft.assets import sft_model
+from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
 from pipelines.automation import jobs, schedules
 from pipelines.resources import DataStorage, VLLMEngine
 
@@ -26,7 +26,7 @@ ASSETS = [
     sft_mixture,
     sft_model,
 ]
-ASSET_CHECKS = [no_eval_overlap]
+ASSET_CHECKS = [no_eval_overlap, general_text_forgetting, answers_stop_on_eos]
 
 defs = dg.Definitions(
     assets=ASSETS,

@@ -118,6 +118,18 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert [c.passed for c in checks if c.check_name == "chat_template_matches_base"] == [True]
 
 
+def test_post_training_checks_ran_on_the_trained_model(pipeline_run):
+    _, _, checks, _ = pipeline_run
+    by_name = {c.check_name: c for c in checks}
+    forgetting = by_name["general_text_forgetting"]
+    assert forgetting.metadata["perplexity_base"].value > 1 and forgetting.metadata["perplexity_tuned"].value > 1
+    assert forgetting.passed == (forgetting.metadata["relative_increase"].value <= 0.25)
+    stops = by_name["answers_stop_on_eos"]
+    assert stops.passed, stops.metadata["runaway_prompts"].value  # the tiny model ends its turns on its own
+    assert "What is the capital of France?" in stops.metadata["base_vs_tuned"].value
+    assert by_name["no_eval_overlap"].passed
+
+
 def test_train_rows_trace_back_to_generation(pipeline_run):
     storage, materializations, _, _ = pipeline_run
     from pathlib import Path

@@ -7,9 +7,10 @@ import dagster as dg
 import polars as pl
 
 from assets.base_model.assets import MANIFEST
+from assets.common.report import markdown_table
 from assets.common.storage import sha256_text, write_parquet_atomic
 from pipelines.automation import RETRAIN_ON_UPSTREAM_CHANGE
-from pipelines.resources import DataStorage
+from pipelines.resources import DataStorage, VLLMEngine
 from training.chat_template import read_chat_template
 from training.config import TrainConfig
 
@@ -107,6 +108,8 @@ def sft_model(
     rows_path = result.model_dir / "train_rows.parquet"
     write_parquet_atomic(mixture.select([c for c in TRAIN_ROW_COLUMNS if c in mixture.columns]), rows_path)
     template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])
+    storage.write_json("sft_model", "latest", {"model_dir": str(result.model_dir), "base_path": base["path"],
+                                               "run_id": context.run.run_id})
     model_hash = _model_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
     return dg.MaterializeResult(
@@ -173,3 +176,44 @@ def _model_hash(model_dir) -> str:
     from assets.base_model.core import model_content_hash
 
     return model_content_hash(model_dir)
+
+
+MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
+STOP_CHECK_MAX_TOKENS = 256
+
+
+@dg.asset_check(asset=sft_model, description="Forgetting: perplexity on held-out general text (installed packages' "
+                f"long descriptions) rises at most {MAX_PERPLEXITY_INCREASE:.0%} over the base model's.")
+def general_text_forgetting(storage: DataStorage) -> dg.AssetCheckResult:
+    from assets.sft.checks import general_text_passages, perplexity
+
+    latest = storage.read_json("sft_model", "latest")
+    passages = general_text_passages()
+    before = perplexity(latest["base_path"], passages)
+    after = perplexity(latest["model_dir"], passages)
+    increase = after / before - 1.0
+    return dg.AssetCheckResult(
+        passed=increase <= MAX_PERPLEXITY_INCREASE,
+        metadata={"perplexity_base": round(before, 3), "perplexity_tuned": round(after, 3),
+                  "relative_increase": round(increase, 4), "threshold": MAX_PERPLEXITY_INCREASE,
+                  "passages": len(passages)},
+    )
+
+
+@dg.asset_check(asset=sft_model, description="The tuned model, served by vLLM with its saved chat template, ends "
+                "every answer to a fixed prompt set on its end-of-turn token (no runaway generations); base and "
+                "tuned answers side by side.")
+def answers_stop_on_eos(storage: DataStorage, engine: VLLMEngine) -> dg.AssetCheckResult:
+    from assets.sft.checks import FIXED_PROMPTS, answer_prompts
+
+    latest = storage.read_json("sft_model", "latest")
+    tuned = answer_prompts(latest["model_dir"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
+    base = answer_prompts(latest["base_path"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
+    rows = [{"prompt": p, "base": b.text[:300], "tuned": t.text[:300], "tuned_finish": t.finish_reason}
+            for p, b, t in zip(FIXED_PROMPTS, base, tuned, strict=True)]
+    runaway = [r["prompt"] for r in rows if r["tuned_finish"] != "stop"]
+    return dg.AssetCheckResult(
+        passed=not runaway,
+        metadata={"runaway_prompts": dg.MetadataValue.json(runaway), "max_tokens": STOP_CHECK_MAX_TOKENS,
+                  "base_vs_tuned": dg.MetadataValue.md(markdown_table(rows))},
+    )

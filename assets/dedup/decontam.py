@@ -7,9 +7,19 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
 
 * ``detector="ngram"``: the message and the eval text share a word ``ngram`` (default 13, as in GPT-3 /
   Llama decontamination). An eval text with fewer than ``ngram`` words but at least ``min_words`` (default
-  4) matches when its whole word sequence appears contiguously in the message; shorter eval texts (e.g. a
-  one-word answer "42") are ignored and counted as ``too_short`` in the report, never silently dropped.
-  Candidate n-grams are found by 64-bit hash; every reported match is re-checked on the strings.
+  8) matches when its whole word sequence appears contiguously in the message; shorter eval texts (e.g. a
+  one-word answer "42", or HumanEval's ``return x + y``) are ignored and counted as ``too_short`` in the
+  report, never silently dropped. Candidate n-grams are found by 64-bit hash; every reported match is
+  re-checked on the strings.
+* boilerplate cut-off (``max_ngram_items``, default 3; 0 disables it): a key of the n-gram detector (an
+  eval n-gram, or the whole word sequence of a short eval text) that occurs in at least ``max_ngram_items``
+  distinct eval items (``(benchmark, item_id)``) is generic text ("let me know if you have any other
+  questions ..."), not evidence of contamination, and is left out of the index. "Occurs in an item" means
+  appears contiguously in one of the item's texts, any field, so a short text also counts the longer eval
+  texts that contain it. The report gives, per benchmark, how many distinct n-grams and how many short
+  texts were excluded (``boilerplate_ngrams``, ``boilerplate_texts``), how many long texts lost all their
+  n-grams to it (``ngram_all_boilerplate``) and an example. :mod:`assets.dedup.verify` applies the same
+  rule with its own code.
 * ``detector="minhash"``: estimated Jaccard of word 3-gram sets >= 0.5 (:data:`DEFAULT_MINHASH`), for
   messages and eval texts of at least ``minhash_min_words`` (default 10) words. It catches light rewording
   that leaves no 13-gram intact: one changed word every 12 words keeps J(3-grams) ~ 0.6, every 10 words
@@ -70,12 +80,14 @@ _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 @dataclass(frozen=True)
 class DecontamConfig:
     """ngram: word n-gram length of the overlap detector. min_words: shortest eval text (in normalized words)
-    still checked, as a whole sequence when shorter than ``ngram``. roles: message roles compared.
-    minhash: config of the similarity detector (None disables it). minhash_min_words: shortest message /
-    eval text the similarity detector looks at."""
+    still checked, as a whole sequence when shorter than ``ngram``. max_ngram_items: an n-gram detector key
+    (eval n-gram or whole short eval text) found in at least this many distinct eval items is boilerplate
+    and ignored (0: no cut-off). roles: message roles compared. minhash: config of the similarity detector
+    (None disables it). minhash_min_words: shortest message / eval text the similarity detector looks at."""
 
     ngram: int = 13
-    min_words: int = 4
+    min_words: int = 8
+    max_ngram_items: int = 3
     roles: tuple[str, ...] = ("user", "assistant")
     minhash: MinHashConfig | None = DEFAULT_MINHASH
     minhash_min_words: int = 10
@@ -83,6 +95,9 @@ class DecontamConfig:
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.min_words < 1:
             raise ValueError(f"ngram and min_words must be >= 1, got {self.ngram}, {self.min_words}")
+        if self.max_ngram_items < 0 or self.max_ngram_items == 1:
+            # 1 would exclude every key (each occurs in its own item) and silently disable the detector
+            raise ValueError(f"max_ngram_items must be 0 (no cut-off) or >= 2, got {self.max_ngram_items}")
         unknown = set(self.roles) - set(SIDES)
         if unknown:
             raise ValueError(f"roles must be among {sorted(SIDES)}, got {sorted(unknown)}")
@@ -124,7 +139,7 @@ def _powers(max_len):
 
 
 @numba.njit(cache=True)
-def _eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item, n_words):
+def _eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item, out_pos, n_words):
     """Windows of every eval text: all n-grams, or the whole text when min_words <= words < n."""
     count = 0
     for i in range(offsets.size - 1):
@@ -147,6 +162,7 @@ def _eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item,
             if fill:
                 out_hash[count] = _window(prefix, powers, pos, length)
                 out_item[count] = i
+                out_pos[count] = pos
             count += 1
     return count
 
@@ -220,6 +236,72 @@ def _bloom(table: np.ndarray) -> tuple[np.ndarray, np.uint64]:
     return words, np.uint64(bits - 1)
 
 
+def _probe_hits(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    powers: np.ndarray,
+    table: np.ndarray,
+    bloom: np.ndarray,
+    mask: np.uint64,
+) -> tuple[np.ndarray, ...]:
+    """Every window of every text (``data``/``offsets``) whose hash is in the sorted ``table``, for window
+    lengths ``lengths``: arrays (text, word position, window length, lo, hi), [lo, hi) being the range of
+    equal hashes in ``table``; ordered by text, then length, then position."""
+    n_docs = offsets.size - 1
+    counts = np.zeros(n_docs, np.int64)
+    none = np.empty(0, np.int64)
+    if table.size == 0 or n_docs == 0:
+        return none, none, none, none, none
+    probe = (lengths, powers, table, bloom, mask)
+    all_docs = np.arange(n_docs, dtype=np.int64)
+    _probe(data, offsets, all_docs, *probe, False, counts, all_docs, none, none, none, none, none)
+    docs = np.flatnonzero(counts).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts[docs])[:-1]]).astype(np.int64)
+    total = int(counts[docs].sum())
+    out = tuple(np.empty(total, np.int64) for _ in range(5))
+    if total:
+        _probe(data, offsets, docs, *probe, True, counts, starts, *out)
+    return out
+
+
+def _item_groups(items: pl.DataFrame) -> np.ndarray:
+    """Group number of each row of ``items`` (sorted by benchmark, item_id): one per (benchmark, item_id)."""
+    new = pl.col("benchmark").ne_missing(pl.col("benchmark").shift()) | pl.col("item_id").ne_missing(
+        pl.col("item_id").shift()
+    )
+    return items.select(new.fill_null(True).cum_sum().cast(pl.Int64)).to_series().to_numpy()
+
+
+def _items_per_key(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    groups: np.ndarray,
+    table: np.ndarray,
+    table_items: np.ndarray,
+    short_keys: np.ndarray,
+    short_lengths: np.ndarray,
+    powers: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, counts): for each distinct hash of ``table``, the number of distinct eval items (``groups`` of
+    the texts) with a text containing a window of that hash. An n-gram is contained exactly in the texts
+    whose table entries hold it; the whole sequences of short texts (hashes ``short_keys``, lengths
+    ``short_lengths``) are looked for in every eval text, so they also count the longer texts holding them."""
+    keys, grp = [table], [groups[table_items]]
+    if short_keys.size:
+        short_lookup = np.unique(short_keys)
+        bloom, mask = _bloom(short_lookup)
+        doc, _pos, _len, lo, _hi = _probe_hits(data, offsets, short_lengths, powers, short_lookup, bloom, mask)
+        keys.append(short_lookup[lo])
+        grp.append(groups[doc])
+    keys, grp = np.concatenate(keys), np.concatenate(grp)
+    order = np.lexsort((grp, keys))
+    keys, grp = keys[order], grp[order]
+    first = np.ones(keys.size, dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]) | (grp[1:] != grp[:-1])
+    return np.unique(keys[first], return_counts=True)
+
+
 # --------------------------------------------------------------------------------------------------------
 # eval index
 
@@ -228,15 +310,19 @@ def _bloom(table: np.ndarray) -> tuple[np.ndarray, np.uint64]:
 class EvalIndex:
     """Everything needed to probe training messages against an eval table; build once, reuse per shard.
 
-    ``items``: one row per eval text with ``normalized``, ``n_words`` and ``ngram_status`` ("ngram": all its
-    n-grams are indexed; "whole": shorter than ``ngram``, matched as a whole sequence; "too_short": fewer
-    than ``min_words`` words, ignored by the n-gram detector).
+    ``items``: one row per eval text with ``normalized``, ``n_words`` and ``ngram_status`` ("ngram": its
+    n-grams are indexed, minus boilerplate ones; "whole": shorter than ``ngram``, matched as a whole
+    sequence; "boilerplate": short, but its word sequence occurs in ``max_ngram_items`` or more eval items,
+    so ignored; "too_short": fewer than ``min_words`` words, ignored by the n-gram detector).
+    ``boilerplate``: one row per (benchmark, excluded key occurring in it): ``hash``, ``length`` (words),
+    ``items`` (distinct eval items, all benchmarks, containing it) and ``row``/``pos`` of one occurrence.
     """
 
     config: DecontamConfig
     items: pl.DataFrame
-    table: np.ndarray  # sorted uint64 window hashes
+    table: np.ndarray  # sorted uint64 window hashes (boilerplate excluded)
     table_items: np.ndarray  # item row of each table entry
+    boilerplate: pl.DataFrame
     lengths: np.ndarray  # window lengths to probe (ngram + the lengths of "whole" items)
     powers: np.ndarray
     bloom: np.ndarray
@@ -262,20 +348,64 @@ class EvalIndex:
         powers = _powers(max_len)
         empty_u, empty_i = np.empty(0, np.uint64), np.empty(0, np.int64)
         count = _eval_windows(
-            data, offsets, cfg.ngram, cfg.min_words, powers, False, empty_u, empty_i, n_words
+            data, offsets, cfg.ngram, cfg.min_words, powers, False, empty_u, empty_i, empty_i, n_words
         )
-        hashes, rows = np.empty(count, np.uint64), np.empty(count, np.int64)
-        _eval_windows(data, offsets, cfg.ngram, cfg.min_words, powers, True, hashes, rows, n_words)
-        order = np.lexsort((rows, hashes))
-        table, table_items = hashes[order], rows[order]
+        hashes, rows, pos = np.empty(count, np.uint64), np.empty(count, np.int64), np.empty(count, np.int64)
+        _eval_windows(data, offsets, cfg.ngram, cfg.min_words, powers, True, hashes, rows, pos, n_words)
+        order = np.argsort(hashes, kind="stable")  # windows are emitted by (row, pos): ties stay in that order
+        table, table_items, table_pos = hashes[order], rows[order], pos[order]
+        short = (n_words < cfg.ngram) & (n_words >= cfg.min_words)
+
+        # boilerplate cut-off: keys found in >= max_ngram_items distinct eval items leave the index
+        excluded_entry = np.zeros(table.size, dtype=bool)
+        key_items = np.zeros(table.size, np.int64)
+        if cfg.max_ngram_items and table.size:
+            short_entry = short[table_items]
+            keys, n_items = _items_per_key(
+                data, offsets, _item_groups(items), table, table_items, table[short_entry],
+                np.unique(n_words[short]).astype(np.int64), powers,
+            )
+            key_items = n_items[np.searchsorted(keys, table)]
+            excluded_entry = key_items >= cfg.max_ngram_items
+        excluded_row = np.zeros(items.height, dtype=bool)
+        excluded_row[table_items[excluded_entry & short[table_items]]] = True
+        kept_per_row = np.bincount(table_items[~excluded_entry], minlength=items.height)
         status = np.where(
-            n_words >= cfg.ngram, "ngram", np.where(n_words >= cfg.min_words, "whole", "too_short")
+            n_words >= cfg.ngram,
+            "ngram",
+            np.where(short, np.where(excluded_row, "boilerplate", "whole"), "too_short"),
         )
         items = items.with_columns(
-            pl.Series("n_words", n_words, dtype=pl.Int64), pl.Series("ngram_status", status, dtype=pl.Utf8)
+            pl.Series("n_words", n_words, dtype=pl.Int64),
+            pl.Series("ngram_status", status, dtype=pl.Utf8),
+            pl.Series("ngram_all_boilerplate", (n_words >= cfg.ngram) & (kept_per_row == 0)),
         )
-        whole_lengths = np.unique(n_words[status == "whole"])
-        lengths = np.unique(np.concatenate([[cfg.ngram], whole_lengths])).astype(np.int64)
+        ex_rows = table_items[excluded_entry]
+        boilerplate = (
+            pl.DataFrame(
+                {
+                    "benchmark": items["benchmark"].gather(ex_rows),
+                    "hash": table[excluded_entry],
+                    "length": np.minimum(n_words[ex_rows], cfg.ngram),
+                    "items": key_items[excluded_entry],
+                    "row": ex_rows,
+                    "pos": table_pos[excluded_entry],
+                },
+                schema={
+                    "benchmark": pl.Utf8,
+                    "hash": pl.UInt64,
+                    "length": pl.Int64,
+                    "items": pl.Int64,
+                    "row": pl.Int64,
+                    "pos": pl.Int64,
+                },
+            )
+            .sort("benchmark", "hash", "row", "pos", nulls_last=True)
+            .unique(["benchmark", "hash"], keep="first", maintain_order=True)
+            .select("benchmark", "hash", "length", "items", "row", "pos")
+        )
+        table, table_items = table[~excluded_entry], table_items[~excluded_entry]
+        lengths = np.unique(np.concatenate([[cfg.ngram], n_words[status == "whole"]])).astype(np.int64)
         bloom, mask = _bloom(table)
 
         mh_rows = np.empty(0, np.int64)
@@ -285,12 +415,21 @@ class EvalIndex:
             mh_rows = np.flatnonzero(n_words >= cfg.minhash_min_words).astype(np.int64)
             mh_sigs = signatures_from_normalized(items["normalized"].gather(mh_rows), cfg.minhash)
             mh_sorted = sorted_bands(band_hashes(mh_sigs, cfg.minhash))
-        return cls(cfg, items, table, table_items, lengths, powers, bloom, mask, mh_rows, mh_sigs, mh_sorted)
+        return cls(
+            cfg, items, table, table_items, boilerplate, lengths, powers, bloom, mask, mh_rows, mh_sigs, mh_sorted
+        )
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per benchmark: eval texts, how each is handled by the n-gram detector, and minhash coverage."""
+        """Per benchmark: eval texts, how each is handled by the n-gram detector (``boilerplate_texts``: short
+        texts excluded by the cut-off; ``ngram_all_boilerplate``: long texts none of whose n-grams is left),
+        distinct n-grams excluded as boilerplate (``boilerplate_ngrams``), and minhash coverage."""
         mh = np.zeros(self.items.height, dtype=bool)
         mh[self.minhash_rows] = True
+        excluded = (
+            self.boilerplate.filter(pl.col("length") == self.config.ngram)
+            .group_by("benchmark")
+            .agg(boilerplate_ngrams=pl.len())
+        )
         frame = (
             self.items.with_columns(pl.Series("mh", mh))
             .group_by("benchmark")
@@ -299,12 +438,30 @@ class EvalIndex:
                 ngram_indexed=(pl.col("ngram_status") == "ngram").sum(),
                 whole_sequence=(pl.col("ngram_status") == "whole").sum(),
                 too_short=(pl.col("ngram_status") == "too_short").sum(),
+                boilerplate_texts=(pl.col("ngram_status") == "boilerplate").sum(),
+                ngram_all_boilerplate=pl.col("ngram_all_boilerplate").sum(),
                 minhash_indexed=pl.col("mh").sum(),
             )
+            .join(excluded, on="benchmark", how="left", nulls_equal=True)
+            .with_columns(pl.col("boilerplate_ngrams").fill_null(0))
         )
         return {
             row.pop("benchmark"): {k: int(v) for k, v in row.items()}
             for row in frame.sort("benchmark").iter_rows(named=True)
+        }
+
+    def boilerplate_examples(self) -> dict[str, str]:
+        """Per benchmark with excluded keys: the excluded n-gram (or short text) found in the most eval items,
+        as normalized text (ties: first in eval order)."""
+        top = (
+            self.boilerplate.sort(["items", "row", "pos"], descending=[True, False, False])
+            .unique("benchmark", keep="first", maintain_order=True)
+            .sort("benchmark")
+        )
+        texts = self.items["normalized"].gather(top["row"])
+        return {
+            b: " ".join(t.split(" ")[p : p + n])
+            for b, t, p, n in zip(top["benchmark"], texts, top["pos"], top["length"], strict=True)
         }
 
 
@@ -337,18 +494,11 @@ def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
     if index.table.size == 0 or msgs.height == 0:
         return empty
     data, offsets = utf8_buffer(msgs["normalized"])
-    counts = np.zeros(msgs.height, np.int64)
     probe = (index.lengths, index.powers, index.table, index.bloom, index.bloom_mask)
-    none = np.empty(0, np.int64)
-    all_docs = np.arange(msgs.height, dtype=np.int64)
-    _probe(data, offsets, all_docs, *probe, False, counts, all_docs, none, none, none, none, none)
-    docs = np.flatnonzero(counts).astype(np.int64)
-    if docs.size == 0:
+    o_doc, o_pos, o_len, o_lo, o_hi = _probe_hits(data, offsets, *probe)
+    total = o_doc.size
+    if total == 0:
         return empty
-    starts = np.concatenate([[0], np.cumsum(counts[docs])[:-1]]).astype(np.int64)
-    total = int(counts[docs].sum())
-    o_doc, o_pos, o_len, o_lo, o_hi = (np.empty(total, np.int64) for _ in range(5))
-    _probe(data, offsets, docs, *probe, True, counts, starts, o_doc, o_pos, o_len, o_lo, o_hi)
     # expand each hit to the eval rows holding that window
     span = o_hi - o_lo
     rep = np.repeat(np.arange(total), span)
@@ -506,7 +656,8 @@ def decontaminate(
     ``rejected`` keeps the input columns and order and adds ``reason`` ("contamination") and ``detail`` (the
     first ``max_detail`` matches). ``report``: row counts, the config, and per benchmark (every benchmark of
     the eval table, matched or not) the rows removed, matched item ids, match counts per detector, an example
-    matched n-gram and the eval-side stats (``too_short`` etc.).
+    matched n-gram, the eval-side stats (``too_short``, ``boilerplate_ngrams`` etc.) and an example of the
+    boilerplate excluded by the ``max_ngram_items`` cut-off (``example_boilerplate``).
     """
     index = _as_index(eval_df, cfg)
     matches = _find(df, index)
@@ -540,6 +691,7 @@ def decontaminate(
 
     benchmarks: dict[str, dict[str, Any]] = {}
     eval_stats = index.stats()
+    boilerplate_examples = index.boilerplate_examples()
     for name, stats in eval_stats.items():
         sub = matches.filter(pl.col("benchmark") == name)
         ngram = sub.filter(pl.col("detector") == "ngram")
@@ -553,6 +705,7 @@ def decontaminate(
             "example_ngram": ngram["matched_ngram"][0] if ngram.height else None,
             "example_conversation_id": sub["conversation_id"][0] if sub.height else None,
             "eval": stats,
+            "example_boilerplate": boilerplate_examples.get(name),
         }
     report = {
         "rows_in": df.height,
@@ -560,6 +713,10 @@ def decontaminate(
         "rows_removed": int(mask.sum()),
         "matches": matches.height,
         "config": index.config.to_json(),
+        "boilerplate_ngrams": int(
+            index.boilerplate.filter(pl.col("length") == index.config.ngram)["hash"].n_unique()
+        ),
+        "boilerplate_texts": int((index.items["ngram_status"] == "boilerplate").sum()),
         "benchmarks": benchmarks,
     }
     return kept, rejected, report

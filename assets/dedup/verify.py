@@ -1,17 +1,26 @@
 """An independent re-check for eval-set leakage (no Dagster here).
 
 It shares no code with :mod:`assets.dedup.decontam` (no numba kernels, no rolling hashes, no MinHash): plain
-Python normalization with ``unicodedata`` and ``re``, a set of eval word n-grams, and substring search for eval
-texts shorter than n words. It is slower, and that is its point: the blocking asset check that gates training
-must not trust the code path that removed the rows.
+Python normalization with ``unicodedata`` and ``re``, dictionaries keyed by the eval word n-grams themselves
+(as strings), and substring search for eval texts shorter than n words. It is slower, and that is its point:
+the blocking asset check that gates training must not trust the code path that removed the rows.
+
+What counts as a leak is the n-gram part of the removal's definition, with the same parameters:
+
+* a training message (user or assistant) contains a word n-gram of an eval text, after normalization; or
+* it contains, as a contiguous word sequence, a whole eval text shorter than ``n`` words but at least
+  ``min_words`` long (shorter eval texts are ignored);
+* except for boilerplate: a key (eval n-gram, or whole short eval text) occurring in ``max_ngram_items`` or
+  more distinct eval items ``(benchmark, item_id)`` -- occurring meaning appearing contiguously in any text
+  of the item -- is generic text and never evidence. ``max_ngram_items=0`` turns that cut-off off.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -20,6 +29,11 @@ def _normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text or "").lower()
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     return re.sub(r"\s+", " ", text).strip()
+
+
+def _words(text: str) -> list[str]:
+    normalized = _normalize(text)
+    return normalized.split(" ") if normalized else []
 
 
 @dataclass(frozen=True)
@@ -31,41 +45,118 @@ class Leak:
     evidence: str
 
 
-def find_leaks(conversations: pl.DataFrame, eval_sets: pl.DataFrame, n: int = 13, min_words: int = 4,
-               limit: int = 20) -> list[Leak]:
-    """Training messages (user and assistant) that contain an eval n-gram, or a whole eval text shorter than n
-    words (at least ``min_words``), after normalization. Returns at most ``limit`` leaks."""
-    ngrams: dict[tuple[str, ...], tuple[str, str]] = {}
-    short: list[tuple[str, str, str]] = []
+@dataclass
+class EvalKeys:
+    """What :func:`find_leaks` looks for. ``ngrams``: n-gram text -> an eval item holding it. ``short``: whole
+    short eval text -> an eval item holding it. ``excluded_ngrams`` / ``excluded_texts``: per benchmark, the
+    distinct n-grams and the short eval texts (rows) left out as boilerplate."""
+
+    n: int
+    min_words: int
+    max_ngram_items: int
+    ngrams: dict[str, tuple[str, str]] = field(default_factory=dict)
+    short: dict[str, tuple[str, str]] = field(default_factory=dict)
+    excluded_ngrams: dict[str, int] = field(default_factory=dict)
+    excluded_texts: dict[str, int] = field(default_factory=dict)
+
+
+def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngram_items: int = 3) -> EvalKeys:
+    """Index the eval texts: their n-grams and whole short texts, minus those found in ``max_ngram_items`` or
+    more distinct eval items."""
+    if n < 1 or min_words < 1:
+        raise ValueError(f"n and min_words must be >= 1, got {n}, {min_words}")
+    if max_ngram_items < 0 or max_ngram_items == 1:
+        raise ValueError(f"max_ngram_items must be 0 (no cut-off) or >= 2, got {max_ngram_items}")
+
+    # the texts of each item, and the short texts (the candidate whole-sequence keys)
+    texts_of: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
+    short_rows: list[tuple[str, str]] = []  # (benchmark, short text) per eval row
     for benchmark, item_id, text in eval_sets.select("benchmark", "item_id", "text").iter_rows():
-        words = _normalize(text).split(" ")
-        if len(words) >= n:
-            for i in range(len(words) - n + 1):
-                ngrams.setdefault(tuple(words[i:i + n]), (benchmark, item_id))
-        elif len(words) >= min_words:
-            short.append((f" {' '.join(words)} ", benchmark, item_id))
+        words = _words(text)
+        texts_of[(benchmark, item_id)].append(words)
+        if min_words <= len(words) < n:
+            short_rows.append((benchmark, " ".join(words)))
+    short_keys = {text for _, text in short_rows}
+    short_lengths = sorted({text.count(" ") + 1 for text in short_keys})
+    short_first_words = {text.split(" ", 1)[0] for text in short_keys}
+
+    # every key each item contains: all n-grams of its texts, and the short keys found inside its texts
+    owner: dict[str, tuple[str, str]] = {}
+    n_items: dict[str, int] = {}
+    benchmarks_of: dict[str, set[str]] = {}  # keys met in more than one item: the benchmarks they occur in
+    for item, texts in texts_of.items():
+        contained: set[str] = set()
+        for words in texts:
+            contained.update(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+            for i, word in enumerate(words):
+                if word not in short_first_words:
+                    continue
+                for length in short_lengths:
+                    if i + length > len(words):
+                        break
+                    window = " ".join(words[i:i + length])
+                    if window in short_keys:
+                        contained.add(window)
+        for key in contained:
+            if key in owner:
+                n_items[key] += 1
+                benchmarks_of.setdefault(key, {owner[key][0]}).add(item[0])
+            else:
+                owner[key] = item
+                n_items[key] = 1
+
+    def boilerplate(key: str) -> bool:
+        return max_ngram_items > 0 and n_items[key] >= max_ngram_items
+
+    keys = EvalKeys(n, min_words, max_ngram_items)
+    for key, item in owner.items():
+        if key.count(" ") + 1 == n:
+            if boilerplate(key):
+                for benchmark in benchmarks_of.get(key, {item[0]}):
+                    keys.excluded_ngrams[benchmark] = keys.excluded_ngrams.get(benchmark, 0) + 1
+            else:
+                keys.ngrams[key] = item
+    for key in short_keys:
+        if not boilerplate(key):
+            keys.short[key] = owner[key]
+    for benchmark, text in short_rows:
+        if boilerplate(text):
+            keys.excluded_texts[benchmark] = keys.excluded_texts.get(benchmark, 0) + 1
+    return keys
+
+
+def find_leaks(conversations: pl.DataFrame, eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8,
+               max_ngram_items: int = 3, limit: int | None = 20) -> list[Leak]:
+    """Training messages (user and assistant) that contain an eval n-gram, or a whole eval text shorter than n
+    words (at least ``min_words``), after normalization, unless that n-gram / text occurs in
+    ``max_ngram_items`` or more distinct eval items (0: no such cut-off). One leak per conversation (its first
+    leaking message), at most ``limit`` of them (None: all)."""
+    keys = eval_keys(eval_sets, n=n, min_words=min_words, max_ngram_items=max_ngram_items)
+    needles = sorted((f" {text} ", *item) for text, item in keys.short.items())
     leaks: list[Leak] = []
     for conversation_id, messages in conversations.select("conversation_id", "messages").iter_rows():
-        for message in messages:
+        for message in messages or []:
             if message["role"] not in ("user", "assistant"):
                 continue
-            leak = _first_leak(_normalize(message["content"]), ngrams, short, n)
+            leak = _first_leak(_normalize(message["content"]), keys.ngrams, needles, n)
             if leak:
                 leaks.append(Leak(conversation_id, message["role"], *leak))
-                if len(leaks) >= limit:
+                if limit is not None and len(leaks) >= limit:
                     return leaks
                 break
     return leaks
 
 
-def _first_leak(text: str, ngrams: dict, short: Iterable[tuple[str, str, str]], n: int) -> tuple | None:
+def _first_leak(text: str, ngrams: dict[str, tuple[str, str]], needles: list[tuple[str, str, str]],
+                n: int) -> tuple[str, str, str] | None:
     words = text.split(" ")
     for i in range(len(words) - n + 1):
-        hit = ngrams.get(tuple(words[i:i + n]))
+        gram = " ".join(words[i:i + n])
+        hit = ngrams.get(gram)
         if hit:
-            return (*hit, " ".join(words[i:i + n]))
+            return (*hit, gram)
     padded = f" {text} "
-    for needle, benchmark, item_id in short:
+    for needle, benchmark, item_id in needles:
         if needle in padded:
             return benchmark, item_id, needle.strip()
     return None

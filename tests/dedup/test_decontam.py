@@ -123,7 +123,8 @@ def test_matches_report_side_and_message() -> None:
 def test_short_eval_items_match_as_whole_sequence(item: str, text: str, caught: bool) -> None:
     df = _conversations([(text, "I do not know.")] + _clean_corpus(4, 5))
     eval_df = _eval([("quiz", "1", "question", item)])
-    kept, rejected, report = decontaminate(df, eval_df, DecontamConfig(minhash=None))
+    # min_words=4 pinned (the default is 8) so that these short items exercise whole-sequence matching
+    kept, rejected, report = decontaminate(df, eval_df, DecontamConfig(min_words=4, minhash=None))
     assert (rejected["conversation_id"].to_list() == ["c0"]) is caught
     stats = report["benchmarks"]["quiz"]["eval"]
     n_words = len(item.split())

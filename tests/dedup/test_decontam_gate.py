@@ -1,6 +1,8 @@
 """The contamination gate through Dagster: a leak is removed, and when removal misses one (a weak config), the
 blocking check fails on the persisted table and training data downstream is not built."""
 
+import json
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -41,11 +43,12 @@ def planted(tmp_path):
     return storage, tmp_path / "dagster"
 
 
-def run(storage, home, decontam_config, selection):
+def run(storage, home, decontam_config, selection, user_files=()):
+    eval_config = {"benchmarks": ["humaneval", "mt_bench"], "user_files": [{"path": str(f)} for f in user_files]}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         result = dg.materialize(
             selection, resources={"storage": storage},
-            run_config={"ops": {"eval_sets": {"config": {"benchmarks": ["humaneval", "mt_bench"]}},
+            run_config={"ops": {"eval_sets": {"config": eval_config},
                                 "decontaminated_conversations": {"config": decontam_config}}},
             instance=instance, raise_on_error=False,
         )
@@ -80,3 +83,42 @@ def test_missed_leak_fails_blocking_check_and_blocks_downstream(planted):
     assert "decontaminated_conversations" in done
     assert "filtered_conversations" not in done  # the blocking check stopped the pipeline here
     assert not result.success
+
+
+BOILERPLATE = "I hope this helps! Let me know if you have any other questions."
+
+
+@pytest.mark.parametrize(("decontam_config", "removed"), [
+    ({}, ["00000-0000006"]),  # defaults: min_words 8, max_ngram_items 3
+    ({"min_words": 4, "max_ngram_items": 0}, ["00000-0000006", "00000-0000007", "00000-0000008"]),
+])
+def test_generic_text_is_kept_and_check_uses_the_same_rules(planted, tmp_path, decontam_config, removed):
+    """The two false positives of a real run: HumanEval/53's 4-word `return x + y` inside an unrelated answer, and
+    a chat closing line that is a 13-gram of three eval answers (here a user eval file). Kept by default and the
+    blocking check, re-reading the removal's min_words / max_ngram_items from its report, agrees; with the old
+    behaviour (min_words 4, no cut-off) both are removed, and the check agrees again."""
+    storage, home = planted
+    answers = tmp_path / "chat_answers.jsonl"
+    answers.write_text("".join(json.dumps({"text": f"{t} {BOILERPLATE}"}) + "\n" for t in (
+        "Paris is the capital of France.", "Water boils at 100 degrees Celsius at sea level.",
+        "The mitochondria is the powerhouse of the cell.")))
+    df = storage.read_table("deduplicated_conversations")
+    extra = [conversation(7, "Can you write a tiny Ruby calculator?",
+                          "Sure:\n\ndef calc(x, y)\n  return x + y\nend\n\nCall it with two numbers to add them."),
+             conversation(8, "Can you give me a speech about cultural identity?",
+                          f"Here is a short speech about shared traditions and languages. {BOILERPLATE}")]
+    storage.write_table("deduplicated_conversations",
+                        pl.concat([df, pl.DataFrame(extra, schema=CONVERSATION_SCHEMA)]))
+    result, checks, done = run(storage, home, decontam_config,
+                               [eval_sets, decontaminated_conversations, no_eval_overlap], user_files=[answers])
+    assert result.success
+    rejected = storage.read_table("decontaminated_conversations", "rejected")
+    assert rejected["conversation_id"].to_list() == removed
+    report = storage.read_json("decontaminated_conversations", "report")
+    boilerplate = 0 if decontam_config else 1
+    assert report["benchmarks"]["chat_answers"]["eval"]["boilerplate_ngrams"] == boilerplate
+    check = checks["no_eval_overlap"]
+    assert check.passed and check.metadata["leaks_found"].value == 0
+    assert check.metadata["parameters"].value == {
+        "n": 13, "min_words": decontam_config.get("min_words", 8),
+        "max_ngram_items": decontam_config.get("max_ngram_items", 3)}

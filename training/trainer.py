@@ -10,10 +10,15 @@ real collated batches, trains with validation and early stopping, and writes one
     <out>/lineage.json      what made this model: base model and hash, data, config, metrics, code version
     <out>/README.md         model card
 The directory is assembled beside ``<out>`` and renamed into place.
+
+Checkpoints go to ``<out>/../.<out name>.checkpoints`` (deleted after success). A killed run, started again with the
+same base model, data and config, resumes from its last complete checkpoint; checkpoints made by a different run
+(another config, data or base model: see ``fingerprint.json`` there) are discarded, never resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -152,6 +157,7 @@ def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
         packing_strategy="bfd",
         assistant_only_loss=False,  # masks come pre-computed in `assistant_masks` (TRL folds them into labels)
         save_total_limit=config.save_total_limit,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
         logging_steps=config.logging_steps,
         logging_first_step=True,
         seed=config.seed,
@@ -198,6 +204,8 @@ def train(
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoints = output_dir.parent / f".{output_dir.name}.checkpoints"
+    # before the Trainer exists (it creates the directory): resume only a checkpoint of this same run
+    resume = _last_checkpoint(checkpoints, _run_fingerprint(model_path, config, lineage or {}, train_ds, eval_ds), log)
     dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     peft_config = None
@@ -234,11 +242,11 @@ def train(
         check_batches(trainer.get_eval_dataloader(), markers, tokenizer)
     log(f"pre-flight passed: {report.to_dict()}")
 
-    resume = _last_checkpoint(checkpoints)
     if resume:
         log(f"resuming from {resume}")
     train_output = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_output.metrics)
+    metrics["resumed_from_step"] = _step_of(resume)  # train_loss/runtime then cover the resumed steps only
     if len(eval_ds):
         metrics.update(trainer.evaluate())
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
@@ -260,12 +268,52 @@ def _step_of(checkpoint: str | None) -> int | None:
     return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
 
 
-def _last_checkpoint(checkpoints: Path) -> str | None:
-    if not checkpoints.is_dir():
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
+def _run_fingerprint(model_path: Path, config: TrainConfig, lineage: dict, train_ds, eval_ds) -> str:
+    """What a checkpoint must have been made with to be resumed: base model, config and the tokenized data (which
+    covers the conversations, the tokenizer and the chat template)."""
+    h = hashlib.sha256()
+    base = lineage.get("base_model", {})
+    h.update(json.dumps({"model": str(model_path.resolve()), "model_hash": base.get("content_hash"),
+                         "config": config.to_dict()}, sort_keys=True, default=str).encode("utf-8"))
+    for split, dataset in (("train", train_ds), ("validation", eval_ds)):
+        h.update(f"|{split}:{len(dataset)}".encode())
+        for column in ("input_ids", "assistant_masks"):
+            if len(dataset) == 0:
+                continue
+            for chunk in dataset.data.column(column).chunks:
+                h.update(chunk.value_lengths().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
+                h.update(chunk.flatten().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
+    return h.hexdigest()
 
-    return get_last_checkpoint(str(checkpoints))
+
+def _last_checkpoint(checkpoints: Path, fingerprint: str, log: Callable[[str], None]) -> str | None:
+    """The last complete checkpoint of this same run in ``checkpoints``, if any; prepares the directory.
+
+    Checkpoints of another run (no or another fingerprint) are discarded. A checkpoint without a readable
+    ``trainer_state.json`` (the Trainer writes it last) was cut short by a kill: it is discarded too."""
+    marker = checkpoints / "fingerprint.json"
+    if checkpoints.is_dir():
+        try:
+            same_run = json.loads(marker.read_text())["fingerprint"] == fingerprint
+        except (OSError, ValueError, KeyError, TypeError):
+            same_run = False
+        if not same_run:
+            log(f"discarding checkpoints in {checkpoints}: made with another base model, config or data")
+            shutil.rmtree(checkpoints)
+    if not checkpoints.is_dir():
+        checkpoints.mkdir(parents=True)
+        write_json_atomic({"fingerprint": fingerprint}, marker)
+        return None
+    steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in checkpoints.glob("checkpoint-*")
+                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log(f"discarding incomplete checkpoint {path}")
+            shutil.rmtree(path)
+    return None
 
 
 def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config: TrainConfig, lineage: dict,

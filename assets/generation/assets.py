@@ -7,9 +7,8 @@ import dagster as dg
 
 from assets.base_model.assets import MANIFEST
 from assets.generation.engine import SamplingConfig, VLLMGenerator, engine_distribution
-from assets.generation.magpie import MagpieConfig
+from assets.generation.magpie import MagpieConfig, pre_query_prefixes
 from assets.generation.shards import run_shard
-from assets.generation.templates import derive_pre_query
 from pipelines.partitions import GENERATION_SHARDS, shard_index
 from pipelines.resources import DataStorage, VLLMEngine
 
@@ -73,7 +72,7 @@ def magpie_conversations(
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     key = context.partition_key
     core = config.to_core(shard=shard_index(key))
-    first_prefix = core.pre_query_template or derive_pre_query(tokenizer).prefix
+    prefixes = pre_query_prefixes(tokenizer, core)
     engine_name, engine_version = engine_distribution()
     engine_config = engine.engine_config()
 
@@ -92,7 +91,7 @@ def magpie_conversations(
     generation = {
         "model": model["name"],
         "model_hash": model["content_hash"],
-        "pre_query_template": first_prefix,
+        "pre_query_templates": prefixes,
         "pre_query_template_hash": df["pre_query_template_hash"][0] if df.height else None,
         "sampling": {"instruction": core.instruction.to_dict(), "response": core.response.to_dict()},
         "num_turns": core.num_turns,
@@ -117,7 +116,7 @@ def magpie_conversations(
             "resumed_batches": result.resumed_batches,
             "seed": core.seed,
             "sampling": dg.MetadataValue.json(generation["sampling"]),
-            "pre_query_template": dg.MetadataValue.md(f"```\n{first_prefix}\n```"),
+            "pre_query_templates": dg.MetadataValue.md("\n\n".join(f"```\n{p}\n```" for p in prefixes)),
             "sample": dg.MetadataValue.md(_sample_markdown(df)),
         },
         data_version=dg.DataVersion(stored.content_hash),

@@ -95,12 +95,16 @@ def _clean(text: str, stop_strings: Sequence[str]) -> str:
     return text.strip()
 
 
+def pre_query_prefixes(tokenizer: Any, config: MagpieConfig) -> list[str]:
+    """The first-turn instruction prompts of a run: one pre-query prefix per configured system prompt."""
+    if config.pre_query_template:
+        return [config.pre_query_template]
+    return [derive_pre_query(tokenizer, _history(text)).prefix for text, _ in config.system_prompts]
+
+
 def pre_query_hash(tokenizer: Any, config: MagpieConfig) -> str:
-    """Identifies the instruction prompt of a run: the first-turn prefixes for each configured system prompt."""
-    prefixes = [config.pre_query_template] if config.pre_query_template else [
-        derive_pre_query(tokenizer, _history(text)).prefix for text, _ in config.system_prompts
-    ]
-    return sha256_text("\x1e".join(prefixes))
+    """Identifies the instruction prompts of a run (see :func:`pre_query_prefixes`)."""
+    return sha256_text("\x1e".join(pre_query_prefixes(tokenizer, config)))
 
 
 def generate_conversations(

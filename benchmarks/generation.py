@@ -222,7 +222,8 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=int, default=4, help="vLLM CPU KV cache GB, if "
                         "VLLM_CPU_KVCACHE_SPACE is unset (default 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the transformers backend "
-                        "(default: torch's own, all cores)")
+                        "(default: torch's own, all cores; on a machine busy with other work, fewer threads than "
+                        "cores avoids OpenMP oversubscription collapse)")
     args = parser.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - {"vllm", "hf"}

@@ -30,9 +30,10 @@ endif
 	touch $(STAMP)
 
 # Materialize the whole graph on the embedded default (profiles/demo.yaml), then say where the model is.
+# `-c` is needed: `dagster job execute` ignores a partitioned job's own config (the UI's launchpad applies it).
 demo: install
 	$(BIN)/python -m pipelines.shards add 0
-	$(BIN)/dagster job execute -m pipelines.definitions -j sft_demo --tags '{"dagster/partition": "00000"}'
+	$(BIN)/dagster job execute -m pipelines.definitions -j sft_demo -c profiles/demo.yaml --tags '{"dagster/partition": "00000"}'
 	$(BIN)/python -m pipelines.report
 
 test: install

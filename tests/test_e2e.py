@@ -158,3 +158,75 @@ def test_trained_model_loads_and_generates(pipeline_run):
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_run, tmp_path):
+    """sft_model twice more on a copy of the pipeline's data: continual mode with no previous model yet (trains from
+    the base model and says why), then, on a smaller mixture, from that model with rehearsal of its rows."""
+    import shutil
+    from pathlib import Path
+
+    from assets.mixture.assets import sft_mixture
+    from assets.sft.assets import sft_model
+    from training.continual import rehearsal_size
+
+    storage, materializations, _, tiny_model_dir = pipeline_run
+    # the default run of the whole graph recorded that it was trained from the base model
+    default_dir = Path(materializations["sft_model"].metadata["model_dir"].path)
+    assert json.loads((default_dir / "lineage.json").read_text())["retrained_from"] == "base_model"
+    assert materializations["sft_model"].metadata["init_from"].value == "base"
+
+    copy = DataStorage(root=str(tmp_path / "data"))
+    shutil.copytree(storage.root_path, copy.root_path, ignore=shutil.ignore_patterns("models", "latest.json"))
+    model_config = tiny_run_config(tiny_model_dir)["ops"]["sft_model"]["config"] | {
+        "init_from": "previous", "rehearsal_fraction": 0.5}
+    mixture_rows = materializations["sft_mixture"].metadata["dagster/row_count"].value
+
+    def materialize(assets, run_config):
+        (tmp_path / "dagster").mkdir(exist_ok=True)
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+            result = dg.materialize(assets, resources={"storage": copy}, run_config={"ops": run_config},
+                                    instance=instance)
+            assert result.success
+            template_check = [c.passed for c in result.get_asset_check_evaluations()
+                              if c.check_name == "chat_template_matches_base"]
+            assert template_check == [True]  # compared with the base model's template, also in continual mode
+            return instance.get_latest_materialization_event(dg.AssetKey("sft_model")).asset_materialization
+
+    first = materialize([sft_model], {"sft_model": {"config": model_config}})
+    first_dir = Path(first.metadata["model_dir"].path)
+    first_lineage = json.loads((first_dir / "lineage.json").read_text())
+    assert first_lineage["retrained_from"]["mode"] == "base"
+    assert "no previous sft_model yet" in first_lineage["retrained_from"]["reason"]
+    assert first.metadata["rehearsal_rows"].value == 0
+
+    # round 2: a smaller mixture, so part of round 1's training rows are not in the new data and can be rehearsed
+    second = materialize([sft_mixture, sft_model], {
+        "sft_mixture": {"config": {"validation_fraction": 0.2, "seed": 0, "max_rows": mixture_rows // 2}},
+        "sft_model": {"config": model_config},
+    })
+    second_dir = Path(second.metadata["model_dir"].path)
+    lineage = json.loads((second_dir / "lineage.json").read_text())
+    start = lineage["retrained_from"]
+    assert start["mode"] == "continual" and start["previous_model_dir"] == str(first_dir)
+    assert start["previous_model_content_hash"] == first.metadata["content_hash"].value
+    assert start["previous_dagster_run_id"] == first_lineage["dagster_run_id"] != lineage["dagster_run_id"]
+    assert lineage["training"]["initial_weights"] == str(first_dir)
+    assert lineage["base_model"]["path"] == str(tiny_model_dir)  # the base model stays the base model
+    assert second.metadata["retrained_from"].value == start
+    assert "Continual fine-tune" in (second_dir / "README.md").read_text()
+    assert read_chat_template(second_dir) == read_chat_template(tiny_model_dir)
+
+    rows = pl.read_parquet(second_dir / "train_rows.parquet")
+    rehearsal = rows.filter(pl.col("split") == "rehearsal")
+    new_train = rows.filter(pl.col("split") == "train")
+    assert rehearsal.height == start["rehearsal"]["rows"] == second.metadata["rehearsal_rows"].value > 0
+    assert rehearsal.height == min(rehearsal_size(0.5, new_train.height), start["rehearsal"]["available"])
+    assert second.metadata["dagster/row_count"].value == new_train.height + rehearsal.height
+    previous_rows = pl.read_parquet(first_dir / "train_rows.parquet").filter(pl.col("split") == "train")
+    assert set(rehearsal["conversation_id"]) <= set(previous_rows["conversation_id"])
+    assert not set(rehearsal["conversation_id"]) & set(copy.read_table("sft_mixture")["conversation_id"])
+    generated = copy.read_table("magpie_conversations", f"shard-{SHARD}")  # traceable to shard and row
+    joined = rehearsal.join(generated, on=["shard", "row_index"], how="left", suffix="_gen")
+    assert (joined["conversation_id"] == joined["conversation_id_gen"]).all()
+    assert (joined["messages"] == joined["messages_gen"]).all()

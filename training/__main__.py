@@ -4,7 +4,12 @@ Example:
     python -m training --model data/models/base/SmolLM2-135M-Instruct \\
         --data data/sft_mixture/data.parquet --output out/my-model --set num_train_epochs=1 --set lora_r=32
 The data file needs a `messages` column (list of {role, content}); a `split` column ("train"/"validation")
-selects the validation rows, else --validation gives a second file.
+selects the validation rows, else --validation gives a second file. Rows without a `conversation_id` get one from
+a hash of their messages. The model directory keeps the rows (with messages) in train_rows.parquet.
+
+Continual mode (start from a previous fine-tune of the same base model, with rehearsal of its training rows):
+    python -m training --model BASE --data new.parquet --output out/round-2 \
+        --init-from previous --previous-model out/round-1 --rehearsal-fraction 0.25
 """
 
 from __future__ import annotations
@@ -39,14 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="model directory to write")
     parser.add_argument("--config", help="JSON file of TrainConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--init-from", choices=("base", "previous"), default="base",
+                        help="start from the base model (default) or from --previous-model (continual mode)")
+    parser.add_argument("--previous-model", help="continual mode: the previous fine-tune's model directory")
+    parser.add_argument("--rehearsal-fraction", type=float, default=0.0,
+                        help="continual mode: rehearsal rows from the previous model per new training row (> 0)")
     args = parser.parse_args(argv)
 
     import polars as pl
 
+    from assets.base_model.core import model_content_hash
+    from training.continual import (
+        ContinualConfig,
+        ContinualError,
+        content_conversation_ids,
+        starting_point,
+        train_rows_table,
+    )
     from training.trainer import train
 
     fields = json.loads(Path(args.config).read_text()) if args.config else {}
     config = TrainConfig.from_dict({**fields, **_parse_set(args.set)})
+    try:
+        continual = ContinualConfig(args.init_from, args.rehearsal_fraction, seed=config.seed)
+    except ContinualError as error:
+        raise SystemExit(f"--init-from/--rehearsal-fraction: {error}") from None
+    if continual.continual != bool(args.previous_model):
+        raise SystemExit("--previous-model DIR goes with --init-from previous (and only with it)")
     data = pl.read_parquet(args.data)
     if "messages" not in data.columns:
         raise SystemExit(f"{args.data}: no `messages` column (columns: {data.columns})")
@@ -57,8 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         validation_rows = data.filter(pl.col("split") == "validation")
     else:
         train_rows, validation_rows = data, data.clear()
-    result = train(args.model, train_rows["messages"].to_list(), validation_rows["messages"].to_list(),
-                   args.output, config, lineage={"data": {"path": str(Path(args.data).resolve())}})
+    rows = pl.concat([train_rows.with_columns(split=pl.lit("train")),
+                      validation_rows.with_columns(split=pl.lit("validation"))], how="diagonal_relaxed")
+    if "conversation_id" not in rows.columns:
+        rows = rows.with_columns(conversation_id=pl.Series(content_conversation_ids(rows["messages"].to_list()),
+                                                           dtype=pl.Utf8))
+    base = {"path": str(Path(args.model).resolve()), "content_hash": model_content_hash(args.model)}
+    try:
+        start = starting_point(continual, args.model, base["content_hash"], args.previous_model,
+                               rows["conversation_id"].to_list(), train_rows.height)
+    except ContinualError as error:
+        raise SystemExit(str(error)) from None
+    rehearsal = start.rehearsal_rows
+    conversations = train_rows["messages"].to_list() + (rehearsal["messages"].to_list() if rehearsal is not None
+                                                         else [])
+    result = train(start.model_path, conversations, validation_rows["messages"].to_list(), args.output, config,
+                   lineage={"data": {"path": str(Path(args.data).resolve())}, "base_model": base,
+                            "retrained_from": start.retrained_from},
+                   train_rows=train_rows_table(rows, rehearsal))
     print(f"Trained model: {result.model_dir}  lineage: {result.lineage_path}")
     return 0
 

@@ -8,6 +8,7 @@ real collated batches, trains with validation and early stopping, and writes one
                             AutoModelForCausalLM / vLLM as is
     <out>/adapter/          the LoRA adapter alone (LoRA runs)
     <out>/lineage.json      what made this model: base model and hash, data, config, metrics, code version
+    <out>/train_rows.parquet  the rows it was trained and validated on, with their messages (when given)
     <out>/README.md         model card
 The directory is assembled beside ``<out>`` and renamed into place.
 
@@ -30,9 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assets.common.storage import make_tree_readable, sha256_text, write_bytes_atomic, write_json_atomic
+import polars as pl
+
+from assets.common.storage import (
+    make_tree_readable,
+    sha256_text,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from training.chat_template import read_chat_template, render, special_token_strings
 from training.config import TrainConfig
+from training.continual import TRAIN_ROWS_FILE, describe_start
 from training.masking import assistant_end_of_turn, tokenize_conversation
 from training.preflight import (
     PreflightError,
@@ -51,6 +61,7 @@ class TrainResult:
     model_dir: Path
     adapter_dir: Path | None
     lineage_path: Path
+    train_rows_path: Path | None
     metrics: dict[str, Any]
     preflight: dict[str, Any]
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -179,8 +190,13 @@ def train(
     config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen dataclass)
     lineage: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    train_rows: pl.DataFrame | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model_path`` on the conversations; write the model directory at ``output_dir``."""
+    """Fine-tune ``model_path`` on the conversations; write the model directory at ``output_dir``.
+
+    ``model_path`` is the model training starts from: the base model, or in continual mode the previous fine-tune
+    (then ``lineage["base_model"]`` names the base model). ``train_rows`` (the rows behind the conversations, see
+    :func:`training.continual.train_rows_table`) is saved in the directory as ``train_rows.parquet``."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
@@ -258,7 +274,7 @@ def train(
 
     result = _write_model_dir(trainer, tokenizer, template, output_dir, config, lineage or {}, metrics,
                               report, model_path, trainer.state.log_history,
-                              dropped_train + dropped_eval, len(train_ds), len(eval_ds))
+                              dropped_train + dropped_eval, len(train_ds), len(eval_ds), train_rows)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
 
@@ -317,8 +333,8 @@ def _last_checkpoint(checkpoints: Path, fingerprint: str, log: Callable[[str], N
 
 
 def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config: TrainConfig, lineage: dict,
-                     metrics: dict, report: PreflightReport, base_path: Path, log_history: list,
-                     dropped: int, n_train: int, n_eval: int) -> TrainResult:
+                     metrics: dict, report: PreflightReport, start_path: Path, log_history: list,
+                     dropped: int, n_train: int, n_eval: int, train_rows: pl.DataFrame | None) -> TrainResult:
     """Assemble merged weights, adapter, tokenizer + template, lineage and card beside ``output_dir``; rename."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -333,9 +349,10 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
         check_template_identity(template, read_chat_template(tmp), f"{output_dir} (saved model)")
         full_lineage = {
             **lineage,
-            "base_model": {**lineage.get("base_model", {}), "path": str(base_path)},
+            "base_model": {"path": str(start_path), **lineage.get("base_model", {})},
             "chat_template_sha256": sha256_text(template),
             "training": {
+                "initial_weights": str(start_path),
                 "config": config.to_dict(),
                 "framework": "trl.SFTTrainer" + (" + peft.LoRA" if config.method == "lora" else ""),
                 "loss": "cross-entropy on assistant tokens incl. end-of-turn (masks by rendering the template)",
@@ -347,6 +364,8 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
             "code_version": code_version(),
         }
         write_json_atomic(full_lineage, tmp / "lineage.json")
+        if train_rows is not None:
+            write_parquet_atomic(train_rows, tmp / TRAIN_ROWS_FILE)
         write_bytes_atomic(model_card(full_lineage).encode("utf-8"), tmp / "README.md")
         png = loss_curve_png(log_history)
         if png:
@@ -362,6 +381,7 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
         model_dir=output_dir,
         adapter_dir=adapter_dir,
         lineage_path=output_dir / "lineage.json",
+        train_rows_path=output_dir / TRAIN_ROWS_FILE if train_rows is not None else None,
         metrics=metrics,
         preflight=report.to_dict(),
         log_history=log_history,
@@ -383,6 +403,8 @@ def model_card(lineage: dict[str, Any]) -> str:
         "",
         f"Fine-tuned from **{base.get('name', base.get('path'))}** (content hash `{base.get('content_hash', '?')}`) "
         f"with {training['framework']}.",
+        "",
+        describe_start(lineage.get("retrained_from")),
         "",
         "## Data",
     ]

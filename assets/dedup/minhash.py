@@ -52,7 +52,7 @@ from assets.dedup.text import (
     fmix32,
     fmix64,
     hash_sequence,
-    normalize_expr,
+    normalized_buffer,
     sha1_hash32,
     token_spans,
     utf8_buffer,
@@ -351,7 +351,11 @@ def _components(n, edge_i, edge_j):
 
 def signatures_from_normalized(normalized: pl.Series, cfg: MinHashConfig) -> np.ndarray:
     """(rows, num_perm) uint32 signatures of already-normalized texts."""
-    data, offsets = utf8_buffer(normalized)
+    return signatures_from_buffer(*utf8_buffer(normalized), cfg)
+
+
+def signatures_from_buffer(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+    """(rows, num_perm) uint32 signatures of normalized texts given as a UTF-8 buffer and row offsets."""
     perm_a, perm_b = cfg.permutations()
     out = np.empty((offsets.size - 1, cfg.num_perm), dtype=np.uint32)
     if out.shape[0]:
@@ -372,8 +376,7 @@ def signatures_from_normalized(normalized: pl.Series, cfg: MinHashConfig) -> np.
 def compute_signatures(texts: pl.Series | list[str], cfg: MinHashConfig) -> np.ndarray:
     """(rows, num_perm) uint32 MinHash signatures of raw texts (normalized here)."""
     series = texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.Utf8)
-    normalized = series.to_frame("text").select(normalize_expr("text")).to_series()
-    return signatures_from_normalized(normalized, cfg)
+    return signatures_from_buffer(*normalized_buffer(series), cfg)
 
 
 def band_hashes(signatures: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
@@ -592,8 +595,8 @@ def deduplicate(
     n = df.height
     m = len(index)
     perm = _order_permutation(df, order)  # rank -> input position
-    normalized = df.select(normalize_expr(text_expr).alias("text")).to_series().gather(perm)
-    sigs = signatures_from_normalized(normalized, cfg)
+    raw_text = df.select(text_expr.cast(pl.Utf8).fill_null("").alias("text")).to_series().gather(perm)
+    sigs = signatures_from_buffer(*normalized_buffer(raw_text), cfg)
     bands = band_hashes(sigs, cfg)
 
     # new-vs-new pairs (rank space), verified

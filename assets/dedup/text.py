@@ -62,6 +62,86 @@ def normalize(texts: pl.Series | Sequence[str]) -> pl.Series:
     return series.to_frame("text").select(normalize_expr("text")).to_series()
 
 
+# ASCII bytes of Unicode category P (deleted) and of White_Space (collapsed): what normalize_expr does to them.
+_ASCII_CLASS = np.zeros(128, np.uint8)  # 0 keep, 1 delete (punctuation), 2 whitespace
+_ASCII_CLASS[[ord(c) for c in "!\"#%&'()*,-./:;?@[\\]_{}"]] = 1
+_ASCII_CLASS[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20]] = 2
+_ASCII_CLASS.flags.writeable = False
+
+
+@numba.njit(parallel=True, cache=True)
+def _normalize_ascii_kernel(data, offsets, classes, out, out_len, ascii_row):
+    """Normalize every pure-ASCII row of ``data`` into ``out`` at the row's own offset (a normalized row is never
+    longer); rows with a non-ASCII byte are only flagged (``ascii_row[i] = 0``) and left to polars."""
+    for i in numba.prange(offsets.size - 1):
+        start = offsets[i]
+        end = offsets[i + 1]
+        ascii_only = True
+        for k in range(start, end):
+            if data[k] >= 0x80:
+                ascii_only = False
+                break
+        ascii_row[i] = 1 if ascii_only else 0
+        if not ascii_only:
+            out_len[i] = 0
+            continue
+        pos = start
+        pending_space = False
+        for k in range(start, end):
+            byte = data[k]
+            kind = classes[byte]
+            if kind == 1:
+                continue
+            if kind == 2:
+                pending_space = pos > start
+                continue
+            if pending_space:
+                out[pos] = 0x20
+                pos += 1
+                pending_space = False
+            out[pos] = byte + 32 if 0x41 <= byte <= 0x5A else byte
+            pos += 1
+        out_len[i] = pos - start
+
+
+@numba.njit(parallel=True, cache=True)
+def _compact_kernel(src, src_offsets, lengths, dst_offsets, dst):
+    for i in numba.prange(lengths.size):
+        s = src_offsets[i]
+        d = dst_offsets[i]
+        for k in range(lengths[i]):
+            dst[d + k] = src[s + k]
+
+
+def normalized_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``utf8_buffer(normalize(texts))``, fast: pure-ASCII rows (where NFKC is the identity and Unicode rules
+    reduce to byte classes) are normalized by a numba kernel, the other rows by :func:`normalize_expr`."""
+    raw = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.Utf8)
+    data, offsets = utf8_buffer(raw)
+    n = offsets.size - 1
+    out = np.empty_like(data)
+    lengths = np.empty(n, np.int64)
+    ascii_row = np.empty(n, np.uint8)
+    if n:
+        _normalize_ascii_kernel(data, offsets, _ASCII_CLASS, out, lengths, ascii_row)
+    others = np.flatnonzero(ascii_row == 0)
+    other_data = np.zeros(0, np.uint8)
+    if others.size:
+        other_data, other_offsets = utf8_buffer(normalize(raw.gather(others)))
+        lengths[others] = np.diff(other_offsets)
+    new_offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    result = np.empty(int(new_offsets[-1]), np.uint8)
+    if n:
+        src_offsets = offsets[:-1].copy()
+        if others.size:
+            # splice the polars-normalized rows in: append them after the ASCII output and point at them
+            out = np.concatenate([out, other_data])
+            src_offsets[others] = data.size + other_offsets[:-1]
+        _compact_kernel(out, src_offsets, lengths, new_offsets, result)
+    return result, new_offsets
+
+
 def shingles(normalized: str, unit: str, n: int) -> list[str]:
     """The shingles of an already-normalized text, in order (duplicates kept). Reference implementation."""
     if not normalized:

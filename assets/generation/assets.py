@@ -75,6 +75,9 @@ def magpie_conversations(
     prefixes = pre_query_prefixes(tokenizer, core)
     engine_name, engine_version = engine_distribution()
     engine_config = engine.engine_config()
+    context.log.info(f"shard {key}: {core.num_conversations} conversations x {core.num_turns} turn(s) in batches of "
+                     f"{config.batch_size}; instruction {core.instruction.to_dict()}, response "
+                     f"{core.response.to_dict()}; engine {engine_config}")
 
     def start_engine() -> VLLMGenerator:
         context.log.info(f"starting {engine_name}=={engine_version} on {model['name']}")

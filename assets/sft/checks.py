@@ -14,6 +14,7 @@ import importlib.metadata
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 # Prompts every fine-tune is compared on (fixed, so models can be compared across runs).
@@ -86,3 +87,29 @@ def answer_prompts(model_dir: str | Path, prompts: Sequence[str], engine_config,
     with VLLMGenerator(str(model_dir), engine_config, seed=0) as generator:
         return generator.generate(ids, SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=max_tokens),
                                   sorted(stops), seeds=[0] * len(ids))
+
+
+@dataclass(frozen=True)
+class StopVerdict:
+    rows: list[dict]  # prompt, base / tuned answer (first 300 characters) and finish reason
+    new_runaways: list[str]  # prompts the tuned model runs to max_tokens on and the base model does not
+    inherited_runaways: list[str]  # prompts both models run to max_tokens on (greedy loops of the base model)
+    stopped: int  # tuned answers that ended on a stop token
+
+    @property
+    def passed(self) -> bool:
+        """No new runaway, and at least one answer ends on its own (a model that never stops fails, whatever the
+        base does)."""
+        return not self.new_runaways and self.stopped > 0
+
+
+def stop_verdict(prompts: Sequence[str], base: Sequence, tuned: Sequence) -> StopVerdict:
+    """Compare base and tuned greedy answers (Completions with ``text`` and ``finish_reason``) prompt by prompt."""
+    rows = [{"prompt": p, "base": b.text[:300], "base_finish": b.finish_reason, "tuned": t.text[:300],
+             "tuned_finish": t.finish_reason} for p, b, t in zip(prompts, base, tuned, strict=True)]
+    return StopVerdict(
+        rows=rows,
+        new_runaways=[r["prompt"] for r in rows if r["tuned_finish"] != "stop" and r["base_finish"] == "stop"],
+        inherited_runaways=[r["prompt"] for r in rows if r["tuned_finish"] != "stop" and r["base_finish"] != "stop"],
+        stopped=sum(r["tuned_finish"] == "stop" for r in rows),
+    )

@@ -359,13 +359,13 @@ def test_incremental_dedup_uses_index_without_recomputing(tmp_path, monkeypatch)
     ]
     shard1 = _frame(new_texts, shards=[1] * 5, rows=list(range(5)))
     computed: list[int] = []
-    original = mh.signatures_from_normalized
+    original = mh.signatures_from_buffer
 
-    def counting(normalized, cfg):
-        computed.append(normalized.len())
-        return original(normalized, cfg)
+    def counting(data, offsets, cfg):
+        computed.append(offsets.size - 1)
+        return original(data, offsets, cfg)
 
-    monkeypatch.setattr(mh, "signatures_from_normalized", counting)
+    monkeypatch.setattr(mh, "signatures_from_buffer", counting)
     loaded = LSHIndex.load(path)
     np.testing.assert_array_equal(loaded.signatures, first.index.signatures)
     assert loaded.ids.to_list() == first.index.ids.to_list()

@@ -20,6 +20,23 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
   texts were excluded (``boilerplate_ngrams``, ``boilerplate_texts``), how many long texts lost all their
   n-grams to it (``ngram_all_boilerplate``) and an example. :mod:`assets.dedup.verify` applies the same
   rule with its own code.
+* training-side frequency cut-off (``max_train_rows``, default 10; 0 disables it), as in the GPT-3 paper: a
+  key of the n-gram detector found in at least ``max_train_rows`` distinct training conversations (distinct
+  ``conversation_id``, in any message of the compared roles) of the table being decontaminated is generic
+  text too, and matches on it are ignored. It catches chat boilerplate that a single eval item happens to
+  share ("i hope this helps let me know if you have any other questions" in one Arena-Hard baseline answer),
+  which the eval-side cut-off cannot see. Keys found in fewer conversations behave as before. "Found" means
+  the key's word sequence appears in the message (every occurrence counts, checked byte for byte), so the
+  count does not depend on which other keys the message matches; it is taken over the whole table passed
+  to :func:`decontaminate` / :func:`find_contamination` (the asset passes the whole deduplicated table, not
+  a shard). The trade-off: a real leak repeated in ``max_train_rows`` or more rows that are not
+  near-duplicates of each other (e.g. the same eval prompt embedded in ten different conversations) is
+  ignored by the n-gram detector. Near-duplicate removal runs before decontamination, so repeated copies of
+  a leak are collapsed to one row first, and the MinHash detector (not subject to this cut-off) still
+  catches a message that is, as a whole, close to an eval text. Set 0 to disable the cut-off. The report
+  gives, per benchmark, how many distinct keys were ignored (``train_frequent_keys``) and the one found in
+  most conversations (``example_train_frequent``); :mod:`assets.dedup.verify` applies the same rule with
+  its own code.
 * ``detector="minhash"``: estimated Jaccard of word 3-gram sets >= 0.5 (:data:`DEFAULT_MINHASH`), for
   messages and eval texts of at least ``minhash_min_words`` (default 10) words. It catches light rewording
   that leaves no 13-gram intact: one changed word every 12 words keeps J(3-grams) ~ 0.6, every 10 words
@@ -82,12 +99,15 @@ class DecontamConfig:
     """ngram: word n-gram length of the overlap detector. min_words: shortest eval text (in normalized words)
     still checked, as a whole sequence when shorter than ``ngram``. max_ngram_items: an n-gram detector key
     (eval n-gram or whole short eval text) found in at least this many distinct eval items is boilerplate
-    and ignored (0: no cut-off). roles: message roles compared. minhash: config of the similarity detector
+    and ignored (0: no cut-off). max_train_rows: an n-gram detector key found in at least this many distinct
+    training conversations of the table being decontaminated is generic text and ignored (0: no cut-off).
+    roles: message roles compared. minhash: config of the similarity detector
     (None disables it). minhash_min_words: shortest message / eval text the similarity detector looks at."""
 
     ngram: int = 13
     min_words: int = 8
     max_ngram_items: int = 3
+    max_train_rows: int = 10
     roles: tuple[str, ...] = ("user", "assistant")
     minhash: MinHashConfig | None = DEFAULT_MINHASH
     minhash_min_words: int = 10
@@ -98,6 +118,9 @@ class DecontamConfig:
         if self.max_ngram_items < 0 or self.max_ngram_items == 1:
             # 1 would exclude every key (each occurs in its own item) and silently disable the detector
             raise ValueError(f"max_ngram_items must be 0 (no cut-off) or >= 2, got {self.max_ngram_items}")
+        if self.max_train_rows < 0 or self.max_train_rows == 1:
+            # 1 would ignore every key found at all, i.e. silently disable the n-gram detector
+            raise ValueError(f"max_train_rows must be 0 (no cut-off) or >= 2, got {self.max_train_rows}")
         unknown = set(self.roles) - set(SIDES)
         if unknown:
             raise ValueError(f"roles must be among {sorted(SIDES)}, got {sorted(unknown)}")
@@ -227,6 +250,44 @@ def _probe(
             counts[i] = c
 
 
+@numba.njit(cache=True)
+def _window_bytes(data, offsets, text, pos, length):
+    """Byte span [start, end) in ``data`` of words [pos, pos + length) of text ``text[k]``, for every k (texts
+    retokenized only when ``text`` changes, so order by text to tokenize each once)."""
+    start = np.empty(text.size, np.int64)
+    end = np.empty(text.size, np.int64)
+    last = -1
+    spans = np.empty(0, np.int64)
+    ends = np.empty(0, np.int64)
+    for k in range(text.size):
+        i = text[k]
+        if i != last:
+            spans = np.empty(offsets[i + 1] - offsets[i] + 2, np.int64)
+            ends = np.empty(offsets[i + 1] - offsets[i] + 2, np.int64)
+            token_spans(data, offsets[i], offsets[i + 1], spans, ends)
+            last = i
+        start[k] = spans[pos[k]]
+        end[k] = ends[pos[k] + length[k] - 1]
+    return start, end
+
+
+@numba.njit(cache=True)
+def _same_bytes(a, a_start, a_end, b, b_start, b_end):
+    """a[a_start[k]:a_end[k]] == b[b_start[k]:b_end[k]] for every k."""
+    out = np.zeros(a_start.size, dtype=np.bool_)
+    for k in range(a_start.size):
+        n = a_end[k] - a_start[k]
+        if n != b_end[k] - b_start[k]:
+            continue
+        same = True
+        for j in range(n):
+            if a[a_start[k] + j] != b[b_start[k] + j]:
+                same = False
+                break
+        out[k] = same
+    return out
+
+
 def _bloom(table: np.ndarray) -> tuple[np.ndarray, np.uint64]:
     """A one-hash bit filter over ``table`` (>= 16 bits per entry): most windows skip the binary search."""
     bits = 1 << max(16, int(np.ceil(np.log2(max(table.size, 1) * 16))))
@@ -322,6 +383,9 @@ class EvalIndex:
     items: pl.DataFrame
     table: np.ndarray  # sorted uint64 window hashes (boilerplate excluded)
     table_items: np.ndarray  # item row of each table entry
+    table_pos: np.ndarray  # word position of each table entry in its item's normalized text
+    eval_data: np.ndarray  # UTF-8 bytes of the items' normalized texts (for string checks of table entries)
+    eval_offsets: np.ndarray
     boilerplate: pl.DataFrame
     lengths: np.ndarray  # window lengths to probe (ngram + the lengths of "whole" items)
     powers: np.ndarray
@@ -404,7 +468,8 @@ class EvalIndex:
             .unique(["benchmark", "hash"], keep="first", maintain_order=True)
             .select("benchmark", "hash", "length", "items", "row", "pos")
         )
-        table, table_items = table[~excluded_entry], table_items[~excluded_entry]
+        kept_entry = ~excluded_entry
+        table, table_items, table_pos = table[kept_entry], table_items[kept_entry], table_pos[kept_entry]
         lengths = np.unique(np.concatenate([[cfg.ngram], n_words[status == "whole"]])).astype(np.int64)
         bloom, mask = _bloom(table)
 
@@ -416,7 +481,8 @@ class EvalIndex:
             mh_sigs = signatures_from_normalized(items["normalized"].gather(mh_rows), cfg.minhash)
             mh_sorted = sorted_bands(band_hashes(mh_sigs, cfg.minhash))
         return cls(
-            cfg, items, table, table_items, boilerplate, lengths, powers, bloom, mask, mh_rows, mh_sigs, mh_sorted
+            cfg, items, table, table_items, table_pos, data, offsets, boilerplate, lengths, powers, bloom, mask,
+            mh_rows, mh_sigs, mh_sorted,
         )
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -488,17 +554,110 @@ def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame
     return exploded.with_columns(normalize_expr("content").alias("normalized")).drop("content")
 
 
-def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
-    """(msg, item, matched_ngram) for every message/eval-text pair sharing a verified window."""
+FREQUENT_SCHEMA: dict[str, pl.DataType] = {"benchmark": pl.Utf8, "key": pl.Utf8, "conversations": pl.Int64}
+
+
+def _entry_spans(index: EvalIndex, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte spans, in ``index.eval_data``, of the key of table entries: an n-gram of a long eval text, or the
+    whole of a short one."""
+    rows = index.table_items[entries]
+    length = np.minimum(index.items["n_words"].to_numpy()[rows], index.config.ngram)
+    order = np.argsort(rows, kind="stable")
+    start, end = np.empty(entries.size, np.int64), np.empty(entries.size, np.int64)
+    start[order], end[order] = _window_bytes(
+        index.eval_data, index.eval_offsets, rows[order], index.table_pos[entries][order], length[order]
+    )
+    return start, end
+
+
+def _entry_texts(index: EvalIndex, entries: np.ndarray) -> list[str]:
+    start, end = _entry_spans(index, entries)
+    return [index.eval_data[a:b].tobytes().decode("utf-8") for a, b in zip(start, end, strict=True)]
+
+
+def _hit_keys(
+    data: np.ndarray, offsets: np.ndarray, index: EvalIndex, doc: np.ndarray, pos: np.ndarray,
+    length: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+) -> np.ndarray:
+    """For each probe hit, the first table entry of its hash range [lo, hi) whose key is, byte for byte, the
+    message window (-1: none, a hash collision). Hits with the same window text get the same entry, so it
+    identifies the key. The first entry is tried for all hits at once; the others only after a mismatch."""
+    w_start, w_end = _window_bytes(data, offsets, doc, pos, length)  # hits are ordered by message
+    key = np.full(doc.size, -1, np.int64)
+    e_start, e_end = _entry_spans(index, lo)
+    same = _same_bytes(data, w_start, w_end, index.eval_data, e_start, e_end)
+    key[same] = lo[same]
+    rest = np.flatnonzero(~same & (hi - lo > 1))
+    if rest.size:
+        span = hi[rest] - lo[rest] - 1
+        rep = np.repeat(rest, span)
+        entry = lo[rep] + 1 + np.arange(rep.size) - np.repeat(np.cumsum(span) - span, span)
+        e_start, e_end = _entry_spans(index, entry)
+        ok = _same_bytes(data, w_start[rep], w_end[rep], index.eval_data, e_start, e_end)
+        for h, e in zip(rep[ok][::-1], entry[ok][::-1], strict=True):  # the first matching entry wins
+            key[h] = e
+    return key
+
+
+def _train_frequent(
+    msgs: pl.DataFrame, index: EvalIndex, data: np.ndarray, offsets: np.ndarray, hits: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, pl.DataFrame]:
+    """The training-side cut-off. Returns (keep, frequent): ``keep`` is False for the probe hits (doc, pos, length,
+    lo, hi) on a key found in ``max_train_rows`` or more distinct conversations of ``msgs``; ``frequent`` has one
+    row per (benchmark, such key) with its conversation count, a key belonging to the benchmarks of the eval
+    texts it is a key of (:data:`FREQUENT_SCHEMA`)."""
+    doc, pos, length, lo, hi = hits
+    key = _hit_keys(data, offsets, index, doc, pos, length, lo, hi)
+    keyed = pl.DataFrame(
+        {"hit": np.arange(doc.size), "key": key, "conversation_id": msgs["conversation_id"].gather(doc)},
+        schema={"hit": pl.Int64, "key": pl.Int64, "conversation_id": pl.Utf8},
+    ).filter(pl.col("key") >= 0)
+    frequent = (
+        keyed.group_by("key")
+        .agg(pl.col("conversation_id").n_unique().cast(pl.Int64).alias("conversations"), pl.col("hit").first())
+        .filter(pl.col("conversations") >= index.config.max_train_rows)
+        .sort("key")
+    )
+    keep = np.ones(doc.size, dtype=bool)
+    keep[keyed.join(frequent.select("key"), on="key", how="semi")["hit"].to_numpy()] = False
+    if frequent.height == 0:
+        return keep, pl.DataFrame(schema=FREQUENT_SCHEMA)
+    # the eval texts holding each frequent key: the entries of its hash range with the same bytes
+    first, hit = frequent["key"].to_numpy(), frequent["hit"].to_numpy()
+    span = hi[hit] - lo[hit]
+    rep = np.repeat(np.arange(hit.size), span)
+    entry = lo[hit][rep] + np.arange(rep.size) - np.repeat(np.cumsum(span) - span, span)
+    k_start, k_end = _entry_spans(index, first[rep])
+    e_start, e_end = _entry_spans(index, entry)
+    same = _same_bytes(index.eval_data, k_start, k_end, index.eval_data, e_start, e_end)
+    owners = pl.DataFrame(
+        {
+            "benchmark": index.items["benchmark"].gather(index.table_items[entry[same]]),
+            "key": pl.Series(_entry_texts(index, first), dtype=pl.Utf8).gather(rep[same]),
+            "conversations": frequent["conversations"].gather(rep[same]),
+        },
+        schema=FREQUENT_SCHEMA,
+    )
+    return keep, owners.unique().sort("benchmark", "key")
+
+
+def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(matches, frequent): ``matches`` has (msg, item, matched_ngram) for every message/eval-text pair sharing
+    a verified window whose key is not train-frequent; ``frequent`` the keys ignored as train-frequent
+    (:data:`FREQUENT_SCHEMA`)."""
     empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
+    frequent = pl.DataFrame(schema=FREQUENT_SCHEMA)
     if index.table.size == 0 or msgs.height == 0:
-        return empty
+        return empty, frequent
     data, offsets = utf8_buffer(msgs["normalized"])
     probe = (index.lengths, index.powers, index.table, index.bloom, index.bloom_mask)
     o_doc, o_pos, o_len, o_lo, o_hi = _probe_hits(data, offsets, *probe)
+    if index.config.max_train_rows and o_doc.size:
+        keep, frequent = _train_frequent(msgs, index, data, offsets, (o_doc, o_pos, o_len, o_lo, o_hi))
+        o_doc, o_pos, o_len, o_lo, o_hi = (a[keep] for a in (o_doc, o_pos, o_len, o_lo, o_hi))
     total = o_doc.size
     if total == 0:
-        return empty
+        return empty, frequent
     # expand each hit to the eval rows holding that window
     span = o_hi - o_lo
     rep = np.repeat(np.arange(total), span)
@@ -545,7 +704,7 @@ def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
         pending = pending.join(failed, on=["msg", "item"], how="semi").join(
             failed, on=["msg", "item", "pos"], how="anti"
         )
-    return pl.concat(found).with_columns(pl.col("msg", "item").cast(pl.Int64))
+    return pl.concat(found).with_columns(pl.col("msg", "item").cast(pl.Int64)), frequent
 
 
 def _minhash_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
@@ -578,10 +737,12 @@ def _minhash_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
     )
 
 
-def _find(df: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
-    """Matches with the training row position (``row``) kept for ordering and grouping."""
+def _find(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(matches, frequent): the matches with the training row position (``row``) kept for ordering and grouping,
+    and the keys ignored by the training-side cut-off (:data:`FREQUENT_SCHEMA`)."""
     msgs = _training_messages(df, index.config.roles)
-    ngram = _ngram_matches(msgs, index).with_columns(
+    ngram, frequent = _ngram_matches(msgs, index)
+    ngram = ngram.with_columns(
         pl.lit("ngram").alias("detector"), pl.lit(None, pl.Float64).alias("similarity")
     )
     minhash = _minhash_matches(msgs, index).with_columns(
@@ -599,11 +760,12 @@ def _find(df: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
         ],
         how="horizontal",
     ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))
-    return (
+    matches = (
         out.sort(["row", "message_index", "benchmark", "item_id", "field", "detector"])
         .select("row", *MATCH_SCHEMA)
         .cast(MATCH_SCHEMA)
     )
+    return matches, frequent
 
 
 def _as_index(eval_df: pl.DataFrame | EvalIndex, cfg: DecontamConfig | None) -> EvalIndex:
@@ -618,8 +780,9 @@ def find_contamination(
     df: pl.DataFrame, eval_df: pl.DataFrame | EvalIndex, cfg: DecontamConfig | None = None
 ) -> pl.DataFrame:
     """Every (training message, eval text, detector) match, columns :data:`MATCH_SCHEMA`, ordered by
-    training row, message_index, benchmark, item_id, field, detector."""
-    return _find(df, _as_index(eval_df, cfg)).drop("row")
+    training row, message_index, benchmark, item_id, field, detector. Keys found in ``max_train_rows`` or more
+    distinct conversations of ``df`` are ignored (the training-side cut-off counts over ``df``)."""
+    return _find(df, _as_index(eval_df, cfg))[0].drop("row")
 
 
 def _describe(prefix: pl.Expr) -> pl.Expr:
@@ -657,10 +820,12 @@ def decontaminate(
     first ``max_detail`` matches). ``report``: row counts, the config, and per benchmark (every benchmark of
     the eval table, matched or not) the rows removed, matched item ids, match counts per detector, an example
     matched n-gram, the eval-side stats (``too_short``, ``boilerplate_ngrams`` etc.) and an example of the
-    boilerplate excluded by the ``max_ngram_items`` cut-off (``example_boilerplate``).
+    boilerplate excluded by the ``max_ngram_items`` cut-off (``example_boilerplate``), the number of distinct keys
+    ignored by the ``max_train_rows`` cut-off (``train_frequent_keys``) and the one found in most conversations
+    (``example_train_frequent``: ``{"key", "conversations"}``, ties by key text).
     """
     index = _as_index(eval_df, cfg)
-    matches = _find(df, index)
+    matches, frequent = _find(df, index)
     bad_rows = matches["row"].unique().sort()
     mask = np.zeros(df.height, dtype=bool)
     mask[bad_rows.to_numpy()] = True
@@ -695,6 +860,9 @@ def decontaminate(
     for name, stats in eval_stats.items():
         sub = matches.filter(pl.col("benchmark") == name)
         ngram = sub.filter(pl.col("detector") == "ngram")
+        train_frequent = frequent.filter(pl.col("benchmark") == name).sort(
+            ["conversations", "key"], descending=[True, False]
+        )
         benchmarks[name] = {
             "rows_removed": int(sub["row"].n_unique()),
             "matched_item_ids": sorted(sub["item_id"].unique().to_list()),
@@ -706,6 +874,12 @@ def decontaminate(
             "example_conversation_id": sub["conversation_id"][0] if sub.height else None,
             "eval": stats,
             "example_boilerplate": boilerplate_examples.get(name),
+            "train_frequent_keys": train_frequent.height,
+            "example_train_frequent": (
+                {"key": train_frequent["key"][0], "conversations": int(train_frequent["conversations"][0])}
+                if train_frequent.height
+                else None
+            ),
         }
     report = {
         "rows_in": df.height,
@@ -717,6 +891,7 @@ def decontaminate(
             index.boilerplate.filter(pl.col("length") == index.config.ngram)["hash"].n_unique()
         ),
         "boilerplate_texts": int((index.items["ngram_status"] == "boilerplate").sum()),
+        "train_frequent_keys": int(frequent["key"].n_unique()),
         "benchmarks": benchmarks,
     }
     return kept, rejected, report

@@ -12,7 +12,16 @@ What counts as a leak is the n-gram part of the removal's definition, with the s
   ``min_words`` long (shorter eval texts are ignored);
 * except for boilerplate: a key (eval n-gram, or whole short eval text) occurring in ``max_ngram_items`` or
   more distinct eval items ``(benchmark, item_id)`` -- occurring meaning appearing contiguously in any text
-  of the item -- is generic text and never evidence. ``max_ngram_items=0`` turns that cut-off off.
+  of the item -- is generic text and never evidence. ``max_ngram_items=0`` turns that cut-off off;
+* and except for text frequent in the training data itself (the GPT-3 paper's remedy for boilerplate that a
+  single eval item happens to share): a key found in ``max_train_rows`` or more distinct training
+  conversations (distinct ``conversation_id``; any user or assistant message containing the key's words
+  contiguously) is never evidence either. The count is over the whole table the removal saw, which the
+  check passes as ``counted_over`` (the kept rows plus the rejected ones), not over the kept rows alone: rows
+  removed for other reasons would otherwise lower the count and turn an ignored key back into evidence.
+  ``max_train_rows=0`` turns that cut-off off. Its trade-off is the removal's: a real leak repeated in
+  ``max_train_rows`` or more rows that are not near-duplicates of each other is not reported (near-duplicate
+  removal runs first and collapses repeated copies of a leak to one row).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import polars as pl
+
+ROLES = ("user", "assistant")
 
 
 def _normalize(text: str) -> str:
@@ -49,7 +60,9 @@ class Leak:
 class EvalKeys:
     """What :func:`find_leaks` looks for. ``ngrams``: n-gram text -> an eval item holding it. ``short``: whole
     short eval text -> an eval item holding it. ``excluded_ngrams`` / ``excluded_texts``: per benchmark, the
-    distinct n-grams and the short eval texts (rows) left out as boilerplate."""
+    distinct n-grams and the short eval texts (rows) left out as boilerplate. ``shared``: the benchmarks of the
+    n-grams found in more than one eval item; ``short_benchmarks``: the benchmarks of the eval texts each short
+    key is the whole of (see :meth:`benchmarks`)."""
 
     n: int
     min_words: int
@@ -58,6 +71,15 @@ class EvalKeys:
     short: dict[str, tuple[str, str]] = field(default_factory=dict)
     excluded_ngrams: dict[str, int] = field(default_factory=dict)
     excluded_texts: dict[str, int] = field(default_factory=dict)
+    shared: dict[str, set[str]] = field(default_factory=dict)
+    short_benchmarks: dict[str, set[str]] = field(default_factory=dict)
+
+    def benchmarks(self, key: str) -> set[str]:
+        """The benchmarks a (non-boilerplate) key belongs to: those of the eval texts holding it as an n-gram, or
+        whose whole text it is."""
+        if key in self.short:
+            return self.short_benchmarks[key]
+        return self.shared.get(key, {self.ngrams[key][0]})
 
 
 def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngram_items: int = 3) -> EvalKeys:
@@ -108,7 +130,7 @@ def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngra
     def boilerplate(key: str) -> bool:
         return max_ngram_items > 0 and n_items[key] >= max_ngram_items
 
-    keys = EvalKeys(n, min_words, max_ngram_items)
+    keys = EvalKeys(n, min_words, max_ngram_items, shared=benchmarks_of)
     for key, item in owner.items():
         if key.count(" ") + 1 == n:
             if boilerplate(key):
@@ -122,23 +144,67 @@ def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngra
     for benchmark, text in short_rows:
         if boilerplate(text):
             keys.excluded_texts[benchmark] = keys.excluded_texts.get(benchmark, 0) + 1
+        else:
+            keys.short_benchmarks.setdefault(text, set()).add(benchmark)
     return keys
 
 
+def _check_max_train_rows(max_train_rows: int) -> None:
+    if max_train_rows < 0 or max_train_rows == 1:
+        # 1 would ignore every key found at all
+        raise ValueError(f"max_train_rows must be 0 (no cut-off) or >= 2, got {max_train_rows}")
+
+
+def train_frequent_keys(conversations: pl.DataFrame, keys: EvalKeys, max_train_rows: int) -> dict[str, int]:
+    """The keys (n-grams and whole short texts of ``keys``) found in ``max_train_rows`` or more distinct
+    conversations of ``conversations``, in any user or assistant message: key -> number of conversations. Empty
+    when ``max_train_rows`` is 0."""
+    _check_max_train_rows(max_train_rows)
+    if not max_train_rows:
+        return {}
+    short_lengths = sorted({key.count(" ") + 1 for key in keys.short})
+    short_first_words = {key.split(" ", 1)[0] for key in keys.short}
+    found_in: dict[str, set] = defaultdict(set)
+    for conversation_id, messages in conversations.select("conversation_id", "messages").iter_rows():
+        for message in messages or []:
+            if message["role"] not in ROLES:
+                continue
+            words = _normalize(message["content"]).split(" ")
+            for i in range(len(words)):
+                if i + keys.n <= len(words):
+                    gram = " ".join(words[i:i + keys.n])
+                    if gram in keys.ngrams:
+                        found_in[gram].add(conversation_id)
+                if words[i] not in short_first_words:
+                    continue
+                for length in short_lengths:
+                    if i + length > len(words):
+                        break
+                    window = " ".join(words[i:i + length])
+                    if window in keys.short:
+                        found_in[window].add(conversation_id)
+    return {key: len(ids) for key, ids in found_in.items() if len(ids) >= max_train_rows}
+
+
 def find_leaks(conversations: pl.DataFrame, eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8,
-               max_ngram_items: int = 3, limit: int | None = 20) -> list[Leak]:
+               max_ngram_items: int = 3, max_train_rows: int = 10, limit: int | None = 20,
+               counted_over: pl.DataFrame | None = None) -> list[Leak]:
     """Training messages (user and assistant) that contain an eval n-gram, or a whole eval text shorter than n
     words (at least ``min_words``), after normalization, unless that n-gram / text occurs in
-    ``max_ngram_items`` or more distinct eval items (0: no such cut-off). One leak per conversation (its first
+    ``max_ngram_items`` or more distinct eval items, or in ``max_train_rows`` or more distinct conversations of
+    ``counted_over`` (default: ``conversations``; 0: no such cut-off). One leak per conversation (its first
     leaking message), at most ``limit`` of them (None: all)."""
+    _check_max_train_rows(max_train_rows)
     keys = eval_keys(eval_sets, n=n, min_words=min_words, max_ngram_items=max_ngram_items)
-    needles = sorted((f" {text} ", *item) for text, item in keys.short.items())
+    frequent = train_frequent_keys(conversations if counted_over is None else counted_over, keys, max_train_rows)
+    ngrams = {gram: item for gram, item in keys.ngrams.items() if gram not in frequent}
+    needles = sorted((f" {text} ", *item) for text, item in keys.short.items() if text not in frequent)
     leaks: list[Leak] = []
     for conversation_id, messages in conversations.select("conversation_id", "messages").iter_rows():
         for message in messages or []:
-            if message["role"] not in ("user", "assistant"):
+            if message["role"] not in ROLES:
                 continue
-            leak = _first_leak(_normalize(message["content"]), keys.ngrams, needles, n)
+            leak = _first_leak(_normalize(message["content"]), ngrams, needles, n)
             if leak:
                 leaks.append(Leak(conversation_id, message["role"], *leak))
                 if limit is not None and len(leaks) >= limit:

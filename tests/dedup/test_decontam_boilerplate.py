@@ -6,9 +6,14 @@ the independent re-check (verify.py) that gates training.
 2. Chat boilerplate ("i hope this helps let me know if you have any other questions") is a 13-gram of many
    eval answers and of ordinary chat answers. An n-gram (or short eval text) found in ``max_ngram_items``
    (default 3) or more distinct eval items is not evidence of contamination.
+3. The same boilerplate in a single eval item: found in ``max_train_rows`` (default 10) or more training
+   conversations, it is not evidence either (tests/dedup/test_decontam_train_frequency.py; the agreement of the
+   two implementations on it is checked here).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import polars as pl
@@ -16,7 +21,7 @@ import pytest
 
 from assets.common.schema import MESSAGE
 from assets.dedup.decontam import DecontamConfig, EvalIndex, decontaminate
-from assets.dedup.verify import eval_keys, find_leaks
+from assets.dedup.verify import eval_keys, find_leaks, train_frequent_keys
 
 BOILERPLATE = "I hope this helps! Let me know if you have any other questions."  # 13 normalized words
 BOILERPLATE_NORM = "i hope this helps let me know if you have any other questions"
@@ -257,8 +262,16 @@ def _random_case(seed: int) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, list[
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
     "cfg",
-    [{}, {"min_words": 4}, {"max_ngram_items": 0}, {"max_ngram_items": 2, "min_words": 5}, {"ngram": 8}],
-    ids=["defaults", "min4", "no-cutoff", "cut2-min5", "ngram8"],
+    [
+        {},
+        {"min_words": 4},
+        {"max_ngram_items": 0},
+        {"max_ngram_items": 2, "min_words": 5},
+        {"ngram": 8},
+        {"max_train_rows": 3},
+        {"max_train_rows": 2, "max_ngram_items": 0, "min_words": 4},
+    ],
+    ids=["defaults", "min4", "no-cutoff", "cut2-min5", "ngram8", "train3", "train2-no-cutoff-min4"],
 )
 def test_verify_agrees_with_decontam_on_random_corpus(seed: int, cfg: dict) -> None:
     df, eval_df, planted = _random_case(seed)
@@ -270,14 +283,19 @@ def test_verify_agrees_with_decontam_on_random_corpus(seed: int, cfg: dict) -> N
     # near misses are 12 words of a 13-gram (with n=8 they hold genuine 8-grams); clean rows are never flagged
     possible = {"leak", "boilerplate", "short"} | ({"near_miss"} if "ngram" in cfg else set())
     assert set(ours) <= {c for kind in possible for c in planted[kind]}
-    if cfg.get("max_ngram_items", 3) == 0:
+    if "max_train_rows" in cfg:  # phrases and short texts planted in enough rows are kept, whatever their items
+        without = _flagged(df, eval_df, **{**cfg, "max_train_rows": 0})[0]
+        assert set(ours) < set(without)
+        assert set(without) - set(ours) <= {c for kind in ("boilerplate", "short", "leak") for c in planted[kind]}
+    elif cfg.get("max_ngram_items", 3) == 0:
         assert set(planted["boilerplate"]) <= set(ours)
     elif cfg.get("max_ngram_items", 3) == 2:  # every planted phrase is in >= 2 items
         assert not set(ours) & set(planted["boilerplate"])
     else:  # phrases in 3+ items are kept, those in 2 items are evidence
         assert 0 < len(set(ours) & set(planted["boilerplate"])) < len(planted["boilerplate"])
     # the eval side agrees too: distinct n-grams and short texts excluded, per benchmark
-    keys = eval_keys(eval_df, n=cfg.get("ngram", 13), **{k: v for k, v in cfg.items() if k != "ngram"})
+    keys = eval_keys(eval_df, n=cfg.get("ngram", 13), min_words=cfg.get("min_words", 8),
+                     max_ngram_items=cfg.get("max_ngram_items", 3))
     stats = report["benchmarks"]
     assert {b: s["eval"]["boilerplate_ngrams"] for b, s in stats.items() if s["eval"]["boilerplate_ngrams"]} == (
         keys.excluded_ngrams
@@ -287,6 +305,19 @@ def test_verify_agrees_with_decontam_on_random_corpus(seed: int, cfg: dict) -> N
     )
     if cfg.get("max_ngram_items", 3):
         assert sum(keys.excluded_ngrams.values()) > 0
+    # and the training side: the same keys ignored as frequent, per benchmark, with the same counts
+    frequent = train_frequent_keys(df, keys, cfg.get("max_train_rows", 10))
+    assert report["train_frequent_keys"] == len(frequent)
+    per_benchmark = Counter(b for key in frequent for b in keys.benchmarks(key))
+    assert {b: s["train_frequent_keys"] for b, s in stats.items() if s["train_frequent_keys"]} == per_benchmark
+    for name, s in stats.items():
+        example = s["example_train_frequent"]
+        if example is None:
+            continue
+        top = max(frequent[key] for key in frequent if name in keys.benchmarks(key))
+        assert frequent[example["key"]] == example["conversations"] == top
+    if "max_train_rows" in cfg:
+        assert len(frequent) >= 3
 
 
 def test_index_is_independent_of_eval_order() -> None:

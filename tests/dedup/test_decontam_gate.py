@@ -9,6 +9,7 @@ import pytest
 
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.dedup.assets import decontaminated_conversations, no_eval_overlap
+from assets.dedup.verify import find_leaks
 from assets.eval_sets.assets import eval_sets
 from assets.eval_sets.core import load_bundled_eval_sets
 from assets.filtering.assets import filtered_conversations
@@ -90,7 +91,8 @@ BOILERPLATE = "I hope this helps! Let me know if you have any other questions."
 
 @pytest.mark.parametrize(("decontam_config", "removed"), [
     ({}, ["00000-0000006"]),  # defaults: min_words 8, max_ngram_items 3
-    ({"min_words": 4, "max_ngram_items": 0}, ["00000-0000006", "00000-0000007", "00000-0000008"]),
+    ({"min_words": 4, "max_ngram_items": 0, "max_train_rows": 0},
+     ["00000-0000006", "00000-0000007", "00000-0000008"]),
 ])
 def test_generic_text_is_kept_and_check_uses_the_same_rules(planted, tmp_path, decontam_config, removed):
     """The two false positives of a real run: HumanEval/53's 4-word `return x + y` inside an unrelated answer, and
@@ -121,4 +123,45 @@ def test_generic_text_is_kept_and_check_uses_the_same_rules(planted, tmp_path, d
     assert check.passed and check.metadata["leaks_found"].value == 0
     assert check.metadata["parameters"].value == {
         "n": 13, "min_words": decontam_config.get("min_words", 8),
-        "max_ngram_items": decontam_config.get("max_ngram_items", 3)}
+        "max_ngram_items": decontam_config.get("max_ngram_items", 3),
+        "max_train_rows": decontam_config.get("max_train_rows", 10)}
+
+
+@pytest.mark.parametrize("max_train_rows", [10, 0])
+def test_check_counts_training_frequency_over_the_whole_input(planted, tmp_path, max_train_rows):
+    """A closing line shared with a single eval answer, in 10 distinct conversations: generic text, kept by
+    default. One of the 10 is removed for another reason (a HumanEval prompt), so only 9 are left in the kept
+    table; the check counts over kept + rejected rows, the table the removal saw, and agrees with it. With
+    max_train_rows 0 all 10 are removed, and the check agrees again."""
+    storage, home = planted
+    answers = tmp_path / "chat_answers.jsonl"
+    answers.write_text(json.dumps({"text": "The capital of France is Paris, a city on the Seine known for its "
+                                           f"museums, cafes and long history of art and politics. {BOILERPLATE}"}))
+    humaneval = load_bundled_eval_sets(["humaneval"])
+    prompt = humaneval.filter((pl.col("item_id") == "HumanEval/1") & (pl.col("field") == "prompt"))["text"][0]
+    extra = [conversation(7, "Write a parser for me, please.", f"Here:\n\n{prompt}\n    pass\n\n{BOILERPLATE}")]
+    extra += [conversation(row, f"Tell me one fact about subject number {row}, please.",
+                           f"Fact {row}: " + " ".join(f"w{row}x{k}" for k in range(30)) + f". {BOILERPLATE}")
+              for row in range(8, 17)]
+    df = storage.read_table("deduplicated_conversations")
+    storage.write_table("deduplicated_conversations", pl.concat([df, pl.DataFrame(extra, schema=CONVERSATION_SCHEMA)]))
+    result, checks, done = run(storage, home, {"max_train_rows": max_train_rows},
+                               [eval_sets, decontaminated_conversations, no_eval_overlap], user_files=[answers])
+    assert result.success
+    rejected = storage.read_table("decontaminated_conversations", "rejected")
+    removed = ["00000-0000006", "00000-0000007"] + ([f"00000-{r:07d}" for r in range(8, 17)] if not max_train_rows
+                                                   else [])
+    assert rejected["conversation_id"].to_list() == removed
+    report = storage.read_json("decontaminated_conversations", "report")
+    chat = report["benchmarks"]["chat_answers"]
+    assert report["config"]["max_train_rows"] == max_train_rows
+    assert chat["train_frequent_keys"] == (1 if max_train_rows else 0)
+    if max_train_rows:
+        assert chat["example_train_frequent"] == {
+            "key": "i hope this helps let me know if you have any other questions", "conversations": 10}
+        # counted over the kept rows alone, the 9 left would look like 9 leaks: the check must not do that
+        kept, eval_df = storage.read_table("decontaminated_conversations"), storage.read_table("eval_sets")
+        assert len(find_leaks(kept, eval_df, max_train_rows=10, limit=None)) == 9
+    check = checks["no_eval_overlap"]
+    assert check.passed and check.metadata["leaks_found"].value == 0
+    assert check.metadata["parameters"].value["max_train_rows"] == max_train_rows

@@ -45,6 +45,7 @@ import polars as pl
 from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON, conversation_text
 from assets.common.storage import write_bytes_atomic
 from assets.dedup.text import (
+    ASCII_CLASSES,
     HASH_SHA1,
     HASH_XXH64,
     NORMALIZATION_VERSION,
@@ -52,10 +53,12 @@ from assets.dedup.text import (
     fmix32,
     fmix64,
     hash_sequence,
-    normalized_buffer,
+    normalize,
+    normalized_spans,
     sha1_hash32,
     token_spans,
     utf8_buffer,
+    utf8_view,
     xxh64,
 )
 
@@ -188,12 +191,12 @@ def _permutations(seed: int, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(parallel=True, cache=True)
-def _signature_kernel(data, offsets, char_unit, n, hash_kind, perm_a, perm_b, out):
-    n_docs = offsets.size - 1
+def _signature_kernel(data, starts, ends_, char_unit, n, hash_kind, perm_a, perm_b, out):
+    n_docs = starts.size
     n_perm = perm_a.size
     for i in numba.prange(n_docs):
-        start = offsets[i]
-        end = offsets[i + 1]
+        start = starts[i]
+        end = ends_[i]
         spans = np.empty(end - start + 2, np.int64)
         ends = np.empty(end - start + 2, np.int64)
         scratch = np.empty(80, np.uint64)
@@ -234,6 +237,58 @@ def _signature_kernel(data, offsets, char_unit, n, hash_kind, perm_a, perm_b, ou
                     h = (x ^ (x >> _S32)) & _M32
             hv = np.uint32(fmix32(h))
             # shingle outer, permutation inner: the uint32 loop over num_perm vectorizes (SIMD mul/add/min)
+            for p in range(n_perm):
+                sig[p] = min(sig[p], np.uint32(perm_a[p] * hv + perm_b[p]))
+        out[i, :] = sig
+
+
+@numba.njit(parallel=True, cache=True)
+def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, ascii_row):
+    """Word shingles + xxh64 (the default), straight from raw text: each pure-ASCII row is normalized, split into
+    words and its words hashed in one pass (same words, same hashes, same signature as normalizing first); a row
+    with a non-ASCII byte is flagged (``ascii_row[i] = 0``) and left to the caller."""
+    n_perm = perm_a.size
+    for i in numba.prange(offsets.size - 1):
+        start = offsets[i]
+        end = offsets[i + 1]
+        word = np.empty(end - start + 1, np.uint8)  # the current word, normalized
+        word_hashes = np.empty((end - start) // 2 + 2, np.uint64)
+        count = 0
+        length = 0
+        pending_space = False
+        ascii_only = True
+        for k in range(start, end):
+            byte = data[k]
+            kind = classes[byte]
+            if kind == 0:
+                if pending_space:
+                    word_hashes[count] = xxh64(word, 0, length, _U64(0))
+                    count += 1
+                    length = 0
+                    pending_space = False
+                word[length] = byte + 32 if 0x41 <= byte <= 0x5A else byte
+                length += 1
+            elif kind == 2:
+                pending_space = length > 0
+            elif kind == 3:
+                ascii_only = False
+                break
+        ascii_row[i] = 1 if ascii_only else 0
+        if not ascii_only:
+            continue
+        if length > 0:
+            word_hashes[count] = xxh64(word, 0, length, _U64(0))
+            count += 1
+        if count == 0:
+            for p in range(n_perm):
+                out[i, p] = _EMPTY
+            continue
+        n_sh = 1 if count < n else count - n + 1
+        width = count if count < n else n
+        sig = np.full(n_perm, _EMPTY, np.uint32)
+        for k in range(n_sh):
+            x = hash_sequence(word_hashes, k, width)
+            hv = np.uint32(fmix32((x ^ (x >> _S32)) & _M32))
             for p in range(n_perm):
                 sig[p] = min(sig[p], np.uint32(perm_a[p] * hv + perm_b[p]))
         out[i, :] = sig
@@ -329,7 +384,7 @@ def _find(parent, x):
 
 
 @numba.njit(cache=True)
-def _components(n, edge_i, edge_j):
+def connected_components(n, edge_i, edge_j):
     """Root of every node; the root of a component is its smallest node."""
     parent = np.arange(n)
     for k in range(edge_i.size):
@@ -356,13 +411,19 @@ def signatures_from_normalized(normalized: pl.Series, cfg: MinHashConfig) -> np.
 
 def signatures_from_buffer(data: np.ndarray, offsets: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
     """(rows, num_perm) uint32 signatures of normalized texts given as a UTF-8 buffer and row offsets."""
+    return signatures_from_spans(data, offsets[:-1], offsets[1:], cfg)
+
+
+def signatures_from_spans(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+    """(rows, num_perm) uint32 signatures of normalized texts: row i is ``data[starts[i]:ends[i]]``."""
     perm_a, perm_b = cfg.permutations()
-    out = np.empty((offsets.size - 1, cfg.num_perm), dtype=np.uint32)
+    out = np.empty((starts.size, cfg.num_perm), dtype=np.uint32)
     if out.shape[0]:
         kind = HASH_SHA1 if cfg.hash == "sha1" else HASH_XXH64
         _signature_kernel(
             data,
-            offsets,
+            np.ascontiguousarray(starts, dtype=np.int64),
+            np.ascontiguousarray(ends, dtype=np.int64),
             cfg.unit == "char",
             cfg.ngram,
             kind,
@@ -376,7 +437,19 @@ def signatures_from_buffer(data: np.ndarray, offsets: np.ndarray, cfg: MinHashCo
 def compute_signatures(texts: pl.Series | list[str], cfg: MinHashConfig) -> np.ndarray:
     """(rows, num_perm) uint32 MinHash signatures of raw texts (normalized here)."""
     series = texts if isinstance(texts, pl.Series) else pl.Series("text", texts, dtype=pl.Utf8)
-    return signatures_from_buffer(*normalized_buffer(series), cfg)
+    if cfg.unit != "word" or cfg.hash != "xxh64" or series.len() == 0:
+        return signatures_from_spans(*normalized_spans(series), cfg)
+    # the default configuration: normalization, words and signatures fused in one kernel for ASCII rows
+    data, offsets = utf8_view(series)
+    perm_a, perm_b = cfg.permutations()
+    out = np.empty((series.len(), cfg.num_perm), dtype=np.uint32)
+    ascii_row = np.empty(series.len(), np.uint8)
+    _raw_word_signature_kernel(data, offsets, ASCII_CLASSES, cfg.ngram, np.ascontiguousarray(perm_a),
+                               np.ascontiguousarray(perm_b), out, ascii_row)
+    others = np.flatnonzero(ascii_row == 0)
+    if others.size:
+        out[others] = signatures_from_normalized(normalize(series.gather(others)), cfg)
+    return out
 
 
 def band_hashes(signatures: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
@@ -400,7 +473,7 @@ def sorted_bands(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hashes, orders
 
 
-def _within_pairs(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def within_pairs(bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hashes, orders = sorted_bands(bands)
     empty = np.empty(0, np.int64)
     n = _bucket_pairs_kernel(hashes, orders, ALL_PAIRS_BUCKET_SIZE, False, empty, empty)
@@ -596,11 +669,11 @@ def deduplicate(
     m = len(index)
     perm = _order_permutation(df, order)  # rank -> input position
     raw_text = df.select(text_expr.cast(pl.Utf8).fill_null("").alias("text")).to_series().gather(perm)
-    sigs = signatures_from_buffer(*normalized_buffer(raw_text), cfg)
+    sigs = compute_signatures(raw_text, cfg)
     bands = band_hashes(sigs, cfg)
 
     # new-vs-new pairs (rank space), verified
-    wi, wj = _within_pairs(bands) if n > 1 else (np.empty(0, np.int64), np.empty(0, np.int64))
+    wi, wj = within_pairs(bands) if n > 1 else (np.empty(0, np.int64), np.empty(0, np.int64))
     w_counts = equal_counts(sigs, wi, sigs, wj) if wi.size else np.empty(0, np.int64)
     w_ok = w_counts / float(cfg.num_perm) >= cfg.threshold
     # new-vs-index pairs, verified
@@ -608,7 +681,7 @@ def deduplicate(
     c_counts = equal_counts(index.signatures, co, sigs, cn) if co.size else np.empty(0, np.int64)
     c_ok = c_counts / float(cfg.num_perm) >= cfg.threshold
 
-    roots = _components(n, wi[w_ok], wj[w_ok]) if n else np.empty(0, np.int64)
+    roots = connected_components(n, wi[w_ok], wj[w_ok]) if n else np.empty(0, np.int64)
     # a component touching the index is represented by the earliest index row it matched
     anchor = np.full(n, -1, dtype=np.int64)
     if c_ok.any():

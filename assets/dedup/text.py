@@ -62,84 +62,101 @@ def normalize(texts: pl.Series | Sequence[str]) -> pl.Series:
     return series.to_frame("text").select(normalize_expr("text")).to_series()
 
 
-# ASCII bytes of Unicode category P (deleted) and of White_Space (collapsed): what normalize_expr does to them.
-_ASCII_CLASS = np.zeros(128, np.uint8)  # 0 keep, 1 delete (punctuation), 2 whitespace
-_ASCII_CLASS[[ord(c) for c in "!\"#%&'()*,-./:;?@[\\]_{}"]] = 1
-_ASCII_CLASS[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20]] = 2
-_ASCII_CLASS.flags.writeable = False
+# What normalize_expr does to ASCII bytes: 0 keep (lowercased), 1 delete (Unicode category P), 2 whitespace
+# (White_Space: runs collapse to one space); 3 marks bytes >= 0x80 (not ASCII: the row goes to polars).
+ASCII_CLASSES = np.zeros(256, np.uint8)
+ASCII_CLASSES[[ord(c) for c in "!\"#%&'()*,-./:;?@[\\]_{}"]] = 1
+ASCII_CLASSES[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20]] = 2
+ASCII_CLASSES[0x80:] = 3
+ASCII_CLASSES.flags.writeable = False
 
 
 @numba.njit(parallel=True, cache=True)
 def _normalize_ascii_kernel(data, offsets, classes, out, out_len, ascii_row):
     """Normalize every pure-ASCII row of ``data`` into ``out`` at the row's own offset (a normalized row is never
-    longer); rows with a non-ASCII byte are only flagged (``ascii_row[i] = 0``) and left to polars."""
+    longer), in one pass; a row with a non-ASCII byte is only flagged (``ascii_row[i] = 0``), left to polars."""
     for i in numba.prange(offsets.size - 1):
         start = offsets[i]
         end = offsets[i + 1]
-        ascii_only = True
-        for k in range(start, end):
-            if data[k] >= 0x80:
-                ascii_only = False
-                break
-        ascii_row[i] = 1 if ascii_only else 0
-        if not ascii_only:
-            out_len[i] = 0
-            continue
         pos = start
         pending_space = False
+        ascii_only = True
         for k in range(start, end):
             byte = data[k]
             kind = classes[byte]
-            if kind == 1:
-                continue
-            if kind == 2:
-                pending_space = pos > start
-                continue
-            if pending_space:
-                out[pos] = 0x20
+            if kind == 0:
+                if pending_space:
+                    out[pos] = 0x20
+                    pos += 1
+                    pending_space = False
+                out[pos] = byte + 32 if 0x41 <= byte <= 0x5A else byte
                 pos += 1
-                pending_space = False
-            out[pos] = byte + 32 if 0x41 <= byte <= 0x5A else byte
-            pos += 1
-        out_len[i] = pos - start
+            elif kind == 2:
+                pending_space = pos > start
+            elif kind == 3:
+                ascii_only = False
+                break
+        ascii_row[i] = 1 if ascii_only else 0
+        out_len[i] = pos - start if ascii_only else 0
 
 
 @numba.njit(parallel=True, cache=True)
-def _compact_kernel(src, src_offsets, lengths, dst_offsets, dst):
+def _compact_kernel(src, starts, lengths, dst_offsets, dst):
     for i in numba.prange(lengths.size):
-        s = src_offsets[i]
+        s = starts[i]
         d = dst_offsets[i]
         for k in range(lengths[i]):
             dst[d + k] = src[s + k]
 
 
-def normalized_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """``utf8_buffer(normalize(texts))``, fast: pure-ASCII rows (where NFKC is the identity and Unicode rules
-    reduce to byte classes) are normalized by a numba kernel, the other rows by :func:`normalize_expr`."""
+def utf8_view(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`utf8_buffer`, without copying: a read-only view of arrow's data buffer (kept alive by the
+    array) and the offsets into it (not rebased)."""
+    series = texts.fill_null("").cast(pl.Utf8).rechunk()
+    if series.len() == 0:
+        return np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64)
+    arrow = series.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if hasattr(arrow, "combine_chunks"):
+        arrow = arrow.combine_chunks()
+    _validity, offsets_buf, data_buf = arrow.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arrow.offset : arrow.offset + len(arrow) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def normalized_spans(texts: pl.Series | Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The normalized texts (see :func:`normalize`) as one UTF-8 buffer and each row's ``[start, end)`` in it, fast:
+    pure-ASCII rows (where NFKC is the identity and the Unicode rules reduce to byte classes) are normalized by a
+    numba kernel in one pass, the other rows by :func:`normalize_expr`. Rows are not contiguous in the buffer."""
     raw = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.Utf8)
-    data, offsets = utf8_buffer(raw)
+    data, offsets = utf8_view(raw)
     n = offsets.size - 1
-    out = np.empty_like(data)
+    out = np.empty(data.size, np.uint8)
     lengths = np.empty(n, np.int64)
     ascii_row = np.empty(n, np.uint8)
     if n:
-        _normalize_ascii_kernel(data, offsets, _ASCII_CLASS, out, lengths, ascii_row)
+        _normalize_ascii_kernel(data, offsets, ASCII_CLASSES, out, lengths, ascii_row)
+    starts = offsets[:-1].copy()
     others = np.flatnonzero(ascii_row == 0)
-    other_data = np.zeros(0, np.uint8)
     if others.size:
+        # the polars-normalized rows go after the ASCII output
         other_data, other_offsets = utf8_buffer(normalize(raw.gather(others)))
+        out = np.concatenate([out, other_data])
+        starts[others] = data.size + other_offsets[:-1]
         lengths[others] = np.diff(other_offsets)
-    new_offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    result = np.empty(int(new_offsets[-1]), np.uint8)
-    if n:
-        src_offsets = offsets[:-1].copy()
-        if others.size:
-            # splice the polars-normalized rows in: append them after the ASCII output and point at them
-            out = np.concatenate([out, other_data])
-            src_offsets[others] = data.size + other_offsets[:-1]
-        _compact_kernel(out, src_offsets, lengths, new_offsets, result)
-    return result, new_offsets
+    return out, starts, starts + lengths
+
+
+def normalized_buffer(texts: pl.Series | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``utf8_buffer(normalize(texts))``, computed by :func:`normalized_spans`: contiguous buffer and offsets."""
+    data, starts, ends = normalized_spans(texts)
+    lengths = ends - starts
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    result = np.empty(int(offsets[-1]), np.uint8)
+    if lengths.size:
+        _compact_kernel(data, starts, lengths, offsets, result)
+    return result, offsets
 
 
 def shingles(normalized: str, unit: str, n: int) -> list[str]:

@@ -359,13 +359,13 @@ def test_incremental_dedup_uses_index_without_recomputing(tmp_path, monkeypatch)
     ]
     shard1 = _frame(new_texts, shards=[1] * 5, rows=list(range(5)))
     computed: list[int] = []
-    original = mh.signatures_from_buffer
+    original = mh.compute_signatures
 
-    def counting(data, offsets, cfg):
-        computed.append(offsets.size - 1)
-        return original(data, offsets, cfg)
+    def counting(texts, cfg):
+        computed.append(len(texts))
+        return original(texts, cfg)
 
-    monkeypatch.setattr(mh, "signatures_from_buffer", counting)
+    monkeypatch.setattr(mh, "compute_signatures", counting)
     loaded = LSHIndex.load(path)
     np.testing.assert_array_equal(loaded.signatures, first.index.signatures)
     assert loaded.ids.to_list() == first.index.ids.to_list()

@@ -190,55 +190,62 @@ def _permutations(seed: int, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
 # numba kernels
 
 
+@numba.njit(inline="always")
+def _add_shingle(sig, h, perm_a, perm_b):
+    """Fold one shingle's 32-bit hash ``h`` into the running minima ``sig``."""
+    hv = np.uint32(fmix32(h))
+    # shingle outer, permutation inner: the uint32 loop over num_perm vectorizes (SIMD mul/add/min)
+    for p in range(perm_a.size):
+        sig[p] = min(sig[p], np.uint32(perm_a[p] * hv + perm_b[p]))
+
+
+@numba.njit(inline="always")
+def _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i):
+    """``out[i]`` from the xxh64 hashes of a text's ``count`` words (word shingles): n-grams combine word hashes."""
+    sig = np.full(perm_a.size, _EMPTY, np.uint32)
+    if count:
+        width = count if count < n else n
+        for k in range(1 if count < n else count - n + 1):
+            x = hash_sequence(word_hashes, k, width)
+            _add_shingle(sig, (x ^ (x >> _S32)) & _M32, perm_a, perm_b)
+    out[i, :] = sig
+
+
 @numba.njit(parallel=True, cache=True)
 def _signature_kernel(data, starts, ends_, char_unit, n, hash_kind, perm_a, perm_b, out):
-    n_docs = starts.size
-    n_perm = perm_a.size
-    for i in numba.prange(n_docs):
+    for i in numba.prange(starts.size):
         start = starts[i]
         end = ends_[i]
         spans = np.empty(end - start + 2, np.int64)
         ends = np.empty(end - start + 2, np.int64)
-        scratch = np.empty(80, np.uint64)
         if char_unit:
             count = char_starts(data, start, end, spans)
         else:
             count = token_spans(data, start, end, spans, ends)
-        if count == 0:
-            for p in range(n_perm):
-                out[i, p] = _EMPTY
-            continue
-        n_sh = 1 if count < n else count - n + 1
-        width = count if count < n else n
-        sig = np.full(n_perm, _EMPTY, np.uint32)
-        fast_words = hash_kind == HASH_XXH64 and not char_unit
-        if fast_words:
+        if hash_kind == HASH_XXH64 and not char_unit:
             word_hashes = np.empty(count, np.uint64)
             for t in range(count):
                 word_hashes[t] = xxh64(data, spans[t], ends[t], _U64(0))
-        for k in range(n_sh):
-            if fast_words:
-                x = hash_sequence(word_hashes, k, width)
-                h = (x ^ (x >> _S32)) & _M32
+            _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
+            continue
+        sig = np.full(perm_a.size, _EMPTY, np.uint32)
+        scratch = np.empty(80, np.uint64)
+        for k in range(0 if count == 0 else 1 if count < n else count - n + 1):
+            if count < n:
+                lo = start
+                hi = end
+            elif char_unit:
+                lo = spans[k]
+                hi = spans[k + n]
             else:
-                if count < n:
-                    lo = start
-                    hi = end
-                elif char_unit:
-                    lo = spans[k]
-                    hi = spans[k + n]
-                else:
-                    lo = spans[k]
-                    hi = ends[k + n - 1]
-                if hash_kind == HASH_SHA1:
-                    h = sha1_hash32(data, lo, hi, scratch)
-                else:
-                    x = xxh64(data, lo, hi, _U64(0))
-                    h = (x ^ (x >> _S32)) & _M32
-            hv = np.uint32(fmix32(h))
-            # shingle outer, permutation inner: the uint32 loop over num_perm vectorizes (SIMD mul/add/min)
-            for p in range(n_perm):
-                sig[p] = min(sig[p], np.uint32(perm_a[p] * hv + perm_b[p]))
+                lo = spans[k]
+                hi = ends[k + n - 1]
+            if hash_kind == HASH_SHA1:
+                h = sha1_hash32(data, lo, hi, scratch)
+            else:
+                x = xxh64(data, lo, hi, _U64(0))
+                h = (x ^ (x >> _S32)) & _M32
+            _add_shingle(sig, h, perm_a, perm_b)
         out[i, :] = sig
 
 
@@ -246,8 +253,10 @@ def _signature_kernel(data, starts, ends_, char_unit, n, hash_kind, perm_a, perm
 def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, ascii_row):
     """Word shingles + xxh64 (the default), straight from raw text: each pure-ASCII row is normalized, split into
     words and its words hashed in one pass (same words, same hashes, same signature as normalizing first); a row
-    with a non-ASCII byte is flagged (``ascii_row[i] = 0``) and left to the caller."""
-    n_perm = perm_a.size
+    with a non-ASCII byte is flagged (``ascii_row[i] = 0``) and left to the caller.
+
+    The byte loop is :func:`assets.dedup.text.normalize_ascii_row`'s, with each word hashed as it ends instead of
+    written out: inlining that function and re-reading its output costs ~30% of this kernel's time."""
     for i in numba.prange(offsets.size - 1):
         start = offsets[i]
         end = offsets[i + 1]
@@ -279,19 +288,7 @@ def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, a
         if length > 0:
             word_hashes[count] = xxh64(word, 0, length, _U64(0))
             count += 1
-        if count == 0:
-            for p in range(n_perm):
-                out[i, p] = _EMPTY
-            continue
-        n_sh = 1 if count < n else count - n + 1
-        width = count if count < n else n
-        sig = np.full(n_perm, _EMPTY, np.uint32)
-        for k in range(n_sh):
-            x = hash_sequence(word_hashes, k, width)
-            hv = np.uint32(fmix32((x ^ (x >> _S32)) & _M32))
-            for p in range(n_perm):
-                sig[p] = min(sig[p], np.uint32(perm_a[p] * hv + perm_b[p]))
-        out[i, :] = sig
+        _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
 
 
 @numba.njit(cache=True)  # cheap next to signatures; serial keeps the cold JIT compile short

@@ -71,42 +71,35 @@ ASCII_CLASSES[0x80:] = 3
 ASCII_CLASSES.flags.writeable = False
 
 
-@numba.njit(parallel=True, cache=True)
-def _normalize_ascii_kernel(data, offsets, classes, out, out_len, ascii_row):
-    """Normalize every pure-ASCII row of ``data`` into ``out`` at the row's own offset (a normalized row is never
-    longer), in one pass; a row with a non-ASCII byte is only flagged (``ascii_row[i] = 0``), left to polars."""
-    for i in numba.prange(offsets.size - 1):
-        start = offsets[i]
-        end = offsets[i + 1]
-        pos = start
-        pending_space = False
-        ascii_only = True
-        for k in range(start, end):
-            byte = data[k]
-            kind = classes[byte]
-            if kind == 0:
-                if pending_space:
-                    out[pos] = 0x20
-                    pos += 1
-                    pending_space = False
-                out[pos] = byte + 32 if 0x41 <= byte <= 0x5A else byte
+@numba.njit(inline="always")
+def normalize_ascii_row(data, start, end, classes, out, pos):
+    """Write the normalization of ``data[start:end]`` (see :data:`ASCII_CLASSES`) to ``out`` from ``pos`` on;
+    return its length, or -1 if the row has a non-ASCII byte (left to polars; ``out`` then holds garbage)."""
+    begin = pos
+    pending_space = False
+    for k in range(start, end):
+        byte = data[k]
+        kind = classes[byte]
+        if kind == 0:
+            if pending_space:
+                out[pos] = 0x20
                 pos += 1
-            elif kind == 2:
-                pending_space = pos > start
-            elif kind == 3:
-                ascii_only = False
-                break
-        ascii_row[i] = 1 if ascii_only else 0
-        out_len[i] = pos - start if ascii_only else 0
+                pending_space = False
+            out[pos] = byte + 32 if 0x41 <= byte <= 0x5A else byte
+            pos += 1
+        elif kind == 2:
+            pending_space = pos > begin
+        elif kind == 3:
+            return -1
+    return pos - begin
 
 
 @numba.njit(parallel=True, cache=True)
-def _compact_kernel(src, starts, lengths, dst_offsets, dst):
-    for i in numba.prange(lengths.size):
-        s = starts[i]
-        d = dst_offsets[i]
-        for k in range(lengths[i]):
-            dst[d + k] = src[s + k]
+def _normalize_ascii_kernel(data, offsets, classes, out, out_len):
+    """Normalize every pure-ASCII row of ``data`` into ``out`` at the row's own offset (a normalized row is never
+    longer); ``out_len[i]`` is -1 for a row with a non-ASCII byte."""
+    for i in numba.prange(offsets.size - 1):
+        out_len[i] = normalize_ascii_row(data, offsets[i], offsets[i + 1], classes, out, offsets[i])
 
 
 def utf8_view(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +123,12 @@ def normalized_spans(texts: pl.Series | Sequence[str]) -> tuple[np.ndarray, np.n
     numba kernel in one pass, the other rows by :func:`normalize_expr`. Rows are not contiguous in the buffer."""
     raw = texts if isinstance(texts, pl.Series) else pl.Series("text", list(texts), dtype=pl.Utf8)
     data, offsets = utf8_view(raw)
-    n = offsets.size - 1
     out = np.empty(data.size, np.uint8)
-    lengths = np.empty(n, np.int64)
-    ascii_row = np.empty(n, np.uint8)
-    if n:
-        _normalize_ascii_kernel(data, offsets, ASCII_CLASSES, out, lengths, ascii_row)
+    lengths = np.empty(offsets.size - 1, np.int64)
+    if lengths.size:
+        _normalize_ascii_kernel(data, offsets, ASCII_CLASSES, out, lengths)
     starts = offsets[:-1].copy()
-    others = np.flatnonzero(ascii_row == 0)
+    others = np.flatnonzero(lengths < 0)
     if others.size:
         # the polars-normalized rows go after the ASCII output
         other_data, other_offsets = utf8_buffer(normalize(raw.gather(others)))
@@ -145,18 +136,6 @@ def normalized_spans(texts: pl.Series | Sequence[str]) -> tuple[np.ndarray, np.n
         starts[others] = data.size + other_offsets[:-1]
         lengths[others] = np.diff(other_offsets)
     return out, starts, starts + lengths
-
-
-def normalized_buffer(texts: pl.Series | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``utf8_buffer(normalize(texts))``, computed by :func:`normalized_spans`: contiguous buffer and offsets."""
-    data, starts, ends = normalized_spans(texts)
-    lengths = ends - starts
-    offsets = np.zeros(lengths.size + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    result = np.empty(int(offsets[-1]), np.uint8)
-    if lengths.size:
-        _compact_kernel(data, starts, lengths, offsets, result)
-    return result, offsets
 
 
 def shingles(normalized: str, unit: str, n: int) -> list[str]:

@@ -26,9 +26,11 @@ What counts as a leak is the n-gram part of the removal's definition, with the s
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -45,6 +47,38 @@ def _normalize(text: str) -> str:
 def _words(text: str) -> list[str]:
     normalized = _normalize(text)
     return normalized.split(" ") if normalized else []
+
+
+def _ngrams(words: list[str], n: int) -> Iterator[str]:
+    """The word n-grams of ``words``, in order, as strings."""
+    return (" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+@dataclass(frozen=True)
+class _ShortKeys:
+    """Whole short eval texts to look for inside longer word sequences."""
+
+    keys: frozenset[str]
+
+    @functools.cached_property
+    def lengths(self) -> list[int]:
+        return sorted({key.count(" ") + 1 for key in self.keys})
+
+    @functools.cached_property
+    def first_words(self) -> set[str]:
+        return {key.split(" ", 1)[0] for key in self.keys}
+
+    def found_in(self, words: list[str]) -> Iterator[str]:
+        """Every key appearing contiguously in ``words`` (once per occurrence)."""
+        for i, word in enumerate(words):
+            if word not in self.first_words:
+                continue
+            for length in self.lengths:
+                if i + length > len(words):
+                    break
+                window = " ".join(words[i:i + length])
+                if window in self.keys:
+                    yield window
 
 
 @dataclass(frozen=True)
@@ -98,9 +132,7 @@ def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngra
         texts_of[(benchmark, item_id)].append(words)
         if min_words <= len(words) < n:
             short_rows.append((benchmark, " ".join(words)))
-    short_keys = {text for _, text in short_rows}
-    short_lengths = sorted({text.count(" ") + 1 for text in short_keys})
-    short_first_words = {text.split(" ", 1)[0] for text in short_keys}
+    short_keys = _ShortKeys(frozenset(text for _, text in short_rows))
 
     # every key each item contains: all n-grams of its texts, and the short keys found inside its texts
     owner: dict[str, tuple[str, str]] = {}
@@ -109,16 +141,8 @@ def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngra
     for item, texts in texts_of.items():
         contained: set[str] = set()
         for words in texts:
-            contained.update(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
-            for i, word in enumerate(words):
-                if word not in short_first_words:
-                    continue
-                for length in short_lengths:
-                    if i + length > len(words):
-                        break
-                    window = " ".join(words[i:i + length])
-                    if window in short_keys:
-                        contained.add(window)
+            contained.update(_ngrams(words, n))
+            contained.update(short_keys.found_in(words))
         for key in contained:
             if key in owner:
                 n_items[key] += 1
@@ -138,7 +162,7 @@ def eval_keys(eval_sets: pl.DataFrame, n: int = 13, min_words: int = 8, max_ngra
                     keys.excluded_ngrams[benchmark] = keys.excluded_ngrams.get(benchmark, 0) + 1
             else:
                 keys.ngrams[key] = item
-    for key in short_keys:
+    for key in short_keys.keys:
         if not boilerplate(key):
             keys.short[key] = owner[key]
     for benchmark, text in short_rows:
@@ -162,27 +186,16 @@ def train_frequent_keys(conversations: pl.DataFrame, keys: EvalKeys, max_train_r
     _check_max_train_rows(max_train_rows)
     if not max_train_rows:
         return {}
-    short_lengths = sorted({key.count(" ") + 1 for key in keys.short})
-    short_first_words = {key.split(" ", 1)[0] for key in keys.short}
+    short_keys = _ShortKeys(frozenset(keys.short))
     found_in: dict[str, set] = defaultdict(set)
     for conversation_id, messages in conversations.select("conversation_id", "messages").iter_rows():
         for message in messages or []:
             if message["role"] not in ROLES:
                 continue
             words = _normalize(message["content"]).split(" ")
-            for i in range(len(words)):
-                if i + keys.n <= len(words):
-                    gram = " ".join(words[i:i + keys.n])
-                    if gram in keys.ngrams:
-                        found_in[gram].add(conversation_id)
-                if words[i] not in short_first_words:
-                    continue
-                for length in short_lengths:
-                    if i + length > len(words):
-                        break
-                    window = " ".join(words[i:i + length])
-                    if window in keys.short:
-                        found_in[window].add(conversation_id)
+            for key in (*(gram for gram in _ngrams(words, keys.n) if gram in keys.ngrams),
+                        *short_keys.found_in(words)):
+                found_in[key].add(conversation_id)
     return {key: len(ids) for key, ids in found_in.items() if len(ids) >= max_train_rows}
 
 
@@ -216,8 +229,7 @@ def find_leaks(conversations: pl.DataFrame, eval_sets: pl.DataFrame, n: int = 13
 def _first_leak(text: str, ngrams: dict[str, tuple[str, str]], needles: list[tuple[str, str, str]],
                 n: int) -> tuple[str, str, str] | None:
     words = text.split(" ")
-    for i in range(len(words) - n + 1):
-        gram = " ".join(words[i:i + n])
+    for gram in _ngrams(words, n):
         hit = ngrams.get(gram)
         if hit:
             return (*hit, gram)

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from assets.generation.engine import Completion, SamplingConfig  # noqa: E402
+from benchmarks.common import add_model_arguments, load_average, resolve_model  # noqa: E402
 
 
 class HFGenerator:
@@ -139,12 +140,6 @@ class Timed:
         return out
 
 
-def resolve_model(args: argparse.Namespace):
-    from assets.base_model.core import prepare_embedded, prepare_local
-
-    return prepare_local(args.model) if args.model else prepare_embedded(args.model_root)
-
-
 def magpie_config(args: argparse.Namespace):
     from assets.generation.magpie import MagpieConfig
 
@@ -200,10 +195,6 @@ def _stop_fraction(table) -> float:
     return sum(r == "stop" for r in reasons) / len(reasons) if reasons else float("nan")
 
 
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=256, help="Magpie conversations (default 256)")
@@ -212,11 +203,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256, help="response max_tokens (default 256)")
     parser.add_argument("--batch-size", type=int, default=32, help="transformers backend batch size (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="Magpie run seed (default 0)")
-    parser.add_argument("--model", default=None, help="a local Hugging Face model directory (default: embedded "
-                        "SmolLM2-135M-Instruct)")
-    parser.add_argument("--model-root", default=str(REPO / "data" / "models" / "base"),
-                        help="where the embedded GGUF is converted, or found already converted "
-                             "(default: data/models/base, the pipeline's location)")
+    add_model_arguments(parser)
     parser.add_argument("--backends", default="vllm,hf", help="comma-separated, in run order (default vllm,hf)")
     parser.add_argument("--max-model-len", type=int, default=4096, help="vLLM max_model_len (default 4096)")
     parser.add_argument("--kv-cache-gb", type=int, default=4, help="vLLM CPU KV cache GB, if "
@@ -239,7 +226,7 @@ def main() -> None:
     config = magpie_config(args)
     print(f"model {model.name} at {model.path}; {config.num_conversations} conversations x {config.num_turns} "
           f"turn(s); instruction {config.instruction.to_dict()}; response {config.response.to_dict()}; "
-          f"seed {config.seed}; {len(os.sched_getaffinity(0))} cores; load average {_load()}", flush=True)
+          f"seed {config.seed}; {len(os.sched_getaffinity(0))} cores; load average {load_average()}", flush=True)
 
     engine_config = EngineConfig(max_model_len=args.max_model_len, cpu_kv_cache_gb=args.kv_cache_gb)
     makers = {
@@ -263,7 +250,8 @@ def main() -> None:
     vllm_rate = results["vllm"]["tok_s"] if "vllm" in results else float("nan")
     hf_rate = results["hf"]["tok_s"] if "hf" in results else float("nan")
     ratio = vllm_rate / hf_rate if hf_rate else float("nan")
-    print(f"vLLM / transformers: {ratio:.2f}x; load average now {_load()} (other work on the machine skews rates)")
+    print(f"vLLM / transformers: {ratio:.2f}x; load average now {load_average()} "
+          "(other work on the machine skews rates)")
     print(f"ratio={ratio:.2f} vllm_tok_s={vllm_rate:.1f} hf_tok_s={hf_rate:.1f}")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import statistics
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import add_model_arguments, load_average, resolve_model  # noqa: E402
 
 WORDS = (
     "the a an and or but if then when while because so of to in on at by for with from about into over after "
@@ -84,12 +85,6 @@ def make_conversations(n: int, seed: int) -> list[list[dict]]:
             messages.append({"role": "assistant", "content": _text(rng, _log_uniform(rng, 6, 260), ".")})
         conversations.append(messages)
     return conversations
-
-
-def resolve_model(args: argparse.Namespace):
-    from assets.base_model.core import prepare_embedded, prepare_local
-
-    return prepare_local(args.model) if args.model else prepare_embedded(args.model_root)
 
 
 def run_mode(packing: bool, model_path: Path, tokenizer, template: str, dataset, args: argparse.Namespace,
@@ -185,10 +180,6 @@ def run_mode(packing: bool, model_path: Path, tokenizer, template: str, dataset,
     return result
 
 
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=64, help="synthetic conversations (default 64)")
@@ -200,11 +191,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--modes", default="padded,packed", help="comma-separated, in run order "
                         "(default padded,packed)")
-    parser.add_argument("--model", default=None, help="a local Hugging Face model directory (default: embedded "
-                        "SmolLM2-135M-Instruct)")
-    parser.add_argument("--model-root", default=str(REPO / "data" / "models" / "base"),
-                        help="where the embedded GGUF is converted, or found already converted "
-                             "(default: data/models/base, the pipeline's location)")
+    add_model_arguments(parser)
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if set(modes) - {"padded", "packed"}:
@@ -230,7 +217,7 @@ def main() -> None:
     print(f"model {model.name} at {model.path}; {len(dataset)} conversations tokenized ({dropped} dropped, longer "
           f"than {args.max_length}); tokens per conversation min {lengths[0]} median {statistics.median(lengths):.0f} "
           f"max {lengths[-1]}, total {sum(lengths)}; batch {args.batch_size}, {args.max_steps} steps per mode; "
-          f"load average {_load()}",
+          f"load average {load_average()}",
           flush=True)
 
     results = {}
@@ -256,7 +243,7 @@ def main() -> None:
     if len(results) == 2:
         speedup = results["packed"]["tok_s"] / results["padded"]["tok_s"]
         print(f"packed / padded non-pad tokens/s: {speedup:.2f}x")
-    print(f"load average now {_load()} (other work on the machine skews rates)")
+    print(f"load average now {load_average()} (other work on the machine skews rates)")
     nan = float("nan")
     packed, padded = results.get("packed", {}), results.get("padded", {})
     print(f"packed_tok_s={packed.get('tok_s', nan):.1f} padded_tok_s={padded.get('tok_s', nan):.1f} "

@@ -14,15 +14,13 @@ from assets.dedup.decontam import (
     decontaminate,
     find_contamination,
 )
+from tests.dedup_corpus import random_vocab, random_words
 
-_RNG = np.random.default_rng(0)
-_VOCAB = sorted(
-    {"".join(_RNG.choice(list("abcdefghijklmnopqrstuvwxyz"), _RNG.integers(3, 9))) for _ in range(6000)}
-)
+_VOCAB = random_vocab(0, 6000, 3, 9)
 
 
 def _words(rng: np.random.Generator, n: int) -> str:
-    return " ".join(_VOCAB[i] for i in rng.integers(0, len(_VOCAB), n))
+    return random_words(_VOCAB, rng, n)
 
 
 def _conversations(pairs: list[tuple[str, str]], system: bool = True) -> pl.DataFrame:

@@ -17,20 +17,16 @@ from assets.common.schema import MESSAGE
 from assets.dedup.assets import DecontamSettings
 from assets.dedup.decontam import DecontamConfig, decontaminate, find_contamination
 from assets.dedup.verify import eval_keys, find_leaks, train_frequent_keys
+from tests.dedup_corpus import BOILERPLATE, BOILERPLATE_NORM, random_vocab, random_words
 
-BOILERPLATE = "I hope this helps! Let me know if you have any other questions."  # 13 normalized words
-BOILERPLATE_NORM = "i hope this helps let me know if you have any other questions"
 CLOSING = "Feel free to reach out anytime with more questions."  # 9 words: a short eval text, matched whole
 CLOSING_NORM = "feel free to reach out anytime with more questions"
 
-_RNG = np.random.default_rng(30)
-_VOCAB = sorted(
-    {"".join(_RNG.choice(list("abcdefghijklmnopqrstuvwxyz"), _RNG.integers(4, 9))) for _ in range(8000)}
-)
+_VOCAB = random_vocab(30, 8000, 4, 9)
 
 
 def _words(rng: np.random.Generator, n: int) -> str:
-    return " ".join(_VOCAB[i] for i in rng.integers(0, len(_VOCAB), n))
+    return random_words(_VOCAB, rng, n)
 
 
 def _conversations(turns: list[tuple[str, str]]) -> pl.DataFrame:

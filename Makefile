@@ -45,6 +45,7 @@ dev: install
 
 lint: install
 	$(BIN)/ruff check assets pipelines training tests benchmarks
+	cd $(CURDIR) && $(BIN)/lint-imports
 
 clean-data:
 	rm -rf data .dagster

@@ -36,9 +36,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
-from assets.dedup.decontam import DecontamConfig, EvalIndex, find_contamination  # noqa: E402
-from assets.dedup.minhash import (  # noqa: E402
+from assets.common.minhash import (  # noqa: E402
     MinHashConfig,
     band_hashes,
     compute_signatures,
@@ -47,7 +45,9 @@ from assets.dedup.minhash import (  # noqa: E402
     equal_counts,
     within_pairs,
 )
-from assets.dedup.text import normalize, shingles  # noqa: E402
+from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
+from assets.common.text import normalize, shingles  # noqa: E402
+from assets.decontamination.decontam import DecontamConfig, EvalIndex, find_contamination  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 # synthetic data

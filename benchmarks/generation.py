@@ -9,7 +9,7 @@ the answer; default 256 single-turn conversations, instructions up to 128 tokens
 answers up to 256 tokens at temperature 0.7 / top_p 0.9, stop on the template's end-of-turn token and EOS) runs
 through two backends implementing the same ``TextGenerator`` protocol:
 
-* vLLM: :class:`assets.generation.engine.VLLMGenerator` exactly as the pipeline uses it (per-request seeds, chunked
+* vLLM: :class:`assets.common.engine.VLLMGenerator` exactly as the pipeline uses it (per-request seeds, chunked
   prefill off, eager on CPU; ``VLLM_CPU_KVCACHE_SPACE`` / ``VLLM_CPU_OMP_THREADS_BIND`` are set only when unset);
 * transformers: :class:`HFGenerator` below, static batches of ``--batch-size`` prompts (sorted by length, left
   padded), fp32 on CPU, ``model.generate`` with the same temperature / top_p / max_tokens (top_k off, as in vLLM)
@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from assets.generation.engine import Completion, SamplingConfig  # noqa: E402
+from assets.common.engine import Completion, SamplingConfig  # noqa: E402
 from benchmarks.common import add_model_arguments, load_average, resolve_model  # noqa: E402
 
 
@@ -219,7 +219,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from assets.generation.engine import EngineConfig, VLLMGenerator
+    from assets.common.engine import EngineConfig, VLLMGenerator
 
     model = resolve_model(args)
     tokenizer = AutoTokenizer.from_pretrained(model.path)

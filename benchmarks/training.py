@@ -200,7 +200,7 @@ def main() -> None:
     import transformers
     from transformers import AutoTokenizer
 
-    from training.chat_template import read_chat_template
+    from assets.common.chat_template import read_chat_template
     from training.preflight import check_template_identity
     from training.trainer import build_dataset
 

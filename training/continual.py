@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from training.chat_template import read_chat_template
+from assets.common.chat_template import read_chat_template
 
 LINEAGE_FILE = "lineage.json"
 TRAIN_ROWS_FILE = "train_rows.parquet"
@@ -110,7 +110,7 @@ class StartingPoint:
 def load_previous_model(model_dir: str | Path, base_content_hash: str,
                         base_chat_template: str | None = None) -> PreviousModel:
     """Validate a previous model directory for continual training from it; raise ContinualError naming the file."""
-    from assets.base_model.core import model_content_hash
+    from assets.common.models import model_content_hash
 
     path = Path(model_dir)
     if not path.is_dir():

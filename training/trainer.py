@@ -33,6 +33,7 @@ from typing import Any
 
 import polars as pl
 
+from assets.common.chat_template import read_chat_template, render, special_token_strings
 from assets.common.storage import (
     make_tree_readable,
     sha256_text,
@@ -40,7 +41,6 @@ from assets.common.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from training.chat_template import read_chat_template, render, special_token_strings
 from training.config import TrainConfig
 from training.continual import TRAIN_ROWS_FILE, describe_start
 from training.masking import assistant_end_of_turn, tokenize_conversation
@@ -409,7 +409,9 @@ def model_card(lineage: dict[str, Any]) -> str:
         "## Data",
     ]
     for name, asset in lineage.get("assets", {}).items():
-        lines.append(f"- `{name}`: {asset.get('row_count', '?')} rows, content hash `{asset.get('content_hash', '?')}`")
+        for table, entry in asset.get("tables", {}).items():
+            lines.append(f"- `{name}/{table}`: {entry['row_count']} rows, `{entry['path']}` (content hash "
+                         f"`{entry['content_hash']}`)")
     examples = training["examples"]
     lines += [
         f"- trained on {examples['train']} conversations, validated on {examples['validation']}",

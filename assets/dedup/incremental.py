@@ -17,8 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from assets.common.minhash import LSHIndex, MinHashConfig, deduplicate
 from assets.common.storage import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
-from assets.dedup.minhash import LSHIndex, MinHashConfig, deduplicate
 
 MANIFEST = "manifest.json"
 

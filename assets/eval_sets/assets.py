@@ -5,8 +5,8 @@ import dagster as dg
 import polars as pl
 
 from assets.common.report import markdown_table
+from assets.common.resources import EVAL_SETS, DataStorage
 from assets.eval_sets.core import BUNDLED_BENCHMARKS, bundled_sources, load_bundled_eval_sets, load_user_eval_file
-from pipelines.resources import DataStorage
 
 
 class UserEvalFile(dg.Config):
@@ -35,11 +35,11 @@ def eval_sets(
     for user in config.user_files:
         frames.append(load_user_eval_file(user.path, user.text_field, user.id_field, user.benchmark))
     df = pl.concat(frames).sort("benchmark", "item_id", "field")
-    stored = storage.write_table("eval_sets", df)
+    stored = storage.write_table(EVAL_SETS, df)
     counts = df.group_by("benchmark").agg(items=pl.col("item_id").n_unique(), texts=pl.len()).sort("benchmark")
     sources = {**{b: s for b, s in bundled_sources().items() if b in config.benchmarks},
                **{u.benchmark or u.path: u.path for u in config.user_files}}
-    storage.write_json("eval_sets", "report", {"benchmarks": counts.to_dicts(), "sources": sources})
+    storage.write_json(EVAL_SETS, "report", {"benchmarks": counts.to_dicts(), "sources": sources})
     context.log.info(f"{df.height} eval texts from {counts.height} benchmarks")
     return dg.MaterializeResult(
         metadata={

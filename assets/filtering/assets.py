@@ -3,11 +3,16 @@
 
 import dagster as dg
 
-from assets.base_model.assets import MANIFEST
+from assets.common.chat_template import special_token_strings
 from assets.common.report import markdown_table
+from assets.common.resources import (
+    BASE_MODEL,
+    DECONTAMINATED_CONVERSATIONS,
+    FILTERED_CONVERSATIONS,
+    MODEL_MANIFEST,
+    DataStorage,
+)
 from assets.filtering.core import FilterConfig, apply_filters
-from pipelines.resources import DataStorage
-from training.chat_template import special_token_strings
 
 
 class FilterSettings(dg.Config):
@@ -29,7 +34,7 @@ class FilterSettings(dg.Config):
         return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})))
 
 
-@dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=["decontaminated_conversations", "base_model"])
+@dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=[DECONTAMINATED_CONVERSATIONS, BASE_MODEL])
 def filtered_conversations(
     context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
@@ -37,20 +42,20 @@ def filtered_conversations(
     length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
     from transformers import AutoTokenizer
 
-    model = storage.read_json("base_model", MANIFEST)
+    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
     special = special_token_strings(AutoTokenizer.from_pretrained(model["path"]))
     core = config.to_core(special)
-    df = storage.read_table("decontaminated_conversations")
+    df = storage.read_table(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
-    stored = storage.write_table("filtered_conversations", result.kept)
-    rejected = storage.write_table("filtered_conversations", result.rejected, name="rejected")
+    stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)
+    rejected = storage.write_table(FILTERED_CONVERSATIONS, result.rejected, name="rejected")
     reasons = result.rejected.group_by("reason").len().sort("reason")
     report = {
         "thresholds": {k: v for k, v in core.__dict__.items()},
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
     }
-    storage.write_json("filtered_conversations", "report", report)
+    storage.write_json(FILTERED_CONVERSATIONS, "report", report)
     context.log.info(f"kept {result.kept.height} of {df.height}; rejected {dict(reasons.iter_rows())}")
     examples = result.rejected.group_by("reason", maintain_order=True).first().select("reason", "detail")
     return dg.MaterializeResult(

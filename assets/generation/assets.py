@@ -5,12 +5,18 @@ import shutil
 
 import dagster as dg
 
-from assets.base_model.assets import MANIFEST
-from assets.generation.engine import SamplingConfig, VLLMGenerator, engine_distribution
+from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
+from assets.common.resources import (
+    BASE_MODEL,
+    GENERATION_SHARDS,
+    MAGPIE_CONVERSATIONS,
+    MODEL_MANIFEST,
+    DataStorage,
+    VLLMEngine,
+    shard_index,
+)
 from assets.generation.magpie import MagpieConfig, pre_query_prefixes
 from assets.generation.shards import run_shard
-from pipelines.partitions import GENERATION_SHARDS, shard_index
-from pipelines.resources import DataStorage, VLLMEngine
 
 
 class Sampling(dg.Config):
@@ -56,7 +62,7 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=["base_model"], partitions_def=GENERATION_SHARDS)
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[BASE_MODEL], partitions_def=GENERATION_SHARDS)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
@@ -68,7 +74,7 @@ def magpie_conversations(
     batches are checkpointed: a killed run resumes where it stopped."""
     from transformers import AutoTokenizer
 
-    model = storage.read_json("base_model", MANIFEST)
+    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     key = context.partition_key
     core = config.to_core(shard=shard_index(key))
@@ -85,11 +91,11 @@ def magpie_conversations(
         context.log.info(f"engine up in {generator.startup_seconds:.0f}s")
         return generator
 
-    work_dir = storage.asset_dir("magpie_conversations") / "checkpoints" / f"shard-{key}"
+    work_dir = storage.asset_dir(MAGPIE_CONVERSATIONS) / "checkpoints" / f"shard-{key}"
     result = run_shard(start_engine, tokenizer, core, model["name"], model["content_hash"], work_dir,
                       config.batch_size, engine_key=f"{engine_name}=={engine_version}", log=context.log.info)
     df, stats = result.table, result.stats
-    stored = storage.write_table("magpie_conversations", df, name=f"shard-{key}")
+    stored = storage.write_table(MAGPIE_CONVERSATIONS, df, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     generation = {
         "model": model["name"],
@@ -106,7 +112,7 @@ def magpie_conversations(
         "batches": result.batches,
         "resumed_batches": result.resumed_batches,
     }
-    storage.write_json("magpie_conversations", f"report-{key}", generation)
+    storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", generation)
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assets.common.chat_template import TemplateError, render, special_token_strings
+from assets.common.engine import SamplingConfig, TextGenerator
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import sha256_text
-from assets.generation.engine import SamplingConfig, TextGenerator
 from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
-from training.chat_template import TemplateError, render, special_token_strings
 
 
 @dataclass(frozen=True)

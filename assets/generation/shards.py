@@ -21,9 +21,9 @@ from typing import Any
 
 import polars as pl
 
+from assets.common.engine import TextGenerator
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import sha256_file, sha256_text, write_json_atomic, write_parquet_atomic
-from assets.generation.engine import TextGenerator
 from assets.generation.magpie import MagpieConfig, MagpieStats, generate_conversations
 
 

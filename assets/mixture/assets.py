@@ -4,8 +4,8 @@
 import dagster as dg
 
 from assets.common.report import markdown_table
+from assets.common.resources import FILTERED_CONVERSATIONS, SFT_MIXTURE, DataStorage
 from assets.mixture.core import MixtureConfig, build_mixture
-from pipelines.resources import DataStorage
 
 
 class MixtureSettings(dg.Config):
@@ -21,16 +21,16 @@ class MixtureSettings(dg.Config):
         return MixtureConfig(**self.model_dump())
 
 
-@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=["filtered_conversations"])
+@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[FILTERED_CONVERSATIONS])
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
     """The SFT mixture: each conversation tagged with a task, sampled to the target task weights, and split into
     train/validation by a seeded hash of its id (a row's split never changes when other rows are added)."""
-    df = storage.read_table("filtered_conversations")
+    df = storage.read_table(FILTERED_CONVERSATIONS)
     result = build_mixture(df, config.to_core())
-    stored = storage.write_table("sft_mixture", result.mixture)
-    storage.write_json("sft_mixture", "report", result.stats)
+    stored = storage.write_table(SFT_MIXTURE, result.mixture)
+    storage.write_json(SFT_MIXTURE, "report", result.stats)
     per_task = [
         {"task": task, "available": s["available"], "target_fraction": s["train"]["target_fraction"],
          "realized_fraction": s["train"]["realized_fraction"], "train": s["train"]["realized"],

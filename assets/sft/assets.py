@@ -6,24 +6,22 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from assets.base_model.assets import MANIFEST
+from assets.common.chat_template import read_chat_template
 from assets.common.report import markdown_table
+from assets.common.resources import (
+    BASE_MODEL,
+    MODEL_MANIFEST,
+    RETRAIN_ON_UPSTREAM_CHANGE,
+    SFT_MIXTURE,
+    SFT_MODEL,
+    DataStorage,
+    VLLMEngine,
+)
 from assets.common.storage import sha256_text
-from pipelines.automation import RETRAIN_ON_UPSTREAM_CHANGE
-from pipelines.resources import DataStorage, VLLMEngine
-from training.chat_template import read_chat_template
 from training.config import TrainConfig
 from training.continual import ContinualConfig, StartingPoint, starting_point, train_rows_table
 
-# Every table that made the model, in pipeline order; their files and reports are joined into lineage.json.
-UPSTREAM_TABLES = (
-    "eval_sets",
-    "deduplicated_conversations",
-    "decontaminated_conversations",
-    "filtered_conversations",
-    "sft_mixture",
-)
-LATEST = "latest"  # <root>/sft_model/latest.json: the last model written (model_dir, base_path, run_id)
+LATEST = "latest"  # <root>/sft_model/latest/: the last model written (model_dir, base_path, run_id)
 
 
 class SFTModelConfig(dg.Config):
@@ -65,9 +63,9 @@ class SFTModelConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="training",
+    group_name="sft",
     kinds={"pytorch", "huggingface"},
-    deps=["base_model", "sft_mixture"],
+    deps=[BASE_MODEL, SFT_MIXTURE],
     pool="gpu",
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
     check_specs=[dg.AssetCheckSpec("chat_template_matches_base", asset="sft_model")],
@@ -82,24 +80,17 @@ def sft_model(
     from training.trainer import train
 
     continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
-    base = storage.read_json("base_model", MANIFEST)
-    mixture = storage.read_table("sft_mixture")
+    base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
+    mixture = storage.read_table(SFT_MIXTURE)
     train_rows = mixture.filter(pl.col("split") == "train")
     validation_rows = mixture.filter(pl.col("split") == "validation")
     core = config.to_core()
     start = _starting_point(context, storage, continual, base, mixture, train_rows.height)
     rehearsal_rows = start.rehearsal_rows
     n_rehearsal = rehearsal_rows.height if rehearsal_rows is not None else 0
-    upstream = {"magpie_conversations": _generation_lineage(storage)}
-    for asset in UPSTREAM_TABLES:
-        table = storage.describe_table(asset)
-        upstream[asset] = {
-            "path": str(table.path),
-            "content_hash": table.content_hash,
-            "row_count": table.row_count,
-            "report": _read_report(storage, asset),
-        }
-    key = f"{base['content_hash']}|{upstream['sft_mixture']['content_hash']}|{sorted(core.to_dict().items())}"
+    upstream = {name: storage.snapshot(name) for name in upstream_assets(context)}
+    mixture_hash = storage.describe_table(SFT_MIXTURE).content_hash
+    key = f"{base['content_hash']}|{mixture_hash}|{sorted(core.to_dict().items())}"
     if continual.continual:  # (base mode keeps the key it always had)
         key += f"|{sorted(continual.to_dict().items())}|{start.previous.content_hash if start.previous else ''}"
     run_key = sha256_text(key)[:16]
@@ -130,7 +121,7 @@ def sft_model(
     )
     rows_path = result.train_rows_path
     template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
-    storage.write_json("sft_model", LATEST, {"model_dir": str(result.model_dir), "base_path": base["path"],
+    storage.write_json(SFT_MODEL, LATEST, {"model_dir": str(result.model_dir), "base_path": base["path"],
                                              "run_id": context.run.run_id})
     model_hash = _model_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
@@ -179,11 +170,10 @@ def _starting_point(context: dg.AssetExecutionContext, storage: DataStorage, con
     model), or the base model when there is none yet (the reason goes into the lineage)."""
     previous_dir, reason = None, "no previous model"
     if continual.continual:
-        latest_path = storage.asset_dir("sft_model") / f"{LATEST}.json"
-        if latest_path.exists():
-            previous_dir = storage.read_json("sft_model", LATEST)["model_dir"]
+        if storage.has(SFT_MODEL, LATEST):
+            previous_dir = storage.read_json(SFT_MODEL, LATEST)["model_dir"]
         else:
-            reason = f"no previous sft_model yet ({latest_path} does not exist)"
+            reason = f"no previous sft_model yet ({storage.asset_dir(SFT_MODEL) / LATEST} does not exist)"
             context.log.warning(f"continual mode: {reason}; training from the base model")
     start = starting_point(continual, base["path"], base["content_hash"], previous_dir,
                            mixture["conversation_id"].to_list(), new_train_rows, reason)
@@ -198,25 +188,18 @@ def _starting_point(context: dg.AssetExecutionContext, storage: DataStorage, con
     return start
 
 
-def _generation_lineage(storage: DataStorage) -> dict:
-    """Every generation shard: its table's path, hash and rows, and how it was generated."""
-    shards = {}
-    for key, path in storage.shard_tables("magpie_conversations").items():
-        table = storage.describe_table("magpie_conversations", f"shard-{key}")
-        shards[key] = {"path": str(path), "content_hash": table.content_hash, "row_count": table.row_count,
-                       "report": _read_report(storage, "magpie_conversations", f"report-{key}")}
-    return {
-        "content_hash": sha256_text("\n".join(f"{k}:{s['content_hash']}" for k, s in sorted(shards.items()))),
-        "row_count": sum(s["row_count"] for s in shards.values()),
-        "shards": shards,
-    }
-
-
-def _read_report(storage: DataStorage, asset: str, name: str = "report") -> dict | None:
-    try:
-        return storage.read_json(asset, name)
-    except FileNotFoundError:
-        return None
+def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
+    """Every asset upstream of this one in the run's asset graph (the whole code location's graph when launched from
+    its Definitions), in topological order: a stage added to the Definitions appears in the lineage without an edit
+    here. Upstream assets that were never materialized into storage are listed with no tables."""
+    graph = context.job_def.asset_layer.asset_graph
+    ancestors, stack = set(), [context.asset_key]
+    while stack:
+        for parent in graph.get(stack.pop()).parent_keys:
+            if parent not in ancestors:
+                ancestors.add(parent)
+                stack.append(parent)
+    return [key.to_user_string() for key in graph.toposorted_asset_keys if key in ancestors]
 
 
 def _png_markdown(path) -> str:
@@ -228,7 +211,7 @@ def _png_markdown(path) -> str:
 
 
 def _model_hash(model_dir) -> str:
-    from assets.base_model.core import model_content_hash
+    from assets.common.models import model_content_hash
 
     return model_content_hash(model_dir)
 
@@ -242,7 +225,7 @@ STOP_CHECK_MAX_TOKENS = 256
 def general_text_forgetting(storage: DataStorage) -> dg.AssetCheckResult:
     from assets.sft.checks import general_text_passages, perplexity
 
-    latest = storage.read_json("sft_model", LATEST)
+    latest = storage.read_json(SFT_MODEL, LATEST)
     passages = general_text_passages()
     before = perplexity(latest["base_path"], passages)
     after = perplexity(latest["model_dir"], passages)
@@ -262,7 +245,7 @@ def general_text_forgetting(storage: DataStorage) -> dg.AssetCheckResult:
 def answers_stop_on_eos(storage: DataStorage, engine: VLLMEngine) -> dg.AssetCheckResult:
     from assets.sft.checks import FIXED_PROMPTS, answer_prompts, stop_verdict
 
-    latest = storage.read_json("sft_model", LATEST)
+    latest = storage.read_json(SFT_MODEL, LATEST)
     tuned = answer_prompts(latest["model_dir"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
     base = answer_prompts(latest["base_path"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
     verdict = stop_verdict(FIXED_PROMPTS, base, tuned)

@@ -74,8 +74,8 @@ def answer_prompts(model_dir: str | Path, prompts: Sequence[str], engine_config,
     """Greedy answers of the model served by vLLM with its own saved chat template; returns Completions."""
     from transformers import AutoTokenizer
 
-    from assets.generation.engine import SamplingConfig, VLLMGenerator
-    from training.chat_template import render
+    from assets.common.chat_template import render
+    from assets.common.engine import SamplingConfig, VLLMGenerator
     from training.masking import assistant_end_of_turn
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

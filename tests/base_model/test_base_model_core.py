@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
-from assets.base_model.core import ModelDirectoryError, model_content_hash, prepare_local, validate_model_dir
-from training.chat_template import read_chat_template
+from assets.base_model.core import ModelDirectoryError, prepare_local, validate_model_dir
+from assets.common.chat_template import read_chat_template
+from assets.common.models import model_content_hash
 
 
 @pytest.fixture

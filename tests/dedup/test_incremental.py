@@ -5,10 +5,10 @@ import random
 import polars as pl
 import pytest
 
+from assets.common.minhash import MinHashConfig
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import write_parquet_atomic
 from assets.dedup.incremental import deduplicate_shards
-from assets.dedup.minhash import MinHashConfig
 
 WORDS = ("river stone lantern meadow copper violin harbor orchard thunder saffron glacier pepper marble "
          "falcon velvet canyon ember willow quartz tundra pebble cobalt nectar prairie").split()

@@ -11,10 +11,10 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
-import assets.dedup.minhash as mh
+import assets.common.minhash as mh
+from assets.common.minhash import LSHIndex, MinHashConfig, compute_signatures, deduplicate, optimal_param
 from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
-from assets.dedup.minhash import LSHIndex, MinHashConfig, compute_signatures, deduplicate, optimal_param
-from assets.dedup.text import normalize, sha1_hash32_bytes, shingles, xxh64_bytes
+from assets.common.text import normalize, sha1_hash32_bytes, shingles, xxh64_bytes
 
 # --------------------------------------------------------------------------------------------------------
 # synthetic corpora

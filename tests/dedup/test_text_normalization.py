@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.dedup.minhash import MinHashConfig, compute_signatures, signatures_from_normalized
-from assets.dedup.text import normalize, normalized_spans, utf8_buffer
+from assets.common.minhash import MinHashConfig, compute_signatures, signatures_from_normalized
+from assets.common.text import normalize, normalized_spans, utf8_buffer
 
 
 def _rows(texts) -> list[bytes]:

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
+from assets.common.engine import EngineConfig, VLLMGenerator
 from assets.common.schema import CONVERSATION_SCHEMA
-from assets.generation.engine import EngineConfig, VLLMGenerator
 from assets.generation.magpie import generate_conversations
 from assets.generation.shards import run_shard
 from tests.generation_config import tiny_magpie_config

@@ -1,6 +1,6 @@
 """The post-training stop check's rule: a tuned model may not run away where the base model stops."""
 
-from assets.generation.engine import Completion
+from assets.common.engine import Completion
 from assets.sft.checks import stop_verdict
 
 PROMPTS = ["capital of France?", "haiku", "hash table"]

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from training.chat_template import read_chat_template
+from assets.common.chat_template import read_chat_template
 from training.config import TrainConfig
 from training.masking import tokenize_conversation
 from training.preflight import PreflightError, check_batches, check_template_identity

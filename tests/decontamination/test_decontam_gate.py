@@ -7,13 +7,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from assets.common.resources import DataStorage
 from assets.common.schema import CONVERSATION_SCHEMA
-from assets.dedup.assets import decontaminated_conversations, no_eval_overlap
-from assets.dedup.verify import find_leaks
+from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
+from assets.decontamination.verify import find_leaks
 from assets.eval_sets.assets import eval_sets
 from assets.eval_sets.core import load_bundled_eval_sets
 from assets.filtering.assets import filtered_conversations
-from pipelines.resources import DataStorage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

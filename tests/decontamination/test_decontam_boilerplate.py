@@ -20,8 +20,8 @@ import polars as pl
 import pytest
 
 from assets.common.schema import MESSAGE
-from assets.dedup.decontam import DecontamConfig, EvalIndex, decontaminate
-from assets.dedup.verify import eval_keys, find_leaks, train_frequent_keys
+from assets.decontamination.decontam import DecontamConfig, EvalIndex, decontaminate
+from assets.decontamination.verify import eval_keys, find_leaks, train_frequent_keys
 from tests.dedup_corpus import BOILERPLATE, BOILERPLATE_NORM, random_vocab, random_words
 
 _VOCAB = random_vocab(20, 8000, 4, 9)

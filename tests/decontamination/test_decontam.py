@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
-from assets.dedup.decontam import (
+from assets.decontamination.decontam import (
     MATCH_SCHEMA,
     DecontamConfig,
     EvalIndex,

@@ -18,7 +18,7 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
   appears contiguously in one of the item's texts, any field, so a short text also counts the longer eval
   texts that contain it. The report gives, per benchmark, how many distinct n-grams and how many short
   texts were excluded (``boilerplate_ngrams``, ``boilerplate_texts``), how many long texts lost all their
-  n-grams to it (``ngram_all_boilerplate``) and an example. :mod:`assets.dedup.verify` applies the same
+  n-grams to it (``ngram_all_boilerplate``) and an example. :mod:`assets.decontamination.verify` applies the same
   rule with its own code.
 * training-side frequency cut-off (``max_train_rows``, default 10; 0 disables it), as in the GPT-3 paper: a
   key of the n-gram detector found in at least ``max_train_rows`` distinct training conversations (distinct
@@ -35,7 +35,7 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
   a leak are collapsed to one row first, and the MinHash detector (not subject to this cut-off) still
   catches a message that is, as a whole, close to an eval text. Set 0 to disable the cut-off. The report
   gives, per benchmark, how many distinct keys were ignored (``train_frequent_keys``) and the one found in
-  most conversations (``example_train_frequent``); :mod:`assets.dedup.verify` applies the same rule with
+  most conversations (``example_train_frequent``); :mod:`assets.decontamination.verify` applies the same rule with
   its own code.
 * ``detector="minhash"``: estimated Jaccard of word 3-gram sets >= 0.5 (:data:`DEFAULT_MINHASH`), for
   messages and eval texts of at least ``minhash_min_words`` (default 10) words. It catches light rewording
@@ -60,8 +60,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
-from assets.dedup.minhash import (
+from assets.common.minhash import (
     MinHashConfig,
     band_hashes,
     cross_candidates,
@@ -69,7 +68,8 @@ from assets.dedup.minhash import (
     signatures_from_normalized,
     sorted_bands,
 )
-from assets.dedup.text import fmix64, normalize_expr, token_spans, utf8_buffer, xxh64
+from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
+from assets.common.text import fmix64, normalize_expr, token_spans, utf8_buffer, xxh64
 
 EVAL_COLUMNS = ("benchmark", "item_id", "field", "text")
 SIDES = {"user": "prompt", "assistant": "response"}

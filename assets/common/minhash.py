@@ -2,7 +2,7 @@
 
 Pipeline (all vectorized; no per-document or per-shingle Python loop):
 
-1. normalize the text with polars (:func:`assets.dedup.text.normalize_expr`) and take its UTF-8 buffer;
+1. normalize the text with polars (:func:`assets.common.text.normalize_expr`) and take its UTF-8 buffer;
 2. one parallel numba kernel splits every document into shingles (word or char n-grams), hashes each
    shingle (XXH64 by default, or SHA-1 exactly like datasketch) and takes the min over ``num_perm`` affine
    permutations -> a ``(rows, num_perm)`` uint32 signature matrix;
@@ -44,7 +44,7 @@ import polars as pl
 
 from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON, conversation_text
 from assets.common.storage import write_bytes_atomic
-from assets.dedup.text import (
+from assets.common.text import (
     ASCII_CLASSES,
     HASH_SHA1,
     HASH_XXH64,
@@ -255,7 +255,7 @@ def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, a
     words and its words hashed in one pass (same words, same hashes, same signature as normalizing first); a row
     with a non-ASCII byte is flagged (``ascii_row[i] = 0``) and left to the caller.
 
-    The byte loop is :func:`assets.dedup.text.normalize_ascii_row`'s, with each word hashed as it ends instead of
+    The byte loop is :func:`assets.common.text.normalize_ascii_row`'s, with each word hashed as it ends instead of
     written out: inlining that function and re-reading its output costs ~30% of this kernel's time."""
     for i in numba.prange(offsets.size - 1):
         start = offsets[i]

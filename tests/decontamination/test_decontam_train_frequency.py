@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from assets.common.schema import MESSAGE
-from assets.dedup.assets import DecontamSettings
-from assets.dedup.decontam import DecontamConfig, decontaminate, find_contamination
-from assets.dedup.verify import eval_keys, find_leaks, train_frequent_keys
+from assets.decontamination.assets import DecontamSettings
+from assets.decontamination.decontam import DecontamConfig, decontaminate, find_contamination
+from assets.decontamination.verify import eval_keys, find_leaks, train_frequent_keys
 from tests.dedup_corpus import BOILERPLATE, BOILERPLATE_NORM, random_vocab, random_words
 
 CLOSING = "Feel free to reach out anytime with more questions."  # 9 words: a short eval text, matched whole

@@ -1,6 +1,6 @@
 """An independent re-check for eval-set leakage (no Dagster here).
 
-It shares no code with :mod:`assets.dedup.decontam` (no numba kernels, no rolling hashes, no MinHash): plain
+It shares no code with :mod:`assets.decontamination.decontam` (no numba kernels, no rolling hashes, no MinHash): plain
 Python normalization with ``unicodedata`` and ``re``, dictionaries keyed by the eval word n-grams themselves
 (as strings), and substring search for eval texts shorter than n words. It is slower, and that is its point:
 the blocking asset check that gates training must not trust the code path that removed the rows.

@@ -1,0 +1,122 @@
+"""`decontaminated_conversations`: eval-set overlap removed, with a blocking check that re-verifies the table
+independently before training may use it."""
+
+import dagster as dg
+import polars as pl
+
+from assets.common.minhash import MinHashConfig
+from assets.common.report import markdown_table
+from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
+from assets.decontamination.decontam import DEFAULT_MINHASH, DecontamConfig, decontaminate
+from assets.decontamination.verify import find_leaks
+
+CHECK_NGRAM = 13  # the blocking check's n-gram length, at most
+
+
+class DecontamSettings(dg.Config):
+    ngram: int = 13
+    """Word n-gram length of the overlap detector (normalized text)."""
+    min_words: int = 8
+    """Eval texts shorter than `ngram` words are matched whole, down to this many words (shorter: ignored)."""
+    max_ngram_items: int = 3
+    """An eval n-gram (or whole short eval text) found in at least this many distinct eval items is boilerplate,
+    not evidence of contamination; 0 disables this cut-off."""
+    max_train_rows: int = 10
+    """An eval n-gram (or whole short eval text) found in at least this many distinct conversations of the table
+    being decontaminated is generic text too ("i hope this helps let me know if you have any other questions"
+    shared with a single eval answer) and not evidence; 0 disables this cut-off. Trade-off: a real leak repeated
+    in this many rows that are not near-duplicates of each other is ignored by the n-gram detector."""
+    similarity_threshold: float = DEFAULT_MINHASH.threshold
+    """MinHash similarity (word 3-grams) at or above which a message matches an eval item; 0 disables it."""
+
+    def to_core(self) -> DecontamConfig:
+        minhash = None
+        if self.similarity_threshold > 0:
+            minhash = MinHashConfig(**{**DEFAULT_MINHASH.to_json(), "threshold": self.similarity_threshold,
+                                       "weights": DEFAULT_MINHASH.weights})
+        return DecontamConfig(ngram=self.ngram, min_words=self.min_words, max_ngram_items=self.max_ngram_items,
+                              max_train_rows=self.max_train_rows, minhash=minhash)
+
+
+@dg.asset(
+    group_name="decontamination",
+    kinds={"polars", "parquet"},
+    deps=[DEDUPLICATED_CONVERSATIONS, EVAL_SETS],
+)
+def decontaminated_conversations(
+    context: dg.AssetExecutionContext, config: DecontamSettings, storage: DataStorage
+) -> dg.MaterializeResult:
+    """Deduplicated conversations minus every row whose prompt or response overlaps an eval set: a normalized word
+    n-gram (13) in common, a whole short eval item contained, or MinHash similarity to an eval item. Removed rows go
+    to `rejected.parquet` with the matched benchmark, item and n-gram; the report is per benchmark. Generic text is
+    not evidence: n-grams shared by 3+ eval items, or found in 10+ conversations of this table (defaults)."""
+    df = storage.read_table(DEDUPLICATED_CONVERSATIONS)
+    eval_df = storage.read_table(EVAL_SETS)
+    core = config.to_core()
+    kept, rejected_df, report = decontaminate(df, eval_df, core)
+    stored = storage.write_table("decontaminated_conversations", kept)
+    rejected = storage.write_table("decontaminated_conversations", rejected_df, name="rejected")
+    storage.write_json("decontaminated_conversations", "report", report)
+    per_benchmark = [
+        {"benchmark": name, "rows_removed": b["rows_removed"], "ngram_matches": b["matches"]["ngram"],
+         "minhash_matches": b["matches"]["minhash"], "matched_items": ", ".join(b["matched_item_ids"][:5]),
+         "example_ngram": b["example_ngram"] or "", "train_frequent_keys": b["train_frequent_keys"]}
+        for name, b in sorted(report["benchmarks"].items())
+    ]
+    context.log.info(f"kept {kept.height} of {df.height}; {rejected_df.height} contaminated rows removed")
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "rows_in": df.height,
+            "rows_removed": rejected_df.height,
+            "rejected_path": dg.MetadataValue.path(str(rejected.path)),
+            "per_benchmark": dg.MetadataValue.md(markdown_table(per_benchmark)),
+            "parameters": dg.MetadataValue.json(core.to_json()),
+        },
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+
+
+@dg.asset_check(asset=decontaminated_conversations, blocking=True,
+                description="Re-reads the decontaminated table and the eval sets and re-checks them with an "
+                "independent implementation: no normalized 13-gram (or whole short eval item) in common, "
+                "boilerplate found in many eval items or in many training conversations excepted as in the removal.")
+def no_eval_overlap(storage: DataStorage) -> dg.AssetCheckResult:
+    df = storage.read_table("decontaminated_conversations")
+    eval_df = storage.read_table(EVAL_SETS)
+    report = storage.read_json("decontaminated_conversations", "report")
+    config = report.get("config", {})
+    # Never weaker than the standard 13-gram test, whatever the removal was configured with; the short-text and
+    # boilerplate rules are the removal's own (a report without `max_ngram_items` / `max_train_rows` predates that
+    # cut-off: none).
+    parameters = {"n": min(config.get("ngram", CHECK_NGRAM), CHECK_NGRAM),
+                  "min_words": config.get("min_words", DecontamSettings().min_words),
+                  "max_ngram_items": config.get("max_ngram_items", 0),
+                  "max_train_rows": config.get("max_train_rows", 0)}
+    counted_over = None
+    if parameters["max_train_rows"]:
+        # training-side frequencies are counted over the table the removal saw: the kept rows plus the rejected
+        rejected = storage.read_table("decontaminated_conversations", "rejected")
+        counted_over = pl.concat([df.select("conversation_id", "messages"),
+                                  rejected.select("conversation_id", "messages")])
+        if counted_over.height != report.get("rows_in"):
+            return dg.AssetCheckResult(
+                passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                description=f"kept + rejected rows ({counted_over.height}) differ from the report's rows_in "
+                f"({report.get('rows_in')}): the tables and the report are from different runs. Re-materialize "
+                "decontaminated_conversations.",
+                metadata={"rows_checked": df.height, "parameters": dg.MetadataValue.json(parameters)},
+            )
+    leaks = find_leaks(df, eval_df, **parameters, counted_over=counted_over)
+    return dg.AssetCheckResult(
+        passed=not leaks,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "rows_checked": df.height,
+            "eval_texts": eval_df.height,
+            "leaks_found": len(leaks),
+            "parameters": dg.MetadataValue.json(parameters),
+            "leaks": dg.MetadataValue.md(markdown_table([leak.__dict__ for leak in leaks]) if leaks else "none"),
+        },
+    )
+

@@ -1,0 +1,35 @@
+"""The architecture is checked, not reviewed: import contracts (pyproject.toml) and the graph named once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+import assets.common.resources as keys
+from pipelines.definitions import defs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_hold():
+    """Layers run one way (pipelines -> stages -> training -> assets.common), stages are independent of each other,
+    no core imports Dagster, and only asset modules import the Dagster-aware leaf module."""
+    result = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout or "broken" not in result.stdout.lower(), result.stdout
+
+
+def test_every_asset_key_constant_names_an_asset_of_the_definitions():
+    constants = {value for value in vars(keys).values() if isinstance(value, dg.AssetKey)}
+    assert constants == set(defs.resolve_all_asset_keys())
+
+
+def test_group_name_is_the_stage_folder():
+    for key in defs.resolve_all_asset_keys():
+        assets_def = defs.resolve_assets_def(key)
+        folder = assets_def.op.compute_fn.decorated_fn.__module__.split(".")[1]
+        assert assets_def.group_names_by_key[key] == folder, key

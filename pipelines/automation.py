@@ -9,7 +9,7 @@ from pipelines.profiles import load_profile
 from pipelines.shards import next_shard
 
 ALL_ASSETS = dg.AssetSelection.all()
-DATASET_ASSETS = ALL_ASSETS - dg.AssetSelection.assets(SFT_MODEL)
+DATASET_ASSETS = ALL_ASSETS - dg.AssetSelection.assets(SFT_MODEL).downstream()
 
 sft_pipeline = dg.define_asset_job(
     "sft_pipeline",

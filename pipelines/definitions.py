@@ -14,6 +14,7 @@ from assets.eval_sets.assets import eval_sets
 from assets.filtering.assets import filtered_conversations
 from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
+from assets.promotion.assets import promoted_model
 from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
 from pipelines.automation import jobs, schedules
 
@@ -26,6 +27,7 @@ ASSETS = [
     filtered_conversations,
     sft_mixture,
     sft_model,
+    promoted_model,
 ]
 ASSET_CHECKS = [no_eval_overlap, general_text_forgetting, answers_stop_on_eos]
 

@@ -28,6 +28,10 @@ def test_every_asset_key_constant_names_an_asset_of_the_definitions():
     assert constants == set(defs.resolve_all_asset_keys())
 
 
+def test_promotion_checks_are_checks_of_the_definitions():
+    assert set(keys.PROMOTION_CHECKS) <= set(defs.resolve_asset_graph().asset_check_keys)
+
+
 def test_group_name_is_the_stage_folder():
     for key in defs.resolve_all_asset_keys():
         assets_def = defs.resolve_assets_def(key)

@@ -9,16 +9,15 @@ import polars as pl
 import pytest
 
 from assets.common.chat_template import read_chat_template
-from assets.common.resources import GENERATION_SHARDS, DataStorage, VLLMEngine
+from assets.common.resources import CURRENT_MODEL, GENERATION_SHARDS, PROMOTED_MODEL, DataStorage, VLLMEngine
 from assets.common.storage import sha256_file
-from pipelines.definitions import ASSET_CHECKS
+from pipelines.definitions import ASSET_CHECKS, defs
 from pipelines.definitions import ASSETS as ALL_ASSETS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 SHARD = "00000"
 
-ASSETS = ["base_model", "eval_sets", "magpie_conversations", "deduplicated_conversations",
-          "decontaminated_conversations", "filtered_conversations", "sft_mixture", "sft_model"]
+ASSETS = [key.to_user_string() for key in defs.resolve_asset_graph().toposorted_asset_keys]  # the whole graph
 
 
 def tiny_run_config(model_dir) -> dict:
@@ -67,9 +66,9 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         metadata = materializations[key].metadata
         assert "path" in metadata, key
         assert "content_hash" in metadata and len(metadata["content_hash"].value) == 64, key
-        if key != "base_model":
-            assert metadata["dagster/row_count"].value >= 0, key
-    for key in ASSETS[1:-1]:  # tables: the hash in metadata is the hash of the file on disk
+    tables = [key for key in ASSETS if str(materializations[key].metadata["path"].value).endswith(".parquet")]
+    assert len(tables) == 6, tables
+    for key in tables:  # tables: the hash in metadata is the hash of the file on disk
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key
         assert pl.read_parquet(metadata["path"].value).height == metadata["dagster/row_count"].value, key
@@ -102,7 +101,9 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert Path(metadata["lineage_path"].path) == model_dir / "lineage.json"
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
-    for key in ASSETS[1:-1]:
+    upstream = ASSETS[:ASSETS.index("sft_model")]
+    assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
+    for key in [k for k in upstream if k != "base_model"]:
         tables = lineage["assets"][key]["tables"]
         entry = tables[f"shard-{SHARD}" if key == "magpie_conversations" else "data"]  # partitioned: one per shard
         assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
@@ -131,6 +132,15 @@ def test_post_training_checks_ran_on_the_trained_model(pipeline_run):
     assert stops.passed, stops.metadata["runaway_prompts"].value  # the tiny model ends its turns on its own
     assert "What is the capital of France?" in stops.metadata["base_vs_tuned"].value
     assert by_name["no_eval_overlap"].passed
+
+
+def test_the_checked_model_is_promoted(pipeline_run):
+    storage, materializations, checks, _ = pipeline_run
+    current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
+    assert current["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
+    assert current["content_hash"] == materializations["sft_model"].metadata["content_hash"].value
+    passed = {c.check_name for c in checks if c.passed and c.asset_key.to_user_string() == "sft_model"}
+    assert {c["check"] for c in current["checks"]} <= passed and len(current["checks"]) >= 2
 
 
 def test_train_rows_trace_back_to_generation(pipeline_run):
@@ -163,8 +173,8 @@ def test_trained_model_loads_and_generates(pipeline_run):
 
 
 def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_run, tmp_path):
-    """sft_model twice more on a copy of the pipeline's data: continual mode with no previous model yet (trains from
-    the base model and says why), then, on a smaller mixture, from that model with rehearsal of its rows."""
+    """sft_model twice more on copies of the pipeline's data: continual mode with no promoted model yet (trains from
+    the base model and says why), then, on a smaller mixture, from the promoted model with rehearsal of its rows."""
     import shutil
     from pathlib import Path
 
@@ -178,16 +188,17 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     assert json.loads((default_dir / "lineage.json").read_text())["retrained_from"] == "base_model"
     assert materializations["sft_model"].metadata["init_from"].value == "base"
 
+    # round 1: nothing promoted yet in this copy of the data, so continual mode trains from the base model
     copy = DataStorage(root=str(tmp_path / "data"))
-    shutil.copytree(storage.root_path, copy.root_path, ignore=shutil.ignore_patterns("models", "latest"))
+    shutil.copytree(storage.root_path, copy.root_path, ignore=shutil.ignore_patterns("models", PROMOTED_MODEL.path[0]))
     model_config = tiny_run_config(tiny_model_dir)["ops"]["sft_model"]["config"] | {
         "init_from": "previous", "rehearsal_fraction": 0.5}
     mixture_rows = materializations["sft_mixture"].metadata["dagster/row_count"].value
 
-    def materialize(assets, run_config):
+    def materialize(assets, run_config, data=copy):
         (tmp_path / "dagster").mkdir(exist_ok=True)
         with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-            result = dg.materialize(assets, resources={"storage": copy}, run_config={"ops": run_config},
+            result = dg.materialize(assets, resources={"storage": data}, run_config={"ops": run_config},
                                     instance=instance)
             assert result.success
             template_check = [c.passed for c in result.get_asset_check_evaluations()
@@ -195,18 +206,23 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
             assert template_check == [True]  # compared with the base model's template, also in continual mode
             return instance.get_latest_materialization_event(dg.AssetKey("sft_model")).asset_materialization
 
-    first = materialize([sft_model], {"sft_model": {"config": model_config}})
-    first_dir = Path(first.metadata["model_dir"].path)
-    first_lineage = json.loads((first_dir / "lineage.json").read_text())
-    assert first_lineage["retrained_from"]["mode"] == "base"
-    assert "no previous sft_model yet" in first_lineage["retrained_from"]["reason"]
-    assert first.metadata["rehearsal_rows"].value == 0
+    fallback = materialize([sft_model], {"sft_model": {"config": model_config}})
+    fallback_lineage = json.loads((Path(fallback.metadata["model_dir"].path) / "lineage.json").read_text())
+    assert fallback_lineage["retrained_from"]["mode"] == "base"
+    assert "no previous sft_model yet: none promoted" in fallback_lineage["retrained_from"]["reason"]
+    assert fallback.metadata["rehearsal_rows"].value == 0
 
-    # round 2: a smaller mixture, so part of round 1's training rows are not in the new data and can be rehearsed
+    # round 2, on a full copy of the data: continual mode starts from the promoted model (the pipeline's own model,
+    # promoted after its checks passed), on a smaller mixture, so part of its training rows can be rehearsed
+    promoted = DataStorage(root=str(tmp_path / "promoted"))
+    shutil.copytree(storage.root_path, promoted.root_path, ignore=shutil.ignore_patterns("models"))
+    first_dir, first_lineage = default_dir, json.loads((default_dir / "lineage.json").read_text())
+    first = materializations["sft_model"]
+    assert promoted.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"] == str(first_dir)
     second = materialize([sft_mixture, sft_model], {
         "sft_mixture": {"config": {"validation_fraction": 0.2, "seed": 0, "max_rows": mixture_rows // 2}},
         "sft_model": {"config": model_config},
-    })
+    }, data=promoted)
     second_dir = Path(second.metadata["model_dir"].path)
     lineage = json.loads((second_dir / "lineage.json").read_text())
     start = lineage["retrained_from"]
@@ -227,8 +243,8 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     assert second.metadata["dagster/row_count"].value == new_train.height + rehearsal.height
     previous_rows = pl.read_parquet(first_dir / "train_rows.parquet").filter(pl.col("split") == "train")
     assert set(rehearsal["conversation_id"]) <= set(previous_rows["conversation_id"])
-    assert not set(rehearsal["conversation_id"]) & set(copy.read_table("sft_mixture")["conversation_id"])
-    generated = copy.read_table("magpie_conversations", f"shard-{SHARD}")  # traceable to shard and row
+    assert not set(rehearsal["conversation_id"]) & set(promoted.read_table("sft_mixture")["conversation_id"])
+    generated = promoted.read_table("magpie_conversations", f"shard-{SHARD}")  # traceable to shard and row
     joined = rehearsal.join(generated, on=["shard", "row_index"], how="left", suffix="_gen")
     assert (joined["conversation_id"] == joined["conversation_id_gen"]).all()
     assert (joined["messages"] == joined["messages_gen"]).all()

@@ -10,18 +10,19 @@ from assets.common.chat_template import read_chat_template
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
+    CURRENT_MODEL,
     MODEL_MANIFEST,
+    PROMOTED_MODEL,
     RETRAIN_ON_UPSTREAM_CHANGE,
     SFT_MIXTURE,
     SFT_MODEL,
     DataStorage,
     VLLMEngine,
+    latest_materialization,
 )
 from assets.common.storage import sha256_text
 from training.config import TrainConfig
 from training.continual import ContinualConfig, StartingPoint, starting_point, train_rows_table
-
-LATEST = "latest"  # <root>/sft_model/latest/: the last model written (model_dir, base_path, run_id)
 
 
 class SFTModelConfig(dg.Config):
@@ -121,8 +122,6 @@ def sft_model(
     )
     rows_path = result.train_rows_path
     template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
-    storage.write_json(SFT_MODEL, LATEST, {"model_dir": str(result.model_dir), "base_path": base["path"],
-                                             "run_id": context.run.run_id})
     model_hash = _model_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
     retrained_from = start.retrained_from
@@ -166,14 +165,16 @@ def sft_model(
 
 def _starting_point(context: dg.AssetExecutionContext, storage: DataStorage, continual: ContinualConfig, base: dict,
                     mixture: pl.DataFrame, new_train_rows: int) -> StartingPoint:
-    """Base mode: the base model. Continual mode: the model in `sft_model/latest.json` (validated against the base
-    model), or the base model when there is none yet (the reason goes into the lineage)."""
+    """Base mode: the base model. Continual mode: the project's current model, the last one promoted after its
+    checks passed (validated against the base model), or the base model when none was promoted yet (the reason
+    goes into the lineage)."""
     previous_dir, reason = None, "no previous model"
     if continual.continual:
-        if storage.has(SFT_MODEL, LATEST):
-            previous_dir = storage.read_json(SFT_MODEL, LATEST)["model_dir"]
+        if storage.has(PROMOTED_MODEL, CURRENT_MODEL):
+            previous_dir = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"]
         else:
-            reason = f"no previous sft_model yet ({storage.asset_dir(SFT_MODEL) / LATEST} does not exist)"
+            reason = (f"no previous sft_model yet: none promoted ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL}"
+                      " does not exist)")
             context.log.warning(f"continual mode: {reason}; training from the base model")
     start = starting_point(continual, base["path"], base["content_hash"], previous_dir,
                            mixture["conversation_id"].to_list(), new_train_rows, reason)
@@ -193,12 +194,7 @@ def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
     its Definitions), in topological order: a stage added to the Definitions appears in the lineage without an edit
     here. Upstream assets that were never materialized into storage are listed with no tables."""
     graph = context.job_def.asset_layer.asset_graph
-    ancestors, stack = set(), [context.asset_key]
-    while stack:
-        for parent in graph.get(stack.pop()).parent_keys:
-            if parent not in ancestors:
-                ancestors.add(parent)
-                stack.append(parent)
+    ancestors = set(graph.upstream_key_iterator(context.asset_key))
     return [key.to_user_string() for key in graph.toposorted_asset_keys if key in ancestors]
 
 
@@ -216,19 +212,31 @@ def _model_hash(model_dir) -> str:
     return model_content_hash(model_dir)
 
 
+def _candidate(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
+    """The model this check examines, the latest `sft_model` materialization (not the promoted one), and the base
+    model it was trained from (its lineage.json)."""
+    import json
+    from pathlib import Path
+
+    model_dir = str(latest_materialization(context.instance, SFT_MODEL).value("model_dir"))
+    lineage = json.loads((Path(model_dir) / "lineage.json").read_text())
+    return model_dir, lineage["base_model"]["path"]
+
+
 MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
 STOP_CHECK_MAX_TOKENS = 256
 
 
-@dg.asset_check(asset=sft_model, description="Forgetting: perplexity on held-out general text (installed packages' "
-                f"long descriptions) rises at most {MAX_PERPLEXITY_INCREASE:.0%} over the base model's.")
-def general_text_forgetting(storage: DataStorage) -> dg.AssetCheckResult:
+@dg.asset_check(asset=sft_model, blocking=True, description="Forgetting: perplexity on held-out general text "
+                f"(installed packages' long descriptions) rises at most {MAX_PERPLEXITY_INCREASE:.0%} over the base "
+                "model's.")
+def general_text_forgetting(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     from assets.sft.checks import general_text_passages, perplexity
 
-    latest = storage.read_json(SFT_MODEL, LATEST)
+    model_dir, base_path = _candidate(context)
     passages = general_text_passages()
-    before = perplexity(latest["base_path"], passages)
-    after = perplexity(latest["model_dir"], passages)
+    before = perplexity(base_path, passages)
+    after = perplexity(model_dir, passages)
     increase = after / before - 1.0
     return dg.AssetCheckResult(
         passed=increase <= MAX_PERPLEXITY_INCREASE,
@@ -238,16 +246,16 @@ def general_text_forgetting(storage: DataStorage) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=sft_model, description="The tuned model, served by vLLM with its saved chat template, ends "
-                "its answers to a fixed prompt set on its end-of-turn token: no prompt runs to max_tokens that the "
-                "base model answers within it (a regression; the EOS-not-trained bug makes every answer run away). "
-                "Base and tuned answers side by side.")
-def answers_stop_on_eos(storage: DataStorage, engine: VLLMEngine) -> dg.AssetCheckResult:
+@dg.asset_check(asset=sft_model, blocking=True, description="The tuned model, served by vLLM with its saved chat "
+                "template, ends its answers to a fixed prompt set on its end-of-turn token: no prompt runs to "
+                "max_tokens that the base model answers within it (a regression; the EOS-not-trained bug makes every "
+                "answer run away). Base and tuned answers side by side.")
+def answers_stop_on_eos(context: dg.AssetCheckExecutionContext, engine: VLLMEngine) -> dg.AssetCheckResult:
     from assets.sft.checks import FIXED_PROMPTS, answer_prompts, stop_verdict
 
-    latest = storage.read_json(SFT_MODEL, LATEST)
-    tuned = answer_prompts(latest["model_dir"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
-    base = answer_prompts(latest["base_path"], FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
+    model_dir, base_path = _candidate(context)
+    tuned = answer_prompts(model_dir, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
+    base = answer_prompts(base_path, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
     verdict = stop_verdict(FIXED_PROMPTS, base, tuned)
     return dg.AssetCheckResult(
         passed=verdict.passed,

@@ -1,0 +1,58 @@
+"""`promoted_model`: the project's current model, the one continual SFT starts from: a trained model is promoted
+only when every check on it (and on the other assets promotion depends on) passed for that very model."""
+
+import dagster as dg
+
+from assets.common.report import markdown_table
+from assets.common.resources import (
+    CURRENT_MODEL,
+    PROMOTE_NEW_MODELS,
+    PROMOTED_MODEL,
+    PROMOTION_CHECKS,
+    SFT_MODEL,
+    DataStorage,
+    latest_materialization,
+)
+from assets.promotion.core import CheckVerdict, check_verdict, decide, promotion_record
+
+
+@dg.asset(group_name="promotion", kinds={"huggingface"}, deps=[SFT_MODEL], automation_condition=PROMOTE_NEW_MODELS)
+def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> dg.MaterializeResult:
+    """The model that passed its checks: the post-training checks of `sft_model` (`PROMOTION_CHECKS`) and every
+    other asset check on an upstream asset must have run on the candidate's materialization and passed. Otherwise
+    the run fails, the previous current model stays current, and the candidate stays on disk with its report."""
+    graph = context.job_def.asset_layer.asset_graph  # (a run of promoted_model alone sees no upstream checks here)
+    candidate = latest_materialization(context.instance, SFT_MODEL)
+    checks = {*PROMOTION_CHECKS, *(key for parent in graph.get(context.asset_key).parent_keys
+                                  for key in graph.get(parent).check_keys)}
+    materializations = {SFT_MODEL: candidate}
+    verdicts = []
+    for key in sorted(checks):
+        if key.asset_key not in materializations:
+            materializations[key.asset_key] = latest_materialization(context.instance, key.asset_key)
+        verdicts.append(_verdict(context.instance, key, materializations[key.asset_key].storage_id))
+    decision = decide(verdicts, SFT_MODEL.to_user_string())
+    model_dir = str(candidate.value("model_dir"))
+    table = markdown_table(decision.rows())
+    if not decision.promote:
+        raise dg.Failure(description=f"{model_dir} not promoted: {decision.reason}",
+                         metadata={"candidate": dg.MetadataValue.path(model_dir), "checks": dg.MetadataValue.md(table)})
+    record = promotion_record(model_dir, candidate.value("content_hash"), candidate.run_id, decision)
+    path = storage.write_json(PROMOTED_MODEL, CURRENT_MODEL, record)
+    context.log.info(f"promoted {model_dir}: {decision.reason}")
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(model_dir), "model_dir": dg.MetadataValue.path(model_dir),
+                  "content_hash": record["content_hash"], "trained_in_run": candidate.run_id,
+                  "pointer": dg.MetadataValue.path(str(path)), "checks": dg.MetadataValue.md(table)},
+        data_version=dg.DataVersion(record["content_hash"]),
+    )
+
+
+def _verdict(instance: dg.DagsterInstance, key: dg.AssetCheckKey, materialization_id: int) -> CheckVerdict:
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+    evaluation = record.evaluation if record is not None else None
+    target = evaluation.target_materialization_data if evaluation is not None else None
+    return check_verdict(key.asset_key.to_user_string(), key.name, evaluation is not None,
+                         evaluation.passed if evaluation is not None else None,
+                         target.storage_id if target is not None else None, materialization_id,
+                         evaluation.description or "" if evaluation is not None else "")

@@ -248,3 +248,56 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     joined = rehearsal.join(generated, on=["shard", "row_index"], how="left", suffix="_gen")
     assert (joined["conversation_id"] == joined["conversation_id_gen"]).all()
     assert (joined["messages"] == joined["messages_gen"]).all()
+
+
+def _recorded_files(lineage: dict) -> dict[str, str]:
+    """Every file a lineage names with its content hash: tables (rejected ones too) and reports of every asset."""
+    files = {}
+    for asset in lineage["assets"].values():
+        for entry in [*asset["tables"].values(), *asset["documents"].values()]:
+            files[entry["path"]] = entry["content_hash"]
+    return files
+
+
+def test_rebuild_keeps_old_lineage_readable_and_lists_a_new_stage(pipeline_run):
+    """Rebuild the pipeline's own data with another generation seed and one more stage, wired in by assembly only
+    (an asset of its own plus a dep added with map_asset_specs, as pipelines/ would): every path in the first
+    model's lineage.json still has its bytes, and the new model's lineage lists the new stage with no edit to any
+    other stage. Last in this module: it rebuilds the storage the other tests read."""
+    from pathlib import Path
+
+    storage, materializations, _, tiny_model_dir = pipeline_run
+    first_dir = Path(materializations["sft_model"].metadata["model_dir"].path)
+    recorded = _recorded_files(json.loads((first_dir / "lineage.json").read_text()))
+    assert len(recorded) >= 12 and all(Path(p).is_relative_to(storage.root_path) for p in recorded)
+
+    @dg.asset(group_name="labels", deps=[dg.AssetKey("filtered_conversations")])
+    def conversation_labels(storage: DataStorage) -> dg.MaterializeResult:
+        rows = storage.read_table("filtered_conversations").select("conversation_id")
+        return dg.MaterializeResult(metadata=storage.write_table("conversation_labels", rows).metadata())
+
+    assets = dg.map_asset_specs(
+        lambda spec: spec.merge_attributes(deps=[conversation_labels]) if spec.key.path == ["sft_mixture"] else spec,
+        ALL_ASSETS)
+    run_config = tiny_run_config(tiny_model_dir)
+    run_config["ops"]["magpie_conversations"]["config"]["seed"] = 2
+    root = storage.root_path.parent / "dagster-rebuild"
+    root.mkdir()
+    with dg.instance_for_test(temp_dir=str(root)) as instance:
+        instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
+        result = dg.materialize([*assets, conversation_labels, *ASSET_CHECKS], partition_key=SHARD,
+                                resources={"storage": storage, "engine": VLLMEngine(max_model_len=1024,
+                                                                                    cpu_kv_cache_gb=1)},
+                                run_config=run_config, instance=instance)
+        assert result.success
+        second_dir = Path(instance.get_latest_materialization_event(dg.AssetKey("sft_model"))
+                          .asset_materialization.metadata["model_dir"].path)
+    assert second_dir != first_dir and (first_dir / "model.safetensors").exists()
+    # another seed wrote another shard, under another path; the first one is still where the lineage says
+    assert sha256_file(storage.table_path("magpie_conversations", f"shard-{SHARD}")) not in recorded.values()
+    for path, content_hash in recorded.items():  # the old data is still there, byte for byte
+        assert sha256_file(path) == content_hash, path
+    second = json.loads((second_dir / "lineage.json").read_text())
+    labels = second["assets"]["conversation_labels"]["tables"]["data"]
+    assert labels["row_count"] == storage.read_table("filtered_conversations").height
+    assert sha256_file(labels["path"]) == labels["content_hash"]

@@ -47,7 +47,8 @@ class MagpieGenerationConfig(dg.Config):
     """Override the pre-query prefix derived from the chat template (single-turn, no system prompt)."""
     seed: int = 0
     batch_size: int = 256
-    """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing."""
+    """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing; checkpoints
+    are row ranges, so the re-run may use another batch_size."""
 
     def to_core(self, shard: int = 0) -> MagpieConfig:
         return MagpieConfig(

@@ -23,6 +23,7 @@ class CrashedRun(RuntimeError):
 class FakeGenerator:
     engine_name = "fake-engine"
     engine_version = "1.0"
+    startup_seconds = 0.0
 
     def __init__(self, fail_on_call: int | None = None):
         self.fail_on_call = fail_on_call

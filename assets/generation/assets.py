@@ -15,7 +15,7 @@ from assets.common.resources import (
     VLLMEngine,
     shard_index,
 )
-from assets.generation.magpie import MagpieConfig, pre_query_prefixes
+from assets.generation.magpie import MagpieConfig, pre_query_prefixes, pre_query_report
 from assets.generation.shards import run_shard
 
 
@@ -44,7 +44,12 @@ class MagpieGenerationConfig(dg.Config):
     system_prompts: list[SystemPrompt] = []
     """Weighted system prompts to sample per conversation; empty = no system message (the template's default)."""
     pre_query_template: str | None = None
-    """Override the pre-query prefix derived from the chat template (single-turn, no system prompt)."""
+    """Replaces the pre-query prefix derived from the chat template, for the first turn of conversations without a
+    system prompt only (e.g. a template whose prefix cannot be cut automatically). It cannot stand for a prefix
+    that holds a system message or earlier turns, so conversations drawn with a system prompt and turns 2..N keep
+    the derived prefix. Each row's `pre_query_template_hash` is the SHA-256 of the first-turn prefix that row
+    really used, and the report's `pre_query_template_usage` lists every first-turn prefix with its hash, source
+    (override or derived), system prompt and row count."""
     seed: int = 0
     batch_size: int = 256
     """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing; checkpoints
@@ -102,7 +107,7 @@ def magpie_conversations(
         "model": model["name"],
         "model_hash": model["content_hash"],
         "pre_query_templates": prefixes,
-        "pre_query_template_hash": df["pre_query_template_hash"][0] if df.height else None,
+        "pre_query_template_usage": pre_query_report(tokenizer, core, df),
         "sampling": {"instruction": core.instruction.to_dict(), "response": core.response.to_dict()},
         "num_turns": core.num_turns,
         "system_prompts": [list(p) for p in core.system_prompts],
@@ -126,7 +131,7 @@ def magpie_conversations(
             "resumed_batches": result.resumed_batches,
             "seed": core.seed,
             "sampling": dg.MetadataValue.json(generation["sampling"]),
-            "pre_query_templates": dg.MetadataValue.md("\n\n".join(f"```\n{p}\n```" for p in prefixes)),
+            "pre_query_templates": dg.MetadataValue.md(_prefixes_markdown(generation["pre_query_template_usage"])),
             "sample": dg.MetadataValue.md(_sample_markdown(df)),
         },
         data_version=dg.DataVersion(stored.content_hash),
@@ -140,3 +145,7 @@ def _sample_markdown(df, n: int = 3) -> str:
         blocks.append(f"`{row['conversation_id']}`\n\n{turns}")
     return "\n\n---\n\n".join(blocks) or "(no rows)"
 
+
+def _prefixes_markdown(usage: list[dict]) -> str:
+    return "\n\n".join(f"{u['source']} prefix `{u['hash'][:12]}` for system prompt {u['system_prompt']!r}: "
+                       f"{u['rows']} rows\n```\n{u['prefix']}\n```" for u in usage)

@@ -34,7 +34,9 @@ class MagpieConfig:
     response: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=1024)
     # (system prompt, weight); the empty string means "no system message" (the template's default applies).
     system_prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
-    pre_query_template: str | None = None  # explicit override of the derived prefix (single-turn, no system)
+    # Replaces the derived prefix of FIRST turns WITHOUT a system prompt only (see MagpieGenerationConfig); each
+    # row's pre_query_template_hash is the hash of the first-turn prefix it really used.
+    pre_query_template: str | None = None
     seed: int = 0
     shard: int = 0
 
@@ -95,16 +97,44 @@ def _clean(text: str, stop_strings: Sequence[str]) -> str:
     return text.strip()
 
 
+@dataclass(frozen=True)
+class FirstTurnPrefix:
+    """The instruction prompt of a conversation's first turn, for one configured system prompt."""
+
+    system_prompt: str  # "" = no system message
+    prefix: str
+    source: str  # "override" (config.pre_query_template) or "derived" (from the chat template)
+
+    @property
+    def hash(self) -> str:
+        return sha256_text(self.prefix)
+
+
+def _uses_override(config: MagpieConfig, history: Sequence[dict]) -> bool:
+    """The override is the text before the first user message of a conversation without a system message; it
+    cannot hold a system message or earlier turns, so those prefixes are always derived from the chat template."""
+    return bool(config.pre_query_template) and len(history) == 0
+
+
+def first_turn_prefixes(tokenizer: Any, config: MagpieConfig) -> list[FirstTurnPrefix]:
+    """The first-turn instruction prompt of each configured system prompt, exactly as generation uses it."""
+    texts = dict.fromkeys(text for text, _ in config.system_prompts)  # distinct, in configured order
+    return [FirstTurnPrefix(text, _pre_query(tokenizer, _history(text), config).prefix,
+                            "override" if _uses_override(config, _history(text)) else "derived") for text in texts]
+
+
 def pre_query_prefixes(tokenizer: Any, config: MagpieConfig) -> list[str]:
-    """The first-turn instruction prompts of a run: one pre-query prefix per configured system prompt."""
-    if config.pre_query_template:
-        return [config.pre_query_template]
-    return [derive_pre_query(tokenizer, _history(text)).prefix for text, _ in config.system_prompts]
+    """The distinct first-turn instruction prompts of a run."""
+    return list(dict.fromkeys(p.prefix for p in first_turn_prefixes(tokenizer, config)))
 
 
-def pre_query_hash(tokenizer: Any, config: MagpieConfig) -> str:
-    """Identifies the instruction prompts of a run (see :func:`pre_query_prefixes`)."""
-    return sha256_text("\x1e".join(pre_query_prefixes(tokenizer, config)))
+def pre_query_report(tokenizer: Any, config: MagpieConfig, table: pl.DataFrame) -> list[dict]:
+    """Per configured system prompt: its first-turn prefix, where the prefix came from (override or derived), its
+    hash (the rows' ``pre_query_template_hash``) and how many rows of ``table`` used it. Later turns' prefixes are
+    always derived from the chat template and the conversation so far."""
+    counts = dict(table.group_by("pre_query_template_hash").len().iter_rows()) if table.height else {}
+    return [{"system_prompt": p.system_prompt, "source": p.source, "hash": p.hash, "prefix": p.prefix,
+             "rows": counts.get(p.hash, 0)} for p in first_turn_prefixes(tokenizer, config)]
 
 
 def generate_conversations(
@@ -127,9 +157,12 @@ def generate_conversations(
     conversations = {i: _history(choose_system_prompt(config, i)) for i in rows}
     finish: dict[int, list[str]] = {i: [] for i in rows}
     alive = rows
+    first_prefix: dict[int, str] = {}  # row -> the prefix its first instruction was sampled from
 
     for turn in range(1, config.num_turns + 1):
         pre_queries = [_pre_query(tokenizer, conversations[i], config) for i in alive]
+        if turn == 1:
+            first_prefix = {i: pq.prefix for i, pq in zip(alive, pre_queries, strict=True)}
         stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
         stop_strings = tokenizer.convert_ids_to_tokens(stops)
         prompts = [tokenizer(pq.prefix, add_special_tokens=False)["input_ids"] for pq in pre_queries]
@@ -178,7 +211,7 @@ def generate_conversations(
     stats.seconds = time.monotonic() - started
     sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
                           sort_keys=True)
-    template_hash = pre_query_hash(tokenizer, config)
+    prefix_hashes = {prefix: sha256_text(prefix) for prefix in set(first_prefix.values())}
     table = [
         {
             "conversation_id": f"{config.shard:05d}-{i:07d}",
@@ -190,7 +223,7 @@ def generate_conversations(
             "seed": config.seed,
             "generator_model": model_name,
             "generator_model_hash": model_hash,
-            "pre_query_template_hash": template_hash,
+            "pre_query_template_hash": prefix_hashes[first_prefix[i]],  # what this row's first turn used
             "sampling_params": sampling,
             "engine": generator.engine_name,
             "engine_version": generator.engine_version,
@@ -201,10 +234,18 @@ def generate_conversations(
 
 
 def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:
-    if config.pre_query_template and len(history) == 0:
+    if _uses_override(config, history):
         try:  # the derivation may fail on this template: the override is exactly for that case
             end_of_turn = derive_pre_query(tokenizer, history).end_of_turn
         except TemplateError:
             end_of_turn = None
         return PreQuery(prefix=config.pre_query_template, end_of_turn=end_of_turn)
-    return derive_pre_query(tokenizer, history)
+    try:
+        return derive_pre_query(tokenizer, history)
+    except TemplateError as error:
+        if not config.pre_query_template:
+            raise
+        raise TemplateError(
+            f"{error} (`pre_query_template` is set, but it only replaces the prefix of a first turn without a "
+            f"system prompt; this one follows {[m['role'] for m in history]}: configure no system prompts and "
+            "num_turns 1 to use the override alone)") from error

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from assets.common.chat_template import TemplateError, render, special_token_strings
-from assets.common.engine import SamplingConfig, TextGenerator
+from assets.common.engine import Completion, SamplingConfig, TextGenerator
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import sha256_text
 from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
@@ -39,6 +39,12 @@ class MagpieConfig:
     pre_query_template: str | None = None
     seed: int = 0
     shard: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_turns < 1:
+            raise ValueError(f"num_turns must be >= 1 (user/assistant exchanges), got {self.num_turns}")
+        if self.num_conversations < 0:
+            raise ValueError(f"num_conversations must be >= 0, got {self.num_conversations}")
 
 
 @dataclass
@@ -153,84 +159,105 @@ def generate_conversations(
     started = time.monotonic()
     rows = list(range(config.num_conversations)) if rows is None else list(rows)
     stats = MagpieStats(attempted=len(rows))
-    leak_tokens = special_token_strings(tokenizer)
-    conversations = {i: _history(choose_system_prompt(config, i)) for i in rows}
-    finish: dict[int, list[str]] = {i: [] for i in rows}
-    alive = rows
-    first_prefix: dict[int, str] = {}  # row -> the prefix its first instruction was sampled from
-
+    batch = _Conversations(tokenizer, config, rows)
     for turn in range(1, config.num_turns + 1):
-        pre_queries = [_pre_query(tokenizer, conversations[i], config) for i in alive]
+        prompts, stops = batch.instruction_prompts(turn)
+        instructions = generator.generate(prompts, config.instruction, stops, batch.seeds(turn, "user"))
+        batch.add("user", turn, instructions, stops, stats)
+        responses = generator.generate(batch.response_prompts(), config.response, stops,
+                                       batch.seeds(turn, "assistant"))
+        batch.add("assistant", turn, responses, stops, stats)
+        if log:
+            log(f"rows {rows[0] if rows else 0}..{rows[-1] if rows else 0}, turn {turn}: {len(batch.alive)} of "
+                f"{len(rows)} conversations alive; {stats.tokens_generated} tokens")
+    stats.kept = len(batch.alive)
+    stats.seconds = time.monotonic() - started
+    return batch.table(model_name, model_hash, generator), stats
+
+
+_KINDS = {"user": "instruction", "assistant": "response"}  # what a generated message of a role is called
+
+
+class _Conversations:
+    """The conversations of one :func:`generate_conversations` call while their turns are generated: messages,
+    finish reasons and first-turn prefix per row, and the rows still alive (not dropped)."""
+
+    def __init__(self, tokenizer: Any, config: MagpieConfig, rows: list[int]):
+        self.tokenizer, self.config = tokenizer, config
+        self.leak_tokens = special_token_strings(tokenizer)
+        self.messages = {i: _history(choose_system_prompt(config, i)) for i in rows}
+        self.finish: dict[int, list[str]] = {i: [] for i in rows}
+        self.first_prefix: dict[int, str] = {}  # row -> the prefix its first instruction was sampled from
+        self.alive = list(rows)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def seeds(self, turn: int, role: str) -> list[int]:
+        return [row_seed(self.config, i, turn, role) for i in self.alive]
+
+    def instruction_prompts(self, turn: int) -> tuple[list[list[int]], list[int]]:
+        """The pre-query prompt of every live row, and the token ids that end a turn."""
+        pre_queries = [_pre_query(self.tokenizer, self.messages[i], self.config) for i in self.alive]
         if turn == 1:
-            first_prefix = {i: pq.prefix for i, pq in zip(alive, pre_queries, strict=True)}
-        stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
-        stop_strings = tokenizer.convert_ids_to_tokens(stops)
-        prompts = [tokenizer(pq.prefix, add_special_tokens=False)["input_ids"] for pq in pre_queries]
-        seeds = [row_seed(config, i, turn, "user") for i in alive]
-        instructions = generator.generate(prompts, config.instruction, stops, seeds)
+            self.first_prefix = {i: pq.prefix for i, pq in zip(self.alive, pre_queries, strict=True)}
+        stops = sorted({t for pq in pre_queries for t in stop_token_ids(self.tokenizer, pq)})
+        return [self._ids(pq.prefix) for pq in pre_queries], stops
+
+    def response_prompts(self) -> list[list[int]]:
+        return [self._ids(render(self.tokenizer, self.messages[i], add_generation_prompt=True)) for i in self.alive]
+
+    def add(self, role: str, turn: int, completions: Sequence[Completion], stops: Sequence[int],
+            stats: MagpieStats) -> None:
+        """Append each live row's completion as a ``role`` message, or drop the row (counted by reason)."""
+        kind = _KINDS[role]
+        stop_strings = self.tokenizer.convert_ids_to_tokens(list(stops))
         survivors = []
-        for i, completion in zip(alive, instructions, strict=True):
-            stats.instruction_tokens += len(completion.token_ids)
+        for i, completion in zip(self.alive, completions, strict=True):
+            setattr(stats, f"{kind}_tokens", getattr(stats, f"{kind}_tokens") + len(completion.token_ids))
             text = _clean(completion.text, stop_strings)
-            reason = None
-            if not text:
-                reason = "empty_instruction"
-            elif any(token in text for token in leak_tokens):
-                reason = "template_leak_instruction"
+            reason = _drop_reason(text, kind, self.leak_tokens)
             if reason:
                 stats.dropped[reason if turn == 1 else f"{reason}_turn{turn}"] += 1
                 continue
-            conversations[i].append({"role": "user", "content": text})
-            finish[i].append(completion.finish_reason)
+            self.messages[i].append({"role": role, "content": text})
+            self.finish[i].append(completion.finish_reason)
             survivors.append(i)
-        alive = survivors
+        self.alive = survivors
 
-        prompts = [
-            tokenizer(render(tokenizer, conversations[i], add_generation_prompt=True),
-                      add_special_tokens=False)["input_ids"]
-            for i in alive
-        ]
-        seeds = [row_seed(config, i, turn, "assistant") for i in alive]
-        responses = generator.generate(prompts, config.response, stops, seeds)
-        survivors = []
-        for i, completion in zip(alive, responses, strict=True):
-            stats.response_tokens += len(completion.token_ids)
-            text = _clean(completion.text, stop_strings)
-            if any(token in text for token in leak_tokens):
-                stats.dropped["template_leak_response" if turn == 1 else f"template_leak_response_turn{turn}"] += 1
-                continue
-            conversations[i].append({"role": "assistant", "content": text})
-            finish[i].append(completion.finish_reason)
-            survivors.append(i)
-        alive = survivors
-        if log:
-            log(f"rows {rows[0] if rows else 0}..{rows[-1] if rows else 0}, turn {turn}: {len(alive)} of "
-                f"{len(rows)} conversations alive; {stats.tokens_generated} tokens")
+    def table(self, model_name: str, model_hash: str, generator: TextGenerator) -> pl.DataFrame:
+        """The live rows with their provenance, in the conversation schema."""
+        config = self.config
+        sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
+                              sort_keys=True)
+        prefix_hashes = {prefix: sha256_text(prefix) for prefix in set(self.first_prefix.values())}
+        return pl.DataFrame([
+            {
+                "conversation_id": f"{config.shard:05d}-{i:07d}",
+                "messages": self.messages[i],
+                "finish_reasons": self.finish[i],
+                "num_turns": config.num_turns,
+                "shard": config.shard,
+                "row_index": i,
+                "seed": config.seed,
+                "generator_model": model_name,
+                "generator_model_hash": model_hash,
+                "pre_query_template_hash": prefix_hashes[self.first_prefix[i]],  # what this row's first turn used
+                "sampling_params": sampling,
+                "engine": generator.engine_name,
+                "engine_version": generator.engine_version,
+            }
+            for i in self.alive
+        ], schema=CONVERSATION_SCHEMA)
 
-    stats.kept = len(alive)
-    stats.seconds = time.monotonic() - started
-    sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
-                          sort_keys=True)
-    prefix_hashes = {prefix: sha256_text(prefix) for prefix in set(first_prefix.values())}
-    table = [
-        {
-            "conversation_id": f"{config.shard:05d}-{i:07d}",
-            "messages": conversations[i],
-            "finish_reasons": finish[i],
-            "num_turns": config.num_turns,
-            "shard": config.shard,
-            "row_index": i,
-            "seed": config.seed,
-            "generator_model": model_name,
-            "generator_model_hash": model_hash,
-            "pre_query_template_hash": prefix_hashes[first_prefix[i]],  # what this row's first turn used
-            "sampling_params": sampling,
-            "engine": generator.engine_name,
-            "engine_version": generator.engine_version,
-        }
-        for i in alive
-    ]
-    return pl.DataFrame(table, schema=CONVERSATION_SCHEMA), stats
+
+def _drop_reason(text: str, kind: str, leak_tokens: Sequence[str]) -> str | None:
+    """Why a generated message ends its conversation: an empty instruction, or a template token in the text."""
+    if not text and kind == "instruction":
+        return "empty_instruction"
+    if any(token in text for token in leak_tokens):
+        return f"template_leak_{kind}"
+    return None
 
 
 def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:

@@ -60,3 +60,9 @@ def test_without_override_every_row_records_its_derived_prefix(tokenizer):
         system = row["messages"][0]["content"] if row["messages"][0]["role"] == "system" else ""
         assert row["pre_query_template_hash"] == sha256_text(prefixes[system])
     assert {r["source"] for r in pre_query_report(tokenizer, config, table)} == {"derived"}
+
+
+@pytest.mark.parametrize(("field", "value"), [("num_turns", 0), ("num_conversations", -1)])
+def test_config_rejects_impossible_sizes(field, value):
+    with pytest.raises(ValueError, match=field):
+        replace(tiny_magpie_config(), **{field: value})

@@ -2,8 +2,9 @@
 
 For each conversation: pick a system prompt (or none) from a weighted list, render the pre-query prefix with the
 model's own chat template, sample what the model writes there (an instruction: it stops at the end-of-turn token),
-then render the conversation with the generation prompt and sample the answer. Repeat for N turns. Instructions
-that are empty or contain template tokens are dropped, and counted by reason.
+then render the conversation with the generation prompt and sample the answer. Repeat for N turns. A conversation
+whose instruction or answer is empty or contains template tokens is dropped, and counted by reason, so every row
+written has the conversation schema every later stage checks on read (non-empty messages, alternating roles).
 """
 
 from __future__ import annotations
@@ -252,9 +253,10 @@ class _Conversations:
 
 
 def _drop_reason(text: str, kind: str, leak_tokens: Sequence[str]) -> str | None:
-    """Why a generated message ends its conversation: an empty instruction, or a template token in the text."""
-    if not text and kind == "instruction":
-        return "empty_instruction"
+    """Why a generated message ends its conversation: it is empty (a conversation needs text in every message), or
+    it contains a template token."""
+    if not text:
+        return f"empty_{kind}"
     if any(token in text for token in leak_tokens):
         return f"template_leak_{kind}"
     return None

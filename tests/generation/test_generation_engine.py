@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from assets.common.engine import EngineConfig, VLLMGenerator
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.schema import CONVERSATION_SCHEMA, validate_conversations
 from assets.generation.magpie import generate_conversations
 from assets.generation.shards import run_shard
 from tests.generation_config import tiny_magpie_config
@@ -44,6 +44,7 @@ def reference(engine, tiny_model_dir):
 def test_rows_have_schema_and_provenance(reference):
     table, stats = reference
     assert table.schema == pl.Schema(CONVERSATION_SCHEMA)
+    validate_conversations(table, "generated shard")  # what deduplication checks on read
     assert table.height == stats.kept and stats.attempted == 40 and stats.kept > 20
     assert stats.kept + sum(stats.dropped.values()) == stats.attempted
     assert (table["shard"] == 3).all() and (table["seed"] == 5).all()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from assets.common.schema import validate_conversations
 from assets.generation.magpie import row_seed
 from assets.generation.shards import Chunk, missing_batches, run_shard
 from tests.fake_generator import CrashedRun, FakeGenerator
@@ -50,6 +51,8 @@ def test_fake_run_drops_and_keeps_rows(uninterrupted):
     stats = uninterrupted.stats
     assert stats.attempted == 40 and 20 < stats.kept < 40 and sum(stats.dropped.values()) == 40 - stats.kept
     assert uninterrupted.table["conversation_id"].is_unique().all()
+    assert stats.dropped["empty_response"] > 0  # a conversation with an empty answer is not written
+    validate_conversations(uninterrupted.table, "generated shard")  # what deduplication checks on read
 
 
 @pytest.mark.parametrize(("first", "batches_done", "second"),

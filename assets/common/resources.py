@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common.engine import EngineConfig
+from assets.common.schema import SchemaError, validate_conversations
 from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
@@ -149,6 +150,16 @@ class DataStorage(dg.ConfigurableResource):
 
     def read_table(self, asset: AssetName, name: str = "data") -> pl.DataFrame:
         return read_parquet(self.table_path(asset, name))
+
+    def read_conversations(self, asset: AssetName, name: str = "data") -> pl.DataFrame:
+        """The current version of a conversation table, checked against the conversation schema: how every stage
+        reads its input. A missing or mistyped column, or a bad row, raises ``SchemaError`` naming the asset, the
+        file, the row (index and conversation_id) and the field."""
+        path = self.table_path(asset, name)
+        try:
+            return validate_conversations(read_parquet(path), f"asset '{_name(asset)}', table '{name}' ({path})")
+        except SchemaError as error:
+            raise SchemaError(f"{error}. Fix what wrote this table and re-materialize '{_name(asset)}'.") from None
 
     def describe_table(self, asset: AssetName, name: str = "data") -> StoredTable:
         """Path, hash and row count of the current version of a table, read from the file itself."""

@@ -32,18 +32,86 @@ REJECTED_REASON = "reason"  # column added to rejected-row tables: why the row w
 REJECTED_DETAIL = "detail"  # free text: e.g. the duplicate's id, the matched n-gram
 
 
+ROLES = ("system", "user", "assistant")
+
+_ROW, _POS, _SYSTEM, _PROBLEM = "__schema_row", "__schema_pos", "__schema_system", "__schema_problem"
+# Per-conversation problems, then per-message ones in the order they are looked for (a message's first is reported).
+_NO_MESSAGES, _SYSTEM_ONLY = -2, -1
+_NULL_MESSAGE, _BAD_ROLE, _ORDER, _NULL_CONTENT, _BLANK_CONTENT = 1, 2, 3, 4, 5
+
+
 class SchemaError(ValueError):
-    """A table is missing a column or has one of the wrong type."""
+    """A table is not a conversation table: the message names the table, the column or the row (index and
+    conversation_id) and the field, and what was expected."""
 
 
 def validate_conversations(df: pl.DataFrame, source: str) -> pl.DataFrame:
-    """Check ``df`` has every conversation column with its type; ``source`` names the file in errors."""
+    """Check that ``df`` is a conversation table and return it; ``source`` names the table (asset, file) in errors.
+
+    Columns: every column of :data:`CONVERSATION_SCHEMA` with its type (stages may add others). Rows: at least one
+    message besides a system message; each a ``{role, content}`` struct with a role in :data:`ROLES`, in the order
+    optional leading ``system``, then ``user`` and ``assistant`` alternating from ``user``; every content a
+    non-blank string. The checks are polars expressions over all rows at once; only the first bad row is turned
+    into a message (with the number of bad rows).
+    """
     for name, dtype in CONVERSATION_SCHEMA.items():
         if name not in df.columns:
-            raise SchemaError(f"{source}: missing column '{name}' (expected {dtype}); columns are {df.columns}")
+            raise SchemaError(f"{source}: missing column '{name}' (expected type {dtype}); columns are {df.columns}")
         if df.schema[name] != dtype:
             raise SchemaError(f"{source}: column '{name}' has type {df.schema[name]}, expected {dtype}")
+    problems = _row_problems(df)
+    if problems.height:
+        row, position, role, expected, code = problems.row(0)
+        conversation_id = df["conversation_id"][row]
+        bad_rows = problems[_ROW].n_unique()
+        raise SchemaError(f"{source}: row {row} (conversation_id {conversation_id!r}): "
+                          f"{_describe(code, position, role, expected)}; {bad_rows} of {df.height} rows fail the "
+                          "conversation schema (the first is shown)")
     return df
+
+
+def _row_problems(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per bad message (or conversation without messages): row, message position, role, expected role
+    and problem code, in row then message order."""
+    indexed = df.select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW),
+        pl.col("messages"),
+        pl.int_ranges(0, pl.col("messages").list.len()).alias(_POS),
+        (pl.col("messages").list.first().struct.field("role") == "system").fill_null(False).alias(_SYSTEM),
+    )
+    length = pl.col("messages").list.len().fill_null(0)
+    no_messages = indexed.filter((length == 0) | ((length == 1) & pl.col(_SYSTEM))).select(
+        _ROW, pl.lit(None, pl.Int64).alias(_POS), pl.lit(None, pl.Utf8).alias("role"),
+        pl.lit(None, pl.Utf8).alias("expected"),
+        pl.when(length == 0).then(_NO_MESSAGES).otherwise(_SYSTEM_ONLY).cast(pl.Int64).alias(_PROBLEM))
+    role, content = pl.col("messages").struct.field("role"), pl.col("messages").struct.field("content")
+    turn = pl.col(_POS) - pl.col(_SYSTEM).cast(pl.Int64)
+    expected = (pl.when(turn < 0).then(pl.lit("system")).when(turn % 2 == 0).then(pl.lit("user"))
+                .otherwise(pl.lit("assistant")))
+    problem = (pl.when(pl.col("messages").is_null()).then(_NULL_MESSAGE)
+               .when(~role.is_in(ROLES).fill_null(False)).then(_BAD_ROLE)
+               .when(role != expected).then(_ORDER)
+               .when(content.is_null()).then(_NULL_CONTENT)
+               .when(content.str.strip_chars() == "").then(_BLANK_CONTENT))
+    messages = (indexed.explode("messages", _POS).filter(pl.col(_POS).is_not_null())
+                .select(_ROW, _POS, role.alias("role"), expected.alias("expected"),
+                        problem.cast(pl.Int64).alias(_PROBLEM))
+                .filter(pl.col(_PROBLEM).is_not_null()))
+    return pl.concat([no_messages, messages]).sort(_ROW, _POS, nulls_last=False, maintain_order=True)
+
+
+def _describe(code: int, position: int | None, role: str | None, expected: str | None) -> str:
+    field = f"messages[{position}]"
+    return {
+        _NO_MESSAGES: "messages: empty or null (expected at least one {role, content} message)",
+        _SYSTEM_ONLY: "messages: only a system message (expected a user message after it)",
+        _NULL_MESSAGE: f"{field}: null (expected a {{role, content}} message)",
+        _BAD_ROLE: f"{field}.role: {role!r} is not one of {'/'.join(ROLES)}",
+        _ORDER: f"{field}.role: {role!r} where {expected!r} is expected (an optional leading system message, then "
+                "user and assistant alternating, starting with user)",
+        _NULL_CONTENT: f"{field}.content: null (expected a non-empty string)",
+        _BLANK_CONTENT: f"{field}.content: empty or blank (expected a non-empty string)",
+    }[code]
 
 
 def empty_conversations() -> pl.DataFrame:

@@ -50,7 +50,7 @@ def decontaminated_conversations(
     n-gram (13) in common, a whole short eval item contained, or MinHash similarity to an eval item. Removed rows go
     to `rejected.parquet` with the matched benchmark, item and n-gram; the report is per benchmark. Generic text is
     not evidence: n-grams shared by 3+ eval items, or found in 10+ conversations of this table (defaults)."""
-    df = storage.read_table(DEDUPLICATED_CONVERSATIONS)
+    df = storage.read_conversations(DEDUPLICATED_CONVERSATIONS)
     eval_df = storage.read_table(EVAL_SETS)
     core = config.to_core()
     kept, rejected_df, report = decontaminate(df, eval_df, core)

@@ -35,7 +35,8 @@ def deduplicated_conversations(
     shards = storage.shard_tables(MAGPIE_CONVERSATIONS)
     core = config.to_core()
     state_dir = storage.asset_dir("deduplicated_conversations") / "state"
-    result = deduplicate_shards(shards, state_dir, core, log=context.log.info)
+    result = deduplicate_shards(shards, state_dir, core, log=context.log.info,
+                                read=lambda key: storage.read_conversations(MAGPIE_CONVERSATIONS, f"shard-{key}"))
     stored = storage.write_table("deduplicated_conversations", result.kept)
     rejected = storage.write_table("deduplicated_conversations", result.removed, name="rejected")
     bands, rows = core.params

@@ -12,6 +12,7 @@ file changed or disappeared, or the MinHash settings changed, the state is rebui
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +47,12 @@ def _load_manifest(state_dir: Path, cfg: MinHashConfig) -> tuple[dict | None, st
     return manifest, None
 
 
-def deduplicate_shards(shards: dict[str, Path], state_dir: str | Path, cfg: MinHashConfig,
-                       log=None) -> IncrementalDedup:
-    """Deduplicate the shard files ``shards`` (key -> Parquet path), reusing the state in ``state_dir``."""
+def deduplicate_shards(shards: dict[str, Path], state_dir: str | Path, cfg: MinHashConfig, log=None,
+                       read: Callable[[str], pl.DataFrame] | None = None) -> IncrementalDedup:
+    """Deduplicate the shard files ``shards`` (key -> Parquet path), reusing the state in ``state_dir``.
+
+    ``read(key)`` reads a new shard (default: its Parquet file as is); the asset passes one that checks the
+    conversation schema. Only new shards are read."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     hashes = {key: sha256_file(path) for key, path in sorted(shards.items())}
@@ -70,7 +74,7 @@ def deduplicate_shards(shards: dict[str, Path], state_dir: str | Path, cfg: MinH
     new = [key for key in hashes if key not in processed]
     signatures = 0
     for key in new:
-        df = read_parquet(shards[key])
+        df = read(key) if read else read_parquet(shards[key])
         result = deduplicate(df, cfg, index=index)
         index = result.index
         signatures += result.stats.get("signatures_computed", df.height)

@@ -45,7 +45,7 @@ def filtered_conversations(
     model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
     special = special_token_strings(AutoTokenizer.from_pretrained(model["path"]))
     core = config.to_core(special)
-    df = storage.read_table(DECONTAMINATED_CONVERSATIONS)
+    df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)
     rejected = storage.write_table(FILTERED_CONVERSATIONS, result.rejected, name="rejected")

@@ -12,11 +12,12 @@ from assets.common.resources import (
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
     DataStorage,
+    StoredTable,
     VLLMEngine,
     shard_index,
 )
-from assets.generation.magpie import MagpieConfig, pre_query_prefixes
-from assets.generation.shards import run_shard
+from assets.generation.magpie import MagpieConfig, pre_query_prefixes, pre_query_report
+from assets.generation.shards import ShardResult, run_shard
 
 
 class Sampling(dg.Config):
@@ -44,10 +45,16 @@ class MagpieGenerationConfig(dg.Config):
     system_prompts: list[SystemPrompt] = []
     """Weighted system prompts to sample per conversation; empty = no system message (the template's default)."""
     pre_query_template: str | None = None
-    """Override the pre-query prefix derived from the chat template (single-turn, no system prompt)."""
+    """Replaces the pre-query prefix derived from the chat template, for the first turn of conversations without a
+    system prompt only (e.g. a template whose prefix cannot be cut automatically). It cannot stand for a prefix
+    that holds a system message or earlier turns, so conversations drawn with a system prompt and turns 2..N keep
+    the derived prefix. Each row's `pre_query_template_hash` is the SHA-256 of the first-turn prefix that row
+    really used, and the report's `pre_query_template_usage` lists every first-turn prefix with its hash, source
+    (override or derived), system prompt and row count."""
     seed: int = 0
     batch_size: int = 256
-    """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing."""
+    """Rows per checkpointed batch: a killed run resumes from the last finished batch, losing nothing; checkpoints
+    are row ranges, so the re-run may use another batch_size."""
 
     def to_core(self, shard: int = 0) -> MagpieConfig:
         return MagpieConfig(
@@ -78,7 +85,6 @@ def magpie_conversations(
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     key = context.partition_key
     core = config.to_core(shard=shard_index(key))
-    prefixes = pre_query_prefixes(tokenizer, core)
     engine_name, engine_version = engine_distribution()
     engine_config = engine.engine_config()
     context.log.info(f"shard {key}: {core.num_conversations} conversations x {core.num_turns} turn(s) in batches of "
@@ -93,43 +99,51 @@ def magpie_conversations(
 
     work_dir = storage.asset_dir(MAGPIE_CONVERSATIONS) / "checkpoints" / f"shard-{key}"
     result = run_shard(start_engine, tokenizer, core, model["name"], model["content_hash"], work_dir,
-                      config.batch_size, engine_key=f"{engine_name}=={engine_version}", log=context.log.info)
-    df, stats = result.table, result.stats
-    stored = storage.write_table(MAGPIE_CONVERSATIONS, df, name=f"shard-{key}")
+                       config.batch_size, engine_key=f"{engine_name}=={engine_version}", log=context.log.info)
+    stored = storage.write_table(MAGPIE_CONVERSATIONS, result.table, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
-    generation = {
+    report = _report(model, tokenizer, core, result,
+                     {"name": engine_name, "version": engine_version, **engine_config.__dict__})
+    storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", report)
+    return dg.MaterializeResult(metadata=_metadata(stored, result, report),
+                                data_version=dg.DataVersion(stored.content_hash))
+
+
+def _report(model: dict, tokenizer, core: MagpieConfig, result: ShardResult, engine: dict) -> dict:
+    """The shard's generation report: model, prompts (with the rows that used each), sampling, engine, stats."""
+    return {
         "model": model["name"],
         "model_hash": model["content_hash"],
-        "pre_query_templates": prefixes,
-        "pre_query_template_hash": df["pre_query_template_hash"][0] if df.height else None,
+        "pre_query_templates": pre_query_prefixes(tokenizer, core),
+        "pre_query_template_usage": pre_query_report(tokenizer, core, result.table),
         "sampling": {"instruction": core.instruction.to_dict(), "response": core.response.to_dict()},
         "num_turns": core.num_turns,
         "system_prompts": [list(p) for p in core.system_prompts],
         "seed": core.seed,
         "shard": core.shard,
-        "engine": {"name": engine_name, "version": engine_version, **engine_config.__dict__},
-        "stats": stats.to_dict(),
+        "engine": engine,
+        "stats": result.stats.to_dict(),
         "batches": result.batches,
         "resumed_batches": result.resumed_batches,
     }
-    storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", generation)
-    return dg.MaterializeResult(
-        metadata={
-            **stored.metadata(),
-            "attempted": stats.attempted,
-            "dropped": dg.MetadataValue.json(stats.to_dict()["dropped"]),
-            "tokens_generated": stats.tokens_generated,
-            "tokens_per_second": stats.to_dict()["tokens_per_second"],
-            "engine": f"{engine_name}=={engine_version}",
-            "batches": result.batches,
-            "resumed_batches": result.resumed_batches,
-            "seed": core.seed,
-            "sampling": dg.MetadataValue.json(generation["sampling"]),
-            "pre_query_templates": dg.MetadataValue.md("\n\n".join(f"```\n{p}\n```" for p in prefixes)),
-            "sample": dg.MetadataValue.md(_sample_markdown(df)),
-        },
-        data_version=dg.DataVersion(stored.content_hash),
-    )
+
+
+def _metadata(stored: StoredTable, result: ShardResult, report: dict) -> dict:
+    stats = report["stats"]
+    return {
+        **stored.metadata(),
+        "attempted": stats["attempted"],
+        "dropped": dg.MetadataValue.json(stats["dropped"]),
+        "tokens_generated": stats["tokens_generated"],
+        "tokens_per_second": stats["tokens_per_second"],
+        "engine": f"{report['engine']['name']}=={report['engine']['version']}",
+        "batches": result.batches,
+        "resumed_batches": result.resumed_batches,
+        "seed": report["seed"],
+        "sampling": dg.MetadataValue.json(report["sampling"]),
+        "pre_query_templates": dg.MetadataValue.md(_prefixes_markdown(report["pre_query_template_usage"])),
+        "sample": dg.MetadataValue.md(_sample_markdown(result.table)),
+    }
 
 
 def _sample_markdown(df, n: int = 3) -> str:
@@ -139,3 +153,7 @@ def _sample_markdown(df, n: int = 3) -> str:
         blocks.append(f"`{row['conversation_id']}`\n\n{turns}")
     return "\n\n---\n\n".join(blocks) or "(no rows)"
 
+
+def _prefixes_markdown(usage: list[dict]) -> str:
+    return "\n\n".join(f"{u['source']} prefix `{u['hash'][:12]}` for system prompt {u['system_prompt']!r}: "
+                       f"{u['rows']} rows\n```\n{u['prefix']}\n```" for u in usage)

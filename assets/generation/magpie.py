@@ -2,8 +2,9 @@
 
 For each conversation: pick a system prompt (or none) from a weighted list, render the pre-query prefix with the
 model's own chat template, sample what the model writes there (an instruction: it stops at the end-of-turn token),
-then render the conversation with the generation prompt and sample the answer. Repeat for N turns. Instructions
-that are empty or contain template tokens are dropped, and counted by reason.
+then render the conversation with the generation prompt and sample the answer. Repeat for N turns. A conversation
+whose instruction or answer is empty or contains template tokens is dropped, and counted by reason, so every row
+written has the conversation schema every later stage checks on read (non-empty messages, alternating roles).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from assets.common.chat_template import TemplateError, render, special_token_strings
-from assets.common.engine import SamplingConfig, TextGenerator
+from assets.common.engine import Completion, SamplingConfig, TextGenerator
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import sha256_text
 from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
@@ -34,9 +35,17 @@ class MagpieConfig:
     response: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=1024)
     # (system prompt, weight); the empty string means "no system message" (the template's default applies).
     system_prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
-    pre_query_template: str | None = None  # explicit override of the derived prefix (single-turn, no system)
+    # Replaces the derived prefix of FIRST turns WITHOUT a system prompt only (see MagpieGenerationConfig); each
+    # row's pre_query_template_hash is the hash of the first-turn prefix it really used.
+    pre_query_template: str | None = None
     seed: int = 0
     shard: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_turns < 1:
+            raise ValueError(f"num_turns must be >= 1 (user/assistant exchanges), got {self.num_turns}")
+        if self.num_conversations < 0:
+            raise ValueError(f"num_conversations must be >= 0, got {self.num_conversations}")
 
 
 @dataclass
@@ -95,16 +104,44 @@ def _clean(text: str, stop_strings: Sequence[str]) -> str:
     return text.strip()
 
 
+@dataclass(frozen=True)
+class FirstTurnPrefix:
+    """The instruction prompt of a conversation's first turn, for one configured system prompt."""
+
+    system_prompt: str  # "" = no system message
+    prefix: str
+    source: str  # "override" (config.pre_query_template) or "derived" (from the chat template)
+
+    @property
+    def hash(self) -> str:
+        return sha256_text(self.prefix)
+
+
+def _uses_override(config: MagpieConfig, history: Sequence[dict]) -> bool:
+    """The override is the text before the first user message of a conversation without a system message; it
+    cannot hold a system message or earlier turns, so those prefixes are always derived from the chat template."""
+    return bool(config.pre_query_template) and len(history) == 0
+
+
+def first_turn_prefixes(tokenizer: Any, config: MagpieConfig) -> list[FirstTurnPrefix]:
+    """The first-turn instruction prompt of each configured system prompt, exactly as generation uses it."""
+    texts = dict.fromkeys(text for text, _ in config.system_prompts)  # distinct, in configured order
+    return [FirstTurnPrefix(text, _pre_query(tokenizer, _history(text), config).prefix,
+                            "override" if _uses_override(config, _history(text)) else "derived") for text in texts]
+
+
 def pre_query_prefixes(tokenizer: Any, config: MagpieConfig) -> list[str]:
-    """The first-turn instruction prompts of a run: one pre-query prefix per configured system prompt."""
-    if config.pre_query_template:
-        return [config.pre_query_template]
-    return [derive_pre_query(tokenizer, _history(text)).prefix for text, _ in config.system_prompts]
+    """The distinct first-turn instruction prompts of a run."""
+    return list(dict.fromkeys(p.prefix for p in first_turn_prefixes(tokenizer, config)))
 
 
-def pre_query_hash(tokenizer: Any, config: MagpieConfig) -> str:
-    """Identifies the instruction prompts of a run (see :func:`pre_query_prefixes`)."""
-    return sha256_text("\x1e".join(pre_query_prefixes(tokenizer, config)))
+def pre_query_report(tokenizer: Any, config: MagpieConfig, table: pl.DataFrame) -> list[dict]:
+    """Per configured system prompt: its first-turn prefix, where the prefix came from (override or derived), its
+    hash (the rows' ``pre_query_template_hash``) and how many rows of ``table`` used it. Later turns' prefixes are
+    always derived from the chat template and the conversation so far."""
+    counts = dict(table.group_by("pre_query_template_hash").len().iter_rows()) if table.height else {}
+    return [{"system_prompt": p.system_prompt, "source": p.source, "hash": p.hash, "prefix": p.prefix,
+             "rows": counts.get(p.hash, 0)} for p in first_turn_prefixes(tokenizer, config)]
 
 
 def generate_conversations(
@@ -123,88 +160,121 @@ def generate_conversations(
     started = time.monotonic()
     rows = list(range(config.num_conversations)) if rows is None else list(rows)
     stats = MagpieStats(attempted=len(rows))
-    leak_tokens = special_token_strings(tokenizer)
-    conversations = {i: _history(choose_system_prompt(config, i)) for i in rows}
-    finish: dict[int, list[str]] = {i: [] for i in rows}
-    alive = rows
-
+    batch = _Conversations(tokenizer, config, rows)
     for turn in range(1, config.num_turns + 1):
-        pre_queries = [_pre_query(tokenizer, conversations[i], config) for i in alive]
-        stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
-        stop_strings = tokenizer.convert_ids_to_tokens(stops)
-        prompts = [tokenizer(pq.prefix, add_special_tokens=False)["input_ids"] for pq in pre_queries]
-        seeds = [row_seed(config, i, turn, "user") for i in alive]
-        instructions = generator.generate(prompts, config.instruction, stops, seeds)
+        prompts, stops = batch.instruction_prompts(turn)
+        instructions = generator.generate(prompts, config.instruction, stops, batch.seeds(turn, "user"))
+        batch.add("user", turn, instructions, stops, stats)
+        responses = generator.generate(batch.response_prompts(), config.response, stops,
+                                       batch.seeds(turn, "assistant"))
+        batch.add("assistant", turn, responses, stops, stats)
+        if log:
+            log(f"rows {rows[0] if rows else 0}..{rows[-1] if rows else 0}, turn {turn}: {len(batch.alive)} of "
+                f"{len(rows)} conversations alive; {stats.tokens_generated} tokens")
+    stats.kept = len(batch.alive)
+    stats.seconds = time.monotonic() - started
+    return batch.table(model_name, model_hash, generator), stats
+
+
+_KINDS = {"user": "instruction", "assistant": "response"}  # what a generated message of a role is called
+
+
+class _Conversations:
+    """The conversations of one :func:`generate_conversations` call while their turns are generated: messages,
+    finish reasons and first-turn prefix per row, and the rows still alive (not dropped)."""
+
+    def __init__(self, tokenizer: Any, config: MagpieConfig, rows: list[int]):
+        self.tokenizer, self.config = tokenizer, config
+        self.leak_tokens = special_token_strings(tokenizer)
+        self.messages = {i: _history(choose_system_prompt(config, i)) for i in rows}
+        self.finish: dict[int, list[str]] = {i: [] for i in rows}
+        self.first_prefix: dict[int, str] = {}  # row -> the prefix its first instruction was sampled from
+        self.alive = list(rows)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def seeds(self, turn: int, role: str) -> list[int]:
+        return [row_seed(self.config, i, turn, role) for i in self.alive]
+
+    def instruction_prompts(self, turn: int) -> tuple[list[list[int]], list[int]]:
+        """The pre-query prompt of every live row, and the token ids that end a turn."""
+        pre_queries = [_pre_query(self.tokenizer, self.messages[i], self.config) for i in self.alive]
+        if turn == 1:
+            self.first_prefix = {i: pq.prefix for i, pq in zip(self.alive, pre_queries, strict=True)}
+        stops = sorted({t for pq in pre_queries for t in stop_token_ids(self.tokenizer, pq)})
+        return [self._ids(pq.prefix) for pq in pre_queries], stops
+
+    def response_prompts(self) -> list[list[int]]:
+        return [self._ids(render(self.tokenizer, self.messages[i], add_generation_prompt=True)) for i in self.alive]
+
+    def add(self, role: str, turn: int, completions: Sequence[Completion], stops: Sequence[int],
+            stats: MagpieStats) -> None:
+        """Append each live row's completion as a ``role`` message, or drop the row (counted by reason)."""
+        kind = _KINDS[role]
+        stop_strings = self.tokenizer.convert_ids_to_tokens(list(stops))
         survivors = []
-        for i, completion in zip(alive, instructions, strict=True):
-            stats.instruction_tokens += len(completion.token_ids)
+        for i, completion in zip(self.alive, completions, strict=True):
+            setattr(stats, f"{kind}_tokens", getattr(stats, f"{kind}_tokens") + len(completion.token_ids))
             text = _clean(completion.text, stop_strings)
-            reason = None
-            if not text:
-                reason = "empty_instruction"
-            elif any(token in text for token in leak_tokens):
-                reason = "template_leak_instruction"
+            reason = _drop_reason(text, kind, self.leak_tokens)
             if reason:
                 stats.dropped[reason if turn == 1 else f"{reason}_turn{turn}"] += 1
                 continue
-            conversations[i].append({"role": "user", "content": text})
-            finish[i].append(completion.finish_reason)
+            self.messages[i].append({"role": role, "content": text})
+            self.finish[i].append(completion.finish_reason)
             survivors.append(i)
-        alive = survivors
+        self.alive = survivors
 
-        prompts = [
-            tokenizer(render(tokenizer, conversations[i], add_generation_prompt=True),
-                      add_special_tokens=False)["input_ids"]
-            for i in alive
-        ]
-        seeds = [row_seed(config, i, turn, "assistant") for i in alive]
-        responses = generator.generate(prompts, config.response, stops, seeds)
-        survivors = []
-        for i, completion in zip(alive, responses, strict=True):
-            stats.response_tokens += len(completion.token_ids)
-            text = _clean(completion.text, stop_strings)
-            if any(token in text for token in leak_tokens):
-                stats.dropped["template_leak_response" if turn == 1 else f"template_leak_response_turn{turn}"] += 1
-                continue
-            conversations[i].append({"role": "assistant", "content": text})
-            finish[i].append(completion.finish_reason)
-            survivors.append(i)
-        alive = survivors
-        if log:
-            log(f"rows {rows[0] if rows else 0}..{rows[-1] if rows else 0}, turn {turn}: {len(alive)} of "
-                f"{len(rows)} conversations alive; {stats.tokens_generated} tokens")
+    def table(self, model_name: str, model_hash: str, generator: TextGenerator) -> pl.DataFrame:
+        """The live rows with their provenance, in the conversation schema."""
+        config = self.config
+        sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
+                              sort_keys=True)
+        prefix_hashes = {prefix: sha256_text(prefix) for prefix in set(self.first_prefix.values())}
+        return pl.DataFrame([
+            {
+                "conversation_id": f"{config.shard:05d}-{i:07d}",
+                "messages": self.messages[i],
+                "finish_reasons": self.finish[i],
+                "num_turns": config.num_turns,
+                "shard": config.shard,
+                "row_index": i,
+                "seed": config.seed,
+                "generator_model": model_name,
+                "generator_model_hash": model_hash,
+                "pre_query_template_hash": prefix_hashes[self.first_prefix[i]],  # what this row's first turn used
+                "sampling_params": sampling,
+                "engine": generator.engine_name,
+                "engine_version": generator.engine_version,
+            }
+            for i in self.alive
+        ], schema=CONVERSATION_SCHEMA)
 
-    stats.kept = len(alive)
-    stats.seconds = time.monotonic() - started
-    sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
-                          sort_keys=True)
-    template_hash = pre_query_hash(tokenizer, config)
-    table = [
-        {
-            "conversation_id": f"{config.shard:05d}-{i:07d}",
-            "messages": conversations[i],
-            "finish_reasons": finish[i],
-            "num_turns": config.num_turns,
-            "shard": config.shard,
-            "row_index": i,
-            "seed": config.seed,
-            "generator_model": model_name,
-            "generator_model_hash": model_hash,
-            "pre_query_template_hash": template_hash,
-            "sampling_params": sampling,
-            "engine": generator.engine_name,
-            "engine_version": generator.engine_version,
-        }
-        for i in alive
-    ]
-    return pl.DataFrame(table, schema=CONVERSATION_SCHEMA), stats
+
+def _drop_reason(text: str, kind: str, leak_tokens: Sequence[str]) -> str | None:
+    """Why a generated message ends its conversation: it is empty (a conversation needs text in every message), or
+    it contains a template token."""
+    if not text:
+        return f"empty_{kind}"
+    if any(token in text for token in leak_tokens):
+        return f"template_leak_{kind}"
+    return None
 
 
 def _pre_query(tokenizer: Any, history: Sequence[dict], config: MagpieConfig) -> PreQuery:
-    if config.pre_query_template and len(history) == 0:
+    if _uses_override(config, history):
         try:  # the derivation may fail on this template: the override is exactly for that case
             end_of_turn = derive_pre_query(tokenizer, history).end_of_turn
         except TemplateError:
             end_of_turn = None
         return PreQuery(prefix=config.pre_query_template, end_of_turn=end_of_turn)
-    return derive_pre_query(tokenizer, history)
+    try:
+        return derive_pre_query(tokenizer, history)
+    except TemplateError as error:
+        if not config.pre_query_template:
+            raise
+        raise TemplateError(
+            f"{error} (`pre_query_template` is set, but it only replaces the prefix of a first turn without a "
+            f"system prompt; this one follows {[m['role'] for m in history]}: configure no system prompts and "
+            "num_turns 1 to use the override alone)") from error

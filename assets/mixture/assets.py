@@ -27,7 +27,7 @@ def sft_mixture(
 ) -> dg.MaterializeResult:
     """The SFT mixture: each conversation tagged with a task, sampled to the target task weights, and split into
     train/validation by a seeded hash of its id (a row's split never changes when other rows are added)."""
-    df = storage.read_table(FILTERED_CONVERSATIONS)
+    df = storage.read_conversations(FILTERED_CONVERSATIONS)
     result = build_mixture(df, config.to_core())
     stored = storage.write_table(SFT_MIXTURE, result.mixture)
     storage.write_json(SFT_MIXTURE, "report", result.stats)

@@ -82,7 +82,7 @@ def sft_model(
 
     continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
     base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
-    mixture = storage.read_table(SFT_MIXTURE)
+    mixture = storage.read_conversations(SFT_MIXTURE)
     train_rows = mixture.filter(pl.col("split") == "train")
     validation_rows = mixture.filter(pl.col("split") == "validation")
     core = config.to_core()

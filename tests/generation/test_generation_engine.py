@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from assets.common.engine import EngineConfig, VLLMGenerator
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.schema import CONVERSATION_SCHEMA, validate_conversations
 from assets.generation.magpie import generate_conversations
 from assets.generation.shards import run_shard
 from tests.generation_config import tiny_magpie_config
@@ -44,6 +44,7 @@ def reference(engine, tiny_model_dir):
 def test_rows_have_schema_and_provenance(reference):
     table, stats = reference
     assert table.schema == pl.Schema(CONVERSATION_SCHEMA)
+    validate_conversations(table, "generated shard")  # what deduplication checks on read
     assert table.height == stats.kept and stats.attempted == 40 and stats.kept > 20
     assert stats.kept + sum(stats.dropped.values()) == stats.attempted
     assert (table["shard"] == 3).all() and (table["seed"] == 5).all()
@@ -70,7 +71,8 @@ def test_rows_do_not_depend_on_batching(engine, reference, tiny_model_dir):
     assert pl.concat(parts).equals(table)
 
 
-def test_killed_shard_resumes_without_losing_or_duplicating_rows(engine, reference, tiny_model_dir, tmp_path):
+def test_killed_shard_resumes_in_other_batches_without_losing_or_duplicating_rows(engine, reference, tiny_model_dir,
+                                                                                  tmp_path):
     work_dir = tmp_path / "shard"
     worker = subprocess.Popen(
         [sys.executable, "-m", "tests.shard_worker", str(tiny_model_dir), str(work_dir)],
@@ -78,20 +80,20 @@ def test_killed_shard_resumes_without_losing_or_duplicating_rows(engine, referen
     )
     try:
         deadline = time.monotonic() + 240
-        while not (work_dir / "batch-00001.json").exists():
+        while len(list(work_dir.glob("rows-*.json"))) < 2:
             assert worker.poll() is None, f"worker exited early:\n{worker.stdout.read()}"
             assert time.monotonic() < deadline, "worker made no progress"
             time.sleep(0.2)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-    committed = sorted(p.name for p in work_dir.glob("batch-*.json"))
+    committed = sorted(p.name for p in work_dir.glob("rows-*.json"))
     assert 2 <= len(committed) < 5, committed  # killed mid-shard: 5 batches of 8 rows in all
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     started = []
     result = run_shard(lambda: started.append(1) or borrowed(engine), tokenizer, tiny_magpie_config(), "tiny",
-                       "tiny-hash", work_dir, batch_size=8, engine_key="vllm-cpu")
+                       "tiny-hash", work_dir, batch_size=12, engine_key="vllm-cpu")  # another batch size
     expected, _ = reference
     assert result.resumed_batches == len(committed)
     assert started == [1]  # the engine was needed once, for the missing batches only

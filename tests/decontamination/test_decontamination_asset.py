@@ -1,0 +1,77 @@
+"""`decontaminated_conversations` through Dagster on a tiny deduplicated table and a tiny eval table written through
+`DataStorage`: metadata against the written tables, a re-run's bytes, and the input schema check. (Removal
+versus the blocking check, with the bundled eval sets, is tests/decontamination/test_decontam_gate.py.)"""
+
+import polars as pl
+import pytest
+
+from assets.common.resources import DECONTAMINATED_CONVERSATIONS, DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
+from assets.common.storage import sha256_file
+from assets.decontamination.assets import decontaminated_conversations
+from assets.decontamination.decontam import REASON_CONTAMINATION
+from assets.eval_sets.core import EVAL_SET_SCHEMA
+from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
+
+ASSET = DECONTAMINATED_CONVERSATIONS.to_user_string()
+EVAL_TEXT = ("A farmer has seventeen sheep and all but nine run away through the broken gate at dawn; how many sheep "
+             "does the farmer still have in the field?")
+
+
+@pytest.fixture
+def tables(tmp_path):
+    """Six clean conversations; row 4's answer quotes the eval question, row 2's question is the eval question."""
+    storage = DataStorage(root=str(tmp_path / "data"))
+    rows = [conversation(i, f"Tell me something calm about topic number {i}, please.",
+                         f"Here is a plain and honest paragraph about topic {i}, written for a curious reader.")
+            for i in range(6)]
+    rows[2] = conversation(2, EVAL_TEXT, "Nine sheep are left, since all but nine ran away.")
+    rows[4] = conversation(4, "Give me a riddle.", f"Here is one: {EVAL_TEXT} The answer is nine.")
+    storage.write_table(DEDUPLICATED_CONVERSATIONS, frame(rows))
+    storage.write_table(EVAL_SETS, pl.DataFrame([{"benchmark": "riddles", "item_id": "r-1", "field": "prompt",
+                                                  "text": EVAL_TEXT, "source": "test"}], schema=EVAL_SET_SCHEMA))
+    return storage, tmp_path
+
+
+def test_contaminated_rows_are_rejected_with_reasons_and_metadata_matches_the_table(tables):
+    storage, tmp_path = tables
+    result = materialize([decontaminated_conversations], storage, tmp_path / "dagster")
+    assert result.success
+    metadata = materialization(result, ASSET)
+    kept, rejected = storage.read_table(ASSET), storage.read_table(ASSET, "rejected")
+    assert metadata["path"] == str(storage.table_path(ASSET))
+    assert metadata["dagster/row_count"] == kept.height == 4
+    assert metadata["content_hash"] == sha256_file(metadata["path"])
+    assert metadata["rows_in"] == 6 and metadata["rows_removed"] == rejected.height == 2
+    assert metadata["rejected_path"] == str(storage.table_path(ASSET, "rejected"))
+    assert rejected["conversation_id"].to_list() == ["00000-0000002", "00000-0000004"]
+    assert rejected["reason"].unique().to_list() == [REASON_CONTAMINATION]
+    assert all("riddles" in detail and "r-1" in detail for detail in rejected["detail"])
+    assert kept["conversation_id"].to_list() == [f"00000-{i:07d}" for i in (0, 1, 3, 5)]
+    report = storage.read_json(ASSET, "report")
+    assert report["rows_in"] == 6 and report["rows_removed"] == 2
+    assert report["benchmarks"]["riddles"]["rows_removed"] == 2
+    assert "| riddles | 2 |" in metadata["per_benchmark"]
+
+
+def test_rerun_writes_the_same_bytes(tables):
+    storage, tmp_path = tables
+    first = materialization(materialize([decontaminated_conversations], storage, tmp_path / "dagster"), ASSET)
+    rejected = storage.table_path(ASSET, "rejected")
+    second = materialization(materialize([decontaminated_conversations], storage, tmp_path / "dagster2"), ASSET)
+    assert (second["path"], second["content_hash"]) == (first["path"], first["content_hash"])
+    assert storage.table_path(ASSET, "rejected") == rejected
+
+
+def test_bad_input_row_fails_naming_asset_row_and_field(tables):
+    storage, tmp_path = tables
+    df = storage.read_table(DEDUPLICATED_CONVERSATIONS)
+    messages = df["messages"].to_list()
+    messages[3] = [messages[3][0], {"role": "assistant", "content": "   "}]
+    bad = storage.write_table(DEDUPLICATED_CONVERSATIONS, df.with_columns(
+        pl.Series("messages", messages, dtype=df.schema["messages"])))
+    result = materialize([decontaminated_conversations], storage, tmp_path / "dagster")
+    assert not result.success
+    text = failure_text(result)
+    assert (f"asset 'deduplicated_conversations', table 'data' ({bad.path}): row 3 (conversation_id "
+            "'00000-0000003'): messages[1].content: empty or blank (expected a non-empty string)") in text, text
+    assert not storage.has(ASSET, "data")

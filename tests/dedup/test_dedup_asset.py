@@ -1,0 +1,84 @@
+"""`deduplicated_conversations` through Dagster on two small generation shards written through `DataStorage`."""
+
+import random
+
+import polars as pl
+import pytest
+
+from assets.common.minhash import REASON_NEAR_DUPLICATE
+from assets.common.resources import DEDUPLICATED_CONVERSATIONS, MAGPIE_CONVERSATIONS, DataStorage
+from assets.common.storage import sha256_file
+from assets.dedup.assets import deduplicated_conversations
+from tests.asset_runs import conversation, failure_text, frame, materialization, materialize, with_bad_role
+
+WORDS = ("river stone lantern meadow copper violin harbor orchard thunder saffron glacier pepper marble falcon "
+         "velvet canyon ember willow quartz tundra pebble cobalt nectar prairie").split()
+ASSET = DEDUPLICATED_CONVERSATIONS.to_user_string()
+
+
+def text(seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(f"{rng.choice(WORDS)}{rng.randrange(1000)}" for _ in range(40))
+
+
+def shard(key: int, answers: list[str]) -> pl.DataFrame:
+    return frame([conversation(i, f"Question {key}-{i}, please.", answer, shard=key)
+                  for i, answer in enumerate(answers)])
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """Shard 0: 8 rows, row 6 a near-duplicate of row 2 (case and punctuation only); shard 1: 5 rows, row 3 a
+    near-duplicate of shard 0's row 1."""
+    storage = DataStorage(root=str(tmp_path / "data"))
+    first = [text(i) for i in range(8)]
+    first[6] = first[2].upper() + "!!"
+    second = [text(100 + i) for i in range(5)]
+    second[3] = first[1] + "."
+    storage.write_table(MAGPIE_CONVERSATIONS, shard(0, first), name="shard-00000")
+    storage.write_table(MAGPIE_CONVERSATIONS, shard(1, second), name="shard-00001")
+    return storage, tmp_path
+
+
+def test_near_duplicates_are_removed_with_reasons_and_metadata_matches_the_table(shards):
+    storage, tmp_path = shards
+    result = materialize([deduplicated_conversations], storage, tmp_path / "dagster")
+    assert result.success
+    metadata = materialization(result, ASSET)
+    kept = storage.read_table(ASSET)
+    rejected = storage.read_table(ASSET, "rejected")
+    assert str(storage.table_path(ASSET)) == metadata["path"]
+    assert metadata["dagster/row_count"] == kept.height == 11
+    assert metadata["content_hash"] == sha256_file(metadata["path"])
+    assert metadata["rows_in"] == 13 and metadata["rows_removed"] == rejected.height == 2
+    assert metadata["rejected_path"] == str(storage.table_path(ASSET, "rejected"))
+    assert rejected.select("conversation_id", "duplicate_of", "reason").rows() == [
+        ("00000-0000006", "00000-0000002", REASON_NEAR_DUPLICATE),
+        ("00001-0000003", "00000-0000001", REASON_NEAR_DUPLICATE)]
+    assert all("00000-000000" in detail for detail in rejected["detail"])
+    ids = set(kept["conversation_id"]) | set(rejected["conversation_id"])
+    assert len(ids) == 13 and not set(kept["conversation_id"]) & set(rejected["conversation_id"])
+    report = storage.read_json(ASSET, "report")
+    assert report["rows_in"] == 13 and report["rows_removed"] == 2 and sorted(report["shards"]) == ["00000", "00001"]
+
+
+def test_rerun_writes_the_same_bytes(shards):
+    storage, tmp_path = shards
+    first = materialization(materialize([deduplicated_conversations], storage, tmp_path / "dagster"), ASSET)
+    second = materialization(materialize([deduplicated_conversations], storage, tmp_path / "dagster2"), ASSET)
+    assert (second["path"], second["content_hash"]) == (first["path"], first["content_hash"])  # content-addressed
+    assert second["new_shards"] == [] and second["signatures_computed"] == 0  # nothing new: the state is reused
+    assert sha256_file(first["path"]) == first["content_hash"]
+
+
+def test_bad_row_in_a_new_shard_fails_naming_the_shard_row_and_field(shards):
+    storage, tmp_path = shards
+    good = materialization(materialize([deduplicated_conversations], storage, tmp_path / "dagster"), ASSET)
+    bad = storage.write_table(MAGPIE_CONVERSATIONS, with_bad_role(shard(2, [text(200 + i) for i in range(3)]), 1),
+                              name="shard-00002")
+    result = materialize([deduplicated_conversations], storage, tmp_path / "dagster2")
+    assert not result.success
+    text_ = failure_text(result)
+    assert (f"asset 'magpie_conversations', table 'shard-00002' ({bad.path}): row 1 (conversation_id "
+            "'00002-0000001'): messages[1].role: 'bot' is not one of system/user/assistant") in text_, text_
+    assert str(storage.table_path(ASSET)) == good["path"]  # the previous output stays current

@@ -1,0 +1,77 @@
+"""`sft_mixture` through Dagster on a tiny filtered table written through `DataStorage`."""
+
+import polars as pl
+import pytest
+
+from assets.common.resources import FILTERED_CONVERSATIONS, SFT_MIXTURE, DataStorage
+from assets.common.storage import sha256_file
+from assets.mixture.assets import sft_mixture
+from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
+
+ASSET = SFT_MIXTURE.to_user_string()
+PROMPTS = {
+    "code": "Write a Python function that returns the {i}th Fibonacci number.",
+    "math": "Solve for x: 3x + {i} = 20.",
+    "writing": "Write a short poem about harbour number {i}.",
+}
+COUNTS = {"code": 12, "math": 8, "writing": 4}
+CONFIG = {"sft_mixture": {"validation_fraction": 0.2, "seed": 3}}
+
+
+@pytest.fixture
+def filtered(tmp_path):
+    storage = DataStorage(root=str(tmp_path / "data"))
+    rows = [conversation(row, PROMPTS[task].format(i=i), f"A careful answer number {row}.")
+            for row, (task, i) in enumerate((t, i) for t, n in COUNTS.items() for i in range(n))]
+    storage.write_table(FILTERED_CONVERSATIONS, frame(rows))
+    return storage, tmp_path
+
+
+def test_every_row_is_tagged_and_split_and_metadata_matches_the_table(filtered):
+    storage, tmp_path = filtered
+    result = materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG)
+    assert result.success
+    metadata = materialization(result, ASSET)
+    mixture = storage.read_table(ASSET)
+    assert metadata["path"] == str(storage.table_path(ASSET))
+    assert metadata["dagster/row_count"] == mixture.height == 24  # natural distribution: every row, once
+    assert metadata["content_hash"] == sha256_file(metadata["path"])
+    splits = dict(mixture.group_by("split").len().iter_rows())
+    assert (metadata["train_rows"], metadata["validation_rows"]) == (splits["train"], splits["validation"])
+    assert splits["validation"] >= 1 and mixture["conversation_id"].is_unique().all()
+    assert dict(mixture.group_by("task").len().iter_rows()) == COUNTS
+    report = storage.read_json(ASSET, "report")
+    assert {t: s["available"] for t, s in report["tasks"].items() if s["available"]} == COUNTS
+    assert metadata["shortfall"] == report["shortfall"] == {}
+    assert set(mixture.columns) >= {"task", "split", "messages", "conversation_id"}
+
+
+def test_rerun_writes_the_same_bytes(filtered):
+    storage, tmp_path = filtered
+    first = materialization(materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG), ASSET)
+    second = materialization(materialize([sft_mixture], storage, tmp_path / "dagster2", CONFIG), ASSET)
+    assert (second["path"], second["content_hash"]) == (first["path"], first["content_hash"])
+
+
+def test_missing_input_column_fails_naming_asset_column_and_type(filtered):
+    storage, tmp_path = filtered
+    bad = storage.write_table(FILTERED_CONVERSATIONS, storage.read_table(FILTERED_CONVERSATIONS).drop("finish_reasons"))
+    result = materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG)
+    assert not result.success
+    text = failure_text(result)
+    assert (f"asset 'filtered_conversations', table 'data' ({bad.path}): missing column 'finish_reasons' "
+            "(expected type List(String))") in text, text
+    assert not storage.has(ASSET, "data")
+
+
+def test_bad_input_row_fails_naming_asset_row_and_field(filtered):
+    storage, tmp_path = filtered
+    df = storage.read_table(FILTERED_CONVERSATIONS)
+    messages = df["messages"].to_list()
+    messages[7] = []
+    bad = storage.write_table(FILTERED_CONVERSATIONS,
+                              df.with_columns(pl.Series("messages", messages, dtype=df.schema["messages"])))
+    result = materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG)
+    assert not result.success
+    assert (f"asset 'filtered_conversations', table 'data' ({bad.path}): row 7 (conversation_id '00000-0000007'): "
+            "messages: empty or null") in failure_text(result)

@@ -4,7 +4,7 @@ independently before training may use it."""
 import dagster as dg
 import polars as pl
 
-from assets.common.minhash import MinHashConfig
+from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
 from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
 from assets.decontamination.decontam import DEFAULT_MINHASH, DecontamConfig, decontaminate

@@ -60,14 +60,9 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.minhash import (
-    MinHashConfig,
-    band_hashes,
-    cross_candidates,
-    equal_counts,
-    signatures_from_normalized,
-    sorted_bands,
-)
+from assets.common.minhash.config import MinHashConfig
+from assets.common.minhash.lsh import band_hashes, cross_candidates, sorted_bands
+from assets.common.minhash.signatures import equal_counts, signatures_from_normalized
 from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
 from assets.common.text import fmix64, normalize_expr, token_spans, utf8_buffer, xxh64
 

@@ -41,7 +41,9 @@ from assets.common.minhash.lsh import band_hashes, within_pairs  # noqa: E402
 from assets.common.minhash.signatures import compute_signatures, equal_counts  # noqa: E402
 from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
 from assets.common.text import normalize, shingles  # noqa: E402
-from assets.decontamination.decontam import DecontamConfig, EvalIndex, find_contamination  # noqa: E402
+from assets.decontamination.config import DecontamConfig  # noqa: E402
+from assets.decontamination.index import EvalIndex  # noqa: E402
+from assets.decontamination.matching import find_contamination  # noqa: E402
 from assets.dedup.clusters import connected_components  # noqa: E402
 from assets.dedup.near_duplicates import deduplicate  # noqa: E402
 

@@ -36,18 +36,16 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assets.common.minhash import (  # noqa: E402
-    MinHashConfig,
-    band_hashes,
-    compute_signatures,
-    connected_components,
-    deduplicate,
-    equal_counts,
-    within_pairs,
-)
+from assets.common.minhash.config import MinHashConfig  # noqa: E402
+from assets.common.minhash.lsh import band_hashes, within_pairs  # noqa: E402
+from assets.common.minhash.signatures import compute_signatures, equal_counts  # noqa: E402
 from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
 from assets.common.text import normalize, shingles  # noqa: E402
-from assets.decontamination.decontam import DecontamConfig, EvalIndex, find_contamination  # noqa: E402
+from assets.decontamination.config import DecontamConfig  # noqa: E402
+from assets.decontamination.index import EvalIndex  # noqa: E402
+from assets.decontamination.matching import find_contamination  # noqa: E402
+from assets.dedup.clusters import connected_components  # noqa: E402
+from assets.dedup.near_duplicates import deduplicate  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 # synthetic data

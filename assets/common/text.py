@@ -302,6 +302,57 @@ def _padded_byte(data, start, length, total, i):
 
 
 @numba.njit(cache=True)
+def _sha1_schedule(data, start, length, total, block, w):
+    """The SHA-1 message schedule ``w[0:80]`` of the 64-byte ``block`` of the padded message."""
+    if block + 64 <= length:  # fast path: the whole block is message bytes
+        for t in range(16):
+            j = start + block + 4 * t
+            w[t] = (
+                (_U64(data[j]) << _S24)
+                | (_U64(data[j + 1]) << _S16)
+                | (_U64(data[j + 2]) << _S8)
+                | _U64(data[j + 3])
+            )
+    else:
+        for t in range(16):
+            j = block + 4 * t
+            w[t] = (
+                (_padded_byte(data, start, length, total, j) << _S24)
+                | (_padded_byte(data, start, length, total, j + 1) << _S16)
+                | (_padded_byte(data, start, length, total, j + 2) << _S8)
+                | _padded_byte(data, start, length, total, j + 3)
+            )
+    for t in range(16, 80):
+        w[t] = _rotl32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
+
+
+@numba.njit(cache=True)
+def _sha1_compress(w, h0, h1, h2, h3, h4):
+    """The 80 SHA-1 rounds over a scheduled block ``w``: the chaining values (h0..h4) after it."""
+    a, b, c, d, e = h0, h1, h2, h3, h4
+    for t in range(80):
+        if t < 20:
+            f = (b & c) | ((~b & _M32) & d)
+            k = _U64(0x5A827999)
+        elif t < 40:
+            f = b ^ c ^ d
+            k = _U64(0x6ED9EBA1)
+        elif t < 60:
+            f = (b & c) | (b & d) | (c & d)
+            k = _U64(0x8F1BBCDC)
+        else:
+            f = b ^ c ^ d
+            k = _U64(0xCA62C1D6)
+        tmp = (_rotl32(a, 5) + f + e + k + w[t]) & _M32
+        e = d
+        d = c
+        c = _rotl32(b, 30)
+        b = a
+        a = tmp
+    return (h0 + a) & _M32, (h1 + b) & _M32, (h2 + c) & _M32, (h3 + d) & _M32, (h4 + e) & _M32
+
+
+@numba.njit(cache=True)
 def sha1_hash32(data, start, end, w):
     """``struct.unpack('<I', sha1(data[start:end]).digest()[:4])`` (datasketch's ``sha1_hash32``).
 
@@ -315,51 +366,8 @@ def sha1_hash32(data, start, end, w):
     h3 = _U64(0x10325476)
     h4 = _U64(0xC3D2E1F0)
     for block in range(0, total, 64):
-        if block + 64 <= length:  # fast path: the whole block is message bytes
-            for t in range(16):
-                j = start + block + 4 * t
-                w[t] = (
-                    (_U64(data[j]) << _S24)
-                    | (_U64(data[j + 1]) << _S16)
-                    | (_U64(data[j + 2]) << _S8)
-                    | _U64(data[j + 3])
-                )
-        else:
-            for t in range(16):
-                j = block + 4 * t
-                w[t] = (
-                    (_padded_byte(data, start, length, total, j) << _S24)
-                    | (_padded_byte(data, start, length, total, j + 1) << _S16)
-                    | (_padded_byte(data, start, length, total, j + 2) << _S8)
-                    | _padded_byte(data, start, length, total, j + 3)
-                )
-        for t in range(16, 80):
-            w[t] = _rotl32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1)
-        a, b, c, d, e = h0, h1, h2, h3, h4
-        for t in range(80):
-            if t < 20:
-                f = (b & c) | ((~b & _M32) & d)
-                k = _U64(0x5A827999)
-            elif t < 40:
-                f = b ^ c ^ d
-                k = _U64(0x6ED9EBA1)
-            elif t < 60:
-                f = (b & c) | (b & d) | (c & d)
-                k = _U64(0x8F1BBCDC)
-            else:
-                f = b ^ c ^ d
-                k = _U64(0xCA62C1D6)
-            tmp = (_rotl32(a, 5) + f + e + k + w[t]) & _M32
-            e = d
-            d = c
-            c = _rotl32(b, 30)
-            b = a
-            a = tmp
-        h0 = (h0 + a) & _M32
-        h1 = (h1 + b) & _M32
-        h2 = (h2 + c) & _M32
-        h3 = (h3 + d) & _M32
-        h4 = (h4 + e) & _M32
+        _sha1_schedule(data, start, length, total, block, w)
+        h0, h1, h2, h3, h4 = _sha1_compress(w, h0, h1, h2, h3, h4)
     # digest[:4] is h0 big-endian; reading it little-endian byte-swaps it.
     return (
         ((h0 & _U64(0xFF)) << _S24)

@@ -4,10 +4,11 @@ independently before training may use it."""
 import dagster as dg
 import polars as pl
 
-from assets.common.minhash import MinHashConfig
+from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
 from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
-from assets.decontamination.decontam import DEFAULT_MINHASH, DecontamConfig, decontaminate
+from assets.decontamination.config import DEFAULT_MINHASH, DecontamConfig
+from assets.decontamination.removal import decontaminate
 from assets.decontamination.verify import find_leaks
 
 CHECK_NGRAM = 13  # the blocking check's n-gram length, at most

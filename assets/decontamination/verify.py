@@ -1,9 +1,10 @@
 """An independent re-check for eval-set leakage (no Dagster here).
 
-It shares no code with :mod:`assets.decontamination.decontam` (no numba kernels, no rolling hashes, no MinHash): plain
-Python normalization with ``unicodedata`` and ``re``, dictionaries keyed by the eval word n-grams themselves
-(as strings), and substring search for eval texts shorter than n words. It is slower, and that is its point:
-the blocking asset check that gates training must not trust the code path that removed the rows.
+It shares no code with the removal (:mod:`assets.decontamination.removal` and the modules it uses: no numba
+kernels, no rolling hashes, no MinHash): plain Python normalization with ``unicodedata`` and ``re``,
+dictionaries keyed by the eval word n-grams themselves (as strings), and substring search for eval texts
+shorter than n words. It is slower, and that is its point: the blocking asset check that gates training must
+not trust the code path that removed the rows.
 
 What counts as a leak is the n-gram part of the removal's definition, with the same parameters:
 

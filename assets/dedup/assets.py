@@ -4,7 +4,7 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.minhash import MinHashConfig
+from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
 from assets.common.resources import MAGPIE_CONVERSATIONS, DataStorage
 from assets.dedup.incremental import deduplicate_shards

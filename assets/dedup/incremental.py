@@ -18,8 +18,10 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.common.minhash import LSHIndex, MinHashConfig, deduplicate
+from assets.common.minhash.config import MinHashConfig
 from assets.common.storage import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from assets.dedup.index import LSHIndex
+from assets.dedup.near_duplicates import deduplicate
 
 MANIFEST = "manifest.json"
 

@@ -117,6 +117,7 @@ _HASH = "__mix_hash"
 _ORDER = "__mix_order"
 _REPEAT = "__mix_repeat"
 _TWO_64 = 1 << 64
+_IS_VAL = "__is_val"
 
 
 def task_expr(text: pl.Expr) -> pl.Expr:
@@ -291,61 +292,25 @@ def _split_stats(available: dict[str, int], target: dict[str, int], realized: di
 def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None) -> MixtureResult:
     """Tag, split and sample ``df`` into the SFT mixture (see the module docstring)."""
     cfg = cfg or MixtureConfig()
-    if "conversation_id" not in df.columns:
-        raise ValueError(f"build_mixture: missing column 'conversation_id'; columns are {df.columns}")
-    if df["conversation_id"].null_count():
-        raise ValueError("build_mixture: conversation_id has null values; every row needs an id to be split")
-    for column in ("split", _HASH, _ORDER, _REPEAT):
-        if column in df.columns:
-            raise ValueError(f"build_mixture: input already has a column named '{column}'")
+    _check_input(df)
     out_columns = [*df.columns, *(["task"] if "task" not in df.columns else []), "split"]
 
     tagged = classify_task(df).with_columns(
         split_hash(df["conversation_id"], cfg.seed).alias(_HASH), pl.int_range(pl.len()).alias(_ORDER)
     )
     available_all = _counts(tagged)
-    pool = tagged.filter(pl.col("task").is_in(_included_tasks(available_all, cfg)))
-
-    # Split by hash before any sampling; the threshold is exact integer arithmetic on the 64-bit hash.
-    threshold = min(int(cfg.validation_fraction * _TWO_64), _TWO_64 - 1)
-    is_val = (pl.col(_HASH) < threshold) if cfg.validation_fraction > 0 else pl.lit(False)
-    pool = pool.with_columns(is_val.alias("__is_val"))
-    # Small-pool exceptions: >= 1 validation and >= 1 train row when there are >= 2 rows; one row is train.
-    n_val = int(pool["__is_val"].sum())
-    if pool.height == 1:
-        pool = pool.with_columns(pl.lit(False).alias("__is_val"))
-    elif cfg.validation_fraction > 0 and pool.height >= 2 and n_val in (0, pool.height):
-        by_hash = pool.sort([_HASH, _ORDER])[_ORDER]
-        move = by_hash[0] if n_val == 0 else by_hash[-1]
-        pool = pool.with_columns((pl.col("__is_val") ^ (pl.col(_ORDER) == move)).alias("__is_val"))
-    train_pool = pool.filter(~pl.col("__is_val"))
-    val_pool = pool.filter(pl.col("__is_val"))
-    train_available, val_available = _counts(train_pool), _counts(val_pool)
+    pool = _assign_split(tagged.filter(pl.col("task").is_in(_included_tasks(available_all, cfg))), cfg)
+    train_pool = pool.filter(~pl.col(_IS_VAL))
+    val_pool = pool.filter(pl.col(_IS_VAL))
+    train_available = _counts(train_pool)
     shares = _target_shares(train_available, cfg)
 
-    # Sizes.
-    f = cfg.validation_fraction
-    if cfg.max_rows is not None:
-        n_val_target = max(1, round(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
-        n_train = cfg.max_rows - n_val_target
-    else:
-        n_train = _exact_size(train_available, shares)
-        n_val_target = None  # decided after train is drawn
+    n_train, n_val_target = _sizes(train_available, shares, cfg)
     train_target = _apportion(n_train, shares)
     train = _take(train_pool, train_target, cfg.allow_upsampling)
-    train_realized = _counts(train)
-    n_train_realized = train.height
-
-    if n_val_target is None:
-        used_every_row = train.filter(pl.col(_REPEAT) == 0).height == train_pool.height
-        if f == 0 or pool.height < 2:
-            n_val_target = 0
-        elif used_every_row:
-            n_val_target = val_pool.height
-        else:
-            n_val_target = max(1, round(n_train_realized * f / (1 - f)))
+    if n_val_target is None:  # decided after train is drawn
+        n_val_target = _validation_size(train, train_pool, val_pool, pool.height, cfg.validation_fraction)
     validation = val_pool.sort([_HASH, _ORDER]).head(n_val_target).with_columns(pl.lit(0).alias(_REPEAT))
-    val_realized = _counts(validation)
 
     mixture = (
         pl.concat(
@@ -358,43 +323,118 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None) -> Mixture
         .sort(["split", "conversation_id", _REPEAT, _ORDER])
         .select(out_columns)
     )
+    drawn_train = _Drawn(train_available, train_target, _counts(train), n_train, train.height)
+    drawn_val = _Drawn(_counts(val_pool), {}, _counts(validation), n_val_target, validation.height)
+    stats = _stats(df.height, pool.height, available_all, shares, drawn_train, drawn_val, cfg)
+    return MixtureResult(mixture=mixture, stats=stats)
 
-    train_stats = _split_stats(train_available, train_target, train_realized)
+
+def _check_input(df: pl.DataFrame) -> None:
+    if "conversation_id" not in df.columns:
+        raise ValueError(f"build_mixture: missing column 'conversation_id'; columns are {df.columns}")
+    if df["conversation_id"].null_count():
+        raise ValueError("build_mixture: conversation_id has null values; every row needs an id to be split")
+    for column in ("split", _HASH, _ORDER, _REPEAT):
+        if column in df.columns:
+            raise ValueError(f"build_mixture: input already has a column named '{column}'")
+
+
+def _assign_split(pool: pl.DataFrame, cfg: MixtureConfig) -> pl.DataFrame:
+    """``pool`` with a boolean ``_IS_VAL`` column: split by hash, before any sampling."""
+    # the threshold is exact integer arithmetic on the 64-bit hash
+    threshold = min(int(cfg.validation_fraction * _TWO_64), _TWO_64 - 1)
+    is_val = (pl.col(_HASH) < threshold) if cfg.validation_fraction > 0 else pl.lit(False)
+    pool = pool.with_columns(is_val.alias(_IS_VAL))
+    # Small-pool exceptions: >= 1 validation and >= 1 train row when there are >= 2 rows; one row is train.
+    n_val = int(pool[_IS_VAL].sum())
+    if pool.height == 1:
+        pool = pool.with_columns(pl.lit(False).alias(_IS_VAL))
+    elif cfg.validation_fraction > 0 and pool.height >= 2 and n_val in (0, pool.height):
+        by_hash = pool.sort([_HASH, _ORDER])[_ORDER]
+        move = by_hash[0] if n_val == 0 else by_hash[-1]
+        pool = pool.with_columns((pl.col(_IS_VAL) ^ (pl.col(_ORDER) == move)).alias(_IS_VAL))
+    return pool
+
+
+def _sizes(train_available: dict[str, int], shares: dict[str, float], cfg: MixtureConfig) -> tuple[int, int | None]:
+    """(train size, validation size); the validation size is None when it depends on the train draw."""
+    f = cfg.validation_fraction
+    if cfg.max_rows is not None:
+        n_val_target = max(1, round(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
+        return cfg.max_rows - n_val_target, n_val_target
+    return _exact_size(train_available, shares), None
+
+
+def _validation_size(
+    train: pl.DataFrame, train_pool: pl.DataFrame, val_pool: pl.DataFrame, pool_rows: int, f: float
+) -> int:
+    """Validation size without ``max_rows``: the whole pool when train took every train-pool row, else about
+    ``f`` of the output."""
+    used_every_row = train.filter(pl.col(_REPEAT) == 0).height == train_pool.height
+    if f == 0 or pool_rows < 2:
+        return 0
+    if used_every_row:
+        return val_pool.height
+    return max(1, round(train.height * f / (1 - f)))
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """Rows per task of one split: in its pool (``available``), wanted (``target``; none for validation) and
+    drawn (``realized``), and the wanted and drawn totals."""
+
+    available: dict[str, int]
+    target: dict[str, int]
+    realized: dict[str, int]
+    target_rows: int
+    rows: int
+
+
+_ZERO_TRAIN = {
+    "available": 0,
+    "target": 0,
+    "realized": 0,
+    "shortfall": 0,
+    "target_fraction": 0.0,
+    "realized_fraction": 0.0,
+    "upsampled": 0,
+}
+
+
+def _stats(
+    input_rows: int,
+    pool_rows: int,
+    available_all: dict[str, int],
+    shares: dict[str, float],
+    train: _Drawn,
+    validation: _Drawn,
+    cfg: MixtureConfig,
+) -> dict[str, Any]:
+    """:attr:`MixtureResult.stats`."""
+    train_stats = _split_stats(train.available, train.target, train.realized)
     for t, entry in train_stats.items():
-        entry["upsampled"] = max(0, train_realized.get(t, 0) - train_available.get(t, 0))
-    tasks = sorted(set(available_all) | set(shares))
-    zero_train = {
-        "available": 0,
-        "target": 0,
-        "realized": 0,
-        "shortfall": 0,
-        "target_fraction": 0.0,
-        "realized_fraction": 0.0,
-        "upsampled": 0,
-    }
-    stats: dict[str, Any] = {
+        entry["upsampled"] = max(0, train.realized.get(t, 0) - train.available.get(t, 0))
+    return {
         "tasks": {
             t: {
                 "available": available_all.get(t, 0),
                 "weight": shares.get(t, 0.0),
-                "train": train_stats.get(t, dict(zero_train)),
+                "train": train_stats.get(t, dict(_ZERO_TRAIN)),
                 "validation": {
-                    "available": val_available.get(t, 0),
-                    "realized": val_realized.get(t, 0),
-                    "realized_fraction": val_realized.get(t, 0) / validation.height
-                    if validation.height
-                    else 0.0,
+                    "available": validation.available.get(t, 0),
+                    "realized": validation.realized.get(t, 0),
+                    "realized_fraction": validation.realized.get(t, 0) / validation.rows if validation.rows else 0.0,
                 },
             }
-            for t in tasks
+            for t in sorted(set(available_all) | set(shares))
         },
-        "available_rows": df.height,
-        "excluded_rows": df.height - pool.height,  # rows of tasks with zero/no weight
-        "train_target": n_train,
-        "train_rows": n_train_realized,
-        "validation_target": n_val_target,
-        "validation_rows": validation.height,
-        "validation_shortfall": max(0, n_val_target - validation.height),
+        "available_rows": input_rows,
+        "excluded_rows": input_rows - pool_rows,  # rows of tasks with zero/no weight
+        "train_target": train.target_rows,
+        "train_rows": train.rows,
+        "validation_target": validation.target_rows,
+        "validation_rows": validation.rows,
+        "validation_shortfall": max(0, validation.target_rows - validation.rows),
         "shortfall": {t: s["shortfall"] for t, s in train_stats.items() if s["shortfall"] > 0},
         "config": {
             "weights": dict(cfg.weights) if cfg.weights is not None else None,
@@ -405,4 +445,3 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None) -> Mixture
             "allow_upsampling": cfg.allow_upsampling,
         },
     }
-    return MixtureResult(mixture=mixture, stats=stats)

@@ -7,13 +7,10 @@ import polars as pl
 import pytest
 
 from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
-from assets.decontamination.decontam import (
-    MATCH_SCHEMA,
-    DecontamConfig,
-    EvalIndex,
-    decontaminate,
-    find_contamination,
-)
+from assets.decontamination.config import DecontamConfig
+from assets.decontamination.index import EvalIndex
+from assets.decontamination.matching import MATCH_SCHEMA, find_contamination
+from assets.decontamination.removal import decontaminate
 from tests.dedup_corpus import random_vocab, random_words
 
 _VOCAB = random_vocab(0, 6000, 3, 9)

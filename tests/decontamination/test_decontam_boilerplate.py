@@ -1,4 +1,4 @@
-"""False positives of decontamination seen on a real run, and the agreement of the removal (decontam.py) with
+"""False positives of decontamination seen on a real run, and the agreement of the removal (removal.py) with
 the independent re-check (verify.py) that gates training.
 
 1. HumanEval/53's canonical_solution is ``return x + y``: whole-item matching of a 4-word text flags generic
@@ -20,7 +20,9 @@ import polars as pl
 import pytest
 
 from assets.common.schema import MESSAGE
-from assets.decontamination.decontam import DecontamConfig, EvalIndex, decontaminate
+from assets.decontamination.config import DecontamConfig
+from assets.decontamination.index import EvalIndex
+from assets.decontamination.removal import decontaminate
 from assets.decontamination.verify import eval_keys, find_leaks, train_frequent_keys
 from tests.dedup_corpus import BOILERPLATE, BOILERPLATE_NORM, random_vocab, random_words
 
@@ -48,7 +50,7 @@ def _eval(rows: list[tuple[str, str, str, str]]) -> pl.DataFrame:
 
 
 def _flagged(df: pl.DataFrame, eval_df: pl.DataFrame, **cfg) -> tuple[list[str], list[str], dict]:
-    """Conversation ids flagged by decontam.py (n-gram detector only) and by verify.py, and the report."""
+    """Conversation ids flagged by the removal (n-gram detector only) and by verify.py, and the report."""
     _kept, rejected, report = decontaminate(df, eval_df, DecontamConfig(minhash=None, **cfg))
     verify_args = {"n": cfg.get("ngram", 13)} | {k: v for k, v in cfg.items() if k != "ngram"}
     leaks = find_leaks(df, eval_df, limit=None, **verify_args)
@@ -200,7 +202,7 @@ def test_bad_cutoff_is_rejected() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# decontam.py and verify.py agree
+# the removal and verify.py agree
 
 
 def _random_case(seed: int) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, list[str]]]:

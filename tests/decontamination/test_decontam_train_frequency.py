@@ -4,7 +4,7 @@ evidence of contamination. Seen on a real run: a generated answer removed becaus
 helps! Let me know if you have any other questions.", a 13-gram of one Arena-Hard baseline answer (one eval
 item only, so the eval-side ``max_ngram_items`` cut-off cannot see it).
 
-Both implementations are exercised: the removal (decontam.py) and the independent re-check (verify.py).
+Both implementations are exercised: the removal (removal.py) and the independent re-check (verify.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import pytest
 
 from assets.common.schema import MESSAGE
 from assets.decontamination.assets import DecontamSettings
-from assets.decontamination.decontam import DecontamConfig, decontaminate, find_contamination
+from assets.decontamination.config import DecontamConfig
+from assets.decontamination.matching import find_contamination
+from assets.decontamination.removal import decontaminate
 from assets.decontamination.verify import eval_keys, find_leaks, train_frequent_keys
 from tests.dedup_corpus import BOILERPLATE, BOILERPLATE_NORM, random_vocab, random_words
 
@@ -62,7 +64,7 @@ def _generic_answers(rng: np.random.Generator, rows: int, ending: str) -> list[t
 
 
 def _removed(df: pl.DataFrame, eval_df: pl.DataFrame, **cfg) -> tuple[list[str], list[str], dict]:
-    """Conversation ids removed by decontam.py (n-gram detector) and flagged by verify.py, and the report."""
+    """Conversation ids removed by the removal (n-gram detector) and flagged by verify.py, and the report."""
     _kept, rejected, report = decontaminate(df, eval_df, DecontamConfig(minhash=None, **cfg))
     verify_args = {"n": cfg.get("ngram", 13)} | {k: v for k, v in cfg.items() if k != "ngram"}
     leaks = find_leaks(df, eval_df, limit=None, **verify_args)

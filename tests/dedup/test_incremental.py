@@ -5,7 +5,7 @@ import random
 import polars as pl
 import pytest
 
-from assets.common.minhash import MinHashConfig
+from assets.common.minhash.config import MinHashConfig
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.storage import write_parquet_atomic
 from assets.dedup.incremental import deduplicate_shards

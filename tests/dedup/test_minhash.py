@@ -11,10 +11,13 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
-import assets.common.minhash as mh
-from assets.common.minhash import LSHIndex, MinHashConfig, compute_signatures, deduplicate, optimal_param
+import assets.dedup.near_duplicates as near_duplicates
+from assets.common.minhash.config import MinHashConfig, optimal_param
+from assets.common.minhash.signatures import compute_signatures, estimated_jaccard
 from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
 from assets.common.text import normalize, sha1_hash32_bytes, shingles, xxh64_bytes
+from assets.dedup.index import LSHIndex
+from assets.dedup.near_duplicates import deduplicate
 
 # --------------------------------------------------------------------------------------------------------
 # synthetic corpora
@@ -214,7 +217,7 @@ def test_fast_signatures_estimate_jaccard() -> None:
     for i in range(30, len(texts)):
         a = set(shingles(normalized[i], "word", 5))
         b = set(shingles(normalized[origin[i]], "word", 5))
-        errors.append(mh.estimated_jaccard(sigs[i], sigs[origin[i]]) - len(a & b) / len(a | b))
+        errors.append(estimated_jaccard(sigs[i], sigs[origin[i]]) - len(a & b) / len(a | b))
     assert np.max(np.abs(errors)) < 0.15
     assert abs(np.mean(errors)) < 0.02
 
@@ -359,13 +362,13 @@ def test_incremental_dedup_uses_index_without_recomputing(tmp_path, monkeypatch)
     ]
     shard1 = _frame(new_texts, shards=[1] * 5, rows=list(range(5)))
     computed: list[int] = []
-    original = mh.compute_signatures
+    original = near_duplicates.compute_signatures
 
     def counting(texts, cfg):
         computed.append(len(texts))
         return original(texts, cfg)
 
-    monkeypatch.setattr(mh, "compute_signatures", counting)
+    monkeypatch.setattr(near_duplicates, "compute_signatures", counting)
     loaded = LSHIndex.load(path)
     np.testing.assert_array_equal(loaded.signatures, first.index.signatures)
     assert loaded.ids.to_list() == first.index.ids.to_list()

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.minhash import MinHashConfig, compute_signatures, signatures_from_normalized
+from assets.common.minhash.config import MinHashConfig
+from assets.common.minhash.signatures import compute_signatures, signatures_from_normalized
 from assets.common.text import normalize, normalized_spans, utf8_buffer
 
 

@@ -1,0 +1,204 @@
+"""Numba kernels of the n-gram detector: word hashes -> polynomial prefix -> O(1) hash of any window of L
+words; eval windows, probing messages' windows against the sorted eval table (behind a bloom filter), and
+byte-for-byte checks of windows."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from assets.common.text import fmix64, token_spans, xxh64
+
+_U64 = np.uint64
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial rolling hash over word hashes
+_LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@numba.njit(cache=True)
+def _prefix(data, start, end, spans, ends, prefix):
+    """Word count of data[start:end]; fills prefix[t+1] = prefix[t] * BASE + xxh64(word t)."""
+    count = token_spans(data, start, end, spans, ends)
+    prefix[0] = _U64(0)
+    for t in range(count):
+        prefix[t + 1] = prefix[t] * _BASE + xxh64(data, spans[t], ends[t], _U64(0))
+    return count
+
+
+@numba.njit(cache=True)
+def _window(prefix, powers, pos, length):
+    return fmix64(prefix[pos + length] - prefix[pos] * powers[length] + _U64(length) * _LEN_MIX)
+
+
+@numba.njit(cache=True)
+def base_powers(max_len):
+    """``BASE ** k`` for k in 0..max_len (uint64, wrapping): the weights of the rolling window hash."""
+    out = np.empty(max_len + 1, np.uint64)
+    out[0] = _U64(1)
+    for k in range(max_len):
+        out[k + 1] = out[k] * _BASE
+    return out
+
+
+@numba.njit(cache=True)
+def eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item, out_pos, n_words):
+    """Windows of every eval text: all n-grams, or the whole text when min_words <= words < n."""
+    count = 0
+    for i in range(offsets.size - 1):
+        start = offsets[i]
+        end = offsets[i + 1]
+        spans = np.empty(end - start + 2, np.int64)
+        ends = np.empty(end - start + 2, np.int64)
+        prefix = np.empty(end - start + 3, np.uint64)
+        words = _prefix(data, start, end, spans, ends, prefix)
+        n_words[i] = words
+        if words >= n:
+            length = n
+            windows = words - n + 1
+        elif words >= min_words:
+            length = words
+            windows = 1
+        else:
+            continue
+        for pos in range(windows):
+            if fill:
+                out_hash[count] = _window(prefix, powers, pos, length)
+                out_item[count] = i
+                out_pos[count] = pos
+            count += 1
+    return count
+
+
+@numba.njit(cache=True)
+def _bloom_hit(bloom, mask, h):
+    slot = (h >> _U64(7)) & mask
+    return (bloom[slot >> _U64(6)] >> (slot & _U64(63))) & _U64(1)
+
+
+@numba.njit(parallel=True, cache=True)
+def _probe(
+    data,
+    offsets,
+    docs,
+    lengths,
+    powers,
+    table,
+    bloom,
+    mask,
+    fill,
+    counts,
+    starts,
+    o_doc,
+    o_pos,
+    o_len,
+    o_lo,
+    o_hi,
+):
+    """Probe the windows of messages ``docs`` against the sorted ``table``.
+
+    Count pass (``fill=False``): ``counts[i]`` = number of hits of message ``i``. Fill pass: write each hit of
+    message ``docs[d]`` from ``starts[d]`` on: message, word position, window length, and the range
+    [lo, hi) of equal hashes in ``table``."""
+    for d in numba.prange(docs.size):
+        i = docs[d]
+        start = offsets[i]
+        end = offsets[i + 1]
+        spans = np.empty(end - start + 2, np.int64)
+        ends = np.empty(end - start + 2, np.int64)
+        prefix = np.empty(end - start + 3, np.uint64)
+        words = _prefix(data, start, end, spans, ends, prefix)
+        c = starts[d] if fill else 0
+        for li in range(lengths.size):
+            length = lengths[li]
+            for pos in range(words - length + 1):
+                h = _window(prefix, powers, pos, length)
+                if _bloom_hit(bloom, mask, h):
+                    k = np.searchsorted(table, h)
+                    if k < table.size and table[k] == h:
+                        if fill:
+                            e = k + 1
+                            while e < table.size and table[e] == h:
+                                e += 1
+                            o_doc[c] = i
+                            o_pos[c] = pos
+                            o_len[c] = length
+                            o_lo[c] = k
+                            o_hi[c] = e
+                        c += 1
+        if not fill:
+            counts[i] = c
+
+
+@numba.njit(cache=True)
+def window_bytes(data, offsets, text, pos, length):
+    """Byte span [start, end) in ``data`` of words [pos, pos + length) of text ``text[k]``, for every k (texts
+    retokenized only when ``text`` changes, so order by text to tokenize each once)."""
+    start = np.empty(text.size, np.int64)
+    end = np.empty(text.size, np.int64)
+    last = -1
+    spans = np.empty(0, np.int64)
+    ends = np.empty(0, np.int64)
+    for k in range(text.size):
+        i = text[k]
+        if i != last:
+            spans = np.empty(offsets[i + 1] - offsets[i] + 2, np.int64)
+            ends = np.empty(offsets[i + 1] - offsets[i] + 2, np.int64)
+            token_spans(data, offsets[i], offsets[i + 1], spans, ends)
+            last = i
+        start[k] = spans[pos[k]]
+        end[k] = ends[pos[k] + length[k] - 1]
+    return start, end
+
+
+@numba.njit(cache=True)
+def same_bytes(a, a_start, a_end, b, b_start, b_end):
+    """a[a_start[k]:a_end[k]] == b[b_start[k]:b_end[k]] for every k."""
+    out = np.zeros(a_start.size, dtype=np.bool_)
+    for k in range(a_start.size):
+        n = a_end[k] - a_start[k]
+        if n != b_end[k] - b_start[k]:
+            continue
+        same = True
+        for j in range(n):
+            if a[a_start[k] + j] != b[b_start[k] + j]:
+                same = False
+                break
+        out[k] = same
+    return out
+
+
+def bloom_filter(table: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    """A one-hash bit filter over ``table`` (>= 16 bits per entry): most windows skip the binary search."""
+    bits = 1 << max(16, int(np.ceil(np.log2(max(table.size, 1) * 16))))
+    words = np.zeros(bits // 64, dtype=np.uint64)
+    slots = (table >> np.uint64(7)) & np.uint64(bits - 1)
+    np.bitwise_or.at(words, (slots >> np.uint64(6)).astype(np.int64), np.uint64(1) << (slots & np.uint64(63)))
+    return words, np.uint64(bits - 1)
+
+
+def probe_hits(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    powers: np.ndarray,
+    table: np.ndarray,
+    bloom: np.ndarray,
+    mask: np.uint64,
+) -> tuple[np.ndarray, ...]:
+    """Every window of every text (``data``/``offsets``) whose hash is in the sorted ``table``, for window
+    lengths ``lengths``: arrays (text, word position, window length, lo, hi), [lo, hi) being the range of
+    equal hashes in ``table``; ordered by text, then length, then position."""
+    n_docs = offsets.size - 1
+    counts = np.zeros(n_docs, np.int64)
+    none = np.empty(0, np.int64)
+    if table.size == 0 or n_docs == 0:
+        return none, none, none, none, none
+    probe = (lengths, powers, table, bloom, mask)
+    all_docs = np.arange(n_docs, dtype=np.int64)
+    _probe(data, offsets, all_docs, *probe, False, counts, all_docs, none, none, none, none, none)
+    docs = np.flatnonzero(counts).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts[docs])[:-1]]).astype(np.int64)
+    total = int(counts[docs].sum())
+    out = tuple(np.empty(total, np.int64) for _ in range(5))
+    if total:
+        _probe(data, offsets, docs, *probe, True, counts, starts, *out)
+    return out

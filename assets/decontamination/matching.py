@@ -1,0 +1,192 @@
+"""Matching training messages against the eval index: the n-gram detector (probe, training-side cut-off,
+string check) and the MinHash detector, merged into one table of matches (:data:`MATCH_SCHEMA`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from assets.common.minhash.lsh import band_hashes, cross_candidates
+from assets.common.minhash.signatures import equal_counts, signatures_from_normalized
+from assets.common.text import normalize_expr, utf8_buffer
+from assets.decontamination.config import SIDES, DecontamConfig
+from assets.decontamination.index import EvalIndex, as_index
+from assets.decontamination.kernels import probe_hits
+from assets.decontamination.train_frequency import FREQUENT_SCHEMA, train_frequent
+
+MATCH_SCHEMA: dict[str, pl.DataType] = {
+    "conversation_id": pl.Utf8,
+    "message_index": pl.Int64,  # position in ``messages`` (system message included)
+    "role": pl.Utf8,  # "user" | "assistant"
+    "side": pl.Utf8,  # "prompt" | "response"
+    "benchmark": pl.Utf8,
+    "item_id": pl.Utf8,
+    "field": pl.Utf8,
+    "detector": pl.Utf8,  # "ngram" | "minhash"
+    "matched_ngram": pl.Utf8,  # normalized matched words (ngram detector), else null
+    "similarity": pl.Float64,  # estimated Jaccard (minhash detector), else null
+}
+
+
+def find_contamination(
+    df: pl.DataFrame, eval_df: pl.DataFrame | EvalIndex, cfg: DecontamConfig | None = None
+) -> pl.DataFrame:
+    """Every (training message, eval text, detector) match, columns :data:`MATCH_SCHEMA`, ordered by
+    training row, message_index, benchmark, item_id, field, detector. Keys found in ``max_train_rows`` or more
+    distinct conversations of ``df`` are ignored (the training-side cut-off counts over ``df``)."""
+    return find_matches(df, as_index(eval_df, cfg))[0].drop("row")
+
+
+
+def find_matches(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(matches, frequent): the matches with the training row position (``row``) kept for ordering and grouping,
+    and the keys ignored by the training-side cut-off (:data:`FREQUENT_SCHEMA`)."""
+    msgs = _training_messages(df, index.config.roles)
+    ngram, frequent = _ngram_matches(msgs, index)
+    ngram = ngram.with_columns(
+        pl.lit("ngram").alias("detector"), pl.lit(None, pl.Float64).alias("similarity")
+    )
+    minhash = _minhash_matches(msgs, index).with_columns(
+        pl.lit("minhash").alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
+    )
+    cols = ["msg", "item", "detector", "matched_ngram", "similarity"]
+    matches = pl.concat([ngram.select(cols), minhash.select(cols)])
+    meta = msgs.select("row", "conversation_id", "message_index", "role")
+    items = index.items.select("benchmark", "item_id", "field")
+    out = pl.concat(
+        [
+            meta.select(pl.all().gather(matches["msg"])),
+            items.select(pl.all().gather(matches["item"])),
+            matches.select("detector", "matched_ngram", "similarity"),
+        ],
+        how="horizontal",
+    ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))
+    matches = (
+        out.sort(["row", "message_index", "benchmark", "item_id", "field", "detector"])
+        .select("row", *MATCH_SCHEMA)
+        .cast(MATCH_SCHEMA)
+    )
+    return matches, frequent
+
+def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame:
+    """One row per message with a compared role: row position, conversation_id, message_index, role, text."""
+    exploded = (
+        df.select(pl.col("conversation_id").cast(pl.Utf8), "messages")
+        .with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int64))
+        .with_columns(pl.int_ranges(0, pl.col("messages").list.len(), dtype=pl.Int64).alias("message_index"))
+        .explode(["messages", "message_index"])
+        .filter(pl.col("messages").is_not_null())
+        .with_columns(
+            pl.col("messages").struct.field("role").alias("role"),
+            pl.col("messages").struct.field("content").alias("content"),
+        )
+        .filter(pl.col("role").is_in(list(roles)))
+        .select("row", "conversation_id", "message_index", "role", "content")
+    )
+    return exploded.with_columns(normalize_expr("content").alias("normalized")).drop("content")
+
+
+def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(matches, frequent): ``matches`` has (msg, item, matched_ngram) for every message/eval-text pair sharing
+    a verified window whose key is not train-frequent; ``frequent`` the keys ignored as train-frequent
+    (:data:`FREQUENT_SCHEMA`)."""
+    empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
+    frequent = pl.DataFrame(schema=FREQUENT_SCHEMA)
+    if index.table.size == 0 or msgs.height == 0:
+        return empty, frequent
+    data, offsets = utf8_buffer(msgs["normalized"])
+    probe = (index.lengths, index.powers, index.table, index.bloom, index.bloom_mask)
+    hits = probe_hits(data, offsets, *probe)
+    if index.config.max_train_rows and hits[0].size:
+        keep, frequent = train_frequent(msgs, index, data, offsets, hits)
+        hits = tuple(a[keep] for a in hits)
+    if hits[0].size == 0:
+        return empty, frequent
+    return _checked_on_strings(msgs, index, _hits_per_item(index, hits)), frequent
+
+
+def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:
+    """(msg, pos, length, item) of the probe hits (doc, pos, length, lo, hi), each expanded to the eval rows
+    holding its window, whose length fits the item (an n-gram for long items, the whole text for short ones);
+    unique, sorted by msg, item, pos."""
+    o_doc, o_pos, o_len, o_lo, o_hi = hits
+    span = o_hi - o_lo
+    rep = np.repeat(np.arange(o_doc.size), span)
+    within = np.arange(rep.size) - np.repeat(np.cumsum(span) - span, span)
+    expanded = pl.DataFrame(
+        {
+            "msg": o_doc[rep],
+            "pos": o_pos[rep],
+            "length": o_len[rep],
+            "item": index.table_items[o_lo[rep] + within],
+        }
+    )
+    item_len = index.items["n_words"].to_numpy()
+    wanted = np.minimum(item_len[expanded["item"].to_numpy()], index.config.ngram)
+    return expanded.filter(pl.Series(expanded["length"].to_numpy() == wanted)).unique().sort(["msg", "item", "pos"])
+
+
+def _checked_on_strings(msgs: pl.DataFrame, index: EvalIndex, hits: pl.DataFrame) -> pl.DataFrame:
+    """(msg, item, matched_ngram): per (message, eval text) of ``hits``, its earliest window whose words are, as
+    strings, a word sequence of the eval text; a (rare) hash collision falls through to the next window."""
+    found = []
+    pending = hits
+    norm_msgs = msgs.select(pl.col("normalized").alias("msg_text"))
+    norm_items = index.items.select(pl.col("normalized").alias("item_text"))
+    while pending.height:
+        first = pending.group_by(["msg", "item"], maintain_order=True).first()
+        checked = (
+            first.with_columns(
+                norm_msgs["msg_text"].gather(first["msg"]).alias("msg_text"),
+                norm_items["item_text"].gather(first["item"]).alias("item_text"),
+            )
+            .with_columns(
+                pl.col("msg_text")
+                .str.split(" ")
+                .list.slice(pl.col("pos"), pl.col("length"))
+                .list.join(" ")
+                .alias("matched_ngram")
+            )
+            .with_columns(
+                (pl.lit(" ") + pl.col("item_text") + pl.lit(" "))
+                .str.contains(pl.lit(" ") + pl.col("matched_ngram") + pl.lit(" "), literal=True)
+                .alias("ok")
+            )
+        )
+        found.append(checked.filter("ok").select("msg", "item", "matched_ngram"))
+        failed = checked.filter(~pl.col("ok")).select("msg", "item", "pos")
+        pending = pending.join(failed, on=["msg", "item"], how="semi").join(
+            failed, on=["msg", "item", "pos"], how="anti"
+        )
+    return pl.concat(found).with_columns(pl.col("msg", "item").cast(pl.Int64))
+
+
+def _minhash_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
+    """(msg, item, similarity) for message/eval-text pairs with estimated Jaccard >= threshold."""
+    cfg = index.config
+    empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "similarity": pl.Float64})
+    if cfg.minhash is None or index.minhash_rows.size == 0 or msgs.height == 0:
+        return empty
+    n_words = (
+        msgs.select(
+            pl.when(pl.col("normalized").str.len_bytes() == 0)
+            .then(0)
+            .otherwise(pl.col("normalized").str.count_matches(" ", literal=True) + 1)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    rows = np.flatnonzero(n_words >= cfg.minhash_min_words).astype(np.int64)
+    if rows.size == 0:
+        return empty
+    sigs = signatures_from_normalized(msgs["normalized"].gather(rows), cfg.minhash)
+    eval_pos, msg_pos = cross_candidates(index.minhash_sorted, band_hashes(sigs, cfg.minhash))
+    if eval_pos.size == 0:
+        return empty
+    sims = equal_counts(index.minhash_signatures, eval_pos, sigs, msg_pos) / float(cfg.minhash.num_perm)
+    ok = sims >= cfg.minhash.threshold
+    return pl.DataFrame(
+        {"msg": rows[msg_pos[ok]], "item": index.minhash_rows[eval_pos[ok]], "similarity": sims[ok]},
+        schema={"msg": pl.Int64, "item": pl.Int64, "similarity": pl.Float64},
+    )

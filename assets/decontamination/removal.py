@@ -1,0 +1,136 @@
+"""The removal: :func:`decontaminate` splits the training table into kept and rejected rows and builds the
+per-benchmark report (see :mod:`assets.decontamination` for what counts as a match)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
+from assets.decontamination.config import REASON_CONTAMINATION, DecontamConfig
+from assets.decontamination.index import EvalIndex, as_index
+from assets.decontamination.matching import find_matches
+
+
+def decontaminate(
+    df: pl.DataFrame,
+    eval_df: pl.DataFrame | EvalIndex,
+    cfg: DecontamConfig | None = None,
+    *,
+    max_detail: int = 3,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Split ``df`` into (kept, rejected, report).
+
+    ``rejected`` keeps the input columns and order and adds ``reason`` ("contamination") and ``detail`` (the
+    first ``max_detail`` matches). ``report``: row counts, the config, and per benchmark (every benchmark of
+    the eval table, matched or not) the rows removed, matched item ids, match counts per detector, an example
+    matched n-gram, the eval-side stats (``too_short``, ``boilerplate_ngrams`` etc.) and an example of the
+    boilerplate excluded by the ``max_ngram_items`` cut-off (``example_boilerplate``), the number of distinct keys
+    ignored by the ``max_train_rows`` cut-off (``train_frequent_keys``) and the one found in most conversations
+    (``example_train_frequent``: ``{"key", "conversations"}``, ties by key text).
+    """
+    index = as_index(eval_df, cfg)
+    matches, frequent = find_matches(df, index)
+    mask = np.zeros(df.height, dtype=bool)
+    mask[matches["row"].unique().sort().to_numpy()] = True
+    rejected = _rejected_rows(df, matches, max_detail)
+    kept = df.filter(pl.Series(~mask))
+    report = {
+        "rows_in": df.height,
+        "rows_kept": int((~mask).sum()),
+        "rows_removed": int(mask.sum()),
+        "matches": matches.height,
+        "config": index.config.to_json(),
+        "boilerplate_ngrams": int(
+            index.boilerplate.filter(pl.col("length") == index.config.ngram)["hash"].n_unique()
+        ),
+        "boilerplate_texts": int((index.items["ngram_status"] == "boilerplate").sum()),
+        "train_frequent_keys": int(frequent["key"].n_unique()),
+        "benchmarks": _benchmark_reports(index, matches, frequent),
+    }
+    return kept, rejected, report
+
+
+def _describe(prefix: pl.Expr) -> pl.Expr:
+    return (
+        pl.when(pl.col("detector") == "ngram")
+        .then(
+            pl.format(
+                "{} {}/{}:{} in {}: '{}'", prefix, "benchmark", "item_id", "field", "side", "matched_ngram"
+            )
+        )
+        .otherwise(
+            pl.format(
+                "{} {}/{}:{} in {}: jaccard {}",
+                prefix,
+                "benchmark",
+                "item_id",
+                "field",
+                "side",
+                pl.col("similarity").round(3),
+            )
+        )
+    )
+
+
+def _rejected_rows(df: pl.DataFrame, matches: pl.DataFrame, max_detail: int) -> pl.DataFrame:
+    """The matched rows of ``df`` in input order, with ``reason`` and ``detail`` (the first ``max_detail``
+    matches, then how many more)."""
+    details = (
+        matches.with_columns(_describe(pl.col("detector")).alias("d"))
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("d").head(max_detail), pl.len().alias("n"))
+        .with_columns(
+            (
+                pl.col("d").list.join("; ")
+                + pl.when(pl.col("n") > max_detail)
+                .then(pl.format(" (+{} more)", pl.col("n") - max_detail))
+                .otherwise(pl.lit(""))
+            ).alias(REJECTED_DETAIL)
+        )
+        .select(pl.col("row").cast(pl.Int64), REJECTED_DETAIL)
+    )
+    return (
+        df.with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int64))
+        .join(details, on="row", how="inner")
+        .sort("row")
+        .drop("row")
+        .with_columns(pl.lit(REASON_CONTAMINATION).alias(REJECTED_REASON))
+        .select(*df.columns, REJECTED_REASON, REJECTED_DETAIL)
+    )
+
+
+def _benchmark_reports(
+    index: EvalIndex, matches: pl.DataFrame, frequent: pl.DataFrame
+) -> dict[str, dict[str, Any]]:
+    """Per benchmark of the eval table (matched or not): what was removed, why, and what was ignored."""
+    benchmarks: dict[str, dict[str, Any]] = {}
+    boilerplate_examples = index.boilerplate_examples()
+    for name, stats in index.stats().items():
+        sub = matches.filter(pl.col("benchmark") == name)
+        ngram = sub.filter(pl.col("detector") == "ngram")
+        train_frequent = frequent.filter(pl.col("benchmark") == name).sort(
+            ["conversations", "key"], descending=[True, False]
+        )
+        benchmarks[name] = {
+            "rows_removed": int(sub["row"].n_unique()),
+            "matched_item_ids": sorted(sub["item_id"].unique().to_list()),
+            "matches": {
+                "ngram": ngram.height,
+                "minhash": sub.height - ngram.height,
+            },
+            "example_ngram": ngram["matched_ngram"][0] if ngram.height else None,
+            "example_conversation_id": sub["conversation_id"][0] if sub.height else None,
+            "eval": stats,
+            "example_boilerplate": boilerplate_examples.get(name),
+            "train_frequent_keys": train_frequent.height,
+            "example_train_frequent": (
+                {"key": train_frequent["key"][0], "conversations": int(train_frequent["conversations"][0])}
+                if train_frequent.height
+                else None
+            ),
+        }
+    return benchmarks

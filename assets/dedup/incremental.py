@@ -58,57 +58,74 @@ def deduplicate_shards(shards: dict[str, Path], state_dir: str | Path, cfg: MinH
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     hashes = {key: sha256_file(path) for key, path in sorted(shards.items())}
+    state, reason = _load_state(state_dir, cfg, hashes)
+    new = [key for key in hashes if key not in state.processed]
+    signatures = 0
+    for key in new:
+        df = read(key) if read else read_parquet(shards[key])
+        signatures += _add_shard(state, state_dir, cfg, key, hashes[key], df, log)
+    if new or state.rebuilt:
+        _save_index(state, state_dir, cfg)
+    keys = sorted(state.processed)
+    if not keys:
+        raise ValueError("no generation shards to deduplicate: materialize magpie_conversations first")
+    return IncrementalDedup(
+        kept=pl.concat([read_parquet(state_dir / f"kept-{k}.parquet") for k in keys]),
+        removed=pl.concat([read_parquet(state_dir / f"removed-{k}.parquet") for k in keys]),
+        new_shards=new,
+        reused_shards=[k for k in keys if k not in new],
+        rebuilt=state.rebuilt,
+        rebuild_reason=reason if state.rebuilt else None,
+        signatures_computed=signatures,
+        index_rows=len(state.index),
+        stats_by_shard=state.per_shard,
+    )
+
+
+@dataclass
+class _State:
+    index: LSHIndex
+    processed: dict[str, str]  # shard key -> content hash of the table it was computed from
+    generation: int
+    per_shard: dict[str, dict]
+    rebuilt: bool
+
+
+def _load_state(state_dir: Path, cfg: MinHashConfig, hashes: dict[str, str]) -> tuple[_State, str | None]:
+    """The persisted index and per-shard results, or a fresh state (and why) when settings or shards changed."""
     manifest, reason = _load_manifest(state_dir, cfg)
     if manifest is not None:
         changed = sorted(k for k, h in manifest["shards"].items() if hashes.get(k) != h)
         if changed:
             manifest, reason = None, f"processed shard(s) changed or were removed: {changed}"
-    rebuilt = manifest is None
-    if rebuilt:
+    if manifest is None:
         for stale in [*state_dir.glob("kept-*.parquet"), *state_dir.glob("removed-*.parquet")]:
             stale.unlink()
-        index, processed, generation, per_shard = LSHIndex.empty(cfg), {}, 0, {}
-    else:
-        index = LSHIndex.load(state_dir / manifest["index"])
-        processed, generation = dict(manifest["shards"]), manifest["generation"]
-        per_shard = dict(manifest.get("stats_by_shard", {}))
+        return _State(LSHIndex.empty(cfg), {}, 0, {}, rebuilt=True), reason
+    return _State(LSHIndex.load(state_dir / manifest["index"]), dict(manifest["shards"]), manifest["generation"],
+                  dict(manifest.get("stats_by_shard", {})), rebuilt=False), reason
 
-    new = [key for key in hashes if key not in processed]
-    signatures = 0
-    for key in new:
-        df = read(key) if read else read_parquet(shards[key])
-        result = deduplicate(df, cfg, index=index)
-        index = result.index
-        signatures += result.stats.get("signatures_computed", df.height)
-        write_parquet_atomic(result.kept, state_dir / f"kept-{key}.parquet")
-        write_parquet_atomic(result.removed, state_dir / f"removed-{key}.parquet")
-        processed[key] = hashes[key]
-        per_shard[key] = {"rows_in": df.height, "rows_removed": result.removed.height}
-        if log:
-            log(f"shard {key}: {result.removed.height} of {df.height} rows are near-duplicates")
 
-    if new or rebuilt:
-        generation += 1
-        index_name = f"lsh_index-{generation:06d}.npz"
-        index.save(state_dir / index_name)
-        write_json_atomic({"config": cfg.to_json(), "shards": processed, "index": index_name,
-                           "generation": generation, "stats_by_shard": per_shard}, state_dir / MANIFEST)
-        for old in state_dir.glob("lsh_index-*.npz"):
-            if old.name != index_name:
-                old.unlink()
-    keys = sorted(processed)
-    kept = pl.concat([read_parquet(state_dir / f"kept-{k}.parquet") for k in keys]) if keys else None
-    removed = pl.concat([read_parquet(state_dir / f"removed-{k}.parquet") for k in keys]) if keys else None
-    if kept is None:
-        raise ValueError("no generation shards to deduplicate: materialize magpie_conversations first")
-    return IncrementalDedup(
-        kept=kept,
-        removed=removed,
-        new_shards=new,
-        reused_shards=[k for k in keys if k not in new],
-        rebuilt=rebuilt,
-        rebuild_reason=reason if rebuilt else None,
-        signatures_computed=signatures,
-        index_rows=len(index),
-        stats_by_shard=per_shard,
-    )
+def _add_shard(state: _State, state_dir: Path, cfg: MinHashConfig, key: str, content_hash: str, df: pl.DataFrame,
+               log) -> int:
+    """Deduplicate one new shard against the index (updating it); returns the signatures computed."""
+    result = deduplicate(df, cfg, index=state.index)
+    state.index = result.index
+    write_parquet_atomic(result.kept, state_dir / f"kept-{key}.parquet")
+    write_parquet_atomic(result.removed, state_dir / f"removed-{key}.parquet")
+    state.processed[key] = content_hash
+    state.per_shard[key] = {"rows_in": df.height, "rows_removed": result.removed.height}
+    if log:
+        log(f"shard {key}: {result.removed.height} of {df.height} rows are near-duplicates")
+    return result.stats.get("signatures_computed", df.height)
+
+
+def _save_index(state: _State, state_dir: Path, cfg: MinHashConfig) -> None:
+    state.generation += 1
+    index_name = f"lsh_index-{state.generation:06d}.npz"
+    state.index.save(state_dir / index_name)
+    write_json_atomic({"config": cfg.to_json(), "shards": state.processed, "index": index_name,
+                       "generation": state.generation, "stats_by_shard": state.per_shard}, state_dir / MANIFEST)
+    for old in state_dir.glob("lsh_index-*.npz"):
+        if old.name != index_name:
+            old.unlink()

@@ -8,7 +8,7 @@ import pytest
 from assets.common.resources import DECONTAMINATED_CONVERSATIONS, DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
 from assets.common.storage import sha256_file
 from assets.decontamination.assets import decontaminated_conversations
-from assets.decontamination.decontam import REASON_CONTAMINATION
+from assets.decontamination.config import REASON_CONTAMINATION
 from assets.eval_sets.core import EVAL_SET_SCHEMA
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
 

@@ -66,6 +66,7 @@ class TrainResult:
     preflight: dict[str, Any]
     log_history: list[dict[str, Any]] = field(default_factory=list)
     dropped_too_long: int = 0
+    early_stopping: dict[str, Any] = field(default_factory=dict)
 
 
 def code_version() -> dict[str, Any]:
@@ -135,21 +136,15 @@ def _precision(config: TrainConfig) -> dict[str, Any]:
 
 
 def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
+    """TRL's SFTConfig for ``config``. Evaluation and checkpoints are step-based; with ``eval_steps`` unset, the
+    interval here is a placeholder that :func:`evaluation_schedule` replaces once the number of steps is known."""
     from trl import SFTConfig
 
-    strategy = "steps" if config.eval_steps else "epoch"
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "save_strategy": strategy}
+    interval = config.eval_steps or 1
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
     if has_eval:
-        eval_kwargs = {
-            "eval_strategy": strategy,
-            "save_strategy": strategy,
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss",
-            "greater_is_better": False,
-        }
-    if config.eval_steps:
-        eval_kwargs["eval_steps"] = config.eval_steps
-        eval_kwargs["save_steps"] = config.eval_steps
+        eval_kwargs = {"eval_strategy": "steps", "eval_steps": interval, "load_best_model_at_end": True,
+                       "metric_for_best_model": "eval_loss", "greater_is_better": False}
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=config.effective_learning_rate,
@@ -167,6 +162,8 @@ def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
         padding_free=config.packing,
         packing_strategy="bfd",
         assistant_only_loss=False,  # masks come pre-computed in `assistant_masks` (TRL folds them into labels)
+        save_strategy="steps",
+        save_steps=interval,
         save_total_limit=config.save_total_limit,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
         logging_steps=config.logging_steps,
@@ -180,6 +177,41 @@ def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
         **eval_kwargs,
         **config.extra,
     )
+
+
+def evaluation_schedule(trainer, config: TrainConfig, train_loader, has_eval: bool) -> dict[str, Any]:
+    """Set how often ``trainer`` evaluates and checkpoints (:meth:`TrainConfig.eval_interval`, from the step counts
+    the Trainer itself will use) and return the schedule."""
+    _, steps_per_epoch, *_, total_steps = trainer.set_initial_training_values(trainer.args, train_loader)
+    interval = config.eval_interval(steps_per_epoch, total_steps)
+    trainer.args.save_steps = interval
+    if has_eval:
+        trainer.args.eval_steps = interval
+    return {
+        "eval_steps": interval,
+        "eval_steps_derived": not config.eval_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "max_steps": total_steps,
+        # every `interval` steps, and at the last step (the Trainer's rule for step-based evaluation)
+        "evaluations": math.ceil(total_steps / interval) if has_eval else 0,
+    }
+
+
+def early_stopping_outcome(trainer, config: TrainConfig, schedule: dict[str, Any]) -> dict[str, Any]:
+    """Whether early stopping ended the run, and at which step (read before any further evaluation)."""
+    from transformers import EarlyStoppingCallback
+
+    callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    fired = callback is not None and callback.early_stopping_patience_counter >= config.early_stopping_patience
+    step = trainer.state.global_step
+    return {
+        "enabled": callback is not None,
+        "patience": config.early_stopping_patience,
+        "fired": fired,
+        "stopped_at_step": step if fired else None,
+        "steps_skipped": schedule["max_steps"] - step if fired else 0,
+        **schedule,
+    }
 
 
 def train(
@@ -253,14 +285,19 @@ def train(
     trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
 
     markers = template_markers(tokenizer, template)
-    report: PreflightReport = check_batches(trainer.get_train_dataloader(), markers, tokenizer)
+    train_loader = trainer.get_train_dataloader()
+    report: PreflightReport = check_batches(train_loader, markers, tokenizer)
     if len(eval_ds):
         check_batches(trainer.get_eval_dataloader(), markers, tokenizer)
     log(f"pre-flight passed: {report.to_dict()}")
+    schedule = evaluation_schedule(trainer, config, train_loader, has_eval=len(eval_ds) > 0)
 
     if resume:
         log(f"resuming from {resume}")
     train_output = trainer.train(resume_from_checkpoint=resume)
+    early_stopping = early_stopping_outcome(trainer, config, schedule)  # before evaluate(): it counts too
+    if early_stopping["fired"]:
+        log(f"early stopping fired at step {early_stopping['stopped_at_step']} of {early_stopping['max_steps']}")
     metrics = dict(train_output.metrics)
     metrics["resumed_from_step"] = _step_of(resume)  # train_loss/runtime then cover the resumed steps only
     if len(eval_ds):
@@ -274,7 +311,7 @@ def train(
 
     result = _write_model_dir(trainer, tokenizer, template, output_dir, config, lineage or {}, metrics,
                               report, model_path, trainer.state.log_history,
-                              dropped_train + dropped_eval, len(train_ds), len(eval_ds), train_rows)
+                              dropped_train + dropped_eval, len(train_ds), len(eval_ds), train_rows, early_stopping)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
 
@@ -334,7 +371,8 @@ def _last_checkpoint(checkpoints: Path, fingerprint: str, log: Callable[[str], N
 
 def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config: TrainConfig, lineage: dict,
                      metrics: dict, report: PreflightReport, start_path: Path, log_history: list,
-                     dropped: int, n_train: int, n_eval: int, train_rows: pl.DataFrame | None) -> TrainResult:
+                     dropped: int, n_train: int, n_eval: int, train_rows: pl.DataFrame | None,
+                     early_stopping: dict[str, Any]) -> TrainResult:
     """Assemble merged weights, adapter, tokenizer + template, lineage and card beside ``output_dir``; rename."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -357,6 +395,7 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
                 "framework": "trl.SFTTrainer" + (" + peft.LoRA" if config.method == "lora" else ""),
                 "loss": "cross-entropy on assistant tokens incl. end-of-turn (masks by rendering the template)",
                 "examples": {"train": n_train, "validation": n_eval, "dropped_too_long": dropped},
+                "early_stopping": early_stopping,
                 "preflight": report.to_dict(),
             },
             "metrics": _jsonable(metrics),
@@ -386,6 +425,7 @@ def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config
         preflight=report.to_dict(),
         log_history=log_history,
         dropped_too_long=dropped,
+        early_stopping=early_stopping,
     )
 
 
@@ -420,6 +460,7 @@ def model_card(lineage: dict[str, Any]) -> str:
         f"- config: `{json.dumps(training['config'], sort_keys=True)}`",
         f"- trainable token fraction: {training['preflight']['trainable_fraction']}",
         f"- final train loss: {metrics.get('train_loss')}; best validation loss: {metrics.get('best_eval_loss')}",
+        f"- {describe_early_stopping(training['early_stopping'])}",
         "",
         "## Use",
         "The chat template in `chat_template.jinja` is the one the model was trained with, byte for byte:",
@@ -428,3 +469,14 @@ def model_card(lineage: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def describe_early_stopping(early: dict[str, Any]) -> str:
+    """One line for the model card."""
+    schedule = f"validation every {early.get('eval_steps')} steps ({early.get('evaluations')} planned)"
+    if not early.get("enabled"):
+        return f"early stopping off; {schedule}"
+    if early.get("fired"):
+        return (f"early stopping fired at step {early['stopped_at_step']} of {early['max_steps']} (no improvement "
+                f"in {early['patience']} evaluations); {schedule}")
+    return f"early stopping (patience {early['patience']}) did not fire; {schedule}"

@@ -26,7 +26,7 @@ LATEST = "latest"  # <root>/sft_model/latest/: the last model written (model_dir
 
 class SFTModelConfig(dg.Config):
     """Recommended SFT defaults: LoRA r=16, alpha=32, dropout 0.05, LR 2e-4 (1e-5 full), cosine to 10% of peak,
-    3% warmup, up to 2 epochs with early stopping on validation loss."""
+    3% warmup, up to 2 epochs with early stopping on validation loss (patience 2 evaluations)."""
 
     model_name: str = "sft-model"
     method: Literal["lora", "full"] = "lora"
@@ -43,7 +43,10 @@ class SFTModelConfig(dg.Config):
     max_length: int = 2048
     packing: bool = False
     eval_steps: int | None = None
+    """Steps between validation evaluations (and checkpoints). Unset: min(steps per epoch // 4, total steps //
+    (early_stopping_patience + 2)), at least 1, so that early stopping can end the run (see training.config)."""
     early_stopping_patience: int = 2
+    """Stop after this many evaluations in a row without a better validation loss (0: off)."""
     seed: int = 0
     init_from: Literal["base", "previous"] = "base"
     """Where training starts. "base" (default): the base model, every time. "previous" (continual mode): the merged
@@ -148,6 +151,9 @@ def sft_model(
             "eval_perplexity": result.metrics.get("eval_perplexity"),
             "global_step": result.metrics.get("global_step"),
             "train_seconds": result.metrics.get("train_seconds"),
+            "early_stopped": result.early_stopping["fired"],
+            "early_stopping_step": result.early_stopping["stopped_at_step"],
+            "early_stopping": dg.MetadataValue.json(result.early_stopping),
             "preflight": dg.MetadataValue.json(result.preflight),
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),

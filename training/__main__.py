@@ -5,7 +5,8 @@ Example:
         --data data/sft_mixture/data.parquet --output out/my-model --set num_train_epochs=1 --set lora_r=32
 The data file needs a `messages` column (list of {role, content}); a `split` column ("train"/"validation")
 selects the validation rows, else --validation gives a second file. Rows without a `conversation_id` get one from
-a hash of their messages. The model directory keeps the rows (with messages) in train_rows.parquet.
+a hash of their messages. The model directory keeps the rows (with messages) in train_rows.parquet, each marked
+trained, validated, or dropped (longer than max_length) with the reason.
 
 Continual mode (start from a previous fine-tune of the same base model, with rehearsal of its training rows):
     python -m training --model BASE --data new.parquet --output out/round-2 \
@@ -54,13 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     from assets.common.models import model_content_hash
-    from training.continual import (
-        ContinualConfig,
-        ContinualError,
-        content_conversation_ids,
-        starting_point,
-        train_rows_table,
-    )
+    from training.continual import ContinualConfig, ContinualError, starting_point
+    from training.dataset import content_conversation_ids, train_rows_table
     from training.trainer import train
 
     fields = json.loads(Path(args.config).read_text()) if args.config else {}
@@ -92,13 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                                rows["conversation_id"].to_list(), train_rows.height)
     except ContinualError as error:
         raise SystemExit(str(error)) from None
-    rehearsal = start.rehearsal_rows
-    conversations = train_rows["messages"].to_list() + (rehearsal["messages"].to_list() if rehearsal is not None
-                                                         else [])
-    result = train(start.model_path, conversations, validation_rows["messages"].to_list(), args.output, config,
+    result = train(start.model_path, train_rows_table(rows, start.rehearsal_rows), args.output, config,
                    lineage={"data": {"path": str(Path(args.data).resolve())}, "base_model": base,
-                            "retrained_from": start.retrained_from},
-                   train_rows=train_rows_table(rows, rehearsal))
+                            "retrained_from": start.retrained_from})
     print(f"Trained model: {result.model_dir}  lineage: {result.lineage_path}")
     return 0
 

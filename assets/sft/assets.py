@@ -19,7 +19,8 @@ from assets.common.resources import (
 )
 from assets.common.storage import sha256_text
 from training.config import TrainConfig
-from training.continual import ContinualConfig, StartingPoint, starting_point, train_rows_table
+from training.continual import ContinualConfig, StartingPoint, starting_point
+from training.dataset import train_rows_table
 
 LATEST = "latest"  # <root>/sft_model/latest/: the last model written (model_dir, base_path, run_id)
 
@@ -78,8 +79,9 @@ def sft_model(
 ) -> dg.MaterializeResult:
     """The base model fine-tuned on `sft_mixture`, saved as merged safetensors + LoRA adapter + the exact chat
     template used in training, with `lineage.json`, `train_rows.parquet` (every row back to its generation shard and
-    row, with its messages) and a model card. Trained from the base model, never a previous fine-tune, unless
-    continual mode is configured (`init_from: previous` with `rehearsal_fraction` > 0)."""
+    row, with its messages and whether it was trained, validated or dropped as too long) and a model card. Trained
+    from the base model, never a previous fine-tune, unless continual mode is configured (`init_from: previous` with
+    `rehearsal_fraction` > 0)."""
     from training.trainer import train
 
     continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
@@ -107,20 +109,15 @@ def sft_model(
         "assets": upstream,
         "retrained_from": start.retrained_from,
     }
-    conversations = train_rows["messages"].to_list()
-    if rehearsal_rows is not None:
-        conversations += rehearsal_rows["messages"].to_list()
     context.log.info(f"training {config.method} from {start.model_path} on {train_rows.height} conversations "
                      f"+ {n_rehearsal} rehearsal ({validation_rows.height} validation) -> {output_dir}")
     result = train(
         start.model_path,
-        conversations,
-        validation_rows["messages"].to_list(),
+        train_rows_table(mixture, rehearsal_rows),
         output_dir,
         core,
         lineage=lineage,
         log=context.log.info,
-        train_rows=train_rows_table(mixture, rehearsal_rows),
     )
     rows_path = result.train_rows_path
     template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
@@ -141,6 +138,7 @@ def sft_model(
             "new_train_rows": train_rows.height,
             "rehearsal_rows": n_rehearsal,
             "validation_rows": validation_rows.height,
+            "dropped_too_long": result.dropped_too_long,
             "init_from": config.init_from,
             "retrained_from": dg.MetadataValue.json(retrained_from) if isinstance(retrained_from, dict)
             else retrained_from,

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tests.training_worker import TRAIN, VALIDATION
+from tests.training_worker import rows
 from training.config import EVALUATIONS_PER_EPOCH, TrainConfig
 from training.trainer import train
 
@@ -60,7 +60,7 @@ def test_early_stopping_fires_with_the_defaults_and_is_reported(tiny_model_dir, 
     try:
         config = TrainConfig(per_device_train_batch_size=8, max_length=256, logging_steps=1, learning_rate=0.0)
         lines: list[str] = []
-        result = train(tiny_model_dir, TRAIN, VALIDATION, tmp_path / "model", config, log=lines.append)
+        result = train(tiny_model_dir, rows(), tmp_path / "model", config, log=lines.append)
     finally:
         torch.set_num_threads(threads)
 

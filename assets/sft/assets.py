@@ -4,7 +4,6 @@
 from typing import Literal
 
 import dagster as dg
-import polars as pl
 
 from assets.common.chat_template import read_chat_template
 from assets.common.report import markdown_table
@@ -17,10 +16,9 @@ from assets.common.resources import (
     DataStorage,
     VLLMEngine,
 )
-from assets.common.storage import sha256_text
 from training.config import TrainConfig
-from training.continual import ContinualConfig, StartingPoint, starting_point
-from training.dataset import train_rows_table
+from training.continual import ContinualConfig
+from training.run import run_training
 
 LATEST = "latest"  # <root>/sft_model/latest/: the last model written (model_dir, base_path, run_id)
 
@@ -82,43 +80,22 @@ def sft_model(
     row, with its messages and whether it was trained, validated or dropped as too long) and a model card. Trained
     from the base model, never a previous fine-tune, unless continual mode is configured (`init_from: previous` with
     `rehearsal_fraction` > 0)."""
-    from training.trainer import train
-
     continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
     base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
     mixture = storage.read_table(SFT_MIXTURE)
-    train_rows = mixture.filter(pl.col("split") == "train")
-    validation_rows = mixture.filter(pl.col("split") == "validation")
     core = config.to_core()
-    start = _starting_point(context, storage, continual, base, mixture, train_rows.height)
-    rehearsal_rows = start.rehearsal_rows
-    n_rehearsal = rehearsal_rows.height if rehearsal_rows is not None else 0
-    upstream = {name: storage.snapshot(name) for name in upstream_assets(context)}
-    mixture_hash = storage.describe_table(SFT_MIXTURE).content_hash
-    key = f"{base['content_hash']}|{mixture_hash}|{sorted(core.to_dict().items())}"
-    if continual.continual:  # (base mode keeps the key it always had)
-        key += f"|{sorted(continual.to_dict().items())}|{start.previous.content_hash if start.previous else ''}"
-    run_key = sha256_text(key)[:16]
-    output_dir = storage.root_path / "models" / "sft" / f"{config.model_name}-{run_key}"
-    if start.previous is not None and output_dir.resolve() == start.previous.path.resolve():
-        raise ValueError(f"{output_dir}: the new model would overwrite the previous model it starts from")
-    lineage = {
-        "model_name": config.model_name,
-        "dagster_run_id": context.run.run_id,
-        "base_model": base,
-        "assets": upstream,
-        "retrained_from": start.retrained_from,
-    }
-    context.log.info(f"training {config.method} from {start.model_path} on {train_rows.height} conversations "
-                     f"+ {n_rehearsal} rehearsal ({validation_rows.height} validation) -> {output_dir}")
-    result = train(
-        start.model_path,
-        train_rows_table(mixture, rehearsal_rows),
-        output_dir,
-        core,
-        lineage=lineage,
+    previous_dir, no_previous_reason = _previous_model(storage, continual)
+    run = run_training(
+        base, mixture, core, continual, storage.root_path / "models" / "sft", config.model_name,
+        data_hash=storage.describe_table(SFT_MIXTURE).content_hash,
+        previous_model_dir=previous_dir,
+        no_previous_reason=no_previous_reason,
+        lineage_extras={"dagster_run_id": context.run.run_id,
+                        "assets": {name: storage.snapshot(name) for name in upstream_assets(context)}},
         log=context.log.info,
+        warn=context.log.warning,
     )
+    result, start = run.result, run.start
     rows_path = result.train_rows_path
     template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
     storage.write_json(SFT_MODEL, LATEST, {"model_dir": str(result.model_dir), "base_path": base["path"],
@@ -134,10 +111,10 @@ def sft_model(
             "adapter_dir": dg.MetadataValue.path(str(result.adapter_dir)) if result.adapter_dir else None,
             "train_rows_path": dg.MetadataValue.path(str(rows_path)),
             "content_hash": model_hash,
-            "dagster/row_count": train_rows.height + n_rehearsal,
-            "new_train_rows": train_rows.height,
-            "rehearsal_rows": n_rehearsal,
-            "validation_rows": validation_rows.height,
+            "dagster/row_count": run.new_train_rows + run.rehearsal_rows,
+            "new_train_rows": run.new_train_rows,
+            "rehearsal_rows": run.rehearsal_rows,
+            "validation_rows": run.validation_rows,
             "dropped_too_long": result.dropped_too_long,
             "init_from": config.init_from,
             "retrained_from": dg.MetadataValue.json(retrained_from) if isinstance(retrained_from, dict)
@@ -168,28 +145,14 @@ def sft_model(
     )
 
 
-def _starting_point(context: dg.AssetExecutionContext, storage: DataStorage, continual: ContinualConfig, base: dict,
-                    mixture: pl.DataFrame, new_train_rows: int) -> StartingPoint:
-    """Base mode: the base model. Continual mode: the model in `sft_model/latest.json` (validated against the base
-    model), or the base model when there is none yet (the reason goes into the lineage)."""
-    previous_dir, reason = None, "no previous model"
-    if continual.continual:
-        if storage.has(SFT_MODEL, LATEST):
-            previous_dir = storage.read_json(SFT_MODEL, LATEST)["model_dir"]
-        else:
-            reason = f"no previous sft_model yet ({storage.asset_dir(SFT_MODEL) / LATEST} does not exist)"
-            context.log.warning(f"continual mode: {reason}; training from the base model")
-    start = starting_point(continual, base["path"], base["content_hash"], previous_dir,
-                           mixture["conversation_id"].to_list(), new_train_rows, reason)
-    if start.rehearsal is not None:
-        stats = start.rehearsal.stats
-        context.log.info(f"continual mode: starting from {start.model_path}; rehearsal {stats['rows']} rows "
-                         f"(requested {stats['requested']}, available {stats['available']}, "
-                         f"{stats['excluded_in_new_data']} already in the new mixture)")
-        if stats["rows"] < stats["requested"]:
-            context.log.warning(f"continual mode: only {stats['rows']} of {stats['requested']} rehearsal rows "
-                                "available (the rest of the previous training set is in the new mixture)")
-    return start
+def _previous_model(storage: DataStorage, continual: ContinualConfig) -> tuple[str | None, str]:
+    """Continual mode: the model directory in `sft_model/latest.json`, or None and why (then training starts from
+    the base model and the lineage says so). Base mode: (None, "")."""
+    if not continual.continual:
+        return None, ""
+    if storage.has(SFT_MODEL, LATEST):
+        return storage.read_json(SFT_MODEL, LATEST)["model_dir"], ""
+    return None, f"no previous sft_model yet ({storage.asset_dir(SFT_MODEL) / LATEST} does not exist)"
 
 
 def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:

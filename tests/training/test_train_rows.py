@@ -1,5 +1,6 @@
 """Conversation ids travel through tokenization (training/dataset.py): train_rows.parquet lists every row of a run
-with what became of it, a row longer than max_length included, marked dropped with its reason; on the tiny model."""
+with what became of it, a row longer than max_length included, marked dropped with its reason; through the shared
+entry point (training/run.py) on the tiny model."""
 
 from __future__ import annotations
 
@@ -10,16 +11,9 @@ import pytest
 
 from tests.training_worker import conversations
 from training.config import TrainConfig
-from training.dataset import (
-    DROPPED,
-    TRAINED,
-    VALIDATED,
-    check_rows,
-    conversation_rows,
-    tokenize_rows,
-    train_rows_table,
-)
-from training.trainer import train
+from training.continual import ContinualConfig
+from training.dataset import DROPPED, TRAINED, VALIDATED, check_rows, conversation_rows, tokenize_rows
+from training.run import run_training
 
 LONG = [{"role": "user", "content": "Tell me a long story."},
         {"role": "assistant", "content": " ".join(["once upon a time there was a lantern by the river"] * 40)}]
@@ -90,8 +84,14 @@ def test_rows_without_ids_or_with_unknown_splits_are_rejected(rows, message):
 def test_train_rows_list_trained_validated_and_dropped_rows(tiny_model_dir, tmp_path):
     config = TrainConfig(max_steps=2, per_device_train_batch_size=4, max_length=256, logging_steps=1,
                          early_stopping_patience=0)
+    base = {"path": str(tiny_model_dir), "content_hash": "base-hash"}
     lines: list[str] = []
-    result = train(tiny_model_dir, train_rows_table(mixture()), tmp_path / "model", config, log=lines.append)
+    run = run_training(base, mixture(), config, ContinualConfig(), tmp_path / "models", "tiny", data_hash="data-hash",
+                       lineage_extras={"dagster_run_id": "run-1"}, log=lines.append)
+
+    result = run.result
+    assert result.model_dir == tmp_path / "models" / f"tiny-{run.run_key}" and len(run.run_key) == 16
+    assert (run.new_train_rows, run.rehearsal_rows, run.validation_rows) == (12, 0, 4)
     assert result.dropped_too_long == 2
     assert any(line.startswith("tokenized 11 train / 3 validation conversations (dropped 2") for line in lines)
 
@@ -111,4 +111,6 @@ def test_train_rows_list_trained_validated_and_dropped_rows(tiny_model_dir, tmp_
     lineage = json.loads(result.lineage_path.read_text())
     assert lineage["training"]["examples"] == {"train": 11, "validation": 3, "dropped_too_long": 2,
                                                "dropped_too_long_train": 1, "dropped_too_long_validation": 1}
+    assert lineage["model_name"] == "tiny" and lineage["dagster_run_id"] == "run-1"
+    assert lineage["base_model"] == base and lineage["retrained_from"] == "base_model"
     assert "2 dropped as longer than max_length" in (result.model_dir / "README.md").read_text()

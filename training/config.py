@@ -7,10 +7,23 @@ from typing import Literal
 
 LORA_DEFAULT_LR = 2e-4
 FULL_DEFAULT_LR = 1e-5
+EVALUATIONS_PER_EPOCH = 4  # with eval_steps unset (see TrainConfig)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How a model is fine-tuned (``training.trainer.train``).
+
+    Validation and checkpoints: the validation loss is computed, and a checkpoint saved, every ``eval_steps``
+    optimizer steps and at the last step; the best checkpoint is the model shipped. Early stopping ends the run when
+    the validation loss has not improved for ``early_stopping_patience`` evaluations in a row (0: off). With
+    ``eval_steps`` unset (the default) the interval is derived from the run's length so that patience can act:
+    ``min(steps per epoch // 4, total steps // (patience + 2))``, at least 1: at least four evaluations per epoch,
+    and at least ``patience + 2`` in the run (every step in a shorter run): a first one to improve on, ``patience``
+    without improvement, and at least one more that early stopping can spare. (Evaluating once per epoch, as before,
+    2 epochs with patience 2 gave early stopping no chance to fire.)
+    """
+
     method: Literal["lora", "full"] = "lora"
     # LoRA (ignored for full fine-tuning)
     lora_r: int = 16
@@ -30,7 +43,7 @@ class TrainConfig:
     max_length: int = 2048  # longer examples are dropped and counted, never truncated (that would cut EOS)
     packing: bool = False  # padding-free packing, no attention across examples
     # validation and checkpoints
-    eval_steps: int | None = None  # None: evaluate (and checkpoint) once per epoch
+    eval_steps: int | None = None  # None: derived, see eval_interval (at least patience + 2 evaluations)
     early_stopping_patience: int = 2
     save_total_limit: int = 2
     logging_steps: int = 5
@@ -43,6 +56,13 @@ class TrainConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return LORA_DEFAULT_LR if self.method == "lora" else FULL_DEFAULT_LR
+
+    def eval_interval(self, steps_per_epoch: int, total_steps: int) -> int:
+        """Optimizer steps between evaluations (and checkpoints): ``eval_steps``, or the rule in the class docstring."""
+        if self.eval_steps:
+            return self.eval_steps
+        return max(1, min(steps_per_epoch // EVALUATIONS_PER_EPOCH,
+                          total_steps // (self.early_stopping_patience + 2)))
 
     def to_dict(self) -> dict:
         data = asdict(self)

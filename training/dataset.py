@@ -7,8 +7,10 @@ masks, see :mod:`training.masking`) and returns
 
 - the training examples (train + rehearsal rows) and the validation examples, as ``datasets.Dataset``s of
   ``input_ids``, ``assistant_masks``, ``conversation_id`` and ``split``;
-- the table again, with what became of each row: ``num_tokens``, ``status`` ("trained", "validated" or "dropped")
-  and ``drop_reason`` (e.g. "longer than max_length=2048 tokens (2391)"). It is the model directory's
+- the table again, with what became of each row: ``num_tokens``, ``status`` ("trained", "validated" or "dropped"),
+  ``drop_reason`` (e.g. "longer than max_length=2048 tokens (2391)") and ``tokens_sha256`` (a digest of the row's
+  token ids and loss mask, so the shipped tokenizer and template can be shown to reproduce what was trained: see
+  :func:`token_mismatches`). It is the model directory's
   ``train_rows.parquet``: exactly the rows trained and validated on, and the ones dropped, with why.
 
 A row longer than ``max_length`` is dropped, never truncated: truncation would cut the end-of-turn token the model
@@ -22,6 +24,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -37,7 +40,7 @@ REQUIRED_ROW_COLUMNS = ("conversation_id", "split", "messages")
 TRAIN_SPLIT, VALIDATION_SPLIT, REHEARSAL_SPLIT = "train", "validation", "rehearsal"
 TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (validation rows are not)
 # What became of each row (train_rows.parquet, after the row's own columns)
-OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason")
+OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason", "tokens_sha256")
 TRAINED, VALIDATED, DROPPED = "trained", "validated", "dropped"
 
 
@@ -78,9 +81,50 @@ def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_le
         pl.Series("status", status, dtype=pl.Utf8),
         pl.Series("drop_reason", [f"longer than max_length={max_length} tokens ({n})" if s == DROPPED else None
                                   for n, s in zip(lengths, status, strict=True)], dtype=pl.Utf8),
+        pl.Series("tokens_sha256", [token_digest(t.input_ids, t.assistant_masks) for t in tokenized], dtype=pl.Utf8),
     )
     return TokenizedRows(train=_examples(tokenized, table, TRAINED), validation=_examples(tokenized, table, VALIDATED),
                          rows=table)
+
+
+def token_digest(input_ids: Sequence[int], assistant_masks: Sequence[int]) -> str:
+    """SHA-256 of a tokenized example: its token ids and which of them carry the loss."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(input_ids), list(assistant_masks)], separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    rows: int  # trained and validated rows re-tokenized
+    mismatched: int
+    examples: list[dict]  # the first mismatches: conversation_id, trained and served token counts
+
+
+def token_mismatches(model_dir: str | Path, limit: int = 5) -> TokenCheck:
+    """Re-tokenize a model directory's trained and validated rows (``train_rows.parquet``) with the tokenizer and
+    chat template the directory ships, as a server would, and compare with the token digests recorded in training.
+
+    Any mismatch means the shipped tokenizer or template does not format conversations as they were trained."""
+    from transformers import AutoTokenizer
+
+    from assets.common.chat_template import read_chat_template
+
+    model_dir = Path(model_dir)
+    rows = pl.read_parquet(model_dir / TRAIN_ROWS_FILE).filter(pl.col("status") != DROPPED)
+    if "tokens_sha256" not in rows.columns:
+        raise ValueError(f"{model_dir / TRAIN_ROWS_FILE}: no tokens_sha256 column (trained before token digests "
+                         "were recorded); retrain from base to get one")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = read_chat_template(model_dir)
+    end_of_turn = assistant_end_of_turn(tokenizer, template)
+    mismatches = []
+    for row in rows.select("conversation_id", "messages", "num_tokens", "tokens_sha256").iter_rows(named=True):
+        again = tokenize_conversation(tokenizer, row["messages"], template, end_of_turn)
+        if token_digest(again.input_ids, again.assistant_masks) != row["tokens_sha256"]:
+            mismatches.append({"conversation_id": row["conversation_id"], "trained_tokens": row["num_tokens"],
+                               "served_tokens": len(again.input_ids)})
+    return TokenCheck(rows=rows.height, mismatched=len(mismatches), examples=mismatches[:limit])
 
 
 def _examples(tokenized: Sequence, table: pl.DataFrame, status: str):

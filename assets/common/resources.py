@@ -28,6 +28,7 @@ PROMOTED_MODEL = dg.AssetKey("promoted_model")
 # The checks a trained model must pass before it is promoted (their @asset_check functions carry these names; a
 # test compares them with the Definitions). Promotion also requires any other check on its upstream assets.
 PROMOTION_CHECKS = (
+    dg.AssetCheckKey(SFT_MODEL, "served_format_matches_training"),
     dg.AssetCheckKey(SFT_MODEL, "general_text_forgetting"),
     dg.AssetCheckKey(SFT_MODEL, "answers_stop_on_eos"),
 )

@@ -72,7 +72,6 @@ class SFTModelConfig(dg.Config):
     deps=[BASE_MODEL, SFT_MIXTURE],
     pool="gpu",
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
-    check_specs=[dg.AssetCheckSpec("chat_template_matches_base", asset="sft_model")],
 )
 def sft_model(
     context: dg.AssetExecutionContext, config: SFTModelConfig, storage: DataStorage
@@ -99,7 +98,6 @@ def sft_model(
     )
     result, start = run.result, run.start
     rows_path = result.train_rows_path
-    template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
     model_hash = _model_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
     retrained_from = start.retrained_from
@@ -133,14 +131,6 @@ def sft_model(
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="chat_template_matches_base",
-                passed=template_ok,
-                metadata={"detail": "saved chat template is byte-identical to the base model's"
-                          if template_ok else "saved chat template differs from the base model's"},
-            )
-        ],
         data_version=dg.DataVersion(model_hash),
     )
 
@@ -188,6 +178,24 @@ def _candidate(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
     model_dir = str(latest_materialization(context.instance, SFT_MODEL).value("model_dir"))
     lineage = json.loads((Path(model_dir) / "lineage.json").read_text())
     return model_dir, lineage["base_model"]["path"]
+
+
+@dg.asset_check(asset=sft_model, blocking=True, description="The model directory serves conversations exactly as "
+                "they were trained: its own tokenizer and chat_template.jinja re-tokenize every trained and validated "
+                "row of train_rows.parquet to the token ids and loss mask recorded during training (digests), and "
+                "the template is byte-identical to the base model's.")
+def served_format_matches_training(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from training.dataset import token_mismatches
+
+    model_dir, base_path = _candidate(context)
+    same_template = read_chat_template(model_dir) == read_chat_template(base_path)
+    check = token_mismatches(model_dir)
+    return dg.AssetCheckResult(
+        passed=same_template and check.mismatched == 0 and check.rows > 0,
+        metadata={"rows_retokenized": check.rows, "rows_mismatched": check.mismatched,
+                  "template_identical_to_base": same_template,
+                  "mismatches": dg.MetadataValue.md(markdown_table(check.examples) if check.examples else "none")},
+    )
 
 
 MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's

@@ -31,7 +31,11 @@ def stand_in_model(model_dir):
     def general_text_forgetting() -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=True)
 
-    return sft_model, answers_stop_on_eos, general_text_forgetting
+    @dg.asset_check(asset=sft_model, blocking=True)
+    def served_format_matches_training() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    return sft_model, answers_stop_on_eos, general_text_forgetting, served_format_matches_training
 
 
 @pytest.fixture
@@ -57,8 +61,9 @@ def test_a_model_whose_checks_passed_becomes_current(setup):
     assert result.success
     current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
     assert current["model_dir"] == str(model_dir) and current["content_hash"] == "c0ffee"
-    assert [(c["check"], c["status"]) for c in current["checks"]] == [("answers_stop_on_eos", "passed"),
-                                                                      ("general_text_forgetting", "passed")]
+    assert [(c["check"], c["status"]) for c in current["checks"]] == [
+        ("answers_stop_on_eos", "passed"), ("general_text_forgetting", "passed"),
+        ("served_format_matches_training", "passed")]
 
 
 def test_a_failing_check_blocks_promotion_in_the_run_and_alone(setup):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
+
+from assets.common.config import config_dict
 
 LORA_DEFAULT_LR = 2e-4
 FULL_DEFAULT_LR = 1e-5
@@ -65,10 +67,7 @@ class TrainConfig:
                           total_steps // (self.early_stopping_patience + 2)))
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["lora_target_modules"] = list(self.lora_target_modules)
-        data["effective_learning_rate"] = self.effective_learning_rate
-        return data
+        return {**config_dict(self), "effective_learning_rate": self.effective_learning_rate}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

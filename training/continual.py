@@ -22,13 +22,14 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
 from assets.common.chat_template import read_chat_template
+from assets.common.config import config_dict
 from training.dataset import (
     REHEARSAL_SPLIT,
     REQUIRED_ROW_COLUMNS,
@@ -72,7 +73,7 @@ class ContinualConfig:
         return self.init_from == "previous"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_dict(self)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from assets.common.chat_template import special_token_strings
+from assets.common.config import config_dict
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
@@ -51,7 +52,7 @@ def filtered_conversations(
     rejected = storage.write_table(FILTERED_CONVERSATIONS, result.rejected, name="rejected")
     reasons = result.rejected.group_by("reason").len().sort("reason")
     report = {
-        "thresholds": {k: v for k, v in core.__dict__.items()},
+        "thresholds": config_dict(core),
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
     }

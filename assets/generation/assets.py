@@ -5,6 +5,7 @@ import shutil
 
 import dagster as dg
 
+from assets.common.config import config_dict
 from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.resources import (
     BASE_MODEL,
@@ -103,7 +104,7 @@ def magpie_conversations(
     stored = storage.write_table(MAGPIE_CONVERSATIONS, result.table, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     report = _report(model, tokenizer, core, result,
-                     {"name": engine_name, "version": engine_version, **engine_config.__dict__})
+                     {"name": engine_name, "version": engine_version, **config_dict(engine_config)})
     storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", report)
     return dg.MaterializeResult(metadata=_metadata(stored, result, report),
                                 data_version=dg.DataVersion(stored.content_hash))

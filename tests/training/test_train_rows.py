@@ -12,7 +12,15 @@ import pytest
 from tests.training_worker import conversations
 from training.config import TrainConfig
 from training.continual import ContinualConfig
-from training.dataset import DROPPED, TRAINED, VALIDATED, check_rows, conversation_rows, tokenize_rows
+from training.dataset import (
+    DROPPED,
+    OUTCOME_COLUMNS,
+    TRAINED,
+    VALIDATED,
+    check_rows,
+    conversation_rows,
+    tokenize_rows,
+)
 from training.run import run_training
 
 LONG = [{"role": "user", "content": "Tell me a long story."},
@@ -50,8 +58,8 @@ def test_tokenized_examples_keep_their_ids_and_long_rows_are_listed_as_dropped(t
     data = tokenize_rows(tokenizer, rows, read_chat_template(tiny_model_dir), max_length=256)
 
     table = data.rows
-    assert table.columns == [*rows.columns, "num_tokens", "status", "drop_reason"]
-    assert table.drop("num_tokens", "status", "drop_reason").equals(rows)  # every row, in order
+    assert table.columns == [*rows.columns, *OUTCOME_COLUMNS]
+    assert table.drop(*OUTCOME_COLUMNS).equals(rows)  # every row, in order
     long_tokens = table["num_tokens"][3]
     assert long_tokens > 256
     assert table["status"].to_list() == ([TRAINED] * 3 + [DROPPED] + [TRAINED] * 8 + [VALIDATED, DROPPED]
@@ -96,8 +104,7 @@ def test_train_rows_list_trained_validated_and_dropped_rows(tiny_model_dir, tmp_
     assert any(line.startswith("tokenized 11 train / 3 validation conversations (dropped 2") for line in lines)
 
     rows = pl.read_parquet(result.train_rows_path)
-    assert rows.columns == ["conversation_id", "shard", "row_index", "task", "split", "messages", "num_tokens",
-                            "status", "drop_reason"]
+    assert rows.columns == ["conversation_id", "shard", "row_index", "task", "split", "messages", *OUTCOME_COLUMNS]
     assert rows["conversation_id"].to_list() == mixture()["conversation_id"].to_list()
     dropped = rows.filter(pl.col("status") == DROPPED)
     assert dropped["row_index"].to_list() == [3, 13]

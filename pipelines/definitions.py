@@ -11,11 +11,12 @@ from assets.common.resources import DataStorage, VLLMEngine
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
 from assets.dedup.assets import deduplicated_conversations
 from assets.eval_sets.assets import eval_sets
+from assets.evaluation.assets import assistant_evaluation
 from assets.filtering.assets import filtered_conversations
 from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
 from assets.promotion.assets import promoted_model
-from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
+from assets.sft.assets import general_text_forgetting, sft_model
 from pipelines.automation import jobs, schedules
 
 ASSETS = [
@@ -27,9 +28,10 @@ ASSETS = [
     filtered_conversations,
     sft_mixture,
     sft_model,
+    assistant_evaluation,
     promoted_model,
 ]
-ASSET_CHECKS = [no_eval_overlap, general_text_forgetting, answers_stop_on_eos]
+ASSET_CHECKS = [no_eval_overlap, general_text_forgetting]  # (the evaluation's checks are computed in its asset)
 
 defs = dg.Definitions(
     assets=ASSETS,

@@ -28,6 +28,7 @@ from assets.evaluation.assets import assistant_evaluation
 from assets.evaluation.core import evaluation_report, load_ifeval_items
 from assets.evaluation.stopping import FIXED_PROMPTS
 from assets.promotion.assets import promoted_model
+from pipelines.report import latest_evaluation
 
 pytestmark = pytest.mark.vllm
 
@@ -149,6 +150,10 @@ def test_not_worse_than_base_really_fails_and_promotion_refuses(setup, tiny_mode
     started = {e.step_key for e in result.all_events if e.is_step_start}
     assert "promoted_model" not in started  # the blocking check stopped it in the run
     assert "refused: assistant_evaluation:not_worse_than_base (failed)" in refusal(instance, storage)
+
+    printed = "\n".join(latest_evaluation(instance))  # what `python -m pipelines.report` prints after the model
+    assert "4 IFEval prompts, seed 0" in printed and metadata["summary"].value in printed
+    assert "checks: answers_stop_on_eos passed, not_worse_than_base FAILED" in printed
 
 
 def test_a_model_that_never_stops_fails_the_stop_check(setup, tiny_model_dir, tmp_path):

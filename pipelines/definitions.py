@@ -14,6 +14,7 @@ import assets.base_model.assets
 import assets.decontamination.assets
 import assets.dedup.assets
 import assets.eval_sets.assets
+import assets.evaluation.assets
 import assets.filtering.assets
 import assets.generation.assets
 import assets.mixture.assets
@@ -31,6 +32,7 @@ STAGES = [
     assets.filtering.assets,
     assets.mixture.assets,
     assets.sft.assets,
+    assets.evaluation.assets,
     assets.promotion.assets,
 ]
 ASSETS = dg.load_assets_from_modules(STAGES)

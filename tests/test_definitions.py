@@ -9,7 +9,7 @@ from pipelines.profiles import PROFILES_DIR, load_profile
 # The designed sequence (DEVELOPERS.md): each stage depends on the one before. Other assets may sit in between or
 # beside (tests that list assets derive them from the Definitions).
 PIPELINE = ["base_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
-            "filtered_conversations", "sft_mixture", "sft_model", "promoted_model"]
+            "filtered_conversations", "sft_mixture", "sft_model", "assistant_evaluation", "promoted_model"]
 
 
 def test_definitions_load():
@@ -36,8 +36,18 @@ def test_training_is_gated_by_a_blocking_contamination_check():
     assert check_def.check_specs_by_output_name and all(s.blocking for s in check_def.check_specs)
 
 
-def test_sft_model_sits_in_gpu_pool():
-    assert defs.resolve_assets_def("sft_model").op.pool == "gpu"
+def test_model_runs_sit_in_gpu_pool():
+    for key in ("sft_model", "assistant_evaluation"):
+        assert defs.resolve_assets_def(key).op.pool == "gpu", key
+
+
+def test_promotion_waits_for_the_evaluation_checks():
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("promoted_model")).parent_keys}
+    assert {"sft_model", "assistant_evaluation"} <= parents
+    specs = defs.resolve_assets_def("assistant_evaluation").check_specs
+    assert {s.name for s in specs} == {"answers_stop_on_eos", "not_worse_than_base"}
+    assert all(s.blocking for s in specs)
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))

@@ -33,6 +33,9 @@ def tiny_run_config(model_dir) -> dict:
             "sft_mixture": {"config": {"validation_fraction": 0.2, "seed": 0}},
             "sft_model": {"config": {"model_name": "tiny-sft", "num_train_epochs": 1,
                                      "per_device_train_batch_size": 8, "max_length": 256}},
+            "assistant_evaluation": {"config": {"num_prompts": 4, "short_answers_only": True, "max_tokens": 32,
+                                                "stop_check_max_tokens": 64, "bootstrap_resamples": 200,
+                                                "end_of_turn_conversations": 4}},
         }
     }
 
@@ -67,7 +70,7 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         assert "path" in metadata, key
         assert "content_hash" in metadata and len(metadata["content_hash"].value) == 64, key
     tables = [key for key in ASSETS if str(materializations[key].metadata["path"].value).endswith(".parquet")]
-    assert len(tables) == 6, tables
+    assert len(tables) == 7, tables  # (the evaluation's: its answers)
     for key in tables:  # tables: the hash in metadata is the hash of the file on disk
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key
@@ -130,10 +133,23 @@ def test_post_training_checks_ran_on_the_trained_model(pipeline_run):
     forgetting = by_name["general_text_forgetting"]
     assert forgetting.metadata["perplexity_base"].value > 1 and forgetting.metadata["perplexity_tuned"].value > 1
     assert forgetting.passed == (forgetting.metadata["relative_increase"].value <= 0.25)
-    stops = by_name["answers_stop_on_eos"]
+    assert by_name["no_eval_overlap"].passed
+
+
+def test_the_evaluation_judged_the_trained_model(pipeline_run):
+    storage, materializations, checks, tiny_model_dir = pipeline_run
+    by_name = {c.check_name: c for c in checks}
+    stops = by_name["answers_stop_on_eos"]  # folded into the evaluation: one engine start per model
+    assert stops.asset_key.to_user_string() == "assistant_evaluation"
     assert stops.passed, stops.metadata["runaway_prompts"].value  # the tiny model ends its turns on its own
     assert "What is the capital of France?" in stops.metadata["base_vs_tuned"].value
-    assert by_name["no_eval_overlap"].passed
+    assert by_name["not_worse_than_base"].passed, by_name["not_worse_than_base"].description
+    report = storage.read_json("assistant_evaluation", "report")
+    assert report["models"]["tuned"]["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
+    assert report["models"]["base"]["model_dir"] == str(tiny_model_dir)
+    assert len(report["ifeval"]["prompts"]) == 4
+    eot = report["end_of_turn_probability"]
+    assert eot["conversations"] > 0 and 0 < eot["models"]["tuned"]["mean"] < 1
 
 
 def test_the_checked_model_is_promoted(pipeline_run):
@@ -141,8 +157,11 @@ def test_the_checked_model_is_promoted(pipeline_run):
     current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
     assert current["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
     assert current["content_hash"] == materializations["sft_model"].metadata["content_hash"].value
-    passed = {c.check_name for c in checks if c.passed and c.asset_key.to_user_string() == "sft_model"}
-    assert {c["check"] for c in current["checks"]} <= passed and len(current["checks"]) >= 2
+    passed = {(c.asset_key.to_user_string(), c.check_name) for c in checks if c.passed}
+    promoted_on = {(c["asset"], c["check"]) for c in current["checks"]}
+    assert promoted_on <= passed
+    assert {("sft_model", "general_text_forgetting"), ("assistant_evaluation", "answers_stop_on_eos"),
+            ("assistant_evaluation", "not_worse_than_base")} <= promoted_on
 
 
 def test_train_rows_trace_back_to_generation(pipeline_run):

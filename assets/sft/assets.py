@@ -16,7 +16,6 @@ from assets.common.resources import (
     SFT_MIXTURE,
     SFT_MODEL,
     DataStorage,
-    VLLMEngine,
     latest_materialization,
 )
 from training.config import TrainConfig
@@ -199,7 +198,6 @@ def served_format_matches_training(context: dg.AssetCheckExecutionContext) -> dg
 
 
 MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
-STOP_CHECK_MAX_TOKENS = 256
 
 
 @dg.asset_check(asset=sft_model, blocking=True, description="Forgetting: perplexity on held-out general text "
@@ -218,24 +216,4 @@ def general_text_forgetting(context: dg.AssetCheckExecutionContext) -> dg.AssetC
         metadata={"perplexity_base": round(before, 3), "perplexity_tuned": round(after, 3),
                   "relative_increase": round(increase, 4), "threshold": MAX_PERPLEXITY_INCREASE,
                   "passages": len(passages)},
-    )
-
-
-@dg.asset_check(asset=sft_model, blocking=True, description="The tuned model, served by vLLM with its saved chat "
-                "template, ends its answers to a fixed prompt set on its end-of-turn token: no prompt runs to "
-                "max_tokens that the base model answers within it (a regression; the EOS-not-trained bug makes every "
-                "answer run away). Base and tuned answers side by side.")
-def answers_stop_on_eos(context: dg.AssetCheckExecutionContext, engine: VLLMEngine) -> dg.AssetCheckResult:
-    from assets.sft.checks import FIXED_PROMPTS, answer_prompts, stop_verdict
-
-    model_dir, base_path = _candidate(context)
-    tuned = answer_prompts(model_dir, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
-    base = answer_prompts(base_path, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
-    verdict = stop_verdict(FIXED_PROMPTS, base, tuned)
-    return dg.AssetCheckResult(
-        passed=verdict.passed,
-        metadata={"runaway_prompts": dg.MetadataValue.json(verdict.new_runaways),
-                  "runaway_in_base_too": dg.MetadataValue.json(verdict.inherited_runaways),
-                  "stopped_on_eos": f"{verdict.stopped}/{len(verdict.rows)}", "max_tokens": STOP_CHECK_MAX_TOKENS,
-                  "base_vs_tuned": dg.MetadataValue.md(markdown_table(verdict.rows))},
     )

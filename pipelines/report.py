@@ -51,6 +51,45 @@ def latest_evaluation(instance: dg.DagsterInstance) -> list[str] | None:
     return lines
 
 
+TOKEN_METADATA = ("tokens_generated", "tokens_trained", "tokens")  # the first present counts a step's tokens
+
+
+def stage_times(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """Each step of a run (assets and checks): wall seconds, share of the steps' total, rows and tokens written, and
+    their rates, in the order the steps started."""
+    stats = [s for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time]
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    written = {}
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        metadata = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items() if v is not None}
+        written[event.step_key] = metadata
+    total = sum(s.end_time - s.start_time for s in stats) or 1.0
+    rows = []
+    for step in sorted(stats, key=lambda s: s.start_time):
+        seconds = step.end_time - step.start_time
+        metadata = written.get(step.step_key, {})
+        count = metadata.get("dagster/row_count")
+        tokens = next((metadata[k] for k in TOKEN_METADATA if isinstance(metadata.get(k), int | float)), None)
+        rows.append({"step": step.step_key, "status": step.status.value if step.status else "?",
+                     "seconds": round(seconds, 1), "share": f"{seconds / total:.0%}",
+                     "rows": count, "rows/s": round(count / seconds, 1) if count and seconds else None,
+                     "tokens": tokens, "tokens/s": round(tokens / seconds, 1) if tokens and seconds else None})
+    return rows
+
+
+def time_table(rows: list[dict]) -> str:
+    """The stage-time table as aligned plain text (what `make demo` prints last)."""
+    header = ["step", "status", "seconds", "share", "rows", "rows/s", "tokens", "tokens/s"]
+    cells = [[str(r[h]) if r[h] is not None else "-" for h in header] for r in rows]
+    total = sum(r["seconds"] for r in rows)
+    cells.append(["total (steps)", "", f"{total:.1f}", "100%", "", "", "", ""])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    line = lambda values: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
+                                    for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+    return "\n".join([line(header), *(line(c) for c in cells)])
+
+
 def main() -> int:
     with dg.DagsterInstance.get() as instance:
         model = latest_model(instance)
@@ -63,6 +102,10 @@ def main() -> int:
     print(f"Trained model: {model['model_dir']}  lineage: {model['lineage_path']}")
     print()
     print("\n".join(evaluation) if evaluation else "no assistant_evaluation materialization in this instance yet")
+    with dg.DagsterInstance.get() as instance:
+        times = stage_times(instance, model["run_id"])
+    print(f"\nWhere the time went (run {model['run_id']}):")
+    print(time_table(times))
     return 0
 
 

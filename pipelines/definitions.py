@@ -16,9 +16,11 @@ from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
 from assets.promotion.assets import promoted_model
 from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
+from assets.teacher_model.assets import teacher_model
 from pipelines.automation import jobs, schedules
 
 ASSETS = [
+    teacher_model,
     base_model,
     eval_sets,
     magpie_conversations,

@@ -14,7 +14,8 @@ from assets.common.engine import EngineConfig
 from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
-BASE_MODEL = dg.AssetKey("base_model")
+TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generation)
+BASE_MODEL = dg.AssetKey("base_model")  # the student: the model that is fine-tuned
 EVAL_SETS = dg.AssetKey("eval_sets")
 MAGPIE_CONVERSATIONS = dg.AssetKey("magpie_conversations")
 DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
@@ -31,7 +32,7 @@ PROMOTION_CHECKS = (
     dg.AssetCheckKey(SFT_MODEL, "answers_stop_on_eos"),
 )
 
-MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash and template
+MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash, template and tokens
 CURRENT_MODEL = "current"  # the JSON promoted_model writes: the project's current model (continual SFT starts there)
 
 # ---- partitions ----------------------------------------------------------------------------------------------

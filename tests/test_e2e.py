@@ -110,7 +110,8 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
         manifest = lineage["assets"][key]["documents"]["manifest"]["content"]
         assert manifest["content_hash"] == materializations[key].metadata["content_hash"].value, key
     student = lineage["assets"]["base_model"]["documents"]["manifest"]["content"]
-    assert student["original"]["path"] == str(Path(model_dir_in).resolve()) and student["template"]["name"] == "tokenizer"
+    assert student["original"]["path"] == str(Path(model_dir_in).resolve())
+    assert student["template"]["name"] == "tokenizer"
     assert student["end_of_turn"] == {"token": "<|im_end|>", "id": 2} and student["added_token_ids"] == []
     for key in [k for k in upstream if k not in models]:
         tables = lineage["assets"][key]["tables"]

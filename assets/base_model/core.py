@@ -10,7 +10,8 @@ content hash, the template's SHA-256 and the preparation version (written atomic
   unchanged (set to the original EOS only when missing);
 - ``generation_config.json``: ``eos_token_id`` = [end-of-turn id, original EOS id], the way Gemma and Llama 3
   instruct checkpoints list both: transformers and vLLM stop on the end-of-turn token the model is trained to
-  emit, and still stop if it emits the EOS it ended texts with in pretraining;
+  emit, and still stop if it emits the EOS it ended texts with in pretraining; ``config.json`` names the
+  end-of-turn id as its EOS, as the tokenizer does;
 - the weights: hard-linked (copied across file systems) when no token was added; otherwise loaded, the embedding
   matrix resized so transformers and vLLM load it, the new rows set to the mean of the existing rows, and saved;
 - ``chat_markers.json``: the template, the end-of-turn and original EOS ids, and each marker's id, whether it was
@@ -44,7 +45,7 @@ from assets.common.templates import (
     template_markers,
 )
 
-STUDENT_PREPARATION = "student/1"  # bumped whenever the preparation changes, so a prepared directory is redone
+STUDENT_PREPARATION = "student/2"  # bumped whenever the preparation changes, so a prepared directory is redone
 EMBEDDED_TEMPLATE = "gemma"  # the embedded Gemma base: its vocabulary already has Gemma's turn markers
 TEMPLATE_FIELD = "base_model config `chat_template`"
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
@@ -177,6 +178,7 @@ def _write_student_dir(original: PreparedModel, template: ChosenTemplate, out_di
         tokenizer.save_pretrained(str(tmp))
         _finish_tokenizer_files(tmp, template)
         _write_generation_config(original.path, tmp, eos_ids, tokenizer)
+        _align_model_config(tmp, end_id, tokenizer)
         (tmp / CHAT_MARKERS_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         _verify(tmp, template, record)
         make_tree_readable(tmp)  # before linking: a hard link shares the source file's mode
@@ -231,6 +233,17 @@ def _write_generation_config(source: Path, out: Path, eos_ids: list[int], tokeni
     if tokenizer.pad_token_id is not None:
         config["pad_token_id"] = tokenizer.pad_token_id
     (out / "generation_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _align_model_config(out: Path, end_id: int, tokenizer) -> None:
+    """config.json names the tokenizer's EOS (the end-of-turn token) and pad, as transformers expects: otherwise it
+    rewrites them on load, with a warning, in whatever loads the model for training."""
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    config["eos_token_id"] = end_id
+    if tokenizer.pad_token_id is not None:
+        config["pad_token_id"] = tokenizer.pad_token_id
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _verify(out: Path, template: ChosenTemplate, record: ChatMarkers) -> None:

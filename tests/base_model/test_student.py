@@ -86,7 +86,8 @@ def test_a_registry_template_adds_missing_markers_with_mean_rows(tiny_model_dir,
     assert tokenizer.eos_token == "<end_of_turn>" and tokenizer.pad_token == "<|im_end|>"  # pad unchanged
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [1025, 2]  # end of turn first, the original EOS kept
-    assert json.loads((out / "config.json").read_text())["vocab_size"] == 1026
+    config = json.loads((out / "config.json").read_text())
+    assert (config["vocab_size"], config["eos_token_id"], config["pad_token_id"]) == (1026, 1025, 2)
     assert student.weights == "rewritten (embeddings resized)"
     weights, old = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
     for name in ("model.embed_tokens.weight", "lm_head.weight"):  # untied: both tables get mean rows

@@ -20,10 +20,12 @@ import assets.generation.assets
 import assets.mixture.assets
 import assets.promotion.assets
 import assets.sft.assets
+import assets.teacher_model.assets
 from assets.common.resources import DataStorage, VLLMEngine
 from pipelines.automation import jobs, schedules
 
 STAGES = [
+    assets.teacher_model.assets,
     assets.base_model.assets,
     assets.eval_sets.assets,
     assets.generation.assets,

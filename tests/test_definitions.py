@@ -8,14 +8,16 @@ from pipelines.profiles import PROFILES_DIR, load_profile
 
 # The designed sequence (DEVELOPERS.md): each stage depends on the one before. Other assets may sit in between or
 # beside (tests that list assets derive them from the Definitions).
-PIPELINE = ["base_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
+PIPELINE = ["teacher_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
             "filtered_conversations", "sft_mixture", "sft_model", "assistant_evaluation", "promoted_model"]
+# The student joins where its template matters: the leak filter (its markers) and training.
+STUDENT_CONSUMERS = ["filtered_conversations", "sft_model"]
 
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert {*PIPELINE, "eval_sets"} <= keys
+    assert {*PIPELINE, "base_model", "eval_sets"} <= keys
 
 
 def test_assets_run_in_designed_sequence():
@@ -25,6 +27,18 @@ def test_assets_run_in_designed_sequence():
         assert upstream in ancestors, f"{downstream} should depend on {upstream}, has {ancestors}"
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("decontaminated_conversations")).parent_keys}
     assert "eval_sets" in parents
+
+
+def test_the_teacher_writes_the_data_and_the_student_is_trained():
+    graph = defs.resolve_asset_graph()
+
+    def parents(key):
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("magpie_conversations") == {"teacher_model"}  # generation never reads the student
+    for consumer in STUDENT_CONSUMERS:
+        assert "base_model" in parents(consumer), consumer
+    assert "teacher_model" in parents("filtered_conversations")  # the teacher's special tokens too
 
 
 def test_training_is_gated_by_a_blocking_contamination_check():

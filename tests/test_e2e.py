@@ -23,7 +23,9 @@ ASSETS = [key.to_user_string() for key in defs.resolve_asset_graph().toposorted_
 def tiny_run_config(model_dir) -> dict:
     return {
         "ops": {
-            "base_model": {"config": {"path": str(model_dir)}},
+            # the tiny model is both the teacher and the student (it is ChatML: it keeps its own template)
+            "teacher_model": {"config": {"path": str(model_dir)}},
+            "base_model": {"config": {"path": str(model_dir), "chat_template": "tokenizer"}},
             "magpie_conversations": {"config": {
                 "num_conversations": 48, "num_turns": 1, "seed": 1,
                 "instruction": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
@@ -82,8 +84,8 @@ def test_generation_rows_carry_provenance(pipeline_run, tiny_model_dir):
     df = storage.read_table("magpie_conversations", f"shard-{SHARD}")
     assert df.height > 24  # the tiny model ends most turns on its own
     assert df["engine"].unique().to_list() == ["vllm-cpu"]
-    base_hash = materializations["base_model"].metadata["content_hash"].value
-    assert df["generator_model_hash"].unique().to_list() == [base_hash]
+    teacher_hash = materializations["teacher_model"].metadata["content_hash"].value
+    assert df["generator_model_hash"].unique().to_list() == [teacher_hash]
     first = df.row(0, named=True)
     assert [m["role"] for m in first["messages"]][-2:] == ["user", "assistant"]
     assert all(m["content"] for m in first["messages"])
@@ -106,7 +108,15 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
     upstream = ASSETS[:ASSETS.index("sft_model")]
     assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
-    for key in [k for k in upstream if k != "base_model"]:
+    models = {"teacher_model", "base_model"}
+    for key in models:  # both models, with their content hashes
+        manifest = lineage["assets"][key]["documents"]["manifest"]["content"]
+        assert manifest["content_hash"] == materializations[key].metadata["content_hash"].value, key
+    student = lineage["assets"]["base_model"]["documents"]["manifest"]["content"]
+    assert student["original"]["path"] == str(Path(model_dir_in).resolve())
+    assert student["template"]["name"] == "tokenizer"
+    assert student["end_of_turn"] == {"token": "<|im_end|>", "id": 2} and student["added_token_ids"] == []
+    for key in [k for k in upstream if k not in models]:
         tables = lineage["assets"][key]["tables"]
         entry = tables[f"shard-{SHARD}" if key == "magpie_conversations" else "data"]  # partitioned: one per shard
         assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
@@ -248,7 +258,8 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     assert start["previous_model_content_hash"] == first.metadata["content_hash"].value
     assert start["previous_dagster_run_id"] == first_lineage["dagster_run_id"] != lineage["dagster_run_id"]
     assert lineage["training"]["initial_weights"] == str(first_dir)
-    assert lineage["base_model"]["path"] == str(tiny_model_dir)  # the base model stays the base model
+    student_dir = materializations["base_model"].metadata["path"].value
+    assert lineage["base_model"]["path"] == student_dir  # the base model (the prepared student) stays the base model
     assert second.metadata["retrained_from"].value == start
     assert "Continual fine-tune" in (second_dir / "README.md").read_text()
     assert read_chat_template(second_dir) == read_chat_template(tiny_model_dir)

@@ -31,8 +31,11 @@ def render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool
 
 
 def special_token_strings(tokenizer: Any) -> list[str]:
-    """Special and added token strings (longer than one character), sorted."""
-    tokens = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    """Special token strings (longer than one character), sorted: the tokenizer's named special tokens and every
+    added token marked special. Added tokens that are not special are ordinary text pieces matched whole (Gemma's
+    newline, tab and space runs, HTML tags): they belong in answers and are not template tokens."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tokens = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if getattr(t, "special", True)}
     return sorted(t for t in tokens if t and len(t) > 1)
 
 

@@ -15,7 +15,8 @@ from assets.common.schema import SchemaError, validate_conversations
 from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
-BASE_MODEL = dg.AssetKey("base_model")
+TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generation)
+BASE_MODEL = dg.AssetKey("base_model")  # the student: the model that is fine-tuned
 EVAL_SETS = dg.AssetKey("eval_sets")
 MAGPIE_CONVERSATIONS = dg.AssetKey("magpie_conversations")
 DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
@@ -35,7 +36,7 @@ PROMOTION_CHECKS = (
     dg.AssetCheckKey(ASSISTANT_EVALUATION, "not_worse_than_base"),  # IFEval not below the base beyond a tolerance
 )
 
-MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash and template
+MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash, template and tokens
 CURRENT_MODEL = "current"  # the JSON promoted_model writes: the project's current model (continual SFT starts there)
 # Metadata entry of an asset that judges a trained model (the evaluation): the storage id of the `sft_model`
 # materialization it judged. Promotion counts its checks only for that very candidate.

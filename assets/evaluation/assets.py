@@ -17,6 +17,7 @@ from assets.common.resources import (
     MODEL_MANIFEST,
     SFT_MIXTURE,
     SFT_MODEL,
+    TEACHER_MODEL,
     DataStorage,
     Materialization,
     VLLMEngine,
@@ -53,7 +54,7 @@ IFEVAL, STOP_CHECK = "ifeval", "stop_check"  # the prompt sets every model answe
 # carries the chat template chosen for it. One that has no manifest in storage is skipped, and the report says why.
 REFERENCE_MODELS: dict[str, dg.AssetKey] = {
     BASE: BASE_MODEL,
-    TEACHER: dg.AssetKey("teacher_model"),  # becomes TEACHER_MODEL (assets.common.resources) once that asset exists
+    TEACHER: TEACHER_MODEL,
 }
 
 

@@ -3,7 +3,6 @@
 
 import dagster as dg
 
-from assets.common.chat_template import special_token_strings
 from assets.common.config import config_dict
 from assets.common.report import markdown_table
 from assets.common.resources import (
@@ -11,6 +10,7 @@ from assets.common.resources import (
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
+    TEACHER_MODEL,
     DataStorage,
 )
 from assets.filtering.core import FilterConfig, apply_filters
@@ -27,7 +27,7 @@ class FilterSettings(dg.Config):
     max_duplicate_ngram_char_fraction: float | None = 0.3
     max_duplicate_line_fraction: float | None = 0.3
     extra_special_tokens: list[str] = []
-    """Strings that must not appear in any message, besides the base model's special tokens."""
+    """Strings that must not appear in any message, besides the teacher's special tokens and the student's."""
 
     def to_core(self, special_tokens: list[str]) -> FilterConfig:
         fields = self.model_dump()
@@ -35,17 +35,16 @@ class FilterSettings(dg.Config):
         return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})))
 
 
-@dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=[DECONTAMINATED_CONVERSATIONS, BASE_MODEL])
+@dg.asset(group_name="filtering", kinds={"polars", "parquet"},
+          deps=[DECONTAMINATED_CONVERSATIONS, TEACHER_MODEL, BASE_MODEL])
 def filtered_conversations(
     context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
     """Conversations that pass the quality rules, in order: empty, truncated (no end-of-turn), template-token leak,
     length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
-    from transformers import AutoTokenizer
-
-    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
-    special = special_token_strings(AutoTokenizer.from_pretrained(model["path"]))
-    core = config.to_core(special)
+    teacher = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)  # its special tokens and the student's template
+    student = storage.read_json(BASE_MODEL, MODEL_MANIFEST)  # markers: text the student would read as structure
+    core = config.to_core([*teacher["special_tokens"], *student["special_tokens"]])
     df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)

@@ -8,10 +8,10 @@ import dagster as dg
 from assets.common.config import config_dict
 from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.resources import (
-    BASE_MODEL,
     GENERATION_SHARDS,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
+    TEACHER_MODEL,
     DataStorage,
     StoredTable,
     VLLMEngine,
@@ -70,7 +70,7 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[BASE_MODEL], partitions_def=GENERATION_SHARDS)
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
@@ -82,7 +82,7 @@ def magpie_conversations(
     batches are checkpointed: a killed run resumes where it stopped."""
     from transformers import AutoTokenizer
 
-    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
+    model = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     key = context.partition_key
     core = config.to_core(shard=shard_index(key))

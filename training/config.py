@@ -50,6 +50,11 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 5
     seed: int = 0
+    # chat-marker rows a prepared student marks as never trained (chat_markers.json; see training/markers.py):
+    # "text_end" = end-of-turn starts from the row of the token the base ends texts with, other markers from the
+    # mean; "mean" = all from the mean; "none" = leave them. Their rows are trained besides the LoRA weights.
+    marker_init: Literal["text_end", "mean", "none"] = "text_end"
+    marker_learning_rate: float | None = None  # None: the run's learning rate; else those rows' own
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     extra: dict = field(default_factory=dict)  # passed through to SFTConfig (escape hatch, recorded in lineage)
 

@@ -27,6 +27,7 @@ The ids come from the prepared student directory's ``chat_markers.json``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -151,3 +152,34 @@ def marker_parameter_groups(model: Any, learning_rate: float, marker_learning_ra
         raise MarkerInitError("the model trains no token rows: build it with trainable_token_config(...) first")
     return [{"params": rest, "lr": learning_rate, "weight_decay": weight_decay},
             {"params": rows, "lr": marker_learning_rate, "weight_decay": 0.0}]
+
+
+class _EffectiveHead:
+    """What TRL's fused LM-head loss reads of an output layer (``weight``, ``bias``), for a head whose trained marker
+    rows live in a PEFT trainable-tokens adapter: the base weight with those rows replaced, still differentiable."""
+
+    def __init__(self, adapter: Any):
+        self._adapter = adapter
+        self.bias = getattr(adapter.base_layer, "bias", None)
+
+    @property
+    def weight(self):
+        return self._adapter.get_merged_weights(self._adapter.active_adapters)
+
+
+@contextmanager
+def effective_output_head(model: Any):
+    """While active, ``get_output_embeddings()`` of the (PEFT-wrapped) model's base model returns the head with its
+    trained marker rows, so that TRL's fused loss, which reads the head's ``weight`` directly instead of calling it,
+    trains and scores them. Restores the method on exit; a model without trained rows is left alone."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is None:
+        yield
+        return
+    base.get_output_embeddings = lambda: _EffectiveHead(adapter)
+    try:
+        yield
+    finally:
+        del base.get_output_embeddings  # the class's method again

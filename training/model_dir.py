@@ -54,6 +54,7 @@ class TrainedModel:
     preflight: dict[str, Any]
     early_stopping: dict[str, Any]
     log_history: list[dict[str, Any]]
+    marker_init: dict[str, Any] | None = None  # the chat-marker rows' deliberate start (training.markers), if any
 
 
 @dataclass
@@ -136,6 +137,7 @@ def model_lineage(trained: TrainedModel, lineage: dict[str, Any]) -> dict[str, A
                 "dropped_too_long_validation": trained.data.dropped([VALIDATION_SPLIT]),
             },
             "early_stopping": trained.early_stopping,
+            "marker_init": trained.marker_init,
             "preflight": trained.preflight,
         },
         "metrics": _jsonable(trained.metrics),
@@ -182,6 +184,7 @@ def model_card(lineage: dict[str, Any]) -> str:
         "",
         f"Fine-tuned from **{base.get('name', base.get('path'))}** (content hash `{base.get('content_hash', '?')}`) "
         f"with {training['framework']}.",
+        *_teacher_lines(lineage),
         "",
         describe_start(lineage.get("retrained_from")),
         "",
@@ -201,6 +204,7 @@ def model_card(lineage: dict[str, Any]) -> str:
         f"- trainable token fraction: {training['preflight']['trainable_fraction']}",
         f"- final train loss: {metrics.get('train_loss')}; best validation loss: {metrics.get('best_eval_loss')}",
         f"- {describe_early_stopping(training['early_stopping'])}",
+        *_marker_lines(training.get("marker_init")),
         "",
         "## Use",
         "The chat template in `chat_template.jinja` is the one the model was trained with, byte for byte:",
@@ -209,6 +213,23 @@ def model_card(lineage: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _teacher_lines(lineage: dict[str, Any]) -> list[str]:
+    """The model that wrote the training data, from the `teacher_model` manifest recorded in the lineage."""
+    documents = lineage.get("assets", {}).get("teacher_model", {}).get("documents", {})
+    teacher = documents.get("manifest", {}).get("content")
+    if not teacher:
+        return []
+    return ["", f"Training data written (Magpie) by the teacher **{teacher.get('name')}** (content hash "
+            f"`{teacher.get('content_hash')}`)."]
+
+
+def _marker_lines(report: dict[str, Any] | None) -> list[str]:
+    if not report:
+        return []
+    rows = ", ".join(f"`{r['token']}` from {r['source']}" for r in report["rows"])
+    return [f"- chat-marker rows the base model never trained, initialised ({report['method']}) and trained: {rows}"]
 
 
 def describe_early_stopping(early: dict[str, Any]) -> str:

@@ -70,7 +70,8 @@ def train(
         log(f"early stopping fired at step {early_stopping['stopped_at_step']} of {early_stopping['max_steps']}")
     trained = TrainedModel(model=trainer.model, tokenizer=tokenizer, chat_template=template, start_path=model_path,
                            config=config, data=data, metrics=metrics, preflight=preflight,
-                           early_stopping=early_stopping, log_history=trainer.state.log_history)
+                           early_stopping=early_stopping, log_history=trainer.state.log_history,
+                           marker_init=trainer.marker_report)
     result = write_model_dir(trained, output_dir, lineage)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
@@ -141,15 +142,19 @@ def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def _peft_config(config: TrainConfig):
+def _peft_config(config: TrainConfig, model: Any = None, marker_rows: list[int] | None = None):
+    """LoRA on every linear layer by default, plus the chat-marker rows to train (if any)."""
     if config.method != "lora":
         return None
     from peft import LoraConfig
+
+    from training.markers import trainable_token_config
 
     modules = config.lora_target_modules
     return LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
+        **(trainable_token_config(model, marker_rows) if marker_rows else {}),
     )
 
 
@@ -158,24 +163,76 @@ def _build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config
     import torch
     from transformers import AutoModelForCausalLM, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
     has_eval = len(data.validation) > 0
     dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
     callbacks = [_log_progress(log)]
     if has_eval and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype),
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    marker_rows, marker_report = _initialise_markers(model, tokenizer, model_path, config, log)
+    trainer = _trainer_class()(
+        model=model,
         args=sft_config(config, checkpoints, has_eval=has_eval),
         train_dataset=data.train,
         eval_dataset=data.validation if has_eval else None,
         processing_class=tokenizer,
-        peft_config=_peft_config(config),
+        peft_config=_peft_config(config, model, marker_rows),
         callbacks=callbacks,
     )
+    trainer.marker_learning_rate = config.marker_learning_rate if marker_rows else None
+    trainer.marker_report = marker_report
     trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
     return trainer
+
+
+def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: TrainConfig,
+                        log: Callable[[str], None]) -> tuple[list[int], dict[str, Any] | None]:
+    """A prepared student's never-trained chat-marker rows (its chat_markers.json) get a deliberate start
+    (:mod:`training.markers`); returns their ids (trained besides LoRA) and the report for the lineage."""
+    from assets.common.templates import read_chat_markers
+    from training.markers import initialise_marker_rows
+
+    record = read_chat_markers(model_path)
+    rows = record.rows_to_initialise if record is not None else []
+    if not rows or config.marker_init == "none":
+        return (rows if config.method == "lora" else []), None
+    report = initialise_marker_rows(model, tokenizer, rows, end_of_turn_id=record.end_of_turn_id,
+                                    text_end_id=record.text_end_id, method=config.marker_init).to_dict()
+    log(f"chat-marker rows initialised ({config.marker_init}): " + ", ".join(
+        f"{r['token']} <- {r['source']}" for r in report["rows"]))
+    return (rows if config.method == "lora" else []), report
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class MarkerTrainer(SFTTrainer):
+        """SFTTrainer whose trained marker rows may have their own learning rate (no weight decay)."""
+
+        marker_learning_rate: float | None = None
+        marker_report: dict[str, Any] | None = None
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None and self.marker_learning_rate:
+                import torch
+
+                from training.markers import marker_parameter_groups
+
+                groups = marker_parameter_groups(self.model, self.args.learning_rate, self.marker_learning_rate,
+                                                 self.args.weight_decay)
+                self.optimizer = torch.optim.AdamW(groups, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                                   eps=self.args.adam_epsilon)
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            from training.markers import effective_output_head
+
+            with effective_output_head(model):  # the fused loss must see the trained marker rows of the head
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return MarkerTrainer
+
 
 
 def _log_progress(log: Callable[[str], None]):

@@ -47,6 +47,12 @@ class SFTModelConfig(dg.Config):
     early_stopping_patience: int = 2
     """Stop after this many evaluations in a row without a better validation loss (0: off)."""
     seed: int = 0
+    marker_init: Literal["text_end", "mean", "none"] = "text_end"
+    """Chat-marker rows the student never learned (`chat_markers.json` of the prepared base model, e.g.
+    gemma-3-270m's <end_of_turn>): "text_end" starts end-of-turn from the row of the token the base model ends texts
+    with (others from the mean), "mean" all from the mean, "none" leaves them. They are trained with LoRA."""
+    marker_learning_rate: float | None = None
+    """Learning rate of those marker rows; unset: the run's learning rate."""
     init_from: Literal["base", "previous"] = "base"
     """Where training starts. "base" (default): the base model, every time. "previous" (continual mode): the merged
     weights of the project's current model (the last `promoted_model`), plus rehearsal rows; needs

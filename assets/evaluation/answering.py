@@ -175,17 +175,26 @@ def end_of_turn_probability(model: Any, tokenizer: Any, conversations: Sequence[
                                      assistant_end_of_turn(tokenizer), batch_size=batch_size)
 
 
-MARKER_INITIALISATION_PENDING = ("not measured: marker initialisation (training/markers.py) is not part of this "
-                                 "build yet")
-
-
 def marker_initialised_model(base_dir: str | Path, tuned_dir: str | Path) -> tuple[Any, Any] | str:
-    """HOOK: the model after marker initialisation and before any training step, as (model, tokenizer), or the
-    reason it is not measured.
+    """The model after marker initialisation and before any training step, as (model, tokenizer), or the reason it
+    is not measured.
 
-    This is the base model (``base_dir``) with the turn markers the fine-tune added initialised as
-    ``training/markers.py`` does it (the tuned model's ``lineage.json`` in ``tuned_dir`` records what was done).
-    P(end-of-turn) of this model, between the base's and the tuned model's, shows how much of "stops on its own"
-    the initialisation gives before any training. Until that module exists, nothing is measured.
-    """
-    return MARKER_INITIALISATION_PENDING
+    This is the base model (``base_dir``) with its never-trained turn markers (its ``chat_markers.json``)
+    initialised as training did it (``training.marker_init`` in the tuned model's ``lineage.json``). Its
+    P(end-of-turn), between the base's and the tuned model's, shows how much of "stops on its own" the
+    initialisation gives before any training."""
+    import json
+
+    from assets.common.templates import read_chat_markers
+    from training.markers import initialise_marker_rows
+
+    record = read_chat_markers(base_dir)
+    lineage_path = Path(tuned_dir) / "lineage.json"
+    lineage = json.loads(lineage_path.read_text()) if lineage_path.exists() else {}
+    done = lineage.get("training", {}).get("marker_init")
+    if record is None or not record.rows_to_initialise or not done:
+        return "not measured: training initialised no marker rows (none were never-trained, or marker_init none)"
+    model, tokenizer = load_causal_lm(base_dir)
+    initialise_marker_rows(model, tokenizer, record.rows_to_initialise, end_of_turn_id=record.end_of_turn_id,
+                           text_end_id=record.text_end_id, method=done["method"])
+    return model, tokenizer

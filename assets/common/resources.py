@@ -219,13 +219,5 @@ class VLLMEngine(dg.ConfigurableResource):
     cpu_threads_bind: str | None = None
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            tensor_parallel_size=self.tensor_parallel_size,
-            dtype=self.dtype,
-            max_model_len=self.max_model_len,
-            enable_prefix_caching=self.enable_prefix_caching,
-            enforce_eager=self.enforce_eager,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            cpu_kv_cache_gb=self.cpu_kv_cache_gb,
-            cpu_threads_bind=self.cpu_threads_bind,
-        )
+        """The engine settings as the core's dataclass (same fields: tests/test_config_once.py compares them)."""
+        return EngineConfig(**self.model_dump())

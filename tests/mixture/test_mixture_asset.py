@@ -10,11 +10,11 @@ from tests.asset_runs import conversation, failure_text, frame, materialization,
 
 ASSET = SFT_MIXTURE.to_user_string()
 PROMPTS = {
-    "code": "Write a Python function that returns the {i}th Fibonacci number.",
+    "coding": "Write a Python function that returns the {i}th Fibonacci number.",
     "math": "Solve for x: 3x + {i} = 20.",
-    "writing": "Write a short poem about harbour number {i}.",
+    "creative_writing": "Write a short poem about harbour number {i}.",
 }
-COUNTS = {"code": 12, "math": 8, "writing": 4}
+COUNTS = {"coding": 12, "math": 8, "creative_writing": 4}
 CONFIG = {"sft_mixture": {"validation_fraction": 0.2, "seed": 3}}
 
 

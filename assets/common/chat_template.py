@@ -72,3 +72,24 @@ def read_chat_template(model_dir: str | Path) -> str | None:
         template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
         return template if isinstance(template, str) else None
     return None
+
+
+# Turn markers a template writes as plain text: <|im_start|>, <start_of_turn>, </s>, [INST], [/INST]
+_MARKER = r"<\|[^<>|\s]+\|>|</?[A-Za-z_][\w-]*>|\[/?[A-Z][A-Z_]+\]"
+
+
+def template_markers(tokenizer: Any, chat_template: str | None = None) -> list[str]:
+    """The strings the chat template writes around messages: the tokenizer's special tokens and bracketed markers
+    (``<|im_start|>``, ``<start_of_turn>``, ``[INST]``) found in a rendered conversation outside its messages'
+    contents, sorted. Role names and whitespace are not markers (user text may contain them)."""
+    import re
+
+    turns = [{"role": "user", "content": SENTINEL}, {"role": "assistant", "content": SENTINEL},
+             {"role": "user", "content": SENTINEL}]
+    try:
+        text = render(tokenizer, [{"role": "system", "content": SENTINEL}, *turns], chat_template=chat_template)
+    except TemplateError:  # templates without a system role
+        text = render(tokenizer, turns, chat_template=chat_template)
+    scaffold = "\n".join(text.split(SENTINEL))
+    special = {t for t in special_token_strings(tokenizer) if t in scaffold}
+    return sorted(special | set(re.findall(_MARKER, scaffold)))

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from assets.common.chat_template import special_token_strings
+from assets.common.chat_template import special_token_strings, template_markers
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
@@ -28,10 +28,12 @@ class FilterSettings(dg.Config):
     extra_special_tokens: list[str] = []
     """Strings that must not appear in any message, besides the base model's special tokens."""
 
-    def to_core(self, special_tokens: list[str]) -> FilterConfig:
+    def to_core(self, special_tokens: list[str], markers: list[str] = ()) -> FilterConfig:
+        """``special_tokens``: the teacher's; ``markers``: the student's template markers (both are checked)."""
         fields = self.model_dump()
         fields.pop("extra_special_tokens")
-        return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})))
+        return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})),
+                            template_markers=tuple(sorted(markers)))
 
 
 @dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=[DECONTAMINATED_CONVERSATIONS, BASE_MODEL])
@@ -43,8 +45,8 @@ def filtered_conversations(
     from transformers import AutoTokenizer
 
     model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
-    special = special_token_strings(AutoTokenizer.from_pretrained(model["path"]))
-    core = config.to_core(special)
+    tokenizer = AutoTokenizer.from_pretrained(model["path"])
+    core = config.to_core(special_token_strings(tokenizer), template_markers(tokenizer))  # teacher's, student's
     df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)

@@ -16,6 +16,7 @@ from assets.generation.assets import magpie_conversations
 from assets.mixture.assets import sft_mixture
 from assets.promotion.assets import promoted_model
 from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
+from assets.tagging.assets import tagged_conversations
 from pipelines.automation import jobs, schedules
 
 ASSETS = [
@@ -25,6 +26,7 @@ ASSETS = [
     deduplicated_conversations,
     decontaminated_conversations,
     filtered_conversations,
+    tagged_conversations,
     sft_mixture,
     sft_model,
     promoted_model,

@@ -21,6 +21,10 @@ DAGSTER_ONLY = {
     ("FilterSettings", "extra_special_tokens"): "merged with the models' special tokens into special_tokens",
     ("MagpieGenerationConfig", "batch_size"): "checkpointing granularity, not what is generated",
     ("SFTModelConfig", "model_name"): "names the model directory",
+    ("TaggingSettings", "use_judge"): "whether the engine is started at all (off: the fallback regex tagger)",
+    ("TaggingSettings", "judge_model_path"): "which model directory the judge runs on, resolved by the asset",
+    ("TaggingSettings", "judge"): "nested JudgeSettings, paired with JudgeConfig on its own",
+    ("TaggingSettings", "calibrate"): "whether the asset also judges the planted set",
 }
 # (Dagster config class, field) -> why the two defaults differ in form but not in meaning
 SAME_MEANING = {

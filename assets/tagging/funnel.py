@@ -124,3 +124,23 @@ def _png(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def stage_from_tables(name: str, outputs: Sequence, rejected: pl.DataFrame | None, reports: Sequence[dict]) -> Stage:
+    """A stage from what it stored: its output tables (paths), its ``rejected`` table (or None) and its reports
+    (a generation report's ``stats`` give the rows attempted and dropped before any table was written)."""
+    from assets.common.taxonomy import classify_task
+
+    rows_out = sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in outputs)
+    by_reason: dict[str, int] = {}
+    by_category: dict[str, int] = {}
+    if rejected is not None and rejected.height:
+        by_reason = {str(r): int(n) for r, n in rejected.group_by("reason").len().iter_rows()}
+        tagged = classify_task(rejected.select("messages", *(["task"] if "task" in rejected.columns else [])))
+        by_category = {str(t): int(n) for t, n in tagged.group_by("task").len().iter_rows()}
+    stats = [r["stats"] for r in reports if isinstance(r.get("stats"), dict) and "attempted" in r["stats"]]
+    for s in stats:
+        for reason, n in (s.get("dropped") or {}).items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    rows_in = sum(int(s["attempted"]) for s in stats) if stats else rows_out + sum(by_reason.values())
+    return Stage(name, rows_in, rows_out, by_reason, by_category)

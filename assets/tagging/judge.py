@@ -230,3 +230,17 @@ def run_judge(generator: TextGenerator, tokenizer: Any, df: pl.DataFrame, cfg: J
     stats.parsed = int((frame["judge_status"] == PARSED).sum())
     stats.unparsed = frame.height - stats.parsed
     return frame, stats
+
+
+def judge_stop_token_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end the judge's turn: the tokenizer's EOS and the token its template closes a turn with."""
+    from assets.common.chat_template import end_of_turn_after
+
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    try:
+        end = end_of_turn_after(tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    except TemplateError:
+        end = None
+    if end:
+        ids.add(int(tokenizer.convert_tokens_to_ids(end)))
+    return sorted(ids)

@@ -5,7 +5,7 @@ rejected row carries the first rule it fails, with a detail. Adding a rule is on
 returning ``(row, detail)`` of the failing rows, plus one line in the registry. Every threshold is off by default:
 the labels are computed and reported either way. A row without a judge label (``unparsed``, or no judge) passes
 the score rules (it has nothing to compare) unless ``reject_unparsed``; an ``und`` (undetermined) language passes
-the language rule.
+the language rule, and so does the response of a ``translation`` row (it is in the target language by design).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _language_rule(rows: pl.DataFrame, cfg: TaggingConfig) -> pl.DataFrame:
     shown = ", ".join(cfg.allowed_languages)
     detail = pl.when(~pl.col("instruction_language").is_in(allowed)).then(
         pl.format(f"instruction language '{{}}' not in [{shown}]", pl.col("instruction_language"))
-    ).when(~pl.col("response_language").is_in(allowed)).then(
+    ).when(~pl.col("response_language").is_in(allowed) & (pl.col("task") != "translation")).then(
         pl.format(f"response language '{{}}' not in [{shown}]", pl.col("response_language")))
     return _failing(rows, detail)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ from assets.common.engine import SamplingConfig, TextGenerator
 from assets.common.taxonomy import CATEGORIES
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PARSED, UNPARSED, NO_JUDGE = "parsed", "unparsed", "no_judge"
 SCORES = ("difficulty", "instruction_quality", "response_quality")
 REASON_MAX_CHARS = 160
@@ -138,7 +140,7 @@ def parse_judgement(text: str, finish_reason: str = "stop") -> tuple[dict | None
     """``(labels, None)`` for an answer that is one JSON object matching :func:`judge_schema`, else
     ``(None, error)``."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, strict=False)  # xgrammar lets raw control characters into strings; tolerate them
     except json.JSONDecodeError as error:
         cut = " (cut at max_tokens)" if finish_reason == "length" else ""
         return None, f"not JSON{cut}: {error.msg} at char {error.pos}"
@@ -155,7 +157,7 @@ def parse_judgement(text: str, finish_reason: str = "stop") -> tuple[dict | None
         problems.append(f"reason must be a non-empty string of at most {REASON_MAX_CHARS} characters")
     if problems:
         return None, "; ".join(problems)
-    return {**obj, "reason": " ".join(reason.split())}, None  # one line
+    return {**obj, "reason": " ".join(_CONTROL.sub(" ", reason).split())}, None  # one printable line
 
 
 @dataclass

@@ -72,9 +72,13 @@ def test_malformed_answers_are_unparsed_with_the_reason(text, finish, error):
     assert labels is None and message.startswith(error), message
 
 
-def test_reason_is_one_line():
+def test_reason_is_one_printable_line():
     labels, _ = parse_judgement(answer(reason="First line.\nSecond  line."))
     assert labels["reason"] == "First line. Second line."
+    raw = '{"reason":"tab\there\x04","category":"math","difficulty":2,"instruction_quality":3,' \
+          '"response_quality":3,"refusal":false}'  # raw control characters, as xgrammar may let through
+    labels, error = parse_judgement(raw)
+    assert error is None and labels["reason"] == "tab here"
 
 
 def test_prompt_file_is_versioned_and_hashed(tmp_path, monkeypatch):

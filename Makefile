@@ -6,10 +6,13 @@ PROFILE ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(PROFILE)
-export DAGSTER_HOME := $(CURDIR)
+# The instance config: this folder's dagster.yaml (SQLite under .dagster/) unless DAGSTER_HOME is set, e.g. to
+# deploy/postgres for a shared Postgres instance (README, "Shared deployments"). Dagster wants an absolute path.
+DAGSTER_HOME ?= $(CURDIR)
+export DAGSTER_HOME := $(abspath $(DAGSTER_HOME))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test dev lint clean-data
+.PHONY: install test-deps demo test dev lint clean-data
 
 install: $(STAMP)
 
@@ -36,8 +39,25 @@ demo: install
 	$(BIN)/dagster job execute -m pipelines.definitions -j sft_demo -c profiles/demo.yaml --tags '{"dagster/partition": "00000"}'
 	$(BIN)/python -m pipelines.report
 
-test: install
+test: install test-deps
 	$(BIN)/python -m pytest
+
+# Debian packages the tests in tests/ops need: Chromium (the UI in a real browser) and PostgreSQL (a shared
+# instance). Installed only when missing and only where that is possible (root with apt-get, as in CI); elsewhere
+# this says what is missing and those tests skip, naming the package.
+SYSTEM_PACKAGES := chromium postgresql
+test-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "test-deps: installing Debian packages:" $$missing; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "test-deps: not installed:" $$missing "(the tests that need them skip; install them as root:" \
+	    "apt-get install --no-install-recommends" $$missing")"; \
+	fi
 
 # The Dagster UI on http://127.0.0.1:3000 (loads the project from [tool.dagster] in pyproject.toml).
 dev: install

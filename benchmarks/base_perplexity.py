@@ -21,7 +21,7 @@ Measured:
   against ``gemma_bpe_tokens`` says whether it cuts words differently;
 * ``gguf_vs_converted_max_logit_diff``: the model transformers loads straight from the GGUF against the converted
   directory on the first text (0 means the conversion kept the de-quantized weights exactly);
-* ``smollm2_ppl``: the existing embedded default (``assets.base_model.core.prepare_embedded``), for scale.
+* ``smollm2_ppl``: the existing embedded default (``assets.common.model_dirs.prepare_embedded_smollm2``), for scale.
   Perplexities over different tokenizers are not strictly comparable (per token, not per character).
 
 The last line is ``gemma_bpe_ppl=... gemma_bpe_nobos_ppl=... gemma_gguf_tokenizer_ppl=... smollm2_ppl=...
@@ -121,8 +121,9 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 reference")
-    parser.add_argument("--smollm2-root", default=str(REPO / "data" / "models" / "base"),
-                        help="where SmolLM2 is converted or found converted (default: the pipeline's data/models/base)")
+    parser.add_argument("--smollm2-root", default=str(REPO / "data" / "models" / "embedded"),
+                        help="where SmolLM2 is converted or found converted "
+                             "(default: the pipeline's data/models/embedded)")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,9 +170,9 @@ def main() -> None:
         del direct, model
 
     if not args.no_smollm2:
-        from assets.base_model.core import prepare_embedded
+        from assets.common.model_dirs import prepare_embedded_smollm2
 
-        prepared = prepare_embedded(args.smollm2_root)
+        prepared = prepare_embedded_smollm2(args.smollm2_root)
         smol = AutoModelForCausalLM.from_pretrained(prepared.path, dtype=torch.float32).eval()
         smol_tok = AutoTokenizer.from_pretrained(prepared.path)
         results["smollm2_ppl"] = f"{perplexity(smol, encode(smol_tok, texts, args.max_tokens)):.2f}"

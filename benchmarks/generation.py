@@ -21,7 +21,7 @@ separately; the time spent inside the backends' ``generate`` alone is printed to
 seed); the sampled texts, so the token counts, differ between the backends, which is why tokens/s is compared.
 
 The base model is the embedded SmolLM2-135M-Instruct GGUF converted once into ``--model-root`` (default
-``data/models/base``, where the pipeline puts it), or any local Hugging Face directory given with ``--model``.
+``data/models/embedded``, where the pipeline puts it), or any local Hugging Face directory given with ``--model``.
 
 The last line is ``ratio=<vllm tok/s / hf tok/s> vllm_tok_s=<a> hf_tok_s=<b>``.
 """

@@ -6,8 +6,8 @@
 
 The same deterministic synthetic conversations (drawn from a fixed word list with a seeded RNG; 1 or 2 turns, user
 and assistant lengths log-uniform, so the lengths vary widely as real SFT data does) are tokenized once with the
-project's own code (``training.trainer.build_dataset``: the model's chat template, assistant-only masks) and trained
-on with TRL's SFTTrainer + LoRA exactly as ``training.trainer.train`` configures it (``_sft_config``), twice:
+project's own code (``training.dataset.tokenize_rows``: the model's chat template, assistant-only masks) and trained
+on with TRL's SFTTrainer + LoRA exactly as ``training.trainer.train`` configures it (``sft_config``), twice:
 
 * padded: ``TrainConfig(packing=False)``; each batch of ``--batch-size`` conversations is padded to its longest;
 * packed: ``TrainConfig(packing=True)``: TRL best-fit-decreasing packing into sequences of ``--max-length``
@@ -98,8 +98,8 @@ def run_mode(packing: bool, model_path: Path, tokenizer, template: str, dataset,
     from trl import SFTTrainer
 
     from training.config import TrainConfig
-    from training.preflight import check_batches
-    from training.trainer import _sft_config, template_markers
+    from training.preflight import check_batches, template_markers
+    from training.trainer import sft_config
 
     name = "packed" if packing else "padded"
     config = TrainConfig(
@@ -119,8 +119,8 @@ def run_mode(packing: bool, model_path: Path, tokenizer, template: str, dataset,
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
     )
-    sft_args = _sft_config(config, work_dir / name, has_eval=False)
-    sft_args.save_strategy = SaveStrategy.NO  # a checkpoint per epoch would be timed with the steps
+    sft_args = sft_config(config, work_dir / name, has_eval=False)
+    sft_args.save_strategy = SaveStrategy.NO  # checkpoints would be timed with the steps
 
     step_seconds: list[float] = []
 
@@ -201,8 +201,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from assets.common.chat_template import read_chat_template
+    from training.dataset import conversation_rows, tokenize_rows
     from training.preflight import check_template_identity
-    from training.trainer import build_dataset
 
     transformers.logging.set_verbosity_error()
     model = resolve_model(args)
@@ -210,7 +210,8 @@ def main() -> None:
     template = read_chat_template(model.path)
     check_template_identity(tokenizer.chat_template or "", template, f"{model.path} (tokenizer as loaded)")
     conversations = make_conversations(args.conversations, args.seed)
-    dataset, dropped = build_dataset(tokenizer, conversations, template, args.max_length)
+    tokenized = tokenize_rows(tokenizer, conversation_rows(conversations), template, args.max_length)
+    dataset, dropped = tokenized.train.select_columns(["input_ids", "assistant_masks"]), tokenized.dropped()
     lengths = sorted(len(ids) for ids in dataset["input_ids"])
     if not lengths:
         sys.exit(f"all {dropped} conversations are longer than --max-length {args.max_length}")

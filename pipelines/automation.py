@@ -21,7 +21,8 @@ sft_demo = dg.define_asset_job(
     "sft_demo",
     selection=ALL_ASSETS,
     config=load_profile("demo"),
-    description="The whole graph on the embedded SmolLM2-135M-Instruct, sized for a 2-core CPU (profiles/demo.yaml).",
+    description="The whole graph on the embedded models (teacher SmolLM2-135M-Instruct, student gemma-3-270m), sized "
+    "for a 2-core CPU (profiles/demo.yaml).",
 )
 dataset_rebuild = dg.define_asset_job(
     "dataset_rebuild",

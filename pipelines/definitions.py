@@ -1,4 +1,8 @@
-"""The Dagster code location: assembles assets, checks, jobs, schedules and resources (no logic here)."""
+"""The Dagster code location: assembles assets, checks, jobs, schedules and resources (no logic here).
+
+Every stage's ``assets.py`` is listed once below; its assets and asset checks are collected from the module, so a
+new asset or check in a stage needs no edit here, and a new stage is one more line.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,37 @@ import os
 
 import dagster as dg
 
-from assets.base_model.assets import base_model
+import assets.base_model.assets
+import assets.decontamination.assets
+import assets.dedup.assets
+import assets.eval_sets.assets
+import assets.evaluation.assets
+import assets.filtering.assets
+import assets.generation.assets
+import assets.mixture.assets
+import assets.promotion.assets
+import assets.sft.assets
+import assets.tagging.assets
+import assets.teacher_model.assets
 from assets.common.resources import DataStorage, VLLMEngine
-from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
-from assets.dedup.assets import deduplicated_conversations
-from assets.eval_sets.assets import eval_sets
-from assets.filtering.assets import filtered_conversations
-from assets.generation.assets import magpie_conversations
-from assets.mixture.assets import sft_mixture
-from assets.promotion.assets import promoted_model
-from assets.sft.assets import answers_stop_on_eos, general_text_forgetting, sft_model
-from assets.tagging.assets import tagged_conversations
 from pipelines.automation import jobs, schedules
 
-ASSETS = [
-    base_model,
-    eval_sets,
-    magpie_conversations,
-    deduplicated_conversations,
-    decontaminated_conversations,
-    filtered_conversations,
-    tagged_conversations,
-    sft_mixture,
-    sft_model,
-    promoted_model,
+STAGES = [
+    assets.teacher_model.assets,
+    assets.base_model.assets,
+    assets.eval_sets.assets,
+    assets.generation.assets,
+    assets.dedup.assets,
+    assets.decontamination.assets,
+    assets.filtering.assets,
+    assets.tagging.assets,
+    assets.mixture.assets,
+    assets.sft.assets,
+    assets.evaluation.assets,
+    assets.promotion.assets,
 ]
-ASSET_CHECKS = [no_eval_overlap, general_text_forgetting, answers_stop_on_eos]
+ASSETS = dg.load_assets_from_modules(STAGES)
+ASSET_CHECKS = dg.load_asset_checks_from_modules(STAGES)
 
 defs = dg.Definitions(
     assets=ASSETS,

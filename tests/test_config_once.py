@@ -40,7 +40,7 @@ CORE_ONLY = {
     ("DecontamConfig", "minhash"): "built from similarity_threshold",
     ("DecontamConfig", "minhash_min_words"): "fixed by the detector's design (short texts go to the n-gram side)",
     ("FilterConfig", "special_tokens"): "read from the model manifests, plus extra_special_tokens",
-    ("FilterConfig", "template_markers"): "read from the student model's chat template",
+    ("FilterConfig", "template_markers"): "read from the student's manifest (its chat template's markers)",
     ("MagpieConfig", "shard"): "the Dagster partition key",
     ("TrainConfig", "lora_target_modules"): "all-linear, the recipe's default",
     ("TrainConfig", "weight_decay"): "0, the recipe's default",

@@ -8,14 +8,16 @@ from pipelines.profiles import PROFILES_DIR, load_profile
 
 # The designed sequence (DEVELOPERS.md): each stage depends on the one before. Other assets may sit in between or
 # beside (tests that list assets derive them from the Definitions).
-PIPELINE = ["base_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
-            "filtered_conversations", "sft_mixture", "sft_model", "promoted_model"]
+PIPELINE = ["teacher_model", "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
+            "filtered_conversations", "sft_mixture", "sft_model", "assistant_evaluation", "promoted_model"]
+# The student joins where its template matters: the leak filter (its markers) and training.
+STUDENT_CONSUMERS = ["filtered_conversations", "sft_model"]
 
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert {*PIPELINE, "eval_sets"} <= keys
+    assert {*PIPELINE, "base_model", "eval_sets"} <= keys
 
 
 def test_assets_run_in_designed_sequence():
@@ -27,6 +29,18 @@ def test_assets_run_in_designed_sequence():
     assert "eval_sets" in parents
 
 
+def test_the_teacher_writes_the_data_and_the_student_is_trained():
+    graph = defs.resolve_asset_graph()
+
+    def parents(key):
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}
+
+    assert parents("magpie_conversations") == {"teacher_model"}  # generation never reads the student
+    for consumer in STUDENT_CONSUMERS:
+        assert "base_model" in parents(consumer), consumer
+    assert "teacher_model" in parents("filtered_conversations")  # the teacher's special tokens too
+
+
 def test_training_is_gated_by_a_blocking_contamination_check():
     graph = defs.resolve_asset_graph()
     check_keys = graph.asset_check_keys
@@ -36,8 +50,18 @@ def test_training_is_gated_by_a_blocking_contamination_check():
     assert check_def.check_specs_by_output_name and all(s.blocking for s in check_def.check_specs)
 
 
-def test_sft_model_sits_in_gpu_pool():
-    assert defs.resolve_assets_def("sft_model").op.pool == "gpu"
+def test_model_runs_sit_in_gpu_pool():
+    for key in ("sft_model", "assistant_evaluation"):
+        assert defs.resolve_assets_def(key).op.pool == "gpu", key
+
+
+def test_promotion_waits_for_the_evaluation_checks():
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("promoted_model")).parent_keys}
+    assert {"sft_model", "assistant_evaluation"} <= parents
+    specs = defs.resolve_assets_def("assistant_evaluation").check_specs
+    assert {s.name for s in specs} == {"answers_stop_on_eos", "not_worse_than_base"}
+    assert all(s.blocking for s in specs)
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))

@@ -23,7 +23,9 @@ ASSETS = [key.to_user_string() for key in defs.resolve_asset_graph().toposorted_
 def tiny_run_config(model_dir) -> dict:
     return {
         "ops": {
-            "base_model": {"config": {"path": str(model_dir)}},
+            # the tiny model is both the teacher and the student (it is ChatML: it keeps its own template)
+            "teacher_model": {"config": {"path": str(model_dir)}},
+            "base_model": {"config": {"path": str(model_dir), "chat_template": "tokenizer"}},
             "magpie_conversations": {"config": {
                 "num_conversations": 48, "num_turns": 1, "seed": 1,
                 "instruction": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
@@ -35,6 +37,9 @@ def tiny_run_config(model_dir) -> dict:
             "sft_mixture": {"config": {"validation_fraction": 0.2, "seed": 0}},
             "sft_model": {"config": {"model_name": "tiny-sft", "num_train_epochs": 1,
                                      "per_device_train_batch_size": 8, "max_length": 256}},
+            "assistant_evaluation": {"config": {"num_prompts": 4, "short_answers_only": True, "max_tokens": 32,
+                                                "stop_check_max_tokens": 64, "bootstrap_resamples": 200,
+                                                "end_of_turn_conversations": 4}},
         }
     }
 
@@ -69,7 +74,7 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         assert "path" in metadata, key
         assert "content_hash" in metadata and len(metadata["content_hash"].value) == 64, key
     tables = [key for key in ASSETS if str(materializations[key].metadata["path"].value).endswith(".parquet")]
-    assert len(tables) == 7, tables
+    assert len(tables) == 8, tables  # (the evaluation's: its answers; the tagging stage's: its labels)
     for key in tables:  # tables: the hash in metadata is the hash of the file on disk
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key
@@ -81,8 +86,8 @@ def test_generation_rows_carry_provenance(pipeline_run, tiny_model_dir):
     df = storage.read_table("magpie_conversations", f"shard-{SHARD}")
     assert df.height > 24  # the tiny model ends most turns on its own
     assert df["engine"].unique().to_list() == ["vllm-cpu"]
-    base_hash = materializations["base_model"].metadata["content_hash"].value
-    assert df["generator_model_hash"].unique().to_list() == [base_hash]
+    teacher_hash = materializations["teacher_model"].metadata["content_hash"].value
+    assert df["generator_model_hash"].unique().to_list() == [teacher_hash]
     first = df.row(0, named=True)
     assert [m["role"] for m in first["messages"]][-2:] == ["user", "assistant"]
     assert all(m["content"] for m in first["messages"])
@@ -105,7 +110,15 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
     upstream = ASSETS[:ASSETS.index("sft_model")]
     assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
-    for key in [k for k in upstream if k != "base_model"]:
+    models = {"teacher_model", "base_model"}
+    for key in models:  # both models, with their content hashes
+        manifest = lineage["assets"][key]["documents"]["manifest"]["content"]
+        assert manifest["content_hash"] == materializations[key].metadata["content_hash"].value, key
+    student = lineage["assets"]["base_model"]["documents"]["manifest"]["content"]
+    assert student["original"]["path"] == str(Path(model_dir_in).resolve())
+    assert student["template"]["name"] == "tokenizer"
+    assert student["end_of_turn"] == {"token": "<|im_end|>", "id": 2} and student["added_token_ids"] == []
+    for key in [k for k in upstream if k not in models]:
         tables = lineage["assets"][key]["tables"]
         entry = tables[f"shard-{SHARD}" if key == "magpie_conversations" else "data"]  # partitioned: one per shard
         assert entry["content_hash"] == materializations[key].metadata["content_hash"].value, key
@@ -122,7 +135,9 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert lineage["training"]["config"]["lora_r"] == 16
     assert lineage["metrics"]["train_loss"] > 0
     assert lineage["code_version"]["packages"]["trl"].startswith("1.16")
-    assert [c.passed for c in checks if c.check_name == "chat_template_matches_base"] == [True]
+    (served,) = [c for c in checks if c.check_name == "served_format_matches_training"]
+    assert served.passed and served.metadata["rows_retokenized"].value == metadata["dagster/row_count"].value + \
+        metadata["validation_rows"].value - metadata["dropped_too_long"].value
 
 
 def test_judge_labels_every_kept_row_and_the_funnel_is_charted(pipeline_run):
@@ -151,10 +166,23 @@ def test_post_training_checks_ran_on_the_trained_model(pipeline_run):
     forgetting = by_name["general_text_forgetting"]
     assert forgetting.metadata["perplexity_base"].value > 1 and forgetting.metadata["perplexity_tuned"].value > 1
     assert forgetting.passed == (forgetting.metadata["relative_increase"].value <= 0.25)
-    stops = by_name["answers_stop_on_eos"]
+    assert by_name["no_eval_overlap"].passed
+
+
+def test_the_evaluation_judged_the_trained_model(pipeline_run):
+    storage, materializations, checks, tiny_model_dir = pipeline_run
+    by_name = {c.check_name: c for c in checks}
+    stops = by_name["answers_stop_on_eos"]  # folded into the evaluation: one engine start per model
+    assert stops.asset_key.to_user_string() == "assistant_evaluation"
     assert stops.passed, stops.metadata["runaway_prompts"].value  # the tiny model ends its turns on its own
     assert "What is the capital of France?" in stops.metadata["base_vs_tuned"].value
-    assert by_name["no_eval_overlap"].passed
+    assert by_name["not_worse_than_base"].passed, by_name["not_worse_than_base"].description
+    report = storage.read_json("assistant_evaluation", "report")
+    assert report["models"]["tuned"]["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
+    assert report["models"]["base"]["model_dir"] == str(tiny_model_dir)
+    assert len(report["ifeval"]["prompts"]) == 4
+    eot = report["end_of_turn_probability"]
+    assert eot["conversations"] > 0 and 0 < eot["models"]["tuned"]["mean"] < 1
 
 
 def test_the_checked_model_is_promoted(pipeline_run):
@@ -162,8 +190,11 @@ def test_the_checked_model_is_promoted(pipeline_run):
     current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
     assert current["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
     assert current["content_hash"] == materializations["sft_model"].metadata["content_hash"].value
-    passed = {c.check_name for c in checks if c.passed and c.asset_key.to_user_string() == "sft_model"}
-    assert {c["check"] for c in current["checks"]} <= passed and len(current["checks"]) >= 2
+    passed = {(c.asset_key.to_user_string(), c.check_name) for c in checks if c.passed}
+    promoted_on = {(c["asset"], c["check"]) for c in current["checks"]}
+    assert promoted_on <= passed
+    assert {("sft_model", "general_text_forgetting"), ("assistant_evaluation", "answers_stop_on_eos"),
+            ("assistant_evaluation", "not_worse_than_base")} <= promoted_on
 
 
 def test_train_rows_trace_back_to_generation(pipeline_run):
@@ -224,9 +255,6 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
             result = dg.materialize(assets, resources={"storage": data}, run_config={"ops": run_config},
                                     instance=instance)
             assert result.success
-            template_check = [c.passed for c in result.get_asset_check_evaluations()
-                              if c.check_name == "chat_template_matches_base"]
-            assert template_check == [True]  # compared with the base model's template, also in continual mode
             return instance.get_latest_materialization_event(dg.AssetKey("sft_model")).asset_materialization
 
     fallback = materialize([sft_model], {"sft_model": {"config": model_config}})
@@ -253,7 +281,8 @@ def test_continual_mode_starts_from_the_previous_model_with_rehearsal(pipeline_r
     assert start["previous_model_content_hash"] == first.metadata["content_hash"].value
     assert start["previous_dagster_run_id"] == first_lineage["dagster_run_id"] != lineage["dagster_run_id"]
     assert lineage["training"]["initial_weights"] == str(first_dir)
-    assert lineage["base_model"]["path"] == str(tiny_model_dir)  # the base model stays the base model
+    student_dir = materializations["base_model"].metadata["path"].value
+    assert lineage["base_model"]["path"] == student_dir  # the base model (the prepared student) stays the base model
     assert second.metadata["retrained_from"].value == start
     assert "Continual fine-tune" in (second_dir / "README.md").read_text()
     assert read_chat_template(second_dir) == read_chat_template(tiny_model_dir)

@@ -41,6 +41,13 @@ TRAIN = conversations(48, seed=1)
 VALIDATION = conversations(8, seed=2)
 
 
+def rows(train: list[list[dict]] = TRAIN, validation: list[list[dict]] = VALIDATION):
+    """The training table ``train`` takes: ids from the messages, split train / validation."""
+    from training.dataset import conversation_rows
+
+    return conversation_rows(train, validation)
+
+
 def main() -> None:
     from training.trainer import train
 
@@ -51,7 +58,7 @@ def main() -> None:
         if message.startswith("step "):
             time.sleep(PAUSE_SECONDS)  # time for the test to kill us between checkpoints
 
-    train(model_dir, TRAIN, VALIDATION, out_dir, CONFIG, log=log)
+    train(model_dir, rows(), out_dir, CONFIG, log=log)
 
 
 if __name__ == "__main__":

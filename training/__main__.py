@@ -5,7 +5,8 @@ Example:
         --data data/sft_mixture/data.parquet --output out/my-model --set num_train_epochs=1 --set lora_r=32
 The data file needs a `messages` column (list of {role, content}); a `split` column ("train"/"validation")
 selects the validation rows, else --validation gives a second file. Rows without a `conversation_id` get one from
-a hash of their messages. The model directory keeps the rows (with messages) in train_rows.parquet.
+a hash of their messages. The model directory keeps the rows (with messages) in train_rows.parquet, each marked
+trained, validated, or dropped (longer than max_length) with the reason.
 
 Continual mode (start from a previous fine-tune of the same base model, with rehearsal of its training rows):
     python -m training --model BASE --data new.parquet --output out/round-2 \
@@ -35,7 +36,7 @@ def _parse_set(values: list[str]) -> dict:
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="local Hugging Face model directory (the base model)")
@@ -49,33 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--previous-model", help="continual mode: the previous fine-tune's model directory")
     parser.add_argument("--rehearsal-fraction", type=float, default=0.0,
                         help="continual mode: rehearsal rows from the previous model per new training row (> 0)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _read_rows(data_path: str, validation_path: str | None):
+    """The data set as one table: split "train" / "validation", a conversation_id on every row."""
     import polars as pl
 
-    from assets.common.models import model_content_hash
-    from training.continual import (
-        ContinualConfig,
-        ContinualError,
-        content_conversation_ids,
-        starting_point,
-        train_rows_table,
-    )
-    from training.trainer import train
+    from training.dataset import content_conversation_ids
 
-    fields = json.loads(Path(args.config).read_text()) if args.config else {}
-    config = TrainConfig.from_dict({**fields, **_parse_set(args.set)})
-    try:
-        continual = ContinualConfig(args.init_from, args.rehearsal_fraction, seed=config.seed)
-    except ContinualError as error:
-        raise SystemExit(f"--init-from/--rehearsal-fraction: {error}") from None
-    if continual.continual != bool(args.previous_model):
-        raise SystemExit("--previous-model DIR goes with --init-from previous (and only with it)")
-    data = pl.read_parquet(args.data)
+    data = pl.read_parquet(data_path)
     if "messages" not in data.columns:
-        raise SystemExit(f"{args.data}: no `messages` column (columns: {data.columns})")
-    if args.validation:
-        train_rows, validation_rows = data, pl.read_parquet(args.validation)
+        raise SystemExit(f"{data_path}: no `messages` column (columns: {data.columns})")
+    if validation_path:
+        train_rows, validation_rows = data, pl.read_parquet(validation_path)
     elif "split" in data.columns:
         train_rows = data.filter(pl.col("split") == "train")
         validation_rows = data.filter(pl.col("split") == "validation")
@@ -86,20 +74,34 @@ def main(argv: list[str] | None = None) -> int:
     if "conversation_id" not in rows.columns:
         rows = rows.with_columns(conversation_id=pl.Series(content_conversation_ids(rows["messages"].to_list()),
                                                            dtype=pl.Utf8))
-    base = {"path": str(Path(args.model).resolve()), "content_hash": model_content_hash(args.model)}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments().parse_args(argv)
+
+    from assets.common.models import model_content_hash
+    from training.continual import ContinualConfig, ContinualError
+    from training.run import run_training
+
+    fields = json.loads(Path(args.config).read_text()) if args.config else {}
+    config = TrainConfig.from_dict({**fields, **_parse_set(args.set)})
     try:
-        start = starting_point(continual, args.model, base["content_hash"], args.previous_model,
-                               rows["conversation_id"].to_list(), train_rows.height)
+        continual = ContinualConfig(args.init_from, args.rehearsal_fraction, seed=config.seed)
+    except ContinualError as error:
+        raise SystemExit(f"--init-from/--rehearsal-fraction: {error}") from None
+    if continual.continual != bool(args.previous_model):
+        raise SystemExit("--previous-model DIR goes with --init-from previous (and only with it)")
+    rows = _read_rows(args.data, args.validation)
+    base = {"path": str(Path(args.model).resolve()), "content_hash": model_content_hash(args.model)}
+    output = Path(args.output)
+    try:
+        run = run_training(base, rows, config, continual, output.parent, output.name,
+                           previous_model_dir=args.previous_model,
+                           lineage_extras={"data": {"path": str(Path(args.data).resolve())}})
     except ContinualError as error:
         raise SystemExit(str(error)) from None
-    rehearsal = start.rehearsal_rows
-    conversations = train_rows["messages"].to_list() + (rehearsal["messages"].to_list() if rehearsal is not None
-                                                         else [])
-    result = train(start.model_path, conversations, validation_rows["messages"].to_list(), args.output, config,
-                   lineage={"data": {"path": str(Path(args.data).resolve())}, "base_model": base,
-                            "retrained_from": start.retrained_from},
-                   train_rows=train_rows_table(rows, rehearsal))
-    print(f"Trained model: {result.model_dir}  lineage: {result.lineage_path}")
+    print(f"Trained model: {run.result.model_dir}  lineage: {run.result.lineage_path}")
     return 0
 
 

@@ -9,10 +9,10 @@ conversations the previous model was trained on. It is only allowed with rehears
   must be the current base model's), the same chat template as the base model, and ``train_rows.parquet`` with the
   messages of every row it was trained on (split ``train`` or ``rehearsal``) beside their provenance.
 - Rehearsal size: ``round(rehearsal_fraction * new training rows)`` (at least 1), capped at what is available.
-  Candidates are the previous model's trained conversations, once each, minus every conversation_id present in the
-  new data set (train: it would be seen twice; validation: it would leak into the held-out loss). Each candidate is
-  ranked by BLAKE2b of ``(seed, conversation_id)`` and the lowest ranks are taken: the sample depends only on the
-  seed and the ids, not on row order, and a larger fraction gives a superset.
+  Candidates are the previous model's trained conversations (not the rows it dropped as too long), once each, minus
+  every conversation_id present in the new data set (train: it would be seen twice; validation: it would leak into
+  the held-out loss). Each candidate is ranked by BLAKE2b of ``(seed, conversation_id)`` and the lowest ranks are
+  taken: the sample depends only on the seed and the ids, not on row order, and a larger fraction gives a superset.
 - Rehearsal rows keep their provenance columns (shard, row_index, generator, task) with ``split = "rehearsal"``.
 """
 
@@ -22,23 +22,24 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
 from assets.common.chat_template import read_chat_template
+from assets.common.config import config_dict
+from training.dataset import (
+    REHEARSAL_SPLIT,
+    REQUIRED_ROW_COLUMNS,
+    TRAIN_ROW_COLUMNS,
+    TRAIN_ROWS_FILE,
+    TRAINED,
+    TRAINED_SPLITS,
+)
 
 LINEAGE_FILE = "lineage.json"
-TRAIN_ROWS_FILE = "train_rows.parquet"
-# What a model directory keeps of every row it saw: provenance back to the generation shard and row, the task and
-# split, and the messages themselves (so a later continual run can rehearse them without the old data root).
-TRAIN_ROW_COLUMNS = ("conversation_id", "shard", "row_index", "seed", "generator_model", "generator_model_hash",
-                     "pre_query_template_hash", "task", "split", "messages")
-REHEARSAL_SPLIT = "rehearsal"
-TRAINED_SPLITS = ("train", REHEARSAL_SPLIT)  # rows a model was trained on (validation rows were not)
-REQUIRED_ROW_COLUMNS = ("conversation_id", "split", "messages")
 RETRAINED_FROM_BASE = "base_model"  # lineage `retrained_from` of a model trained from the base model
 
 
@@ -72,7 +73,7 @@ class ContinualConfig:
         return self.init_from == "previous"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_dict(self)
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,10 @@ def _rank(seed: int, conversation_id: str) -> int:
 def select_rehearsal(previous_rows: pl.DataFrame, new_conversation_ids: Iterable[str], new_train_rows: int,
                      fraction: float, seed: int) -> Rehearsal:
     """A seeded sample of the previous model's trained conversations that are not in the new data set."""
-    trained = previous_rows.filter(pl.col("split").is_in(TRAINED_SPLITS)).unique("conversation_id", keep="first",
-                                                                                maintain_order=True)
+    trained = previous_rows.filter(pl.col("split").is_in(TRAINED_SPLITS))
+    if "status" in trained.columns:  # rows the previous run dropped (too long) were not trained on
+        trained = trained.filter(pl.col("status") == TRAINED)
+    trained = trained.unique("conversation_id", keep="first", maintain_order=True)
     new_ids = pl.Series(sorted(set(new_conversation_ids)), dtype=pl.Utf8)
     candidates = trained.filter(~pl.col("conversation_id").is_in(new_ids))
     requested = rehearsal_size(fraction, new_train_rows)
@@ -221,20 +224,6 @@ def starting_point(config: ContinualConfig, base_path: str | Path, base_content_
         previous=previous,
         rehearsal=rehearsal,
     )
-
-
-def train_rows_table(rows: pl.DataFrame, rehearsal: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The ``train_rows.parquet`` of a model: its data set's rows (the known columns present) + rehearsal rows."""
-    table = rows.select([c for c in TRAIN_ROW_COLUMNS if c in rows.columns])
-    if rehearsal is not None and rehearsal.height:
-        table = pl.concat([table, rehearsal], how="diagonal_relaxed")
-    return table
-
-
-def content_conversation_ids(messages: Iterable[Any]) -> list[str]:
-    """Ids for rows that have none (standalone CLI data): a hash of the messages, so equal conversations match."""
-    return ["msg-" + hashlib.sha256(json.dumps(m, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-            for m in messages]
 
 
 def describe_start(retrained_from: str | dict[str, Any] | None) -> str:

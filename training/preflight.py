@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from assets.common.chat_template import render, special_token_strings
+from training.masking import assistant_end_of_turn
+
 
 class PreflightError(RuntimeError):
     """A pre-flight check failed: training would silently learn the wrong thing."""
@@ -93,6 +96,24 @@ class TemplateMarkers:
     assistant_header_ids: list[int]  # what the template writes before an assistant's words
     structural_ids: frozenset[int]  # special tokens other than end-of-turn: never trainable
     pad_id: int | None
+
+
+def template_markers(tokenizer: Any, chat_template: str) -> TemplateMarkers:
+    """The markers of ``chat_template`` as this tokenizer encodes them."""
+    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
+    user = [{"role": "user", "content": "hi"}]
+    header = render(tokenizer, user, add_generation_prompt=True, chat_template=chat_template)[
+        len(render(tokenizer, user, chat_template=chat_template)):
+    ].rstrip()
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    structural = {tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(tokenizer)} - {end_id}
+    structural.discard(tokenizer.unk_token_id)
+    return TemplateMarkers(
+        end_of_turn_id=end_id,
+        assistant_header_ids=tokenizer(header, add_special_tokens=False)["input_ids"] if header else [],
+        structural_ids=frozenset(i for i in structural if i is not None),
+        pad_id=tokenizer.pad_token_id,
+    )
 
 
 def check_batches(batches: Iterable[dict], markers: TemplateMarkers, tokenizer: Any,

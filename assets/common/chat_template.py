@@ -31,8 +31,11 @@ def render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool
 
 
 def special_token_strings(tokenizer: Any) -> list[str]:
-    """Special and added token strings (longer than one character), sorted."""
-    tokens = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}) or {})
+    """Special token strings (longer than one character), sorted: the tokenizer's named special tokens and every
+    added token marked special. Added tokens that are not special are ordinary text pieces matched whole (Gemma's
+    newline, tab and space runs, HTML tags): they belong in answers and are not template tokens."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    tokens = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if getattr(t, "special", True)}
     return sorted(t for t in tokens if t and len(t) > 1)
 
 
@@ -73,23 +76,3 @@ def read_chat_template(model_dir: str | Path) -> str | None:
         return template if isinstance(template, str) else None
     return None
 
-
-# Turn markers a template writes as plain text: <|im_start|>, <start_of_turn>, </s>, [INST], [/INST]
-_MARKER = r"<\|[^<>|\s]+\|>|</?[A-Za-z_][\w-]*>|\[/?[A-Z][A-Z_]+\]"
-
-
-def template_markers(tokenizer: Any, chat_template: str | None = None) -> list[str]:
-    """The strings the chat template writes around messages: the tokenizer's special tokens and bracketed markers
-    (``<|im_start|>``, ``<start_of_turn>``, ``[INST]``) found in a rendered conversation outside its messages'
-    contents, sorted. Role names and whitespace are not markers (user text may contain them)."""
-    import re
-
-    turns = [{"role": "user", "content": SENTINEL}, {"role": "assistant", "content": SENTINEL},
-             {"role": "user", "content": SENTINEL}]
-    try:
-        text = render(tokenizer, [{"role": "system", "content": SENTINEL}, *turns], chat_template=chat_template)
-    except TemplateError:  # templates without a system role
-        text = render(tokenizer, turns, chat_template=chat_template)
-    scaffold = "\n".join(text.split(SENTINEL))
-    special = {t for t in special_token_strings(tokenizer) if t in scaffold}
-    return sorted(special | set(re.findall(_MARKER, scaffold)))

@@ -11,8 +11,10 @@ import importlib.metadata
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
+
+from assets.common.config import config_dict
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_dict(self)
 
 
 @dataclass(frozen=True)

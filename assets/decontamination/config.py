@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from assets.common.config import config_dict
 from assets.common.minhash.config import MinHashConfig
 
 EVAL_COLUMNS = ("benchmark", "item_id", "field", "text")
@@ -47,8 +47,5 @@ class DecontamConfig:
         object.__setattr__(self, "roles", tuple(self.roles))
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["roles"] = list(self.roles)
-        out["minhash"] = self.minhash.to_json() if self.minhash else None
-        return out
+        return config_dict(self)
 

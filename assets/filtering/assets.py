@@ -3,13 +3,14 @@
 
 import dagster as dg
 
-from assets.common.chat_template import special_token_strings, template_markers
+from assets.common.config import config_dict
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
+    TEACHER_MODEL,
     DataStorage,
 )
 from assets.filtering.core import FilterConfig, apply_filters
@@ -26,7 +27,7 @@ class FilterSettings(dg.Config):
     max_duplicate_ngram_char_fraction: float | None = 0.3
     max_duplicate_line_fraction: float | None = 0.3
     extra_special_tokens: list[str] = []
-    """Strings that must not appear in any message, besides the base model's special tokens."""
+    """Strings that must not appear in any message, besides the teacher's special tokens and the student's."""
 
     def to_core(self, special_tokens: list[str], markers: list[str] = ()) -> FilterConfig:
         """``special_tokens``: the teacher's; ``markers``: the student's template markers (both are checked)."""
@@ -36,24 +37,23 @@ class FilterSettings(dg.Config):
                             template_markers=tuple(sorted(markers)))
 
 
-@dg.asset(group_name="filtering", kinds={"polars", "parquet"}, deps=[DECONTAMINATED_CONVERSATIONS, BASE_MODEL])
+@dg.asset(group_name="filtering", kinds={"polars", "parquet"},
+          deps=[DECONTAMINATED_CONVERSATIONS, TEACHER_MODEL, BASE_MODEL])
 def filtered_conversations(
     context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
     """Conversations that pass the quality rules, in order: empty, truncated (no end-of-turn), template-token leak,
     length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
-    from transformers import AutoTokenizer
-
-    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
-    tokenizer = AutoTokenizer.from_pretrained(model["path"])
-    core = config.to_core(special_token_strings(tokenizer), template_markers(tokenizer))  # teacher's, student's
+    teacher = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)  # its special tokens and the student's template
+    student = storage.read_json(BASE_MODEL, MODEL_MANIFEST)  # markers: text the student would read as structure
+    core = config.to_core(teacher["special_tokens"], student["special_tokens"])  # template_leak names which matched
     df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)
     rejected = storage.write_table(FILTERED_CONVERSATIONS, result.rejected, name="rejected")
     reasons = result.rejected.group_by("reason").len().sort("reason")
     report = {
-        "thresholds": {k: v for k, v in core.__dict__.items()},
+        "thresholds": config_dict(core),
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
     }

@@ -5,12 +5,13 @@ import shutil
 
 import dagster as dg
 
+from assets.common.config import config_dict
 from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.resources import (
-    BASE_MODEL,
     GENERATION_SHARDS,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
+    TEACHER_MODEL,
     DataStorage,
     StoredTable,
     VLLMEngine,
@@ -69,7 +70,7 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[BASE_MODEL], partitions_def=GENERATION_SHARDS)
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
@@ -81,7 +82,7 @@ def magpie_conversations(
     batches are checkpointed: a killed run resumes where it stopped."""
     from transformers import AutoTokenizer
 
-    model = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
+    model = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     key = context.partition_key
     core = config.to_core(shard=shard_index(key))
@@ -103,7 +104,7 @@ def magpie_conversations(
     stored = storage.write_table(MAGPIE_CONVERSATIONS, result.table, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     report = _report(model, tokenizer, core, result,
-                     {"name": engine_name, "version": engine_version, **engine_config.__dict__})
+                     {"name": engine_name, "version": engine_version, **config_dict(engine_config)})
     storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", report)
     return dg.MaterializeResult(metadata=_metadata(stored, result, report),
                                 data_version=dg.DataVersion(stored.content_hash))

@@ -5,22 +5,28 @@ import dagster as dg
 
 from assets.common.report import markdown_table
 from assets.common.resources import (
+    ASSISTANT_EVALUATION,
     CURRENT_MODEL,
+    JUDGED_MODEL,
     PROMOTE_NEW_MODELS,
     PROMOTED_MODEL,
     PROMOTION_CHECKS,
     SFT_MODEL,
     DataStorage,
+    Materialization,
     latest_materialization,
 )
 from assets.promotion.core import CheckVerdict, check_verdict, decide, promotion_record
 
 
-@dg.asset(group_name="promotion", kinds={"huggingface"}, deps=[SFT_MODEL], automation_condition=PROMOTE_NEW_MODELS)
+@dg.asset(group_name="promotion", kinds={"huggingface"}, deps=[SFT_MODEL, ASSISTANT_EVALUATION],
+          automation_condition=PROMOTE_NEW_MODELS)
 def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> dg.MaterializeResult:
-    """The model that passed its checks: the post-training checks of `sft_model` (`PROMOTION_CHECKS`) and every
-    other asset check on an upstream asset must have run on the candidate's materialization and passed. Otherwise
-    the run fails, the previous current model stays current, and the candidate stays on disk with its report."""
+    """The model that passed its checks: the post-training checks (`PROMOTION_CHECKS`: forgetting on `sft_model`;
+    stopping on the end-of-turn token and not worse than the base on `assistant_evaluation`) and every other asset
+    check on an upstream asset must have run on the candidate's materialization (for the evaluation: on an evaluation
+    of the candidate) and passed. Otherwise the run fails, the previous current model stays current, and the
+    candidate stays on disk with its report."""
     graph = context.job_def.asset_layer.asset_graph  # (a run of promoted_model alone sees no upstream checks here)
     candidate = latest_materialization(context.instance, SFT_MODEL)
     checks = {*PROMOTION_CHECKS, *(key for parent in graph.get(context.asset_key).parent_keys
@@ -30,7 +36,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     for key in sorted(checks):
         if key.asset_key not in materializations:
             materializations[key.asset_key] = latest_materialization(context.instance, key.asset_key)
-        verdicts.append(_verdict(context.instance, key, materializations[key.asset_key].storage_id))
+        verdicts.append(_verdict(context.instance, key, materializations[key.asset_key], candidate.storage_id))
     decision = decide(verdicts, SFT_MODEL.to_user_string())
     model_dir = str(candidate.value("model_dir"))
     table = markdown_table(decision.rows())
@@ -48,11 +54,14 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     )
 
 
-def _verdict(instance: dg.DagsterInstance, key: dg.AssetCheckKey, materialization_id: int) -> CheckVerdict:
+def _verdict(instance: dg.DagsterInstance, key: dg.AssetCheckKey, materialization: Materialization,
+             candidate_id: int) -> CheckVerdict:
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
     evaluation = record.evaluation if record is not None else None
     target = evaluation.target_materialization_data if evaluation is not None else None
+    judged = materialization.metadata.get(JUDGED_MODEL)
     return check_verdict(key.asset_key.to_user_string(), key.name, evaluation is not None,
                          evaluation.passed if evaluation is not None else None,
-                         target.storage_id if target is not None else None, materialization_id,
-                         evaluation.description or "" if evaluation is not None else "")
+                         target.storage_id if target is not None else None, materialization.storage_id,
+                         evaluation.description or "" if evaluation is not None else "",
+                         judged_model_id=int(judged.value) if judged is not None else None, candidate_id=candidate_id)

@@ -27,13 +27,20 @@ class CheckVerdict:
 
 
 def check_verdict(asset: str, check: str, evaluated: bool, passed: bool | None, target_id: int | None,
-                  materialization_id: int, detail: str = "") -> CheckVerdict:
-    """The verdict of one check for one materialization: it must have run on that very materialization and passed."""
+                  materialization_id: int, detail: str = "", judged_model_id: int | None = None,
+                  candidate_id: int | None = None) -> CheckVerdict:
+    """The verdict of one check for one materialization: it must have run on that very materialization and passed.
+
+    A check of an asset that judges a model (the evaluation) counts only if that materialization judged the
+    candidate: ``judged_model_id`` (the model materialization it judged) must be ``candidate_id``."""
     if not evaluated:
         return CheckVerdict(asset, check, NOT_RUN, detail or "no evaluation recorded")
     if target_id is not None and target_id != materialization_id:
         return CheckVerdict(asset, check, STALE, f"evaluated materialization {target_id}, the candidate is "
                             f"{materialization_id}")
+    if judged_model_id is not None and candidate_id is not None and judged_model_id != candidate_id:
+        return CheckVerdict(asset, check, STALE, f"{asset} judged model materialization {judged_model_id}, the "
+                            f"candidate is {candidate_id}")
     return CheckVerdict(asset, check, PASSED if passed else FAILED, detail)
 
 

@@ -4,7 +4,6 @@
 from typing import Literal
 
 import dagster as dg
-import polars as pl
 
 from assets.common.chat_template import read_chat_template
 from assets.common.report import markdown_table
@@ -17,17 +16,16 @@ from assets.common.resources import (
     SFT_MIXTURE,
     SFT_MODEL,
     DataStorage,
-    VLLMEngine,
     latest_materialization,
 )
-from assets.common.storage import sha256_text
 from training.config import TrainConfig
-from training.continual import ContinualConfig, StartingPoint, starting_point, train_rows_table
+from training.continual import ContinualConfig
+from training.run import run_training
 
 
 class SFTModelConfig(dg.Config):
     """Recommended SFT defaults: LoRA r=16, alpha=32, dropout 0.05, LR 2e-4 (1e-5 full), cosine to 10% of peak,
-    3% warmup, up to 2 epochs with early stopping on validation loss."""
+    3% warmup, up to 2 epochs with early stopping on validation loss (patience 2 evaluations)."""
 
     model_name: str = "sft-model"
     method: Literal["lora", "full"] = "lora"
@@ -44,11 +42,21 @@ class SFTModelConfig(dg.Config):
     max_length: int = 2048
     packing: bool = False
     eval_steps: int | None = None
+    """Steps between validation evaluations (and checkpoints). Unset: min(steps per epoch // 4, total steps //
+    (early_stopping_patience + 2)), at least 1, so that early stopping can end the run (see training.config)."""
     early_stopping_patience: int = 2
+    """Stop after this many evaluations in a row without a better validation loss (0: off)."""
     seed: int = 0
+    marker_init: Literal["text_end", "mean", "none"] = "text_end"
+    """Chat-marker rows the student never learned (`chat_markers.json` of the prepared base model, e.g.
+    gemma-3-270m's <end_of_turn>): "text_end" starts end-of-turn from the row of the token the base model ends texts
+    with (others from the mean), "mean" all from the mean, "none" leaves them. They are trained with LoRA."""
+    marker_learning_rate: float | None = None
+    """Learning rate of those marker rows; unset: the run's learning rate."""
     init_from: Literal["base", "previous"] = "base"
     """Where training starts. "base" (default): the base model, every time. "previous" (continual mode): the merged
-    weights of the last sft_model (`sft_model/latest.json`), plus rehearsal rows; needs rehearsal_fraction > 0."""
+    weights of the project's current model (the last `promoted_model`), plus rehearsal rows; needs
+    rehearsal_fraction > 0."""
     rehearsal_fraction: float = 0.0
     """Continual mode only: rehearsal rows per new training row (e.g. 0.25), a seeded sample of the previous model's
     training conversations that are not in the new mixture, capped at what exists."""
@@ -69,59 +77,32 @@ class SFTModelConfig(dg.Config):
     deps=[BASE_MODEL, SFT_MIXTURE],
     pool="gpu",
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
-    check_specs=[dg.AssetCheckSpec("chat_template_matches_base", asset="sft_model")],
 )
 def sft_model(
     context: dg.AssetExecutionContext, config: SFTModelConfig, storage: DataStorage
 ) -> dg.MaterializeResult:
     """The base model fine-tuned on `sft_mixture`, saved as merged safetensors + LoRA adapter + the exact chat
     template used in training, with `lineage.json`, `train_rows.parquet` (every row back to its generation shard and
-    row, with its messages) and a model card. Trained from the base model, never a previous fine-tune, unless
-    continual mode is configured (`init_from: previous` with `rehearsal_fraction` > 0)."""
-    from training.trainer import train
-
+    row, with its messages and whether it was trained, validated or dropped as too long) and a model card. Trained
+    from the base model, never a previous fine-tune, unless continual mode is configured (`init_from: previous` with
+    `rehearsal_fraction` > 0)."""
     continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
     base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
     mixture = storage.read_conversations(SFT_MIXTURE)
-    train_rows = mixture.filter(pl.col("split") == "train")
-    validation_rows = mixture.filter(pl.col("split") == "validation")
     core = config.to_core()
-    start = _starting_point(context, storage, continual, base, mixture, train_rows.height)
-    rehearsal_rows = start.rehearsal_rows
-    n_rehearsal = rehearsal_rows.height if rehearsal_rows is not None else 0
-    upstream = {name: storage.snapshot(name) for name in upstream_assets(context)}
-    mixture_hash = storage.describe_table(SFT_MIXTURE).content_hash
-    key = f"{base['content_hash']}|{mixture_hash}|{sorted(core.to_dict().items())}"
-    if continual.continual:  # (base mode keeps the key it always had)
-        key += f"|{sorted(continual.to_dict().items())}|{start.previous.content_hash if start.previous else ''}"
-    run_key = sha256_text(key)[:16]
-    output_dir = storage.root_path / "models" / "sft" / f"{config.model_name}-{run_key}"
-    if start.previous is not None and output_dir.resolve() == start.previous.path.resolve():
-        raise ValueError(f"{output_dir}: the new model would overwrite the previous model it starts from")
-    lineage = {
-        "model_name": config.model_name,
-        "dagster_run_id": context.run.run_id,
-        "base_model": base,
-        "assets": upstream,
-        "retrained_from": start.retrained_from,
-    }
-    conversations = train_rows["messages"].to_list()
-    if rehearsal_rows is not None:
-        conversations += rehearsal_rows["messages"].to_list()
-    context.log.info(f"training {config.method} from {start.model_path} on {train_rows.height} conversations "
-                     f"+ {n_rehearsal} rehearsal ({validation_rows.height} validation) -> {output_dir}")
-    result = train(
-        start.model_path,
-        conversations,
-        validation_rows["messages"].to_list(),
-        output_dir,
-        core,
-        lineage=lineage,
+    previous_dir, no_previous_reason = _previous_model(storage, continual)
+    run = run_training(
+        base, mixture, core, continual, storage.root_path / "models" / "sft", config.model_name,
+        data_hash=storage.describe_table(SFT_MIXTURE).content_hash,
+        previous_model_dir=previous_dir,
+        no_previous_reason=no_previous_reason,
+        lineage_extras={"dagster_run_id": context.run.run_id,
+                        "assets": {name: storage.snapshot(name) for name in upstream_assets(context)}},
         log=context.log.info,
-        train_rows=train_rows_table(mixture, rehearsal_rows),
+        warn=context.log.warning,
     )
+    result, start = run.result, run.start
     rows_path = result.train_rows_path
-    template_ok = read_chat_template(result.model_dir) == read_chat_template(base["path"])  # the base's, always
     model_hash = _model_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
     retrained_from = start.retrained_from
@@ -133,10 +114,11 @@ def sft_model(
             "adapter_dir": dg.MetadataValue.path(str(result.adapter_dir)) if result.adapter_dir else None,
             "train_rows_path": dg.MetadataValue.path(str(rows_path)),
             "content_hash": model_hash,
-            "dagster/row_count": train_rows.height + n_rehearsal,
-            "new_train_rows": train_rows.height,
-            "rehearsal_rows": n_rehearsal,
-            "validation_rows": validation_rows.height,
+            "dagster/row_count": run.new_train_rows + run.rehearsal_rows,
+            "new_train_rows": run.new_train_rows,
+            "rehearsal_rows": run.rehearsal_rows,
+            "validation_rows": run.validation_rows,
+            "dropped_too_long": result.dropped_too_long,
             "init_from": config.init_from,
             "retrained_from": dg.MetadataValue.json(retrained_from) if isinstance(retrained_from, dict)
             else retrained_from,
@@ -147,46 +129,26 @@ def sft_model(
             "eval_perplexity": result.metrics.get("eval_perplexity"),
             "global_step": result.metrics.get("global_step"),
             "train_seconds": result.metrics.get("train_seconds"),
+            "early_stopped": result.early_stopping["fired"],
+            "early_stopping_step": result.early_stopping["stopped_at_step"],
+            "early_stopping": dg.MetadataValue.json(result.early_stopping),
             "preflight": dg.MetadataValue.json(result.preflight),
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="chat_template_matches_base",
-                passed=template_ok,
-                metadata={"detail": "saved chat template is byte-identical to the base model's"
-                          if template_ok else "saved chat template differs from the base model's"},
-            )
-        ],
         data_version=dg.DataVersion(model_hash),
     )
 
 
-def _starting_point(context: dg.AssetExecutionContext, storage: DataStorage, continual: ContinualConfig, base: dict,
-                    mixture: pl.DataFrame, new_train_rows: int) -> StartingPoint:
-    """Base mode: the base model. Continual mode: the project's current model, the last one promoted after its
-    checks passed (validated against the base model), or the base model when none was promoted yet (the reason
-    goes into the lineage)."""
-    previous_dir, reason = None, "no previous model"
-    if continual.continual:
-        if storage.has(PROMOTED_MODEL, CURRENT_MODEL):
-            previous_dir = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"]
-        else:
-            reason = (f"no previous sft_model yet: none promoted ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL}"
-                      " does not exist)")
-            context.log.warning(f"continual mode: {reason}; training from the base model")
-    start = starting_point(continual, base["path"], base["content_hash"], previous_dir,
-                           mixture["conversation_id"].to_list(), new_train_rows, reason)
-    if start.rehearsal is not None:
-        stats = start.rehearsal.stats
-        context.log.info(f"continual mode: starting from {start.model_path}; rehearsal {stats['rows']} rows "
-                         f"(requested {stats['requested']}, available {stats['available']}, "
-                         f"{stats['excluded_in_new_data']} already in the new mixture)")
-        if stats["rows"] < stats["requested"]:
-            context.log.warning(f"continual mode: only {stats['rows']} of {stats['requested']} rehearsal rows "
-                                "available (the rest of the previous training set is in the new mixture)")
-    return start
+def _previous_model(storage: DataStorage, continual: ContinualConfig) -> tuple[str | None, str]:
+    """Continual mode: the project's current model, the last one promoted after its checks passed, or None and
+    why (then training starts from the base model and the lineage says so). Base mode: (None, "")."""
+    if not continual.continual:
+        return None, ""
+    if storage.has(PROMOTED_MODEL, CURRENT_MODEL):
+        return storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"], ""
+    return None, (f"no previous sft_model yet: none promoted ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL} "
+                  "does not exist)")
 
 
 def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
@@ -223,8 +185,25 @@ def _candidate(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
     return model_dir, lineage["base_model"]["path"]
 
 
+@dg.asset_check(asset=sft_model, blocking=True, description="The model directory serves conversations exactly as "
+                "they were trained: its own tokenizer and chat_template.jinja re-tokenize every trained and validated "
+                "row of train_rows.parquet to the token ids and loss mask recorded during training (digests), and "
+                "the template is byte-identical to the base model's.")
+def served_format_matches_training(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    from training.dataset import token_mismatches
+
+    model_dir, base_path = _candidate(context)
+    same_template = read_chat_template(model_dir) == read_chat_template(base_path)
+    check = token_mismatches(model_dir)
+    return dg.AssetCheckResult(
+        passed=same_template and check.mismatched == 0 and check.rows > 0,
+        metadata={"rows_retokenized": check.rows, "rows_mismatched": check.mismatched,
+                  "template_identical_to_base": same_template,
+                  "mismatches": dg.MetadataValue.md(markdown_table(check.examples) if check.examples else "none")},
+    )
+
+
 MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
-STOP_CHECK_MAX_TOKENS = 256
 
 
 @dg.asset_check(asset=sft_model, blocking=True, description="Forgetting: perplexity on held-out general text "
@@ -243,24 +222,4 @@ def general_text_forgetting(context: dg.AssetCheckExecutionContext) -> dg.AssetC
         metadata={"perplexity_base": round(before, 3), "perplexity_tuned": round(after, 3),
                   "relative_increase": round(increase, 4), "threshold": MAX_PERPLEXITY_INCREASE,
                   "passages": len(passages)},
-    )
-
-
-@dg.asset_check(asset=sft_model, blocking=True, description="The tuned model, served by vLLM with its saved chat "
-                "template, ends its answers to a fixed prompt set on its end-of-turn token: no prompt runs to "
-                "max_tokens that the base model answers within it (a regression; the EOS-not-trained bug makes every "
-                "answer run away). Base and tuned answers side by side.")
-def answers_stop_on_eos(context: dg.AssetCheckExecutionContext, engine: VLLMEngine) -> dg.AssetCheckResult:
-    from assets.sft.checks import FIXED_PROMPTS, answer_prompts, stop_verdict
-
-    model_dir, base_path = _candidate(context)
-    tuned = answer_prompts(model_dir, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
-    base = answer_prompts(base_path, FIXED_PROMPTS, engine.engine_config(), STOP_CHECK_MAX_TOKENS)
-    verdict = stop_verdict(FIXED_PROMPTS, base, tuned)
-    return dg.AssetCheckResult(
-        passed=verdict.passed,
-        metadata={"runaway_prompts": dg.MetadataValue.json(verdict.new_runaways),
-                  "runaway_in_base_too": dg.MetadataValue.json(verdict.inherited_runaways),
-                  "stopped_on_eos": f"{verdict.stopped}/{len(verdict.rows)}", "max_tokens": STOP_CHECK_MAX_TOKENS,
-                  "base_vs_tuned": dg.MetadataValue.md(markdown_table(verdict.rows))},
     )

@@ -11,10 +11,10 @@ import polars as pl
 from assets.common.engine import VLLMGenerator
 from assets.common.report import markdown_table
 from assets.common.resources import (
-    BASE_MODEL,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
     TAGGED_CONVERSATIONS,
+    TEACHER_MODEL,
     DataStorage,
     VLLMEngine,
     upstream_assets,
@@ -42,9 +42,8 @@ from assets.tagging.judge import (
 )
 from assets.tagging.planted import agreement, disagreements, planted_table
 
-# The judge's default model: the teacher's manifest. The teacher is the base model until a `teacher_model` asset
-# exists; then this is the one line to change (to TEACHER_MODEL).
-JUDGE_MODEL_SOURCE = BASE_MODEL
+# The judge's default model: the teacher (its manifest); `judge_model_path` overrides it.
+JUDGE_MODEL_SOURCE = TEACHER_MODEL
 
 
 class JudgeSettings(dg.Config):
@@ -64,7 +63,7 @@ class TaggingSettings(dg.Config):
     use_judge: bool = True
     """Label every row with the LLM judge; off = the fallback regex tagger only (no engine started)."""
     judge_model_path: str | None = None
-    """Any local chat model directory as the judge; unset = the teacher (the `base_model` manifest for now)."""
+    """Any local chat model directory as the judge; unset = the teacher (the `teacher_model` manifest)."""
     judge: JudgeSettings = JudgeSettings()
     calibrate: bool = True
     """Also judge the planted set (assets/tagging/planted.yaml) and report the judge's agreement with it."""

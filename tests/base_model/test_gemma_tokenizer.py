@@ -12,7 +12,6 @@ import importlib.util
 import pytest
 
 from assets.base_model import gemma
-from assets.base_model.core import ModelDirectoryError
 from assets.base_model.gemma import (
     GEMMA_DISTRIBUTIONS,
     bpe_merges,
@@ -20,6 +19,7 @@ from assets.base_model.gemma import (
     gemma_bpe_tokenizer,
     read_gguf_vocabulary,
 )
+from assets.common.model_dirs import ModelDirectoryError
 from assets.common.storage import sha256_file
 
 needs_gemma = pytest.mark.skipif(

@@ -1,13 +1,15 @@
 """`filtered_conversations` through Dagster on a tiny decontaminated table written through `DataStorage`, with the
-tiny model's tokenizer as the base model's (its special tokens are the template-leak rule's)."""
+tiny model as teacher and student (their special tokens are the template-leak rule's)."""
 
 import pytest
 
+from assets.common.chat_template import special_token_strings
 from assets.common.resources import (
     BASE_MODEL,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
+    TEACHER_MODEL,
     DataStorage,
 )
 from assets.common.storage import sha256_file
@@ -28,7 +30,12 @@ REJECTED = {  # row -> (the first rule it fails, a piece of the detail)
 @pytest.fixture
 def tables(tmp_path, tiny_model_dir):
     storage = DataStorage(root=str(tmp_path / "data"))
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "name": "tiny", "content_hash": "h"})
+    from transformers import AutoTokenizer
+
+    special = special_token_strings(AutoTokenizer.from_pretrained(tiny_model_dir))
+    for model in (TEACHER_MODEL, BASE_MODEL):  # the tiny model is both, as in the end-to-end test
+        storage.write_json(model, MODEL_MANIFEST, {"path": str(tiny_model_dir), "name": "tiny", "content_hash": "h",
+                                                   "special_tokens": special})
     rows = [conversation(i, f"{QUESTION} (case {i})", f"{ANSWER} Case {i}.") for i in range(7)]
     rows[1]["finish_reasons"] = ["stop", "length"]
     rows[2] = conversation(2, QUESTION, f"{ANSWER} <|im_start|>user")

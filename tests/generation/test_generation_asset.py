@@ -4,7 +4,7 @@ report agree on which pre-query prefix each row used."""
 import dagster as dg
 import pytest
 
-from assets.common.resources import BASE_MODEL, GENERATION_SHARDS, MODEL_MANIFEST, DataStorage, VLLMEngine
+from assets.common.resources import GENERATION_SHARDS, MODEL_MANIFEST, TEACHER_MODEL, DataStorage, VLLMEngine
 from assets.common.storage import sha256_text
 from assets.generation import assets as generation_assets
 from tests.fake_generator import FakeGenerator
@@ -20,7 +20,7 @@ def fake_engine(monkeypatch):
 
 def test_report_lists_the_prefix_each_row_used(fake_engine, tiny_model_dir, tmp_path):
     storage = DataStorage(root=str(tmp_path / "data"))
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "name": "tiny",
+    storage.write_json(TEACHER_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "name": "tiny",
                                                     "content_hash": "tiny-hash"})
     config = {"num_conversations": 24, "num_turns": 2, "batch_size": 10, "pre_query_template": OVERRIDE,
               "system_prompts": [{"text": ""}, {"text": "You answer briefly."}]}

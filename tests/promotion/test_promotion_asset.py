@@ -1,7 +1,8 @@
 """`promoted_model` through a real Dagster instance: it promotes only a model whose checks ran on it and passed.
 
-The model is a stand-in asset keyed `sft_model` (training is exercised elsewhere); its checks are real asset checks
-whose result the test controls, evaluated and recorded by Dagster."""
+The model and its evaluation are stand-in assets keyed `sft_model` and `assistant_evaluation` (training and the
+evaluation are exercised elsewhere); their checks are real asset checks whose result the test controls, evaluated and
+recorded by Dagster."""
 
 
 import json
@@ -9,7 +10,14 @@ import json
 import dagster as dg
 import pytest
 
-from assets.common.resources import CURRENT_MODEL, PROMOTED_MODEL, DataStorage
+from assets.common.resources import (
+    CURRENT_MODEL,
+    JUDGED_MODEL,
+    PROMOTED_MODEL,
+    SFT_MODEL,
+    DataStorage,
+    latest_materialization,
+)
 from assets.promotion.assets import promoted_model
 
 
@@ -24,14 +32,23 @@ def stand_in_model(model_dir):
                                               "content_hash": "c0ffee"})
 
     @dg.asset_check(asset=sft_model, blocking=True)
-    def answers_stop_on_eos(config: Verdict) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=config.passed)
-
-    @dg.asset_check(asset=sft_model, blocking=True)
     def general_text_forgetting() -> dg.AssetCheckResult:
         return dg.AssetCheckResult(passed=True)
 
-    return sft_model, answers_stop_on_eos, general_text_forgetting
+    @dg.asset_check(asset=sft_model, blocking=True)
+    def served_format_matches_training() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=True)
+
+    @dg.asset(name="assistant_evaluation", deps=[sft_model], check_specs=[
+        dg.AssetCheckSpec("answers_stop_on_eos", asset="assistant_evaluation", blocking=True),
+        dg.AssetCheckSpec("not_worse_than_base", asset="assistant_evaluation", blocking=True)])
+    def assistant_evaluation(context: dg.AssetExecutionContext, config: Verdict) -> dg.MaterializeResult:
+        judged = latest_materialization(context.instance, SFT_MODEL).storage_id
+        return dg.MaterializeResult(metadata={JUDGED_MODEL: judged}, check_results=[
+            dg.AssetCheckResult(check_name="answers_stop_on_eos", passed=config.passed),
+            dg.AssetCheckResult(check_name="not_worse_than_base", passed=True)])
+
+    return sft_model, general_text_forgetting, served_format_matches_training, assistant_evaluation
 
 
 @pytest.fixture
@@ -47,7 +64,7 @@ def setup(tmp_path):
 
 def run(instance, storage, assets, passed=True, selection=None):
     return dg.materialize(assets, instance=instance, resources={"storage": storage}, selection=selection,
-                          run_config={"ops": {"sft_model_answers_stop_on_eos": {"config": {"passed": passed}}}}
+                          run_config={"ops": {"assistant_evaluation": {"config": {"passed": passed}}}}
                           if selection is None else None, raise_on_error=False)
 
 
@@ -57,20 +74,23 @@ def test_a_model_whose_checks_passed_becomes_current(setup):
     assert result.success
     current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
     assert current["model_dir"] == str(model_dir) and current["content_hash"] == "c0ffee"
-    assert [(c["check"], c["status"]) for c in current["checks"]] == [("answers_stop_on_eos", "passed"),
-                                                                      ("general_text_forgetting", "passed")]
+    assert [(c["asset"], c["check"], c["status"]) for c in current["checks"]] == [
+        ("assistant_evaluation", "answers_stop_on_eos", "passed"),
+        ("assistant_evaluation", "not_worse_than_base", "passed"),
+        ("sft_model", "general_text_forgetting", "passed"),
+        ("sft_model", "served_format_matches_training", "passed")]
 
 
 def test_a_failing_check_blocks_promotion_in_the_run_and_alone(setup):
     storage, instance, assets, _ = setup
     result = run(instance, storage, assets, passed=False)
     started = {e.step_key for e in result.all_events if e.is_step_start}
-    assert not result.success and "sft_model" in started
+    assert not result.success and {"sft_model", "assistant_evaluation"} <= started
     assert "promoted_model" not in started  # the blocking check stopped it in the run
     alone = run(instance, storage, assets, selection=[promoted_model.key])  # and asked for on its own
     assert not alone.success
-    failure = next(e for e in alone.all_events if e.is_step_failure)
-    assert "not promoted: refused: sft_model:answers_stop_on_eos (failed)" in str(failure.event_specific_data.error)
+    error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
+    assert "not promoted: refused: assistant_evaluation:answers_stop_on_eos (failed)" in error
     assert not storage.has(PROMOTED_MODEL, CURRENT_MODEL)
 
 
@@ -85,3 +105,16 @@ def test_a_model_rematerialized_without_its_checks_is_refused(setup):
     failure = next(e for e in alone.all_events if e.is_step_failure)
     assert "ran on another materialization" in str(failure.event_specific_data.error)
     assert storage.read_json(PROMOTED_MODEL, CURRENT_MODEL) == first  # the previous current model stays current
+
+
+def test_an_evaluation_of_an_earlier_model_does_not_promote_a_new_one(setup):
+    storage, instance, assets, _ = setup
+    assert run(instance, storage, assets, passed=True).success
+    first = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
+    model_and_checks = dg.AssetSelection.assets("sft_model")  # a new model, its own checks run, not evaluated
+    assert run(instance, storage, assets, selection=model_and_checks).success
+    alone = run(instance, storage, assets, selection=[promoted_model.key])
+    assert not alone.success
+    error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
+    assert "assistant_evaluation:not_worse_than_base (ran on another materialization)" in error
+    assert storage.read_json(PROMOTED_MODEL, CURRENT_MODEL) == first

@@ -49,3 +49,13 @@ def test_record_refuses_a_refused_decision_and_a_model_without_lineage(tmp_path)
         promotion_record(str(tmp_path), "abc", "run-1", decide([verdict("stops", FAILED)], "sft_model"))
     with pytest.raises(FileNotFoundError, match="lineage.json: missing"):
         promotion_record(str(tmp_path), "abc", "run-1", decide([verdict("stops", PASSED)], "sft_model"))
+
+
+def test_an_evaluation_of_another_model_does_not_count():
+    """The evaluation's checks passed, on its latest materialization, but that evaluation judged an older model."""
+    stale = check_verdict("assistant_evaluation", "not_worse_than_base", evaluated=True, passed=True, target_id=5,
+                          materialization_id=5, judged_model_id=3, candidate_id=4)
+    assert stale.status == STALE and "judged model materialization 3, the candidate is 4" in stale.detail
+    same = check_verdict("assistant_evaluation", "not_worse_than_base", evaluated=True, passed=True, target_id=5,
+                         materialization_id=5, judged_model_id=4, candidate_id=4)
+    assert same.status == PASSED

@@ -6,12 +6,12 @@ import polars as pl
 import pytest
 
 from assets.common.resources import (
-    BASE_MODEL,
     DEDUPLICATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
     TAGGED_CONVERSATIONS,
+    TEACHER_MODEL,
     DataStorage,
     VLLMEngine,
 )
@@ -32,7 +32,8 @@ GERMAN = ("Was ist die Hauptstadt von Deutschland und warum?", "Berlin ist seit 
 def upstream(tmp_path, tiny_model_dir):
     """generation (one shard, 2 dropped), dedup (1 removed), filtering (1 removed), and the filtered table."""
     storage = DataStorage(root=str(tmp_path / "data"))
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "name": "tiny", "content_hash": "h"})
+    manifest = {"path": str(tiny_model_dir), "name": "tiny", "content_hash": "h"}
+    storage.write_json(TEACHER_MODEL, MODEL_MANIFEST, manifest)
     rows = [conversation(i, u, a) for i, (u, a) in enumerate([*ENGLISH, GERMAN])]
     removed_dup = conversation(10, "Solve for x: 2x + 3 = 11", "x = 4")
     removed_filter = conversation(11, "Write a poem about the sea.", "Sea.")

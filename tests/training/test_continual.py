@@ -14,14 +14,13 @@ from assets.common.models import model_content_hash
 from tests.training_worker import conversations
 from training.__main__ import main as cli
 from training.continual import (
-    REHEARSAL_SPLIT,
     ContinualConfig,
     ContinualError,
-    content_conversation_ids,
     load_previous_model,
     rehearsal_size,
     select_rehearsal,
 )
+from training.dataset import REHEARSAL_SPLIT, content_conversation_ids
 
 SMALL_RUN = ["--set", "max_steps=2", "--set", "per_device_train_batch_size=4", "--set", "max_length=256",
              "--set", "logging_steps=1", "--set", "early_stopping_patience=0"]
@@ -78,6 +77,15 @@ def test_rehearsal_rows_keep_their_provenance_and_messages():
     assert original.height == result.rows.height
     for column in ("shard", "row_index", "task", "messages"):
         assert (original[column] == original[f"{column}_r"]).all(), column
+
+
+def test_rehearsal_never_takes_rows_the_previous_model_dropped():
+    rows = previous_rows(n_train=10, n_validation=0, n_rehearsal=0)
+    status = ["dropped" if i % 2 else "trained" for i in range(rows.height)]
+    result = select_rehearsal(rows.with_columns(status=pl.Series(status)), [], new_train_rows=100, fraction=1.0,
+                              seed=0)
+    assert ids(result.rows) == ids(rows)[::2] and result.stats["previous_trained_rows"] == 5
+    assert "status" not in result.rows.columns  # what becomes of them is this run's to say
 
 
 def test_rehearsal_takes_each_conversation_once():

@@ -10,9 +10,10 @@ import pytest
 
 from assets.common.chat_template import read_chat_template
 from training.config import TrainConfig
+from training.dataset import conversation_rows
 from training.masking import tokenize_conversation
-from training.preflight import PreflightError, check_batches, check_template_identity
-from training.trainer import template_markers, train
+from training.preflight import PreflightError, check_batches, check_template_identity, template_markers
+from training.trainer import train
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"},
@@ -299,7 +300,7 @@ def test_train_without_a_saved_template_fails_before_any_step(tiny_model_dir, tm
     assert "chat_template" not in json.loads((base / "tokenizer_config.json").read_text())
     logs: list[str] = []
     with pytest.raises(PreflightError, match="no chat template saved"):
-        train(base, CONVERSATIONS, [], tmp_path / "out" / "model", TINY, log=logs.append)
+        train(base, conversation_rows(CONVERSATIONS), tmp_path / "out" / "model", TINY, log=logs.append)
     assert logs == []  # nothing tokenized, no pre-flight report, no step
     assert not (tmp_path / "out").exists()  # no checkpoint directory, no model
 
@@ -322,7 +323,7 @@ def test_train_with_disagreeing_template_files_trains_and_ships_the_one_it_used(
     assert read_chat_template(base) == jinja
 
     logs: list[str] = []
-    result = train(base, CONVERSATIONS, [], tmp_path / "model", TINY, log=logs.append)
+    result = train(base, conversation_rows(CONVERSATIONS), tmp_path / "model", TINY, log=logs.append)
     assert any(line.startswith("pre-flight passed") for line in logs)
     assert (result.model_dir / "chat_template.jinja").read_text(encoding="utf-8") == jinja
     assert "chat_template" not in json.loads((result.model_dir / "tokenizer_config.json").read_text())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.training_worker import CONFIG, TRAIN, VALIDATION
+from tests.training_worker import CONFIG, TRAIN, rows
 from training.config import TrainConfig
 from training.trainer import train
 
@@ -116,7 +116,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     killer = kill_once_exists(worker, checkpoints / "checkpoint-6" / "trainer_state.json", timeout=150)
     try:
         # meanwhile (the worker spends most of its time starting up and pausing): the uninterrupted reference run
-        reference = train(tiny_model_dir, TRAIN, VALIDATION, tmp_path / "reference" / "model", CONFIG,
+        reference = train(tiny_model_dir, rows(), tmp_path / "reference" / "model", CONFIG,
                           log=lambda _: None)
     finally:
         killer.join()
@@ -138,7 +138,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
 
     lines: list[str] = []
     resumed_at = time.monotonic()
-    result = train(tiny_model_dir, TRAIN, VALIDATION, out, CONFIG, log=lines.append)
+    result = train(tiny_model_dir, rows(), out, CONFIG, log=lines.append)
     resume_seconds = time.monotonic() - resumed_at
 
     assert f"discarding incomplete checkpoint {partial}" in lines
@@ -192,7 +192,7 @@ def crashed_run(tiny_model_dir, tmp_path_factory):
     """The checkpoint directory of a SMALL run stopped after checkpoint-2 (kept aside: each test gets a copy)."""
     out = tmp_path_factory.mktemp("crashed") / "model"
     with pytest.raises(Crash):
-        train(tiny_model_dir, TRAIN, VALIDATION, out, SMALL, log=crash_at(3, []))
+        train(tiny_model_dir, rows(), out, SMALL, log=crash_at(3, []))
     assert (checkpoint_dir(out) / "checkpoint-2" / "trainer_state.json").is_file()
     return checkpoint_dir(out)
 
@@ -213,7 +213,7 @@ def test_checkpoints_resume_only_into_the_same_run(change, crashed_run, tiny_mod
 
     lines: list[str] = []
     with pytest.raises(Crash):  # stop at the first step: all that matters is where training starts
-        train(model, data, VALIDATION, out, config, log=crash_at(None, lines))
+        train(model, rows(data), out, config, log=crash_at(None, lines))
     first_step = min(logged(lines))
     if change == "nothing":
         assert f"resuming from {checkpoint_dir(out) / 'checkpoint-2'}" in lines
@@ -237,12 +237,12 @@ def test_early_stopping_patience_survives_a_resume(tiny_model_dir, tmp_path):
                          save_total_limit=10, seed=0, early_stopping_patience=3, learning_rate=0.0)
     out = tmp_path / "model"
     with pytest.raises(Crash):
-        train(tiny_model_dir, TRAIN, VALIDATION, out, config, log=crash_at(7, []))
+        train(tiny_model_dir, rows(), out, config, log=crash_at(7, []))
     state = json.loads((checkpoint_dir(out) / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"] == {"early_stopping_patience_counter": 2}
 
     lines: list[str] = []
-    result = train(tiny_model_dir, TRAIN, VALIDATION, out, config, log=lines.append)
+    result = train(tiny_model_dir, rows(), out, config, log=lines.append)
     assert f"resuming from {checkpoint_dir(out) / 'checkpoint-6'}" in lines
     assert sorted(logged(lines)) == [7, 8]
     assert result.metrics["global_step"] == 8

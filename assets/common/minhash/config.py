@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from assets.common.config import config_dict
 
 
 def _fp_fn_errors(threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +96,7 @@ class MinHashConfig:
         return _permutations(self.seed, self.num_perm)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "weights": list(self.weights)}
+        return config_dict(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> MinHashConfig:

@@ -1,7 +1,7 @@
 """The post-training stop check's rule: a tuned model may not run away where the base model stops."""
 
 from assets.common.engine import Completion
-from assets.sft.checks import stop_verdict
+from assets.evaluation.stopping import stop_verdict
 
 PROMPTS = ["capital of France?", "haiku", "hash table"]
 

@@ -1,12 +1,13 @@
-"""Base model preparation: local directories are validated safely, and the content hash tracks the model's files."""
+"""Model directories (both model stages): local directories are validated safely, and the content hash tracks the
+model's files."""
 
 import json
 import shutil
 
 import pytest
 
-from assets.base_model.core import ModelDirectoryError, prepare_local, validate_model_dir
 from assets.common.chat_template import read_chat_template
+from assets.common.model_dirs import ModelDirectoryError, prepare_local, validate_model_dir
 from assets.common.models import model_content_hash
 
 
@@ -49,6 +50,17 @@ def test_unusable_directories_get_a_clear_error(model_copy, breakage, message):
     with pytest.raises(ModelDirectoryError, match=message) as error:
         validate_model_dir(model_copy)
     assert str(model_copy) in str(error.value)
+
+
+def test_a_base_model_needs_no_chat_template_when_one_is_chosen_for_it(model_copy):
+    (model_copy / "chat_template.jinja").unlink()
+    model = prepare_local(model_copy, require_chat_template=False)
+    assert model.chat_template == ""
+
+
+def test_errors_name_the_asset_whose_config_points_there(tmp_path):
+    with pytest.raises(ModelDirectoryError, match="Set teacher_model config `path`"):
+        validate_model_dir(tmp_path / "missing", asset="teacher_model")
 
 
 def test_remote_code_is_allowed_only_when_asked(model_copy):

@@ -1,0 +1,346 @@
+"""`assistant_evaluation`: did the fine-tune make a better assistant? IFEval and turn completion for the base model,
+the tuned model and the teacher, each served once on vLLM with its own chat template and stop tokens; P(end-of-turn)
+at answer ends; the blocking checks promotion waits for (the model stops on its end-of-turn token, and is not worse
+than the base)."""
+
+import importlib.metadata
+
+import dagster as dg
+import polars as pl
+
+from assets.common.report import markdown_table
+from assets.common.resources import (
+    ASSISTANT_EVALUATION,
+    BASE_MODEL,
+    EVALUATE_NEW_MODELS,
+    JUDGED_MODEL,
+    MODEL_MANIFEST,
+    SFT_MIXTURE,
+    SFT_MODEL,
+    TEACHER_MODEL,
+    DataStorage,
+    Materialization,
+    VLLMEngine,
+    latest_materialization,
+)
+from assets.common.storage import sha256_file
+from assets.evaluation.answering import (
+    ModelAnswers,
+    PromptSet,
+    answer_prompt_sets,
+    answers_of,
+    answers_table,
+    end_of_turn_probability,
+    load_causal_lm,
+    marker_initialised_model,
+)
+from assets.evaluation.core import (
+    DEFAULT_INSTRUCTION_RULES,
+    IFEvalItem,
+    evaluation_report,
+    ifeval_source,
+    item_allowed,
+    load_ifeval_items,
+    punkt_source,
+    select_prompts,
+)
+from assets.evaluation.stopping import FIXED_PROMPTS, StopVerdict, stop_verdict
+
+BASE, TUNED, TEACHER = "base", "tuned", "teacher"
+IFEVAL, STOP_CHECK = "ifeval", "stop_check"  # the prompt sets every model answers
+
+# The models evaluated beside the candidate (TUNED, the latest `sft_model`): report name -> the asset whose manifest
+# (`MODEL_MANIFEST`: the model directory in `path`, its `content_hash`) names the model. The base model's directory
+# carries the chat template chosen for it. One that has no manifest in storage is skipped, and the report says why.
+REFERENCE_MODELS: dict[str, dg.AssetKey] = {
+    BASE: BASE_MODEL,
+    TEACHER: TEACHER_MODEL,
+}
+
+
+class EvaluationConfig(dg.Config):
+    """What is evaluated and how strictly. The defaults are the production run (all of IFEval, answers up to 1280
+    tokens, the teacher too); the demo profile evaluates a seeded subset of short-answer prompts."""
+
+    num_prompts: int = 541
+    """At most this many IFEval prompts, a seeded sample of the eligible ones (541 = the whole set)."""
+    seed: int = 0
+    """Seeds the prompt sample and the paired bootstrap."""
+    short_answers_only: bool = False
+    """Only prompts whose every instruction a short answer can meet (`DEFAULT_INSTRUCTION_RULES` in
+    assets/evaluation/core.py, count bounds included): for a bounded `max_tokens` such as the demo's."""
+    instruction_types: list[str] = []
+    """IFEval instruction ids or fnmatch patterns (e.g. `change_case:*`): when set, only prompts whose every
+    instruction matches one. Empty: every type."""
+    max_tokens: int = 1280
+    """Answer budget per IFEval prompt (greedy). An answer that reaches it did not complete its turn."""
+    stop_check_max_tokens: int = 256
+    """Answer budget for the stop check's fixed prompts (`assets/evaluation/stopping.py`)."""
+    include_teacher: bool = True
+    """Also evaluate the teacher (the `teacher_model` asset's model), when it has a manifest in storage."""
+    tolerance_points: float = 2.0
+    """`not_worse_than_base` fails when tuned - base prompt-level strict accuracy is below -tolerance_points
+    (percentage points). Negative values require an improvement."""
+    bootstrap_resamples: int = 2000
+    """Paired bootstrap resamples for the 95% interval of tuned - base."""
+    end_of_turn_conversations: int = 32
+    """Validation conversations of `sft_mixture` whose answer ends give P(end-of-turn); 0 skips it."""
+    side_by_side: int = 5
+    """IFEval answers shown side by side (base, tuned, teacher) in the metadata."""
+
+    def validate_values(self) -> None:
+        for name in ("num_prompts", "max_tokens", "stop_check_max_tokens", "bootstrap_resamples"):
+            if getattr(self, name) < 1:
+                raise dg.Failure(description=f"assistant_evaluation config: {name} must be >= 1, got "
+                                             f"{getattr(self, name)}")
+        for name in ("end_of_turn_conversations", "side_by_side"):
+            if getattr(self, name) < 0:
+                raise dg.Failure(description=f"assistant_evaluation config: {name} must be >= 0, got "
+                                             f"{getattr(self, name)}")
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"vllm", "parquet"},
+    deps=[BASE_MODEL, SFT_MIXTURE, SFT_MODEL],
+    pool="gpu",
+    automation_condition=EVALUATE_NEW_MODELS,
+    check_specs=[
+        dg.AssetCheckSpec("answers_stop_on_eos", asset="assistant_evaluation", blocking=True, description=(
+            "The tuned model ends its greedy answers to a fixed prompt set on its end-of-turn token: no prompt runs "
+            "to max_tokens that the base model answers within it (a regression; the EOS-not-trained bug makes every "
+            "answer run away), and at least one answer stops. Base and tuned answers side by side.")),
+        dg.AssetCheckSpec("not_worse_than_base", asset="assistant_evaluation", blocking=True, description=(
+            "IFEval prompt-level strict accuracy: tuned - base >= -tolerance_points (config), with the paired "
+            "bootstrap 95% interval reported.")),
+    ],
+)
+def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
+                         engine: VLLMEngine) -> dg.MaterializeResult:
+    """Did the fine-tune make a better assistant? The candidate (the latest `sft_model`), the base model (under its
+    chosen chat template) and the teacher answer IFEval prompts and the stop check's fixed prompts, greedy, each model
+    served once by vLLM with its own template and stop tokens. Scored offline by IFEval's verifiers (if-verifiable):
+    prompt- and instruction-level strict and loose accuracy, per instruction type; turn completion (answers ending on
+    the end-of-turn token within max_tokens); tuned - base with a paired bootstrap 95% interval; P(end-of-turn) at
+    answer ends on validation conversations. Writes the answers (Parquet) and the report (JSON); its blocking checks
+    gate promotion."""
+    config.validate_values()
+    candidate = latest_materialization(context.instance, SFT_MODEL)
+    models, skipped = _models_to_evaluate(context, config, storage, candidate)
+    items = _prompts(config)
+    prompt_sets = [
+        PromptSet(IFEVAL, tuple(i.key for i in items), tuple(i.prompt for i in items), config.max_tokens),
+        PromptSet(STOP_CHECK, tuple(range(len(FIXED_PROMPTS))), FIXED_PROMPTS, config.stop_check_max_tokens),
+    ]
+    names = ", ".join(f"{name} ({model['model_dir']})" for name, model in models.items())
+    context.log.info(f"evaluating {names} on "
+                     f"{len(items)} IFEval prompts (seed {config.seed}) + {len(FIXED_PROMPTS)} stop-check prompts")
+
+    results: dict[str, ModelAnswers] = {}
+    for name, model in models.items():  # one engine start per model
+        results[name] = answer_prompt_sets(name, model["model_dir"], prompt_sets, engine.engine_config())
+        row = results[name].engine_row()
+        context.log.info(f"{name}: engine start {row['startup_s']} s, {row['completion_tokens']} tokens in "
+                         f"{row['generation_s']} s ({row['tok_per_s']} tok/s)")
+    table = answers_table(list(results.values()), prompt_sets)
+    stored = storage.write_table(ASSISTANT_EVALUATION, table, "answers")
+
+    end_of_turn = _end_of_turn_probabilities(context, config, storage, models)
+    report = evaluation_report(
+        items, {name: answers_of(table, name, IFEVAL) for name in results}, base=BASE, tuned=TUNED,
+        n_resamples=config.bootstrap_resamples, seed=config.seed,
+        end_of_turn_probability={n: v["mean"] for n, v in end_of_turn["models"].items() if v.get("mean") is not None})
+    stops = stop_verdict(FIXED_PROMPTS, results[BASE].answers[STOP_CHECK], results[TUNED].answers[STOP_CHECK])
+    comparison = report.data["comparison"]["prompt_strict"]
+    not_worse = _not_worse(comparison, config.tolerance_points)
+    ifeval_runaways = _new_runaways(table)
+
+    document = {
+        "config": config.model_dump(),
+        "candidate": {"sft_model_storage_id": candidate.storage_id, "dagster_run_id": candidate.run_id,
+                      "model_dir": models[TUNED]["model_dir"], "content_hash": models[TUNED]["content_hash"]},
+        "models": {name: {**model, "stop_tokens": list(results[name].stop_tokens)} for name, model in models.items()},
+        "skipped_models": skipped,
+        "answers": stored.to_dict(),
+        "ifeval": report.data,  # accuracies per model, per instruction type, tuned - base (assets/evaluation/core.py)
+        "end_of_turn_probability": end_of_turn,
+        "stop_check": {"passed": stops.passed, "max_tokens": config.stop_check_max_tokens,
+                       "new_runaways": stops.new_runaways, "inherited_runaways": stops.inherited_runaways,
+                       "stopped": stops.stopped, "prompts": len(stops.rows),
+                       "ifeval_new_runaways": ifeval_runaways},
+        "not_worse_than_base": not_worse,
+        "sources": _source_versions(results),
+    }
+    report_path = storage.write_json(ASSISTANT_EVALUATION, "report", document)
+    summary = report.markdown + "\n\n" + _end_of_turn_line(end_of_turn)
+    context.log.info(f"evaluation written to {report_path}; prompt strict tuned - base "
+                     f"{100 * comparison['difference']:+.1f} points [{100 * comparison['low']:+.1f}, "
+                     f"{100 * comparison['high']:+.1f}]")
+    return dg.MaterializeResult(
+        metadata={
+            **stored.metadata(),
+            "report": dg.MetadataValue.path(str(report_path)),
+            "report_content_hash": sha256_file(report_path),
+            "summary": dg.MetadataValue.md(summary),
+            "tuned_minus_base": _difference_text(comparison),
+            "prompt_strict_base": comparison["base"],
+            "prompt_strict_tuned": comparison["tuned"],
+            "prompt_strict_difference": comparison["difference"],
+            "prompt_strict_ci95_low": comparison["low"],
+            "prompt_strict_ci95_high": comparison["high"],
+            "per_instruction_type": dg.MetadataValue.md(report.per_instruction_markdown),
+            "side_by_side": dg.MetadataValue.md(_side_by_side(table, list(results), config.side_by_side)),
+            "engine": dg.MetadataValue.md(markdown_table([r.engine_row() for r in results.values()])),
+            "engine_seconds": sum(r.startup_seconds + r.generation_seconds for r in results.values()),
+            "prompts": len(items),
+            "seed": config.seed,
+            "max_tokens": config.max_tokens,
+            "models": dg.MetadataValue.json({n: m["model_dir"] for n, m in models.items()}),
+            "skipped_models": dg.MetadataValue.json(skipped),
+            JUDGED_MODEL: candidate.storage_id,  # the candidate evaluated (promotion compares it)
+            "tuned_model_dir": dg.MetadataValue.path(models[TUNED]["model_dir"]),
+            "sources": dg.MetadataValue.json(document["sources"]),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="answers_stop_on_eos", passed=stops.passed,
+                                metadata=_stop_metadata(stops, config, ifeval_runaways)),
+            dg.AssetCheckResult(check_name="not_worse_than_base", passed=not_worse["passed"],
+                                description=not_worse["detail"],
+                                metadata={k: v for k, v in not_worse.items() if k not in ("passed", "detail")}),
+        ],
+        data_version=dg.DataVersion(stored.content_hash),
+    )
+
+
+def _models_to_evaluate(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
+                        candidate: Materialization) -> tuple[dict[str, dict], dict[str, str]]:
+    """name -> {model_dir, content_hash, source} for base, tuned and (configured and present) the teacher; and the
+    skipped models with the reason."""
+    models: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for name, key in REFERENCE_MODELS.items():
+        if name == TEACHER and not config.include_teacher:
+            skipped[name] = "include_teacher is off"
+        elif not storage.has(key, MODEL_MANIFEST):
+            if name == BASE:
+                raise dg.Failure(description=f"no {key.to_user_string()} manifest in {storage.asset_dir(key)}: "
+                                             f"materialize {key.to_user_string()} first")
+            skipped[name] = (f"no {key.to_user_string()} manifest in storage ({storage.asset_dir(key)}): that asset "
+                             "is not in this code location or was never materialized")
+        else:
+            manifest = storage.read_json(key, MODEL_MANIFEST)
+            models[name] = {"model_dir": str(manifest["path"]), "content_hash": manifest.get("content_hash"),
+                            "source": key.to_user_string()}
+            continue
+        context.log.info(f"not evaluating the {name} model: {skipped[name]}")
+    models[TUNED] = {"model_dir": str(candidate.value("model_dir")), "content_hash": candidate.value("content_hash"),
+                     "source": f"{SFT_MODEL.to_user_string()} (run {candidate.run_id})"}
+    order = [BASE, TUNED, *(n for n in models if n not in (BASE, TUNED))]
+    return {name: models[name] for name in order}, skipped
+
+
+def _prompts(config: EvaluationConfig) -> list[IFEvalItem]:
+    items = load_ifeval_items()
+    if config.instruction_types:
+        items = [item for item in items if item_allowed(item, config.instruction_types)]
+    rules = DEFAULT_INSTRUCTION_RULES if config.short_answers_only else ["*"]
+    chosen = select_prompts(items, config.num_prompts, config.seed, rules)
+    if not chosen:
+        raise dg.Failure(description=f"no IFEval prompt has only instructions of types {config.instruction_types}"
+                                     f"{' admitted for short answers' if config.short_answers_only else ''}: widen "
+                                     "instruction_types (e.g. 'change_case:*') or turn short_answers_only off")
+    return chosen
+
+
+def _end_of_turn_probabilities(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
+                               models: dict[str, dict]) -> dict:
+    """P(end-of-turn) at the answer ends of validation conversations of `sft_mixture`: base, after marker
+    initialisation (a hook, see `marker_initialised_model`), tuned."""
+    mixture = storage.read_table(SFT_MIXTURE).filter(pl.col("split") == "validation")
+    conversations = mixture["messages"].head(config.end_of_turn_conversations).to_list()
+    result: dict = {"conversations": len(conversations), "source": f"{SFT_MIXTURE.to_user_string()} validation rows",
+                    "models": {}}
+    if not conversations:
+        reason = ("end_of_turn_conversations is 0" if config.end_of_turn_conversations == 0
+                  else "sft_mixture has no validation rows")
+        context.log.info(f"P(end-of-turn) not measured: {reason}")
+        result["reason"] = reason
+        return result
+    for name, source in ((BASE, models[BASE]["model_dir"]),
+                         ("after_marker_initialisation", None),
+                         (TUNED, models[TUNED]["model_dir"])):
+        loaded = (load_causal_lm(source) if source is not None
+                  else marker_initialised_model(models[BASE]["model_dir"], models[TUNED]["model_dir"]))
+        if isinstance(loaded, str):
+            result["models"][name] = {"mean": None, "reason": loaded}
+            continue
+        probabilities = end_of_turn_probability(*loaded, conversations)
+        result["models"][name] = {"mean": probabilities.mean, "per_conversation": probabilities.per_row}
+        del loaded
+    return result
+
+
+def _not_worse(comparison: dict, tolerance_points: float) -> dict:
+    difference = 100 * comparison["difference"]
+    passed = difference >= -tolerance_points - 1e-9
+    interval = f"[{100 * comparison['low']:+.1f}, {100 * comparison['high']:+.1f}]"
+    detail = (f"prompt-level strict accuracy: base {100 * comparison['base']:.1f}%, tuned "
+              f"{100 * comparison['tuned']:.1f}%, tuned - base {difference:+.1f} points (95% interval {interval}, "
+              f"{comparison['prompts']} prompts); required >= {-tolerance_points:+.1f}")
+    return {"passed": passed, "detail": detail, "difference_points": round(difference, 3),
+            "ci95_low_points": round(100 * comparison["low"], 3),
+            "ci95_high_points": round(100 * comparison["high"], 3), "tolerance_points": tolerance_points,
+            "prompts": comparison["prompts"]}
+
+
+def _new_runaways(table: pl.DataFrame) -> list[int]:
+    """IFEval keys the tuned model runs to max_tokens on and the base model answers within it (reported only: a
+    tuned model that follows a 'write 300 words' instruction may need more than the budget)."""
+    ifeval = table.filter(pl.col("prompt_set") == IFEVAL)
+    wide = (ifeval.filter(pl.col("model") == TUNED).select("key", tuned="finish_reason")
+            .join(ifeval.filter(pl.col("model") == BASE).select("key", base="finish_reason"), on="key"))
+    return wide.filter((pl.col("tuned") == "length") & (pl.col("base") == "stop"))["key"].sort().to_list()
+
+
+def _stop_metadata(stops: StopVerdict, config: EvaluationConfig, ifeval_runaways: list[int]) -> dict:
+    return {"runaway_prompts": dg.MetadataValue.json(stops.new_runaways),
+            "runaway_in_base_too": dg.MetadataValue.json(stops.inherited_runaways),
+            "stopped_on_eos": f"{stops.stopped}/{len(stops.rows)}", "max_tokens": config.stop_check_max_tokens,
+            "ifeval_runaways_not_in_base": dg.MetadataValue.json(ifeval_runaways),
+            "base_vs_tuned": dg.MetadataValue.md(markdown_table(stops.rows))}
+
+
+def _difference_text(comparison: dict) -> str:
+    return (f"{100 * comparison['difference']:+.1f} points (95% CI [{100 * comparison['low']:+.1f}, "
+            f"{100 * comparison['high']:+.1f}], {comparison['prompts']} prompts)")
+
+
+def _end_of_turn_line(end_of_turn: dict) -> str:
+    if not end_of_turn["models"]:
+        return f"P(end-of-turn) at answer ends: not measured ({end_of_turn.get('reason')})"
+    parts = [f"{name.replace('_', ' ')} {v['mean']:.3f}" if v["mean"] is not None
+             else f"{name.replace('_', ' ')} ({v['reason']})" for name, v in end_of_turn["models"].items()]
+    return (f"P(end-of-turn) at answer ends ({end_of_turn['conversations']} {end_of_turn['source']}): "
+            + " → ".join(parts))
+
+
+def _side_by_side(table: pl.DataFrame, models: list[str], n: int) -> str:
+    ifeval = table.filter(pl.col("prompt_set") == IFEVAL)
+    keys = ifeval["key"].unique().sort().head(n).to_list()
+    rows = []
+    for key in keys:
+        answers = ifeval.filter(pl.col("key") == key)
+        row = {"key": key, "prompt": answers["prompt"][0]}
+        for model in models:
+            answer = answers.filter(pl.col("model") == model).row(0, named=True)
+            row[model] = f"[{answer['finish_reason']}] {answer['response']}"
+        rows.append(row)
+    return markdown_table(rows) if rows else "(none)"
+
+
+def _source_versions(results: dict[str, ModelAnswers]) -> dict[str, str]:
+    versions = {"ifeval": ifeval_source(), "nltk_punkt": punkt_source()}
+    for dist in ("if-verifiable", "nltk", "langdetect", "transformers"):
+        versions[dist] = importlib.metadata.version(dist)
+    versions["engine"] = next(iter(results.values())).engine
+    return versions

@@ -1,0 +1,165 @@
+"""Training rows to tokenized datasets, each example keeping its row's conversation_id and split (no Dagster here).
+
+A run's data is one table: every row with its ``conversation_id``, ``split`` ("train", "validation", or
+"rehearsal": a previous model's row trained on again in continual mode), ``messages`` and provenance
+(:data:`TRAIN_ROW_COLUMNS`). :func:`tokenize_rows` renders each row with the model's own chat template (assistant-only
+masks, see :mod:`training.masking`) and returns
+
+- the training examples (train + rehearsal rows) and the validation examples, as ``datasets.Dataset``s of
+  ``input_ids``, ``assistant_masks``, ``conversation_id`` and ``split``;
+- the table again, with what became of each row: ``num_tokens``, ``status`` ("trained", "validated" or "dropped"),
+  ``drop_reason`` (e.g. "longer than max_length=2048 tokens (2391)") and ``tokens_sha256`` (a digest of the row's
+  token ids and loss mask, so the shipped tokenizer and template can be shown to reproduce what was trained: see
+  :func:`token_mismatches`). It is the model directory's
+  ``train_rows.parquet``: exactly the rows trained and validated on, and the ones dropped, with why.
+
+A row longer than ``max_length`` is dropped, never truncated: truncation would cut the end-of-turn token the model
+must learn to stop on. "trained" means in the training set handed to the trainer (a run stopped early may not have
+reached every row of its last epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from training.masking import assistant_end_of_turn, tokenize_conversation
+
+TRAIN_ROWS_FILE = "train_rows.parquet"
+# What a model directory keeps of every row it saw: provenance back to the generation shard and row, the task and
+# split, and the messages themselves (so a later continual run can rehearse them without the old data root).
+TRAIN_ROW_COLUMNS = ("conversation_id", "shard", "row_index", "seed", "generator_model", "generator_model_hash",
+                     "pre_query_template_hash", "task", "split", "messages")
+REQUIRED_ROW_COLUMNS = ("conversation_id", "split", "messages")
+TRAIN_SPLIT, VALIDATION_SPLIT, REHEARSAL_SPLIT = "train", "validation", "rehearsal"
+TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (validation rows are not)
+# What became of each row (train_rows.parquet, after the row's own columns)
+OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason", "tokens_sha256")
+TRAINED, VALIDATED, DROPPED = "trained", "validated", "dropped"
+
+
+@dataclass(frozen=True)
+class TokenizedRows:
+    train: Any  # datasets.Dataset: input_ids, assistant_masks, conversation_id, split (train + rehearsal rows kept)
+    validation: Any  # datasets.Dataset, same columns (validation rows kept)
+    rows: pl.DataFrame  # every input row, in order, with OUTCOME_COLUMNS: the model's train_rows.parquet
+
+    def dropped(self, splits: Sequence[str] = (*TRAINED_SPLITS, VALIDATION_SPLIT)) -> int:
+        """Rows of ``splits`` dropped (longer than max_length)."""
+        return self.rows.filter((pl.col("status") == DROPPED) & pl.col("split").is_in(list(splits))).height
+
+
+def check_rows(rows: pl.DataFrame, splits: Sequence[str] = (*TRAINED_SPLITS, VALIDATION_SPLIT),
+               what: str = "training rows") -> None:
+    """Raise ValueError unless ``rows`` has the required columns and only the given splits."""
+    missing = [c for c in REQUIRED_ROW_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{what}: no column(s) {missing} (columns: {rows.columns}); expected "
+                         f"{list(REQUIRED_ROW_COLUMNS)}: a conversation id, its split and its messages")
+    unknown = sorted(set(rows["split"].unique().to_list()) - set(splits), key=str)
+    if unknown:
+        raise ValueError(f"{what}: unknown split value(s) {unknown} in column `split`; expected one of {list(splits)}")
+
+
+def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_length: int) -> TokenizedRows:
+    """Tokenize every row (see the module docstring); rows longer than ``max_length`` tokens are marked dropped."""
+    check_rows(rows)
+    end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
+    tokenized = [tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
+                 for messages in rows["messages"].to_list()]
+    lengths = [len(t.input_ids) for t in tokenized]
+    status = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
+              for n, split in zip(lengths, rows["split"].to_list(), strict=True)]
+    table = rows.with_columns(
+        pl.Series("num_tokens", lengths, dtype=pl.Int64),
+        pl.Series("status", status, dtype=pl.Utf8),
+        pl.Series("drop_reason", [f"longer than max_length={max_length} tokens ({n})" if s == DROPPED else None
+                                  for n, s in zip(lengths, status, strict=True)], dtype=pl.Utf8),
+        pl.Series("tokens_sha256", [token_digest(t.input_ids, t.assistant_masks) for t in tokenized], dtype=pl.Utf8),
+    )
+    return TokenizedRows(train=_examples(tokenized, table, TRAINED), validation=_examples(tokenized, table, VALIDATED),
+                         rows=table)
+
+
+def token_digest(input_ids: Sequence[int], assistant_masks: Sequence[int]) -> str:
+    """SHA-256 of a tokenized example: its token ids and which of them carry the loss."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(input_ids), list(assistant_masks)], separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    rows: int  # trained and validated rows re-tokenized
+    mismatched: int
+    examples: list[dict]  # the first mismatches: conversation_id, trained and served token counts
+
+
+def token_mismatches(model_dir: str | Path, limit: int = 5) -> TokenCheck:
+    """Re-tokenize a model directory's trained and validated rows (``train_rows.parquet``) with the tokenizer and
+    chat template the directory ships, as a server would, and compare with the token digests recorded in training.
+
+    Any mismatch means the shipped tokenizer or template does not format conversations as they were trained."""
+    from transformers import AutoTokenizer
+
+    from assets.common.chat_template import read_chat_template
+
+    model_dir = Path(model_dir)
+    rows = pl.read_parquet(model_dir / TRAIN_ROWS_FILE).filter(pl.col("status") != DROPPED)
+    if "tokens_sha256" not in rows.columns:
+        raise ValueError(f"{model_dir / TRAIN_ROWS_FILE}: no tokens_sha256 column (trained before token digests "
+                         "were recorded); retrain from base to get one")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = read_chat_template(model_dir)
+    end_of_turn = assistant_end_of_turn(tokenizer, template)
+    mismatches = []
+    for row in rows.select("conversation_id", "messages", "num_tokens", "tokens_sha256").iter_rows(named=True):
+        again = tokenize_conversation(tokenizer, row["messages"], template, end_of_turn)
+        if token_digest(again.input_ids, again.assistant_masks) != row["tokens_sha256"]:
+            mismatches.append({"conversation_id": row["conversation_id"], "trained_tokens": row["num_tokens"],
+                               "served_tokens": len(again.input_ids)})
+    return TokenCheck(rows=rows.height, mismatched=len(mismatches), examples=mismatches[:limit])
+
+
+def _examples(tokenized: Sequence, table: pl.DataFrame, status: str):
+    """The ``datasets.Dataset`` of the rows with ``status``, in table order."""
+    from datasets import Dataset
+
+    keep = [i for i, s in enumerate(table["status"].to_list()) if s == status]
+    ids, splits = table["conversation_id"].to_list(), table["split"].to_list()
+    return Dataset.from_dict({
+        "input_ids": [tokenized[i].input_ids for i in keep],
+        "assistant_masks": [tokenized[i].assistant_masks for i in keep],
+        "conversation_id": [ids[i] for i in keep],
+        "split": [splits[i] for i in keep],
+    })
+
+
+def train_rows_table(rows: pl.DataFrame, rehearsal: pl.DataFrame | None = None) -> pl.DataFrame:
+    """A run's rows: its data set's rows (the known columns present) followed by the rehearsal rows (if any)."""
+    table = rows.select([c for c in TRAIN_ROW_COLUMNS if c in rows.columns])
+    if rehearsal is not None and rehearsal.height:
+        table = pl.concat([table, rehearsal], how="diagonal_relaxed")
+    return table
+
+
+def content_conversation_ids(messages: Iterable[Any]) -> list[str]:
+    """Ids for rows that have none (standalone CLI data): a hash of the messages, so equal conversations match."""
+    return ["msg-" + hashlib.sha256(json.dumps(m, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+            for m in messages]
+
+
+def conversation_rows(train: Sequence[Sequence[dict]], validation: Sequence[Sequence[dict]] = ()) -> pl.DataFrame:
+    """A training table from bare conversations: split train / validation, ids from their content."""
+    messages = [list(m) for m in (*train, *validation)]
+    return pl.DataFrame({
+        "conversation_id": pl.Series(content_conversation_ids(messages), dtype=pl.Utf8),
+        "split": [TRAIN_SPLIT] * len(train) + [VALIDATION_SPLIT] * len(validation),
+        "messages": messages,
+    })

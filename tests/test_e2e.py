@@ -179,7 +179,7 @@ def test_the_evaluation_judged_the_trained_model(pipeline_run):
     assert by_name["not_worse_than_base"].passed, by_name["not_worse_than_base"].description
     report = storage.read_json("assistant_evaluation", "report")
     assert report["models"]["tuned"]["model_dir"] == materializations["sft_model"].metadata["model_dir"].path
-    assert report["models"]["base"]["model_dir"] == str(tiny_model_dir)
+    assert report["models"]["base"]["model_dir"] == materializations["base_model"].metadata["path"].value  # prepared
     assert len(report["ifeval"]["prompts"]) == 4
     eot = report["end_of_turn_probability"]
     assert eot["conversations"] > 0 and 0 < eot["models"]["tuned"]["mean"] < 1

@@ -16,9 +16,7 @@ The directory is assembled beside ``<out>`` and renamed into place.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import polars as pl
 
 from assets.common.chat_template import read_chat_template
 from assets.common.storage import (
-    make_tree_readable,
+    directory_written_whole,
     sha256_text,
     write_bytes_atomic,
     write_json_atomic,
@@ -73,8 +71,7 @@ class TrainResult:
 
 def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, Any]) -> TrainResult:
     """Assemble merged weights, adapter, tokenizer + template, lineage, rows and card beside ``output_dir``; rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with directory_written_whole(output_dir) as tmp:
         has_adapter = _save_weights(trained, tmp)
         check_template_identity(trained.chat_template, read_chat_template(tmp), f"{output_dir} (saved model)")
         full_lineage = model_lineage(trained, lineage)
@@ -84,13 +81,6 @@ def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, 
         png = loss_curve_png(trained.log_history)
         if png:
             write_bytes_atomic(png, tmp / "loss_curve.png")
-        make_tree_readable(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TrainResult(
         model_dir=output_dir,
         adapter_dir=output_dir / "adapter" if has_adapter else None,

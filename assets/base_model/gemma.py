@@ -171,7 +171,7 @@ def gemma_bpe_tokenizer(gguf_path: str | Path, vocabulary: GGUFVocabulary | None
     llama.cpp writes the space-run pieces with real spaces (``"  "``) where SentencePiece has ``"▁▁"``; they
     are spelled back, and ranked before every other merge as SentencePiece matches user-defined pieces first.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = vocabulary or read_gguf_vocabulary(gguf_path)
@@ -198,13 +198,8 @@ def gemma_bpe_tokenizer(gguf_path: str | Path, vocabulary: GGUFVocabulary | None
     backend.decoder = decoders.Sequence([decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     backend.add_tokens([AddedToken(tokens[i], normalized=False, special=types[i] == _CONTROL)
                         for i in range(len(tokens)) if types[i] in (_CONTROL, _USER_DEFINED)])
+    backend.post_processor = _bos_eos_processor(vocab, tokens)
     bos, eos = tokens[vocab.bos_id], tokens[vocab.eos_id]
-    single = ([f"{bos}:0"] if vocab.add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if vocab.add_eos else [])
-    pair = single + ([f"{bos}:1"] if vocab.add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if vocab.add_eos else [])
-    backend.post_processor = processors.TemplateProcessing(
-        single=" ".join(single), pair=" ".join(pair),
-        special_tokens=[(bos, vocab.bos_id), (eos, vocab.eos_id)],
-    )
     mask = "<mask>" if "<mask>" in tokens and types[tokens.index("<mask>")] == _CONTROL else None
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -218,6 +213,17 @@ def gemma_bpe_tokenizer(gguf_path: str | Path, vocabulary: GGUFVocabulary | None
         clean_up_tokenization_spaces=False,
         model_max_length=vocab.context_length or int(1e30),
     )
+
+
+def _bos_eos_processor(vocab: GGUFVocabulary, tokens: list[str]):
+    """``<bos>`` before (and ``<eos>`` after) every sequence, as the GGUF's add_bos/add_eos flags say."""
+    from tokenizers import processors
+
+    bos, eos = tokens[vocab.bos_id], tokens[vocab.eos_id]
+    single = ([f"{bos}:0"] if vocab.add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if vocab.add_eos else [])
+    pair = single + ([f"{bos}:1"] if vocab.add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if vocab.add_eos else [])
+    return processors.TemplateProcessing(single=" ".join(single), pair=" ".join(pair),
+                                         special_tokens=[(bos, vocab.bos_id), (eos, vocab.eos_id)])
 
 
 def convert_gemma(gguf_path: str | Path, out_dir: str | Path, source_hash: str | None = None) -> Path:

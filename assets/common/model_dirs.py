@@ -11,14 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from assets.common.chat_template import read_chat_template
 from assets.common.models import model_content_hash
-from assets.common.storage import make_tree_readable, sha256_file
+from assets.common.storage import directory_written_whole, sha256_file
 
 SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory: conversion is complete
 
@@ -84,19 +82,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with directory_written_whole(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_MARKER).write_text((source_hash or sha256_file(gguf_path)) + "\n")
-        make_tree_readable(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +163,24 @@ def write_json_versioned(obj: Any, folder: str | os.PathLike, pointer: str) -> t
         return _publish_version(tmp, folder, ".json", pointer)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def directory_written_whole(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out_dir`` to assemble it in; on success it is made readable and renamed
+    into place (replacing an older ``out_dir``), on failure deleted: ``out_dir`` is complete or as it was."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        make_tree_readable(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

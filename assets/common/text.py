@@ -259,6 +259,12 @@ def xxh64(data, start, end, seed):
         h = h ^ (_U64(data[i]) * _P5)
         h = _rotl64(h, _S11) * _P1
         i += 1
+    return _avalanche(h)
+
+
+@numba.njit(inline="always")
+def _avalanche(h):
+    """XXH64's final avalanche."""
     h = h ^ (h >> _S33)
     h = h * _P2
     h = h ^ (h >> _S29)
@@ -275,11 +281,7 @@ def hash_sequence(values, start, count):
     for k in range(start, start + count):
         h = h ^ _xxh_round(_U64(0), values[k])
         h = _rotl64(h, _S27) * _P1 + _P4
-    h = h ^ (h >> _S33)
-    h = h * _P2
-    h = h ^ (h >> _S29)
-    h = h * _P3
-    return h ^ (h >> _S32)
+    return _avalanche(h)
 
 
 @numba.njit(inline="always")

@@ -523,46 +523,66 @@ def evaluation_report(items: Sequence[IFEvalItem], answers_by_model: Mapping[str
     """
     if not answers_by_model:
         raise EvaluationInputError("answers_by_model is empty: pass model name -> answers for at least one model")
-    items_by_key = {item.key: item for item in items}
-    models: dict[str, Any] = {}
-    per_prompt: dict[str, pl.DataFrame] = {}
-    per_instruction: dict[str, pl.DataFrame] = {}
-    for model, rows in answers_by_model.items():
-        answers = _answers_for(model, rows, items_by_key)
-        scored = score_responses([items_by_key[a.key] for a in answers], [a.response for a in answers])
-        prompts = prompt_scores(scored).join(
-            pl.DataFrame({"key": [a.key for a in answers], "finish_reason": [a.finish_reason for a in answers]},
-                         schema={"key": pl.Int64, "finish_reason": pl.Utf8}), on="key", how="left")
-        table = per_instruction_table(scored)
-        per_prompt[model], per_instruction[model] = prompts, table
-        models[model] = {**ifeval_accuracy(scored),
-                         "turn_completion": turn_completion(prompts["finish_reason"].to_list()),
-                         "per_instruction": table.to_dicts()}
-        if end_of_turn_probability is not None and model in end_of_turn_probability:
-            models[model]["end_of_turn_probability"] = float(end_of_turn_probability[model])
-
-    comparison = None
     if (base is None) != (tuned is None):
         raise EvaluationInputError("pass both base and tuned (model names) for a comparison, or neither")
-    if base is not None:
-        missing = [name for name in (base, tuned) if name not in per_prompt]
-        if missing:
-            raise EvaluationInputError(f"models {missing} have no answers; models answered: {sorted(per_prompt)}")
-        base_keys, tuned_keys = per_prompt[base]["key"].to_list(), per_prompt[tuned]["key"].to_list()
-        if base_keys != tuned_keys:
-            only = sorted(set(base_keys) ^ set(tuned_keys))
-            raise EvaluationInputError(f"{base!r} and {tuned!r} answered different prompts (keys {only[:5]} are "
-                                       "answered by one only); a paired comparison needs the same prompts")
-        b, t = per_prompt[base], per_prompt[tuned]
-        comparison = {
-            "base": base, "tuned": tuned,
-            "prompt_strict": paired_bootstrap(b["strict"].cast(pl.Float64), t["strict"].cast(pl.Float64),
-                                              n_resamples, seed),
-            "turn_completion": paired_bootstrap((b["finish_reason"] == "stop").cast(pl.Float64),
-                                                (t["finish_reason"] == "stop").cast(pl.Float64), n_resamples, seed),
-        }
+    items_by_key = {item.key: item for item in items}
+    models, per_prompt, per_instruction = {}, {}, {}
+    for model, rows in answers_by_model.items():
+        models[model], per_prompt[model], per_instruction[model] = _score_model(model, rows, items_by_key)
+        if end_of_turn_probability is not None and model in end_of_turn_probability:
+            models[model]["end_of_turn_probability"] = float(end_of_turn_probability[model])
+    comparison = _comparison(per_prompt, base, tuned, n_resamples, seed) if base is not None else None
+    markdown = _summary_markdown(models, end_of_turn_probability is not None)
+    if comparison is not None:
+        markdown += "\n\n" + _comparison_markdown(comparison, n_resamples, seed)
+    data = {
+        "ifeval_source": ifeval_source(),
+        "nltk_punkt_source": punkt_source(),
+        "models": models,
+        "comparison": comparison,
+        "prompts": sorted({k for p in per_prompt.values() for k in p["key"].to_list()}),
+    }
+    return EvaluationReport(data=data, markdown=markdown,
+                            per_instruction_markdown=markdown_table(_per_instruction_wide(per_instruction),
+                                                                    max_rows=100))
 
-    summary = [{
+
+def _score_model(model: str, rows: Sequence[Answer | Mapping], items_by_key: Mapping[int, IFEvalItem]
+                 ) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+    """One model's accuracies and turn completion, its per-prompt scores and its per-instruction table."""
+    answers = _answers_for(model, rows, items_by_key)
+    scored = score_responses([items_by_key[a.key] for a in answers], [a.response for a in answers])
+    prompts = prompt_scores(scored).join(
+        pl.DataFrame({"key": [a.key for a in answers], "finish_reason": [a.finish_reason for a in answers]},
+                     schema={"key": pl.Int64, "finish_reason": pl.Utf8}), on="key", how="left")
+    table = per_instruction_table(scored)
+    result = {**ifeval_accuracy(scored), "turn_completion": turn_completion(prompts["finish_reason"].to_list()),
+              "per_instruction": table.to_dicts()}
+    return result, prompts, table
+
+
+def _comparison(per_prompt: Mapping[str, pl.DataFrame], base: str, tuned: str, n_resamples: int,
+                seed: int) -> dict[str, Any]:
+    """Paired bootstrap of tuned - base on the same prompts: prompt-level strict accuracy and turn completion."""
+    missing = [name for name in (base, tuned) if name not in per_prompt]
+    if missing:
+        raise EvaluationInputError(f"models {missing} have no answers; models answered: {sorted(per_prompt)}")
+    b, t = per_prompt[base], per_prompt[tuned]
+    if b["key"].to_list() != t["key"].to_list():
+        only = sorted(set(b["key"].to_list()) ^ set(t["key"].to_list()))
+        raise EvaluationInputError(f"{base!r} and {tuned!r} answered different prompts (keys {only[:5]} are "
+                                   "answered by one only); a paired comparison needs the same prompts")
+    return {
+        "base": base, "tuned": tuned,
+        "prompt_strict": paired_bootstrap(b["strict"].cast(pl.Float64), t["strict"].cast(pl.Float64),
+                                          n_resamples, seed),
+        "turn_completion": paired_bootstrap((b["finish_reason"] == "stop").cast(pl.Float64),
+                                            (t["finish_reason"] == "stop").cast(pl.Float64), n_resamples, seed),
+    }
+
+
+def _summary_markdown(models: Mapping[str, dict[str, Any]], with_end_of_turn: bool) -> str:
+    return markdown_table([{
         "model": model,
         "prompts": result["prompts"],
         "prompt strict": _percent(result["prompt_strict"]),
@@ -571,34 +591,30 @@ def evaluation_report(items: Sequence[IFEvalItem], answers_by_model: Mapping[str
         "instruction loose": _percent(result["instruction_loose"]),
         "turn completion": _percent(result["turn_completion"]["rate"]),
         **({"P(end-of-turn)": f"{result['end_of_turn_probability']:.3f}" if "end_of_turn_probability" in result
-            else ""} if end_of_turn_probability is not None else {}),
-    } for model, result in models.items()]
-    markdown = markdown_table(summary)
-    if comparison is not None:
-        rows = [{"metric": label, "base": _percent(c["base"]), "tuned": _percent(c["tuned"]),
-                 "tuned - base (points)": _points(c["difference"]),
-                 "95% CI (paired bootstrap)": f"[{_points(c['low'])}, {_points(c['high'])}]"}
-                for label, c in (("prompt strict", comparison["prompt_strict"]),
-                                 ("turn completion", comparison["turn_completion"]))]
-        markdown += (f"\n\n**{tuned}** vs **{base}** on the same {comparison['prompt_strict']['prompts']} prompts "
-                     f"({n_resamples} resamples, seed {seed}):\n\n" + markdown_table(rows))
+            else ""} if with_end_of_turn else {}),
+    } for model, result in models.items()])
 
+
+def _comparison_markdown(comparison: dict[str, Any], n_resamples: int, seed: int) -> str:
+    rows = [{"metric": label, "base": _percent(c["base"]), "tuned": _percent(c["tuned"]),
+             "tuned - base (points)": _points(c["difference"]),
+             "95% CI (paired bootstrap)": f"[{_points(c['low'])}, {_points(c['high'])}]"}
+            for label, c in (("prompt strict", comparison["prompt_strict"]),
+                             ("turn completion", comparison["turn_completion"]))]
+    return (f"**{comparison['tuned']}** vs **{comparison['base']}** on the same "
+            f"{comparison['prompt_strict']['prompts']} prompts ({n_resamples} resamples, seed {seed}):\n\n"
+            + markdown_table(rows))
+
+
+def _per_instruction_wide(per_instruction: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Per instruction id, every model's count and strict/loose accuracy side by side."""
     wide = None
     for model, table in per_instruction.items():
         part = table.select("instruction_id", pl.col("count").alias(f"{model} n"),
                             pl.col("strict").alias(f"{model} strict"), pl.col("loose").alias(f"{model} loose"))
         wide = part if wide is None else wide.join(part, on="instruction_id", how="full", coalesce=True)
-    wide = wide.sort("instruction_id").with_columns(
+    return wide.sort("instruction_id").with_columns(
         pl.col(c).map_elements(_percent, return_dtype=pl.Utf8) for c in wide.columns if c.endswith(("strict", "loose")))
-
-    data = {
-        "ifeval_source": ifeval_source(),
-        "nltk_punkt_source": punkt_source(),
-        "models": models,
-        "comparison": comparison,
-        "prompts": sorted({k for p in per_prompt.values() for k in p["key"].to_list()}),
-    }
-    return EvaluationReport(data=data, markdown=markdown, per_instruction_markdown=markdown_table(wide, max_rows=100))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import assets.generation.assets
 import assets.mixture.assets
 import assets.promotion.assets
 import assets.sft.assets
+import assets.tagging.assets
 import assets.teacher_model.assets
 from assets.common.resources import DataStorage, VLLMEngine
 from pipelines.automation import jobs, schedules
@@ -32,6 +33,7 @@ STAGES = [
     assets.dedup.assets,
     assets.decontamination.assets,
     assets.filtering.assets,
+    assets.tagging.assets,
     assets.mixture.assets,
     assets.sft.assets,
     assets.evaluation.assets,

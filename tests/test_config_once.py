@@ -21,6 +21,10 @@ DAGSTER_ONLY = {
     ("FilterSettings", "extra_special_tokens"): "merged with the models' special tokens into special_tokens",
     ("MagpieGenerationConfig", "batch_size"): "checkpointing granularity, not what is generated",
     ("SFTModelConfig", "model_name"): "names the model directory",
+    ("TaggingSettings", "use_judge"): "whether the engine is started at all (off: the fallback regex tagger)",
+    ("TaggingSettings", "judge_model_path"): "which model directory the judge runs on, resolved by the asset",
+    ("TaggingSettings", "judge"): "nested JudgeSettings, paired with JudgeConfig on its own",
+    ("TaggingSettings", "calibrate"): "whether the asset also judges the planted set",
 }
 # (Dagster config class, field) -> why the two defaults differ in form but not in meaning
 SAME_MEANING = {
@@ -36,6 +40,7 @@ CORE_ONLY = {
     ("DecontamConfig", "minhash"): "built from similarity_threshold",
     ("DecontamConfig", "minhash_min_words"): "fixed by the detector's design (short texts go to the n-gram side)",
     ("FilterConfig", "special_tokens"): "read from the model manifests, plus extra_special_tokens",
+    ("FilterConfig", "template_markers"): "read from the student's manifest (its chat template's markers)",
     ("MagpieConfig", "shard"): "the Dagster partition key",
     ("TrainConfig", "lora_target_modules"): "all-linear, the recipe's default",
     ("TrainConfig", "weight_decay"): "0, the recipe's default",

@@ -32,6 +32,8 @@ def tiny_run_config(model_dir) -> dict:
                 "response": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 64},
             }},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
+            # the judge's prompt is ~1.1k tokens with the tiny tokenizer: the engine runs with max_model_len 2048
+            "tagged_conversations": {"config": {"judge": {"max_tokens": 320}}},
             "sft_mixture": {"config": {"validation_fraction": 0.2, "seed": 0}},
             "sft_model": {"config": {"model_name": "tiny-sft", "num_train_epochs": 1,
                                      "per_device_train_batch_size": 8, "max_length": 256}},
@@ -51,7 +53,7 @@ def pipeline_run(tiny_model_dir, tmp_path_factory):
         instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize(
             [*ALL_ASSETS, *ASSET_CHECKS],
-            resources={"storage": storage, "engine": VLLMEngine(max_model_len=1024, cpu_kv_cache_gb=1)},
+            resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048, cpu_kv_cache_gb=1)},
             run_config=tiny_run_config(tiny_model_dir),
             instance=instance,
             partition_key=SHARD,
@@ -72,7 +74,7 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         assert "path" in metadata, key
         assert "content_hash" in metadata and len(metadata["content_hash"].value) == 64, key
     tables = [key for key in ASSETS if str(materializations[key].metadata["path"].value).endswith(".parquet")]
-    assert len(tables) == 7, tables  # (the evaluation's: its answers)
+    assert len(tables) == 8, tables  # (the evaluation's: its answers; the tagging stage's: its labels)
     for key in tables:  # tables: the hash in metadata is the hash of the file on disk
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key
@@ -123,7 +125,8 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
         assert entry["row_count"] == materializations[key].metadata["dagster/row_count"].value, key
         assert entry["path"] == materializations[key].metadata["path"].value, key
         assert sha256_file(entry["path"]) == entry["content_hash"], key
-    for key in ("deduplicated_conversations", "decontaminated_conversations", "filtered_conversations"):
+    for key in ("deduplicated_conversations", "decontaminated_conversations", "filtered_conversations",
+                "tagged_conversations"):
         assert "rejected" in lineage["assets"][key]["tables"], key  # removed rows are part of the lineage too
     generation = lineage["assets"]["magpie_conversations"]["documents"][f"report-{SHARD}"]["content"]
     (prefix,) = generation["pre_query_templates"]  # no system prompts configured: one prefix
@@ -135,6 +138,26 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     (served,) = [c for c in checks if c.check_name == "served_format_matches_training"]
     assert served.passed and served.metadata["rows_retokenized"].value == metadata["dagster/row_count"].value + \
         metadata["validation_rows"].value - metadata["dropped_too_long"].value
+
+
+def test_judge_labels_every_kept_row_and_the_funnel_is_charted(pipeline_run):
+    storage, materializations, _, _ = pipeline_run
+    tagged = storage.read_table("tagged_conversations")
+    metadata = materializations["tagged_conversations"].metadata
+    assert tagged.height == metadata["dagster/row_count"].value > 0
+    assert tagged["judge_status"].to_list() == ["parsed"] * tagged.height, tagged["judge_error"].to_list()
+    assert tagged["task_source"].unique().to_list() == ["judge"] and tagged["judge_category"].null_count() == 0
+    for name in ("difficulty", "instruction_quality", "response_quality"):
+        assert tagged[name].is_between(1, 5).all(), name
+    report = storage.read_json("tagged_conversations", "report")
+    assert tagged["judge_prompt_hash"].unique().to_list() == [report["judge"]["prompt_hash"]]
+    assert metadata["tagger"].value == "judge" and metadata["judge_parse_share"].value == 1.0
+    assert "data:image/png;base64," in metadata["funnel"].value
+    assert [s["stage"] for s in report["stage_funnel"]] == [  # every conversation stage, in graph order
+        "magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
+        "filtered_conversations", "tagged_conversations"]
+    mixture = storage.read_table("sft_mixture")  # the mixture samples by the judge's category
+    assert set(mixture["task"]) <= set(tagged["task"])
 
 
 def test_post_training_checks_ran_on_the_trained_model(pipeline_run):
@@ -315,7 +338,7 @@ def test_rebuild_keeps_old_lineage_readable_and_lists_a_new_stage(pipeline_run):
     with dg.instance_for_test(temp_dir=str(root)) as instance:
         instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize([*assets, conversation_labels, *ASSET_CHECKS], partition_key=SHARD,
-                                resources={"storage": storage, "engine": VLLMEngine(max_model_len=1024,
+                                resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048,
                                                                                     cpu_kv_cache_gb=1)},
                                 run_config=run_config, instance=instance)
         assert result.success

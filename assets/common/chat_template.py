@@ -75,3 +75,4 @@ def read_chat_template(model_dir: str | Path) -> str | None:
         template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
         return template if isinstance(template, str) else None
     return None
+

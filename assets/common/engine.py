@@ -42,9 +42,11 @@ class TextGenerator(Protocol):
     engine_version: str
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 stop_token_ids: Sequence[int], seeds: Sequence[int]) -> list[Completion]:
+                 stop_token_ids: Sequence[int], seeds: Sequence[int],
+                 json_schema: dict | None = None) -> list[Completion]:
         """One completion per prompt; ``seeds[i]`` makes completion i reproducible on its own, whatever else is
-        in the batch (so a resumed or re-batched run gives the same rows)."""
+        in the batch (so a resumed or re-batched run gives the same rows). With ``json_schema`` the output is
+        constrained to JSON matching it (structured-output decoding), compact (no whitespace between tokens)."""
         ...
 
 
@@ -114,6 +116,9 @@ class VLLMGenerator:
             trust_remote_code=False,
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(config.max_model_len, 2048),
+            # JSON-schema-constrained requests (the LLM judge) are decoded by xgrammar, compact: whitespace between
+            # JSON tokens is not allowed, so a weak model cannot spend its token budget on blanks.
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )
         if on_gpu:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -122,12 +127,15 @@ class VLLMGenerator:
         self.startup_seconds = time.monotonic() - started
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 stop_token_ids: Sequence[int], seeds: Sequence[int]) -> list[Completion]:
+                 stop_token_ids: Sequence[int], seeds: Sequence[int],
+                 json_schema: dict | None = None) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
 
         if not prompts:
             return []
+        structured = StructuredOutputsParams(json=json_schema) if json_schema is not None else None
         params = [
             SamplingParams(
                 temperature=sampling.temperature,
@@ -137,6 +145,7 @@ class VLLMGenerator:
                 stop_token_ids=list(stop_token_ids),
                 skip_special_tokens=False,  # a leaked template token must stay visible to be caught
                 seed=seed,
+                structured_outputs=structured,
             )
             for seed in seeds
         ]

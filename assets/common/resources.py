@@ -22,6 +22,7 @@ MAGPIE_CONVERSATIONS = dg.AssetKey("magpie_conversations")
 DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
 DECONTAMINATED_CONVERSATIONS = dg.AssetKey("decontaminated_conversations")
 FILTERED_CONVERSATIONS = dg.AssetKey("filtered_conversations")
+TAGGED_CONVERSATIONS = dg.AssetKey("tagged_conversations")
 SFT_MIXTURE = dg.AssetKey("sft_mixture")
 SFT_MODEL = dg.AssetKey("sft_model")
 ASSISTANT_EVALUATION = dg.AssetKey("assistant_evaluation")
@@ -90,6 +91,18 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> Ma
         raise dg.Failure(description=f"{key.to_user_string()} has not been materialized in this instance yet")
     record = records[0]
     return Materialization(key, record.storage_id, record.run_id, dict(record.asset_materialization.metadata))
+
+
+def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
+    """Every asset upstream of the running one in its job's asset graph (the whole code location's graph when launched
+    from its Definitions), in topological order, whichever of them the run materializes (a run of a selection is a
+    subset of its parent job: the parent's graph is used): a stage added to the Definitions appears without an edit."""
+    job = context.job_def
+    while job.asset_selection_data is not None:
+        job = job.asset_selection_data.parent_job_def
+    graph = job.asset_layer.asset_graph
+    ancestors = set(graph.upstream_key_iterator(context.asset_key))
+    return [key.to_user_string() for key in graph.toposorted_asset_keys if key in ancestors]
 
 
 # ---- resources -------------------------------------------------------------------------------------------------

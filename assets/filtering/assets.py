@@ -29,10 +29,12 @@ class FilterSettings(dg.Config):
     extra_special_tokens: list[str] = []
     """Strings that must not appear in any message, besides the teacher's special tokens and the student's."""
 
-    def to_core(self, special_tokens: list[str]) -> FilterConfig:
+    def to_core(self, special_tokens: list[str], markers: list[str] = ()) -> FilterConfig:
+        """``special_tokens``: the teacher's; ``markers``: the student's template markers (both are checked)."""
         fields = self.model_dump()
         fields.pop("extra_special_tokens")
-        return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})))
+        return FilterConfig(**fields, special_tokens=tuple(sorted({*special_tokens, *self.extra_special_tokens})),
+                            template_markers=tuple(sorted(markers)))
 
 
 @dg.asset(group_name="filtering", kinds={"polars", "parquet"},
@@ -44,7 +46,7 @@ def filtered_conversations(
     length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
     teacher = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)  # its special tokens and the student's template
     student = storage.read_json(BASE_MODEL, MODEL_MANIFEST)  # markers: text the student would read as structure
-    core = config.to_core([*teacher["special_tokens"], *student["special_tokens"]])
+    core = config.to_core(teacher["special_tokens"], student["special_tokens"])  # template_leak names which matched
     df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
     result = apply_filters(df, core)
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)

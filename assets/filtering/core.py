@@ -13,8 +13,11 @@ as ``messages[i]``, 0-based, where there is one). The rules, in order:
     the generator hit its token limit). A null ``finish_reasons`` list or a null entry counts as not
     ``"stop"``: completeness cannot be shown. An empty list has nothing to check and passes.
 ``template_leak``
-    A message (any role, system included) contains one of ``special_tokens`` verbatim, e.g. a chat-template
-    marker such as ``"<|im_start|>"`` that leaked into the generated text.
+    A message (any role, system included) contains verbatim one of ``special_tokens`` (the teacher's special tokens,
+    e.g. ``"<|im_start|>"``: the generator leaked its own template) or one of ``template_markers`` (the strings the
+    student's chat template writes around messages, e.g. ``"<start_of_turn>"`` or ``"[INST]"``: a row that contains
+    them would teach the student to write its own turn markers). Teacher and student differ once the teacher is
+    not the model being fine-tuned; the detail says which list matched.
 ``length``
     Character counts, after stripping leading/trailing whitespace, of every user message (an
     "instruction") and every assistant message (a "response") must lie within the configured bounds.
@@ -34,6 +37,9 @@ as ``messages[i]``, 0-based, where there is one). The rules, in order:
       the fraction that are exact repeats (after stripping) of an earlier line: (lines - distinct lines) /
       lines. Gopher's ``dup_line_frac`` (threshold 0.30 in the paper).
 
+The rules are a registry (:data:`RULES`, name -> function, in order): adding a rule is one function of
+``(rows, messages, config)`` that returns ``(row, detail)`` of the failing rows, plus one line there.
+
 Everything is computed with polars expressions: the messages are exploded once into a long table (one row
 per message), every per-message measure is a column expression there, and the first failing message per
 conversation is joined back. Output order equals input order, so results are deterministic.
@@ -41,16 +47,15 @@ conversation is joined back. Output order equals input order, so results are det
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
+from assets.common.rules import ROW as _ROW
+from assets.common.rules import index_rows, no_failures, split_by_rules
 
-RULES: tuple[str, ...] = ("empty", "truncated", "template_leak", "length", "repetition")
-
-_ROW = "__filter_row"
 _MSG = "__filter_msg"
 _ROLE = "__filter_role"
 _CONTENT = "__filter_content"
@@ -76,15 +81,19 @@ class FilterConfig:
     max_duplicate_ngram_char_fraction: float | None = 0.3
     # Gopher duplicate line fraction over non-blank lines containing a letter or digit.
     max_duplicate_line_fraction: float | None = 0.3
-    # Strings that must not appear verbatim in any message (chat-template leakage), e.g. "<|im_start|>".
+    # Strings that must not appear verbatim in any message (chat-template leakage): the teacher's special tokens,
+    # e.g. "<|im_start|>", and the student's template markers (what its chat template writes around messages).
     special_tokens: tuple[str, ...] = field(default=())
+    template_markers: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if isinstance(self.special_tokens, str):
-            raise TypeError("special_tokens must be a tuple of strings, not a single string")
-        object.__setattr__(self, "special_tokens", tuple(self.special_tokens))
-        if any(not isinstance(tok, str) or tok == "" for tok in self.special_tokens):
-            raise ValueError(f"special_tokens must be non-empty strings, got {self.special_tokens!r}")
+        for name in ("special_tokens", "template_markers"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a tuple of strings, not a single string")
+            object.__setattr__(self, name, tuple(value))
+            if any(not isinstance(tok, str) or tok == "" for tok in getattr(self, name)):
+                raise ValueError(f"{name} must be non-empty strings, got {value!r}")
         for name in ("min_instruction_chars", "min_response_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -203,7 +212,7 @@ def _first_failure(long: pl.DataFrame, detail: pl.Expr) -> pl.DataFrame:
     )
 
 
-def _empty_rule(rows: pl.DataFrame, long: pl.DataFrame) -> pl.DataFrame:
+def _empty_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
     roles = pl.col("messages").list.eval(pl.element().struct.field("role"))
     non_system = pl.col("messages").list.eval(
         pl.element().filter(pl.element().struct.field("role") != "system").struct.field("role")
@@ -241,9 +250,9 @@ def _empty_rule(rows: pl.DataFrame, long: pl.DataFrame) -> pl.DataFrame:
     return out.filter(pl.col("detail").is_not_null())
 
 
-def _truncated_rule(rows: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+def _truncated_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
     if not cfg.require_stop:
-        return rows.select(_ROW, pl.lit(None, pl.Utf8).alias("detail")).clear()
+        return no_failures(rows)
     fr = pl.col("finish_reasons")
     not_stop = fr.list.eval(pl.element().fill_null("<null>") != "stop")
     first_bad = not_stop.list.arg_max()
@@ -262,22 +271,26 @@ def _truncated_rule(rows: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
     return rows.select(_ROW, detail.alias("detail")).filter(pl.col("detail").is_not_null())
 
 
-def _template_leak_rule(long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
-    if not cfg.special_tokens:
-        return long.select(_ROW, pl.lit(None, pl.Utf8).alias("detail")).clear()
+def _template_leak_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+    sources: dict[str, list[str]] = {}
+    for token in cfg.special_tokens:
+        sources.setdefault(token, []).append("teacher special token")
+    for token in cfg.template_markers:
+        sources.setdefault(token, []).append("student template marker")
+    if not sources:
+        return no_failures(long)
     content = pl.col(_CONTENT)
     leaked = pl.coalesce(
-        [pl.when(content.str.contains(tok, literal=True)).then(pl.lit(tok)) for tok in cfg.special_tokens]
+        [pl.when(content.str.contains(tok, literal=True)).then(pl.lit(f"{' and '.join(kinds)} '{tok}'"))
+         for tok, kinds in sources.items()]
     )
     return _first_failure(
         long,
-        pl.when(leaked.is_not_null()).then(
-            pl.format("'{}' in {} message {}", leaked, pl.col(_ROLE), _where())
-        ),
+        pl.when(leaked.is_not_null()).then(pl.format("{} in {} message {}", leaked, pl.col(_ROLE), _where())),
     )
 
 
-def _length_rule(long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+def _length_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
     n = pl.col(_CONTENT).fill_null("").str.strip_chars().str.len_chars()
     checks: list[tuple[str, str, str, int | None, str]] = [
         ("user", "instruction", "<", cfg.min_instruction_chars, "min"),
@@ -297,15 +310,15 @@ def _length_rule(long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
         )
         parts.append(_first_failure(long, detail).with_columns(pl.lit(rank).alias("__rank")))
     if not parts:
-        return long.select(_ROW, pl.lit(None, pl.Utf8).alias("detail")).clear()
+        return no_failures(long)
     # A conversation failing several checks reports the earliest check in ``checks`` order.
     return pl.concat(parts).group_by(_ROW).agg(pl.col("detail").sort_by("__rank").first())
 
 
-def _repetition_rule(long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+def _repetition_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
     ngram_max, line_max = cfg.max_duplicate_ngram_char_fraction, cfg.max_duplicate_line_fraction
     if ngram_max is None and line_max is None:
-        return long.select(_ROW, pl.lit(None, pl.Utf8).alias("detail")).clear()
+        return no_failures(long)
     content = pl.col(_CONTENT).fill_null("")
     generated = long.filter(pl.col(_ROLE).is_in(["user", "assistant"]))
     measures = []
@@ -363,52 +376,28 @@ def _explode_messages(rows: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+Rule = Callable[[pl.DataFrame, pl.DataFrame, "FilterConfig"], pl.DataFrame]
+
+# The registry, in the order rows meet the rules (a rejected row carries the first rule it fails). A rule gets the
+# indexed rows, the long table of messages and the config, and returns (row, detail) of the rows it fails.
+RULES: dict[str, Rule] = {
+    "empty": _empty_rule,
+    "truncated": _truncated_rule,
+    "template_leak": _template_leak_rule,
+    "length": _length_rule,
+    "repetition": _repetition_rule,
+}
+
+
 def apply_filters(df: pl.DataFrame, cfg: FilterConfig | None = None) -> FilterResult:
-    """Split ``df`` into kept and rejected rows by the rules in ``RULES`` order (see module docstring)."""
+    """Split ``df`` into kept and rejected rows by the rules of :data:`RULES`, in order (see module docstring)."""
     cfg = cfg or FilterConfig()
     for column in ("messages", "finish_reasons"):
         if column not in df.columns:
             raise ValueError(f"apply_filters: missing column '{column}'; columns are {df.columns}")
-    for column in (_ROW, REJECTED_REASON, REJECTED_DETAIL):
-        if column in df.columns:
-            raise ValueError(f"apply_filters: input already has a column named '{column}'")
-
-    indexed = df.with_row_index(_ROW)
+    indexed = index_rows(df, "apply_filters")
     long = _explode_messages(indexed)
-
-    # Every rule is evaluated on every row (cheap, vectorized); "first failing rule" is resolved below, and
-    # the funnel counts each rule on the rows that survived the rules before it.
-    failures = {
-        "empty": _empty_rule(indexed, long),
-        "truncated": _truncated_rule(indexed, cfg),
-        "template_leak": _template_leak_rule(long, cfg),
-        "length": _length_rule(long, cfg),
-        "repetition": _repetition_rule(long, cfg),
-    }
-    verdict = indexed.select(_ROW)
-    for rule in RULES:
-        verdict = verdict.join(
-            failures[rule].rename({"detail": f"__detail_{rule}"}), on=_ROW, how="left", maintain_order="left"
-        )
-    reason = pl.lit(None, pl.Utf8)
-    for rule in reversed(RULES):
-        reason = pl.when(pl.col(f"__detail_{rule}").is_not_null()).then(pl.lit(rule)).otherwise(reason)
-    detail = pl.coalesce([pl.col(f"__detail_{rule}") for rule in RULES])
-    verdict = verdict.select(_ROW, reason.alias(REJECTED_REASON), detail.alias(REJECTED_DETAIL)).sort(_ROW)
-
-    labelled = indexed.join(verdict, on=_ROW, how="left", maintain_order="left").sort(_ROW)
-    kept = labelled.filter(pl.col(REJECTED_REASON).is_null()).select(df.columns)
-    rejected = labelled.filter(pl.col(REJECTED_REASON).is_not_null()).select(
-        *df.columns, REJECTED_REASON, REJECTED_DETAIL
-    )
-
-    counts = dict(verdict.group_by(REJECTED_REASON).len().drop_nulls(REJECTED_REASON).iter_rows())
-    funnel: list[dict[str, Any]] = []
-    rows_in = df.height
-    for rule in RULES:
-        removed = int(counts.get(rule, 0))
-        funnel.append(
-            {"rule": rule, "rows_in": rows_in, "rows_removed": removed, "rows_out": rows_in - removed}
-        )
-        rows_in -= removed
-    return FilterResult(kept=kept, rejected=rejected, funnel=funnel)
+    # Every rule is evaluated on every row (cheap, vectorized); "first failing rule" is resolved by the split,
+    # and the funnel counts each rule on the rows that survived the rules before it.
+    split = split_by_rules(df, {name: rule(indexed, long, cfg) for name, rule in RULES.items()})
+    return FilterResult(kept=split.kept, rejected=split.rejected, funnel=split.funnel)

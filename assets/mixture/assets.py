@@ -4,7 +4,7 @@
 import dagster as dg
 
 from assets.common.report import markdown_table
-from assets.common.resources import FILTERED_CONVERSATIONS, SFT_MIXTURE, DataStorage
+from assets.common.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
 from assets.mixture.core import MixtureConfig, build_mixture
 
 
@@ -21,13 +21,14 @@ class MixtureSettings(dg.Config):
         return MixtureConfig(**self.model_dump())
 
 
-@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[FILTERED_CONVERSATIONS])
+@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS])
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
-    """The SFT mixture: each conversation tagged with a task, sampled to the target task weights, and split into
+    """The SFT mixture: each conversation by its task (the tagging stage's: the judge's category or the fallback
+    tagger's), sampled to the target task weights, and split into
     train/validation by a seeded hash of its id (a row's split never changes when other rows are added)."""
-    df = storage.read_conversations(FILTERED_CONVERSATIONS)
+    df = storage.read_conversations(TAGGED_CONVERSATIONS)
     result = build_mixture(df, config.to_core())
     stored = storage.write_table(SFT_MIXTURE, result.mixture)
     storage.write_json(SFT_MIXTURE, "report", result.stats)
@@ -40,8 +41,9 @@ def sft_mixture(
     splits = dict(result.mixture.group_by("split").len().sort("split").iter_rows())
     context.log.info(f"mixture: {splits}")
     if splits.get("train", 0) == 0:
-        raise ValueError(f"sft_mixture: no training rows from {df.height} filtered conversations; generate more "
-                         "conversations or loosen the filters (see filtered_conversations' rejected_by_reason)")
+        raise ValueError(f"sft_mixture: no training rows from {df.height} tagged conversations; generate more "
+                         "conversations or loosen the filters (see filtered_conversations' and tagged_conversations' "
+                         "rejected_by_reason)")
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),

@@ -2,11 +2,10 @@
 
 ``build_mixture`` turns the filtered conversation pool into the SFT mixture in three steps:
 
-1. **Task tag.** Every row gets a ``task`` from ``classify_task``: a transparent keyword/regex HEURISTIC over
-   the first user message (``TASK_PATTERNS``, first match wins, in the order of ``TASKS``). It is cheap and
-   explainable, not accurate; a label it gets wrong only moves a row between buckets. To override it, supply
-   a ``task`` column upstream: existing non-null values are kept as they are (any label is allowed) and only
-   null ones are filled by the heuristic.
+1. **Task tag.** Every row keeps the ``task`` the tagging stage gave it (the LLM judge's category from the
+   project's one taxonomy, ``assets/common/taxonomy.py``, or the fallback regex tagger's). Rows without one (a
+   null ``task``, or no ``task`` column) get the fallback tagger's category (``classify_task``: a transparent
+   keyword/regex heuristic over the first user message). Any label is allowed in an existing ``task`` column.
 2. **Split (before any sampling).** Each row hashes ``(seed, conversation_id)`` with BLAKE2b to a 64-bit
    integer ``h``; rows with ``h / 2**64 < validation_fraction`` are the validation pool, the rest the train
    pool. A row's pool depends only on its own id and the seed, so adding or removing other rows never moves
@@ -47,69 +46,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.schema import role_texts
-
-TASKS: tuple[str, ...] = ("code", "math", "rewrite", "writing", "reasoning", "qa", "other")
-
-# (task, case-insensitive regex over the first user message). First match wins, so the order matters:
-# "write a Python function to solve the equation" is code, "rewrite this essay" is rewrite, not writing.
-TASK_PATTERNS: tuple[tuple[str, str], ...] = (
-    (
-        "code",
-        (
-            r"```|\bc(?:\+\+|#)|\b(python|javascript|typescript|java|golang|rust|kotlin|swift|php|ruby|sql|html|css"
-            r"|bash|powershell|regex|json|yaml|numpy|pandas|react|django|flask|api|sdk|git|docker|kubernetes"
-            r"|code|coding|programm(?:ing|er)|compiler?|debug\w*|refactor\w*|stack ?trace|unit tests?"
-            r"|algorithms?|data structures?|runtime error|syntax error)\b"
-            r"|\b(?:write|implement|create|define|fix)\s+(?:a|an|the|this|my)\s+(?:\w+\s+)?"
-            r"(?:function|class|method|script|program|query)\b"
-            r"|\bdef\s+\w+\(|#include\s*<|console\.log|\bSELECT\s.+\sFROM\b"
-        ),
-    ),
-    (
-        "math",
-        (
-            r"\b(math|mathematics|equations?|solve for|derivatives?|integrals?|integrate|differentiate"
-            r"|calculus|algebra|geometry|trigonometry|probability|statistics|theorem|prove that|proof"
-            r"|polynomials?"
-            r"|matrix|matrices|vectors?|eigen\w*|logarithm|factorial|prime numbers?|fractions?|percentages?"
-            r"|arithmetic|triangle|circle|radius|area of|volume of|sum of|product of|how many ways)\b"
-            r"|\d\s*[-+*/^×÷=]\s*\d|\b[xyz]\s*\^|√|∫|∑"
-        ),
-    ),
-    (
-        "rewrite",
-        (
-            r"\b(rewrite|re-write|rephrase|paraphrase|summari[sz]e|summary|tl;?dr|condense|shorten|simplify"
-            r"|proofread|edit|revise|polish"
-            r"|improve (?:the |this |my )?(?:text|writing|wording|paragraph|sentence)"
-            r"|grammar|translate|translation|make (?:this|it) (?:more|less|sound))\b"
-        ),
-    ),
-    (
-        "writing",
-        (
-            r"\b(write|draft|compose|poem|poetry|story|stories|essay|letter|e-?mail|blog|article|speech|lyrics"
-            r"|haiku|slogan|tagline|screenplay|script|dialogue|narrative|cover letter|speech|toast|caption"
-            r"|product description|tweet|post)\b"
-        ),
-    ),
-    (
-        "reasoning",
-        (
-            r"\b(step[- ]by[- ]step|reasoning|logic|logical|puzzle|riddle|deduce|infer|analy[sz]e|analysis"
-            r"|evaluate|compare|contrast|pros and cons|trade-?offs?|implications?|argue|argument|hypothetical"
-            r"|what would happen|explain why|why (?:does|do|is|are|did|would))\b"
-        ),
-    ),
-    (
-        "qa",
-        (
-            r"^\W*(what|who|whom|whose|when|where|which|why|how|is|are|was|were|can|could|does|do|did|should"
-            r"|would|will|explain|describe|define|tell me|list|name|give me)\b|\?\s*$"
-        ),
-    ),
-)
+from assets.common.taxonomy import classify_task
 
 _SPLIT_TRAIN = "train"
 _SPLIT_VALIDATION = "validation"
@@ -118,35 +55,6 @@ _ORDER = "__mix_order"
 _REPEAT = "__mix_repeat"
 _TWO_64 = 1 << 64
 _IS_VAL = "__is_val"
-
-
-def task_expr(text: pl.Expr) -> pl.Expr:
-    """The heuristic task of each string in ``text`` (null text is "other")."""
-    result: Any = None
-    for task, pattern in TASK_PATTERNS:
-        condition = text.str.contains(f"(?i){pattern}").fill_null(False)
-        result = pl.when(condition) if result is None else result.when(condition)
-        result = result.then(pl.lit(task))
-    return result.otherwise(pl.lit("other"))
-
-
-def classify_task(df: pl.DataFrame) -> pl.DataFrame:
-    """``df`` with a ``task`` column: the heuristic over the first user message of ``messages``.
-
-    If ``df`` already has a ``task`` column its non-null values are kept (that is the override hook) and only
-    nulls are filled; the column keeps its position. Otherwise ``task`` is appended.
-    """
-    if "task" in df.columns and df["task"].null_count() == 0:
-        return df.with_columns(pl.col("task").cast(pl.Utf8))
-    heuristic = task_expr(role_texts("user").list.first())
-    if "task" in df.columns:
-        return df.with_columns(pl.col("task").cast(pl.Utf8).fill_null(heuristic))
-    return df.with_columns(heuristic.alias("task"))
-
-
-def classify_text(text: str) -> str:
-    """The heuristic task of one instruction string (same rules as ``classify_task``)."""
-    return pl.select(task_expr(pl.lit(text, pl.Utf8))).item()
 
 
 @dataclass(frozen=True)

@@ -95,12 +95,12 @@ BAD_ROWS = {
     "leak in response": (
         conversation([("user", GOOD_USER), ("assistant", GOOD_ASSISTANT + " <|im_end|>")]),
         "template_leak",
-        "'<|im_end|>' in assistant message (messages[1])",
+        "teacher special token '<|im_end|>' in assistant message (messages[1])",
     ),
     "leak in system": (
         conversation([("system", f"{LEAK}system"), ("user", GOOD_USER), ("assistant", GOOD_ASSISTANT)]),
         "template_leak",
-        "'<|im_start|>' in system message (messages[0])",
+        "teacher special token '<|im_start|>' in system message (messages[0])",
     ),
     "short instruction": (
         conversation([("user", "  Hi?  "), ("assistant", GOOD_ASSISTANT)]),
@@ -145,7 +145,7 @@ BAD_ROWS = {
     "two leaks: first message reported": (
         conversation([("user", GOOD_USER + "<|im_end|>"), ("assistant", LEAK + GOOD_ASSISTANT)]),
         "template_leak",
-        "'<|im_end|>' in user message (messages[0])",
+        "teacher special token '<|im_end|>' in user message (messages[0])",
     ),
     "looping response": (
         conversation([("user", GOOD_USER), ("assistant", "I think that is a good idea. " * 6)]),
@@ -394,3 +394,33 @@ def test_invalid_config_rejected(kwargs) -> None:
 def test_single_string_special_tokens_rejected() -> None:
     with pytest.raises(TypeError):
         FilterConfig(special_tokens="<|im_start|>")
+
+
+def test_template_leak_checks_the_students_markers_too() -> None:
+    """Teacher (ChatML) != student (Llama-2 style): a response that writes the student's turn marker is rejected,
+    named as such; the same row passes when no student markers are configured."""
+    cfg = FilterConfig(special_tokens=("<|im_start|>", "<|im_end|>"), template_markers=("[INST]", "[/INST]"))
+    leaked = conversation([("user", GOOD_USER), ("assistant", GOOD_ASSISTANT + " [INST] next question")])
+    assert run_one(leaked, cfg) == ("template_leak", "student template marker '[INST]' in assistant message "
+                                                     "(messages[1])")
+    assert run_one(leaked, FilterConfig(special_tokens=cfg.special_tokens)) == (None, None)
+    assert run_one(conversation([("user", GOOD_USER), ("assistant", GOOD_ASSISTANT)]), cfg) == (None, None)
+    both = FilterConfig(special_tokens=("<|im_end|>",), template_markers=("<|im_end|>",))
+    row = conversation([("user", GOOD_USER), ("assistant", GOOD_ASSISTANT + "<|im_end|>")])
+    assert run_one(row, both)[1].startswith("teacher special token and student template marker '<|im_end|>'")
+
+
+def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch) -> None:
+    from assets.common.rules import ROW
+
+    def shouting(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+        loud = long.filter(pl.col("__filter_content").str.contains(r"^[A-Z !]+$"))
+        return loud.group_by(ROW).agg(pl.lit("all capitals").alias("detail"))
+
+    monkeypatch.setitem(RULES, "shouting", shouting)
+    good = conversation([("user", GOOD_USER), ("assistant", GOOD_ASSISTANT)])
+    loud = conversation([("user", "EXPLAIN PHOTOSYNTHESIS NOW"), ("assistant", GOOD_ASSISTANT)])
+    result = apply_filters(frame([good, loud]), CFG)
+    assert result.kept["messages"].to_list() == frame([good])["messages"].to_list()
+    assert result.rejected[REJECTED_REASON].to_list() == ["shouting"]
+    assert [step["rule"] for step in result.funnel][-1] == "shouting"

@@ -1,20 +1,20 @@
-"""`sft_mixture` through Dagster on a tiny filtered table written through `DataStorage`."""
+"""`sft_mixture` through Dagster on a tiny tagged table written through `DataStorage`."""
 
 import polars as pl
 import pytest
 
-from assets.common.resources import FILTERED_CONVERSATIONS, SFT_MIXTURE, DataStorage
+from assets.common.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
 from assets.common.storage import sha256_file
 from assets.mixture.assets import sft_mixture
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
 
 ASSET = SFT_MIXTURE.to_user_string()
 PROMPTS = {
-    "code": "Write a Python function that returns the {i}th Fibonacci number.",
+    "coding": "Write a Python function that returns the {i}th Fibonacci number.",
     "math": "Solve for x: 3x + {i} = 20.",
-    "writing": "Write a short poem about harbour number {i}.",
+    "creative_writing": "Write a short poem about harbour number {i}.",
 }
-COUNTS = {"code": 12, "math": 8, "writing": 4}
+COUNTS = {"coding": 12, "math": 8, "creative_writing": 4}
 CONFIG = {"sft_mixture": {"validation_fraction": 0.2, "seed": 3}}
 
 
@@ -23,7 +23,7 @@ def filtered(tmp_path):
     storage = DataStorage(root=str(tmp_path / "data"))
     rows = [conversation(row, PROMPTS[task].format(i=i), f"A careful answer number {row}.")
             for row, (task, i) in enumerate((t, i) for t, n in COUNTS.items() for i in range(n))]
-    storage.write_table(FILTERED_CONVERSATIONS, frame(rows))
+    storage.write_table(TAGGED_CONVERSATIONS, frame(rows))
     return storage, tmp_path
 
 
@@ -55,23 +55,34 @@ def test_rerun_writes_the_same_bytes(filtered):
 
 def test_missing_input_column_fails_naming_asset_column_and_type(filtered):
     storage, tmp_path = filtered
-    bad = storage.write_table(FILTERED_CONVERSATIONS, storage.read_table(FILTERED_CONVERSATIONS).drop("finish_reasons"))
+    bad = storage.write_table(TAGGED_CONVERSATIONS, storage.read_table(TAGGED_CONVERSATIONS).drop("finish_reasons"))
     result = materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG)
     assert not result.success
     text = failure_text(result)
-    assert (f"asset 'filtered_conversations', table 'data' ({bad.path}): missing column 'finish_reasons' "
+    assert (f"asset 'tagged_conversations', table 'data' ({bad.path}): missing column 'finish_reasons' "
             "(expected type List(String))") in text, text
     assert not storage.has(ASSET, "data")
 
 
 def test_bad_input_row_fails_naming_asset_row_and_field(filtered):
     storage, tmp_path = filtered
-    df = storage.read_table(FILTERED_CONVERSATIONS)
+    df = storage.read_table(TAGGED_CONVERSATIONS)
     messages = df["messages"].to_list()
     messages[7] = []
-    bad = storage.write_table(FILTERED_CONVERSATIONS,
+    bad = storage.write_table(TAGGED_CONVERSATIONS,
                               df.with_columns(pl.Series("messages", messages, dtype=df.schema["messages"])))
     result = materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG)
     assert not result.success
-    assert (f"asset 'filtered_conversations', table 'data' ({bad.path}): row 7 (conversation_id '00000-0000007'): "
+    assert (f"asset 'tagged_conversations', table 'data' ({bad.path}): row 7 (conversation_id '00000-0000007'): "
             "messages: empty or null") in failure_text(result)
+
+
+def test_the_tagging_stages_task_is_used(filtered):
+    """Rows carry the judge's category from tagged_conversations: the mixture samples by it, not by its own guess."""
+    storage, tmp_path = filtered
+    df = storage.read_table(TAGGED_CONVERSATIONS)
+    judged = ["tool_use" if i % 2 else "coding" for i in range(df.height)]
+    storage.write_table(TAGGED_CONVERSATIONS, df.with_columns(pl.Series("task", judged)))
+    assert materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG).success
+    assert dict(storage.read_table(ASSET).group_by("task").len().sort("task").iter_rows()) == {"coding": 12,
+                                                                                               "tool_use": 12}

@@ -9,21 +9,16 @@ import polars as pl
 import pytest
 
 from assets.common.schema import CONVERSATION_SCHEMA
-from assets.mixture.core import (
-    MixtureConfig,
-    build_mixture,
-    classify_task,
-    classify_text,
-    split_hash,
-)
+from assets.common.taxonomy import classify_task, classify_text
+from assets.mixture.core import MixtureConfig, build_mixture, split_hash
 
 PROMPTS = {
-    "code": "Write a Python function that returns the {i}th Fibonacci number.",
+    "coding": "Write a Python function that returns the {i}th Fibonacci number.",
     "math": "Solve for x: 3x + {i} = 20.",
-    "rewrite": "Summarize this paragraph in one sentence: item {i} of the report.",
-    "writing": "Write a short poem about harbour number {i}.",
-    "reasoning": "Compare plan {i} with the previous plan and list the trade-offs.",
-    "qa": "Who was the mayor of town {i}?",
+    "summarization": "Summarize this paragraph in one sentence: item {i} of the report.",
+    "creative_writing": "Write a short poem about harbour number {i}.",
+    "reasoning": "Compare option {i} with the previous option and list the trade-offs.",
+    "information_seeking": "Who was the mayor of town {i}?",
     "other": "Hello, I am visitor {i}.",
 }
 
@@ -65,34 +60,6 @@ def ids(df: pl.DataFrame, split: str) -> set[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "task"),
-    [
-        ("Write a Python function to reverse a linked list.", "code"),
-        ("Why does my SQL query return duplicates?", "code"),
-        ("How do I free memory in C++ after new[]?", "code"),
-        ("```js\nconsole.log(x)\n``` what does this print?", "code"),
-        ("Write a function that checks whether a string is a palindrome.", "code"),
-        ("Find the derivative of f(x) = x^2 + 3x.", "math"),
-        ("What is 17 * 23?", "math"),
-        ("Solve for x: 2x + 3 = 11", "math"),
-        ("Rewrite this essay so it is more formal: ...", "rewrite"),
-        ("Summarize the following article in three bullet points.", "rewrite"),
-        ("Translate 'good morning' into French.", "rewrite"),
-        ("Write a poem about autumn leaves.", "writing"),
-        ("Draft a cover letter for a barista job.", "writing"),
-        ("Compare capitalism and socialism.", "reasoning"),
-        ("Explain why the sky appears blue, step by step.", "reasoning"),
-        ("What is the capital of Australia?", "qa"),
-        ("Who painted the Mona Lisa?", "qa"),
-        ("Hello there, nice to meet you.", "other"),
-        ("", "other"),
-    ],
-)
-def test_classify_text(text: str, task: str) -> None:
-    assert classify_text(text) == task
-
-
 @pytest.mark.parametrize("name", list(PROMPTS))
 def test_test_prompts_are_tagged_as_intended(name: str) -> None:
     assert classify_text(PROMPTS[name].format(i=3)) == name
@@ -113,18 +80,18 @@ def test_classify_uses_first_user_message_and_skips_system() -> None:
         },
         schema={"messages": CONVERSATION_SCHEMA["messages"]},
     )
-    assert classify_task(df)["task"].to_list() == ["writing", "other"]
+    assert classify_task(df)["task"].to_list() == ["creative_writing", "other"]
 
 
 def test_existing_task_column_overrides_heuristic() -> None:
-    df = pool({"code": 2, "math": 2}).with_columns(
-        pl.Series("task", ["my_label", None, "math", "code"], dtype=pl.Utf8)
+    df = pool({"coding": 2, "math": 2}).with_columns(
+        pl.Series("task", ["my_label", None, "math", "coding"], dtype=pl.Utf8)
     )
     tagged = classify_task(df)
     assert tagged.columns == df.columns  # kept in place, not duplicated
-    assert tagged["task"].to_list() == ["my_label", "code", "math", "code"]
+    assert tagged["task"].to_list() == ["my_label", "coding", "math", "coding"]
     result = build_mixture(df, MixtureConfig(validation_fraction=0.0))
-    assert sorted(result.mixture["task"].to_list()) == ["code", "code", "math", "my_label"]
+    assert sorted(result.mixture["task"].to_list()) == ["coding", "coding", "math", "my_label"]
     assert result.mixture.columns == [*df.columns, "split"]
 
 
@@ -136,13 +103,13 @@ def test_existing_task_column_overrides_heuristic() -> None:
 @pytest.mark.parametrize(
     ("weights", "max_rows"),
     [
-        ({"code": 0.5, "math": 0.3, "writing": 0.2}, 400),
-        ({"code": 1, "math": 1, "writing": 1, "qa": 1}, 301),
-        ({"math": 0.9, "qa": 0.1}, 250),
+        ({"coding": 0.5, "math": 0.3, "creative_writing": 0.2}, 400),
+        ({"coding": 1, "math": 1, "creative_writing": 1, "information_seeking": 1}, 301),
+        ({"math": 0.9, "information_seeking": 0.1}, 250),
     ],
 )
 def test_weights_realized_when_rows_suffice(weights: dict[str, float], max_rows: int) -> None:
-    df = pool({"code": 400, "math": 400, "writing": 400, "qa": 400, "other": 100})
+    df = pool({"coding": 400, "math": 400, "creative_writing": 400, "information_seeking": 400, "other": 100})
     result = build_mixture(df, MixtureConfig(weights=weights, max_rows=max_rows, seed=3))
     mix = result.mixture
     assert mix.height == max_rows
@@ -161,20 +128,20 @@ def test_weights_realized_when_rows_suffice(weights: dict[str, float], max_rows:
 
 
 def test_shortfall_is_reported_not_redistributed() -> None:
-    df = pool({"code": 20, "math": 500, "writing": 500})
+    df = pool({"coding": 20, "math": 500, "creative_writing": 500})
     cfg = MixtureConfig(
-        weights={"code": 0.5, "math": 0.25, "writing": 0.25}, max_rows=200, validation_fraction=0.1
+        weights={"coding": 0.5, "math": 0.25, "creative_writing": 0.25}, max_rows=200, validation_fraction=0.1
     )
     result = build_mixture(df, cfg)
-    code = result.stats["tasks"]["code"]["train"]
+    code = result.stats["tasks"]["coding"]["train"]
     train_code_available = code["available"]
     assert train_code_available < 20  # a few code rows went to the validation pool
     assert code["target"] == 90  # 200 - 20 validation rows = 180 train, half of it code
     assert code["realized"] == train_code_available
     assert code["shortfall"] == 90 - train_code_available
-    assert result.stats["shortfall"] == {"code": 90 - train_code_available}
+    assert result.stats["shortfall"] == {"coding": 90 - train_code_available}
     # the other tasks get exactly their targets: the shortfall is not filled from them
-    for task in ("math", "writing"):
+    for task in ("math", "creative_writing"):
         assert result.stats["tasks"][task]["train"]["realized"] == 45
     train = result.mixture.filter(pl.col("split") == "train")
     assert train.height == 90 + train_code_available
@@ -183,27 +150,27 @@ def test_shortfall_is_reported_not_redistributed() -> None:
 
 
 def test_upsampling_repeats_short_task_deterministically() -> None:
-    df = pool({"code": 10, "math": 300})
+    df = pool({"coding": 10, "math": 300})
     cfg = MixtureConfig(
-        weights={"code": 0.5, "math": 0.5}, max_rows=100, validation_fraction=0.0, allow_upsampling=True
+        weights={"coding": 0.5, "math": 0.5}, max_rows=100, validation_fraction=0.0, allow_upsampling=True
     )
     result = build_mixture(df, cfg)
     train = result.mixture
-    code = train.filter(pl.col("task") == "code")
+    code = train.filter(pl.col("task") == "coding")
     assert code.height == 50
     counts = code.group_by("conversation_id").len()["len"]
     assert counts.n_unique() == 1 and counts[0] == 5  # 10 rows x 5 copies: evenly repeated
-    stats = result.stats["tasks"]["code"]["train"]
+    stats = result.stats["tasks"]["coding"]["train"]
     assert (stats["realized"], stats["shortfall"], stats["upsampled"]) == (50, 0, 40)
     assert build_mixture(df, cfg).mixture.equals(train)
 
 
 def test_upsampling_partial_cycle_uses_first_rows_in_hash_order() -> None:
-    df = pool({"code": 4, "math": 100})
+    df = pool({"coding": 4, "math": 100})
     cfg = MixtureConfig(
-        weights={"code": 0.5, "math": 0.5}, max_rows=14, validation_fraction=0.0, allow_upsampling=True
+        weights={"coding": 0.5, "math": 0.5}, max_rows=14, validation_fraction=0.0, allow_upsampling=True
     )
-    code = build_mixture(df, cfg).mixture.filter(pl.col("task") == "code")
+    code = build_mixture(df, cfg).mixture.filter(pl.col("task") == "coding")
     assert code.height == 7
     counts = dict(code.group_by("conversation_id").len().iter_rows())
     assert sorted(counts.values()) == [1, 2, 2, 2]
@@ -215,7 +182,7 @@ def test_upsampling_partial_cycle_uses_first_rows_in_hash_order() -> None:
 
 
 def test_natural_distribution_uses_every_row() -> None:
-    df = pool({"code": 37, "math": 120, "writing": 55, "other": 8})
+    df = pool({"coding": 37, "math": 120, "creative_writing": 55, "other": 8})
     result = build_mixture(df, MixtureConfig(validation_fraction=0.2, seed=1))
     mix = result.mixture
     assert mix.height == df.height
@@ -227,7 +194,7 @@ def test_natural_distribution_uses_every_row() -> None:
 
 @pytest.mark.parametrize(("fraction", "seed"), [(0.1, 0), (0.25, 3), (0.5, 8)])
 def test_validation_is_exactly_the_hash_pool(fraction: float, seed: int) -> None:
-    df = pool({"code": 90, "math": 130, "qa": 40})
+    df = pool({"coding": 90, "math": 130, "information_seeking": 40})
     mix = build_mixture(df, MixtureConfig(validation_fraction=fraction, seed=seed)).mixture
     hashes = split_hash(df["conversation_id"], seed).to_list()
     expected = {
@@ -239,15 +206,15 @@ def test_validation_is_exactly_the_hash_pool(fraction: float, seed: int) -> None
 
 @pytest.mark.parametrize(("temperature", "max_ratio"), [(1.0, 10.0), (2.0, 3.5), (100.0, 1.1)])
 def test_temperature_flattens_distribution(temperature: float, max_ratio: float) -> None:
-    df = pool({"code": 1000, "math": 100})
+    df = pool({"coding": 1000, "math": 100})
     cfg = MixtureConfig(temperature=temperature, max_rows=110, validation_fraction=0.0)
     result = build_mixture(df, cfg)
     realized = dict(result.mixture.group_by("task").len().iter_rows())
-    ratio = realized["code"] / realized["math"]
+    ratio = realized["coding"] / realized["math"]
     # p_code / p_math = (n_code / n_math) ** (1 / T) = 10 ** (1 / T)
     assert ratio == pytest.approx(10 ** (1 / temperature), rel=0.15)
     assert ratio <= max_ratio + 1e-9
-    assert result.stats["tasks"]["code"]["weight"] == pytest.approx(
+    assert result.stats["tasks"]["coding"]["weight"] == pytest.approx(
         10 ** (1 / temperature) / (1 + 10 ** (1 / temperature))
     )
 
@@ -262,25 +229,25 @@ def test_temperature_flattens_distribution(temperature: float, max_ratio: float)
     [
         MixtureConfig(),
         MixtureConfig(validation_fraction=0.3, seed=5),
-        MixtureConfig(weights={"code": 0.7, "math": 0.3}, max_rows=150),
-        MixtureConfig(weights={"code": 0.9, "math": 0.1}, max_rows=600, allow_upsampling=True),
+        MixtureConfig(weights={"coding": 0.7, "math": 0.3}, max_rows=150),
+        MixtureConfig(weights={"coding": 0.9, "math": 0.1}, max_rows=600, allow_upsampling=True),
     ],
 )
 def test_no_train_validation_overlap(cfg: MixtureConfig) -> None:
-    result = build_mixture(pool({"code": 120, "math": 200, "qa": 50}), cfg)
+    result = build_mixture(pool({"coding": 120, "math": 200, "information_seeking": 50}), cfg)
     train, validation = ids(result.mixture, "train"), ids(result.mixture, "validation")
     assert train and validation
     assert not train & validation
 
 
 def test_validation_is_chosen_from_hash_pool_before_sampling() -> None:
-    df = pool({"code": 150, "math": 150})
+    df = pool({"coding": 150, "math": 150})
     natural = build_mixture(df, MixtureConfig(seed=9))
     val_pool = ids(natural.mixture, "validation")
     for cfg in (
-        MixtureConfig(seed=9, weights={"code": 0.8, "math": 0.2}),
-        MixtureConfig(seed=9, weights={"code": 0.5, "math": 0.5}, max_rows=60),
-        MixtureConfig(seed=9, weights={"code": 0.9, "math": 0.1}, max_rows=1000, allow_upsampling=True),
+        MixtureConfig(seed=9, weights={"coding": 0.8, "math": 0.2}),
+        MixtureConfig(seed=9, weights={"coding": 0.5, "math": 0.5}, max_rows=60),
+        MixtureConfig(seed=9, weights={"coding": 0.9, "math": 0.1}, max_rows=1000, allow_upsampling=True),
     ):
         mix = build_mixture(df, cfg).mixture
         assert ids(mix, "validation") <= val_pool
@@ -288,8 +255,8 @@ def test_validation_is_chosen_from_hash_pool_before_sampling() -> None:
 
 
 def test_split_is_stable_when_rows_are_added() -> None:
-    small = pool({"code": 60, "math": 60, "writing": 60})
-    extra = pool({"code": 90, "qa": 70}, shard=1)
+    small = pool({"coding": 60, "math": 60, "creative_writing": 60})
+    extra = pool({"coding": 90, "information_seeking": 70}, shard=1)
     big = pl.concat([small, extra])
     cfg = MixtureConfig(validation_fraction=0.15, seed=11)
     before = build_mixture(small, cfg).mixture
@@ -316,7 +283,7 @@ def test_small_pools_get_one_validation_row(n_rows: int, fraction: float, n_vali
 
 @pytest.mark.parametrize(("max_rows", "n_validation"), [(100, 10), (55, 6), (2, 1)])
 def test_max_rows_sets_validation_share(max_rows: int, n_validation: int) -> None:
-    df = pool({"code": 500, "math": 500})
+    df = pool({"coding": 500, "math": 500})
     result = build_mixture(df, MixtureConfig(max_rows=max_rows, validation_fraction=0.1))
     mix = result.mixture
     assert mix.height == max_rows
@@ -326,8 +293,8 @@ def test_max_rows_sets_validation_share(max_rows: int, n_validation: int) -> Non
 def test_subsampled_train_caps_validation_size() -> None:
     # weights force a small train set (limited by 'code'); validation must shrink with it, not stay at 10% of
     # the whole pool
-    df = pool({"code": 50, "math": 2000})
-    result = build_mixture(df, MixtureConfig(weights={"code": 0.5, "math": 0.5}, validation_fraction=0.1))
+    df = pool({"coding": 50, "math": 2000})
+    result = build_mixture(df, MixtureConfig(weights={"coding": 0.5, "math": 0.5}, validation_fraction=0.1))
     n_train, n_val = result.stats["train_rows"], result.stats["validation_rows"]
     assert result.stats["shortfall"] == {}
     assert n_val == round(n_train * 0.1 / 0.9)
@@ -343,12 +310,12 @@ def test_subsampled_train_caps_validation_size() -> None:
     "cfg",
     [
         MixtureConfig(),
-        MixtureConfig(weights={"code": 0.6, "math": 0.4}, max_rows=80, seed=4),
+        MixtureConfig(weights={"coding": 0.6, "math": 0.4}, max_rows=80, seed=4),
         MixtureConfig(temperature=3.0, max_rows=90, allow_upsampling=True, seed=2),
     ],
 )
 def test_deterministic_output(cfg: MixtureConfig) -> None:
-    df = pool({"code": 70, "math": 40, "writing": 25})
+    df = pool({"coding": 70, "math": 40, "creative_writing": 25})
     first = build_mixture(df, cfg)
     second = build_mixture(df.reverse(), cfg)
     assert first.mixture.equals(second.mixture)
@@ -360,10 +327,10 @@ def test_deterministic_output(cfg: MixtureConfig) -> None:
 
 
 def test_seed_changes_split_and_sample() -> None:
-    df = pool({"code": 200, "math": 200})
-    cfg = MixtureConfig(weights={"code": 0.5, "math": 0.5}, max_rows=100)
+    df = pool({"coding": 200, "math": 200})
+    cfg = MixtureConfig(weights={"coding": 0.5, "math": 0.5}, max_rows=100)
     a = build_mixture(df, cfg).mixture
-    b = build_mixture(df, MixtureConfig(weights={"code": 0.5, "math": 0.5}, max_rows=100, seed=1)).mixture
+    b = build_mixture(df, MixtureConfig(weights={"coding": 0.5, "math": 0.5}, max_rows=100, seed=1)).mixture
     assert ids(a, "validation") != ids(b, "validation")
     assert ids(a, "train") != ids(b, "train")
 
@@ -379,8 +346,8 @@ def test_split_hash_is_stable_across_runs() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"weights": {"code": -1.0}},
-        {"weights": {"code": 0.0}},
+        {"weights": {"coding": -1.0}},
+        {"weights": {"coding": 0.0}},
         {"weights": {}},
         {"temperature": 0.0},
         {"validation_fraction": 1.0},
@@ -393,21 +360,21 @@ def test_invalid_config_rejected(kwargs) -> None:
 
 
 def test_missing_or_null_ids_rejected() -> None:
-    df = pool({"code": 3}).with_columns(pl.lit(None, pl.Utf8).alias("conversation_id"))
+    df = pool({"coding": 3}).with_columns(pl.lit(None, pl.Utf8).alias("conversation_id"))
     with pytest.raises(ValueError, match="null"):
         build_mixture(df)
 
 
 def test_weighted_task_with_no_rows_is_a_full_shortfall() -> None:
-    df = pool({"code": 30, "math": 20})
-    result = build_mixture(df, MixtureConfig(weights={"code": 1, "poetry": 1}))
-    code, poetry = result.stats["tasks"]["code"]["train"], result.stats["tasks"]["poetry"]["train"]
+    df = pool({"coding": 30, "math": 20})
+    result = build_mixture(df, MixtureConfig(weights={"coding": 1, "poetry": 1}))
+    code, poetry = result.stats["tasks"]["coding"]["train"], result.stats["tasks"]["poetry"]["train"]
     # without max_rows the size is set by the tasks that have rows: all train-pool code rows
     assert code["realized"] == code["target"] == code["available"]
     assert poetry == poetry | {"available": 0, "target": code["target"], "realized": 0}
     assert result.stats["shortfall"] == {"poetry": code["target"]}
     assert result.stats["excluded_rows"] == 20
-    assert set(result.mixture["task"].to_list()) == {"code"}
+    assert set(result.mixture["task"].to_list()) == {"coding"}
 
 
 def test_empty_input_and_explicit_tasks_without_messages() -> None:

@@ -1,0 +1,1 @@
+"""Tagging: LLM-judge labels, languages, refusals, label filters, diversity and the funnel."""

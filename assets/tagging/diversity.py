@@ -1,0 +1,103 @@
+"""Diversity of a conversation table: is it "the same style for every prompt" (chapter 16.10, bug 7)? (no Dagster)
+
+* distinct-n (Li et al. 2016): distinct word n-grams / all word n-grams, n = 1..3, over the instructions (every user
+  turn) and over the responses (every assistant turn); words are lowercased ``\\w+`` runs. 1.0 = no n-gram repeats;
+  a table whose answers all open the same way scores low.
+* the most frequent openings: the first ``opening_words`` words of the first instruction / first response, with
+  their count and share.
+* category entropy: Shannon entropy (bits) of the ``task`` distribution, and normalised by log2 of the taxonomy's
+  size (1.0 = every category equally often).
+* near-duplicate instruction rate: the share of rows whose first instruction is a near-duplicate (MinHash estimated
+  Jaccard >= ``near_duplicate_threshold`` over word ``near_duplicate_ngram``-grams) of an earlier row's. Dedup
+  compares whole conversations; this shows prompts that repeat with different answers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from assets.common.minhash.config import MinHashConfig
+from assets.common.minhash.lsh import band_hashes, within_pairs
+from assets.common.minhash.signatures import compute_signatures
+from assets.common.schema import role_texts
+from assets.common.taxonomy import TASKS
+
+
+@dataclass(frozen=True)
+class DiversityConfig:
+    max_n: int = 3
+    top_openings: int = 10
+    opening_words: int = 3
+    near_duplicate_threshold: float = 0.7
+    near_duplicate_ngram: int = 2
+
+
+def distinct_n(texts: pl.Series, n: int) -> float | None:
+    """Distinct word n-grams / all word n-grams over ``texts`` (None when there is no n-gram)."""
+    words = pl.DataFrame({"t": texts.cast(pl.Utf8)}).with_row_index("doc").select(
+        "doc", pl.col("t").str.to_lowercase().str.extract_all(r"\w+").alias("w")).explode("w").drop_nulls("w")
+    grams = words.with_columns(
+        pl.concat_str([pl.col("w").shift(-k).over("doc") for k in range(n)], separator=" ").alias("g")
+    ).drop_nulls("g")
+    return grams["g"].n_unique() / grams.height if grams.height else None
+
+
+def top_openings(texts: pl.Series, words: int, top: int) -> list[dict]:
+    """The ``top`` most frequent first-``words``-word openings (lowercased), with count and share."""
+    openings = (pl.DataFrame({"t": texts.cast(pl.Utf8)})
+                .select(pl.col("t").str.to_lowercase().str.extract_all(r"\w+").list.head(words).list.join(" ")
+                        .alias("opening"))
+                .filter(pl.col("opening").str.len_chars() > 0))
+    total = openings.height
+    counts = openings.group_by("opening").len().sort(["len", "opening"], descending=[True, False]).head(top)
+    return [{"opening": o, "count": int(c), "share": round(c / total, 4)} for o, c in counts.iter_rows()]
+
+
+def category_entropy(tasks: pl.Series) -> dict:
+    counts = np.array([c for _, c in tasks.value_counts().iter_rows()], dtype=float)
+    if counts.sum() == 0:
+        return {"bits": 0.0, "normalized": 0.0, "categories_present": 0}
+    p = counts / counts.sum()
+    bits = float(-(p * np.log2(p)).sum())
+    return {"bits": round(bits, 4), "normalized": round(bits / math.log2(len(TASKS)), 4),
+            "categories_present": int((counts > 0).sum())}
+
+
+def near_duplicate_rate(texts: pl.Series, threshold: float, ngram: int) -> float | None:
+    """Share of texts that are a near-duplicate of an earlier text (MinHash LSH, verified on the signatures)."""
+    if texts.len() < 2:
+        return 0.0 if texts.len() else None
+    cfg = MinHashConfig(ngram=ngram, threshold=threshold)
+    signatures = compute_signatures(texts.fill_null(""), cfg)
+    first, second = within_pairs(band_hashes(signatures, cfg))
+    similar = (signatures[first] == signatures[second]).mean(axis=1) >= threshold if first.size else np.array([])
+    duplicates = np.unique(np.maximum(first, second)[similar]) if first.size else np.array([])
+    return round(duplicates.size / texts.len(), 4)
+
+
+def diversity_report(df: pl.DataFrame, cfg: DiversityConfig = DiversityConfig()) -> dict:
+    """The diversity measures of a conversation table with a ``task`` column (see the module docstring)."""
+    firsts = df.select(role_texts("user").list.first().alias("instruction"),
+                       role_texts("assistant").list.first().alias("response"))
+    every = {role: df.select(role_texts(r).alias("t")).explode("t")["t"]
+             for role, r in (("instructions", "user"), ("responses", "assistant"))}
+    return {
+        "rows": df.height,
+        "distinct_n": {role: {str(n): _round(distinct_n(texts, n)) for n in range(1, cfg.max_n + 1)}
+                       for role, texts in every.items()},
+        "top_openings": {"instructions": top_openings(firsts["instruction"], cfg.opening_words, cfg.top_openings),
+                         "responses": top_openings(firsts["response"], cfg.opening_words, cfg.top_openings)},
+        "category_entropy": category_entropy(df["task"]) if "task" in df.columns else None,
+        "near_duplicate_instruction_rate": near_duplicate_rate(
+            firsts["instruction"], cfg.near_duplicate_threshold, cfg.near_duplicate_ngram),
+        "config": {"near_duplicate_threshold": cfg.near_duplicate_threshold,
+                   "near_duplicate_ngram": cfg.near_duplicate_ngram, "opening_words": cfg.opening_words},
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

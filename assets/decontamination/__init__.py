@@ -54,6 +54,8 @@ Modules, one job each (all Dagster-free but ``assets.py``):
 
 * :mod:`.config`: :class:`~.config.DecontamConfig`, :data:`~.config.DEFAULT_MINHASH` and shared constants;
 * :mod:`.kernels`: numba kernels of the n-gram detector (rolling window hashes, probing, byte checks);
+* :mod:`.scan`: the one parallel pass over the raw text of every message (normalization, word hashes, n-gram probe
+  counts, the MinHash detector's shared-shingle look-up) and the normalized text of the few messages it selects;
 * :mod:`.index`: :class:`~.index.EvalIndex`, the eval side with its boilerplate cut-off;
 * :mod:`.train_frequency`: the training-side frequency cut-off;
 * :mod:`.matching`: the n-gram and MinHash detectors over training messages (:func:`~.matching.find_contamination`);

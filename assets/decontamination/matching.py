@@ -7,11 +7,11 @@ import numpy as np
 import polars as pl
 
 from assets.common.minhash.lsh import band_hashes, cross_candidates
-from assets.common.minhash.signatures import equal_counts, signatures_from_normalized
-from assets.common.text import normalize_expr, utf8_buffer
+from assets.common.minhash.signatures import equal_counts, signatures_from_buffer
 from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits
+from assets.decontamination.scan import Scan, as_series, scan
 from assets.decontamination.train_frequency import FREQUENT_SCHEMA, train_frequent
 
 MATCH_SCHEMA: dict[str, pl.DataType] = {
@@ -41,12 +41,13 @@ def find_contamination(
 def find_matches(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(matches, frequent): the matches with the training row position (``row``) kept for ordering and grouping,
     and the keys ignored by the training-side cut-off (:data:`FREQUENT_SCHEMA`)."""
-    msgs = _training_messages(df, index.config.roles)
-    ngram, frequent = _ngram_matches(msgs, index)
+    msgs, content = _training_messages(df, index.config.roles)
+    scanned = scan(content, index.probe_args(), index.minhash_shingles.args())
+    ngram, frequent = _ngram_matches(msgs, index, scanned)
     ngram = ngram.with_columns(
         pl.lit("ngram").alias("detector"), pl.lit(None, pl.Float64).alias("similarity")
     )
-    minhash = _minhash_matches(msgs, index).with_columns(
+    minhash = _minhash_matches(index, scanned).with_columns(
         pl.lit("minhash").alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
     )
     cols = ["msg", "item", "detector", "matched_ngram", "similarity"]
@@ -68,8 +69,10 @@ def find_matches(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.D
     )
     return matches, frequent
 
-def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame:
-    """One row per message with a compared role: row position, conversation_id, message_index, role, text."""
+
+def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> tuple[pl.DataFrame, pl.Series]:
+    """One row per message with a compared role (row position, conversation_id, message_index, role), and the raw
+    text of each."""
     exploded = (
         df.select(pl.col("conversation_id").cast(pl.Utf8), "messages")
         .with_row_index("row")
@@ -82,28 +85,29 @@ def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame
             pl.col("messages").struct.field("content").alias("content"),
         )
         .filter(pl.col("role").is_in(list(roles)))
-        .select("row", "conversation_id", "message_index", "role", "content")
     )
-    return exploded.with_columns(normalize_expr("content").alias("normalized")).drop("content")
+    return exploded.select("row", "conversation_id", "message_index", "role"), exploded["content"]
 
 
-def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex, scanned: Scan) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(matches, frequent): ``matches`` has (msg, item, matched_ngram) for every message/eval-text pair sharing
     a verified window whose key is not train-frequent; ``frequent`` the keys ignored as train-frequent
-    (:data:`FREQUENT_SCHEMA`)."""
+    (:data:`FREQUENT_SCHEMA`). Only the messages with probe hits in the scan are looked at again."""
     empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
     frequent = pl.DataFrame(schema=FREQUENT_SCHEMA)
-    if index.table.size == 0 or msgs.height == 0:
+    rows = np.flatnonzero(scanned.hits).astype(np.int64)
+    if index.table.size == 0 or rows.size == 0:
         return empty, frequent
-    data, offsets = utf8_buffer(msgs["normalized"])
-    probe = (index.lengths, index.powers, index.table, index.bloom, index.bloom_mask)
-    hits = probe_hits(data, offsets, *probe)
+    data, offsets = scanned.texts.normalized_rows(rows)
+    hits = probe_hits(data, offsets, *index.probe_args())  # message numbers are positions in ``rows``
     if index.config.max_train_rows and hits[0].size:
-        keep, frequent = train_frequent(msgs, index, data, offsets, hits)
+        keep, frequent = train_frequent(msgs.select(pl.col("conversation_id").gather(rows)), index, data, offsets,
+                                        hits)
         hits = tuple(a[keep] for a in hits)
     if hits[0].size == 0:
         return empty, frequent
-    return _checked_on_strings(msgs, index, _hits_per_item(index, hits)), frequent
+    found = _checked_on_strings(as_series(data, offsets), index, _hits_per_item(index, hits))
+    return found.with_columns(pl.Series("msg", rows).gather(found["msg"])), frequent
 
 
 def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:
@@ -127,12 +131,12 @@ def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFra
     return expanded.filter(pl.Series(expanded["length"].to_numpy() == wanted)).unique().sort(["msg", "item", "pos"])
 
 
-def _checked_on_strings(msgs: pl.DataFrame, index: EvalIndex, hits: pl.DataFrame) -> pl.DataFrame:
+def _checked_on_strings(normalized: pl.Series, index: EvalIndex, hits: pl.DataFrame) -> pl.DataFrame:
     """(msg, item, matched_ngram): per (message, eval text) of ``hits``, its earliest window whose words are, as
     strings, a word sequence of the eval text; a (rare) hash collision falls through to the next window."""
     found = []
     pending = hits
-    norm_msgs = msgs.select(pl.col("normalized").alias("msg_text"))
+    norm_msgs = normalized.alias("msg_text").to_frame()
     norm_items = index.items.select(pl.col("normalized").alias("item_text"))
     while pending.height:
         first = pending.group_by(["msg", "item"], maintain_order=True).first()
@@ -162,25 +166,17 @@ def _checked_on_strings(msgs: pl.DataFrame, index: EvalIndex, hits: pl.DataFrame
     return pl.concat(found).with_columns(pl.col("msg", "item").cast(pl.Int64))
 
 
-def _minhash_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
-    """(msg, item, similarity) for message/eval-text pairs with estimated Jaccard >= threshold."""
+def _minhash_matches(index: EvalIndex, scanned: Scan) -> pl.DataFrame:
+    """(msg, item, similarity) for message/eval-text pairs with estimated Jaccard >= threshold; only the messages
+    the scan marked are signed (the others cannot share a signature value with an eval text)."""
     cfg = index.config
     empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "similarity": pl.Float64})
-    if cfg.minhash is None or index.minhash_rows.size == 0 or msgs.height == 0:
+    if cfg.minhash is None or index.minhash_rows.size == 0:
         return empty
-    n_words = (
-        msgs.select(
-            pl.when(pl.col("normalized").str.len_bytes() == 0)
-            .then(0)
-            .otherwise(pl.col("normalized").str.count_matches(" ", literal=True) + 1)
-        )
-        .to_series()
-        .to_numpy()
-    )
-    rows = np.flatnonzero(n_words >= cfg.minhash_min_words).astype(np.int64)
+    rows = np.flatnonzero(scanned.signed).astype(np.int64)
     if rows.size == 0:
         return empty
-    sigs = signatures_from_normalized(msgs["normalized"].gather(rows), cfg.minhash)
+    sigs = signatures_from_buffer(*scanned.texts.normalized_rows(rows), cfg.minhash)
     eval_pos, msg_pos = cross_candidates(index.minhash_sorted, band_hashes(sigs, cfg.minhash))
     if eval_pos.size == 0:
         return empty

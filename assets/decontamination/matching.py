@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from assets.common.minhash.lsh import band_hashes, cross_candidates
-from assets.common.minhash.signatures import equal_counts, signatures_from_buffer
+from assets.common.minhash.signatures import equal_counts
 from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits
@@ -176,7 +176,7 @@ def _minhash_matches(index: EvalIndex, scanned: Scan) -> pl.DataFrame:
     rows = np.flatnonzero(scanned.signed).astype(np.int64)
     if rows.size == 0:
         return empty
-    sigs = signatures_from_buffer(*scanned.texts.normalized_rows(rows), cfg.minhash)
+    sigs = scanned.texts.signatures(rows, cfg.minhash)
     eval_pos, msg_pos = cross_candidates(index.minhash_sorted, band_hashes(sigs, cfg.minhash))
     if eval_pos.size == 0:
         return empty

@@ -22,6 +22,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from assets.common.minhash.config import MinHashConfig
+from assets.common.minhash.signatures import signatures_from_buffer, word_hashes_signature
 from assets.common.text import (
     ASCII_CLASSES,
     fmix64,
@@ -48,11 +50,12 @@ MINHASH_OFF, MINHASH_ALL, MINHASH_SHARED = 0, 1, 2  # which messages the MinHash
 
 @numba.njit(inline="always")
 def _raw_word_hashes(data, start, end, classes, word, hashes):
-    """xxh64 of every word of the normalization of the raw text ``data[start:end]`` into ``hashes``: the word
-    count, or -1 if the text has a non-ASCII byte (polars normalizes it instead). The byte loop is
-    :func:`assets.common.text.normalize_ascii_row`'s, each word hashed as it ends."""
+    """xxh64 of every word of the normalization of the raw text ``data[start:end]`` into ``hashes``: (word count,
+    normalized length in bytes), or (-1, -1) if the text has a non-ASCII byte (polars normalizes it instead). The
+    byte loop is :func:`assets.common.text.normalize_ascii_row`'s, each word hashed as it ends."""
     count = 0
     length = 0
+    letters = 0
     pending_space = False
     for k in range(start, end):
         byte = data[k]
@@ -65,14 +68,15 @@ def _raw_word_hashes(data, start, end, classes, word, hashes):
                 pending_space = False
             word[length] = byte + 32 if 0x41 <= byte <= 0x5A else byte
             length += 1
+            letters += 1
         elif kind == 2:
             pending_space = length > 0
         elif kind == 3:
-            return -1
+            return -1, -1
     if length > 0:
         hashes[count] = xxh64(word, 0, length, _U64(0))
         count += 1
-    return count
+    return count, letters + max(count - 1, 0)
 
 
 @numba.njit(inline="always")
@@ -89,6 +93,23 @@ def _normalized_word_hashes(data, start, end, hashes):
             tok = i + 1
     hashes[count] = xxh64(data, tok, end, _U64(0))
     return count + 1
+
+
+@numba.njit(inline="always")
+def _word_hashes(data, start, end, raw, classes, word, hashes):
+    """(word count, normalized length) of a raw text (-1, -1: not pure ASCII) or of a normalized one."""
+    if raw:
+        return _raw_word_hashes(data, start, end, classes, word, hashes)
+    return _normalized_word_hashes(data, start, end, hashes), end - start
+
+
+@numba.njit(inline="always")
+def _longest(offsets, rows, lo, hi):
+    """The longest text in bytes among ``rows[lo:hi]``: the size of a chunk's scratch arrays."""
+    longest = 0
+    for k in range(lo, hi):
+        longest = max(longest, offsets[rows[k] + 1] - offsets[rows[k]])
+    return longest
 
 
 @numba.njit(inline="always")
@@ -115,29 +136,24 @@ def _shares_shingle(hashes, count, n, shingles, bloom, mask):
 
 
 @numba.njit(parallel=True, cache=True)
-def _scan(data, offsets, raw, classes, probe, minhash, n_words, hits, signed):
-    """For every text of ``data``/``offsets`` (raw, or already normalized): word count (-1: non-ASCII raw text,
-    left to the caller), n-gram probe hits, and whether the MinHash detector must sign it.
+def _scan(data, offsets, raw, classes, probe, minhash, n_words, n_bytes, hits, signed):
+    """For every text of ``data``/``offsets`` (raw, or already normalized): word count and normalized length (-1:
+    non-ASCII raw text, left to the caller), n-gram probe hits, and whether the MinHash detector must sign it.
 
     ``probe`` = (lengths, powers, table, bloom, mask); ``minhash`` = (mode, n, min_words, shingles, bloom, mask)."""
     lengths, powers, table, t_bloom, t_mask = probe
     mode, n, min_words, shingles, s_bloom, s_mask = minhash
-    texts = offsets.size - 1
-    n_chunks = min(texts, _CHUNKS)
+    rows = np.arange(offsets.size - 1)
+    n_chunks = min(rows.size, _CHUNKS)
     for c in numba.prange(n_chunks):
-        lo = c * texts // n_chunks
-        hi = (c + 1) * texts // n_chunks
-        longest = 0
-        for i in range(lo, hi):
-            longest = max(longest, offsets[i + 1] - offsets[i])
+        lo = c * rows.size // n_chunks
+        hi = (c + 1) * rows.size // n_chunks
+        longest = _longest(offsets, rows, lo, hi)
         word = np.empty(longest + 1, np.uint8)
         hashes = np.empty(longest // 2 + 2, np.uint64)
         prefix = np.empty(longest // 2 + 3, np.uint64)
         for i in range(lo, hi):
-            if raw:
-                count = _raw_word_hashes(data, offsets[i], offsets[i + 1], classes, word, hashes)
-            else:
-                count = _normalized_word_hashes(data, offsets[i], offsets[i + 1], hashes)
+            count, n_bytes[i] = _word_hashes(data, offsets[i], offsets[i + 1], raw, classes, word, hashes)
             n_words[i] = count
             if count < 0:
                 continue
@@ -148,6 +164,23 @@ def _scan(data, offsets, raw, classes, probe, minhash, n_words, hits, signed):
                 signed[i] = count >= min_words
             elif mode == MINHASH_SHARED:
                 signed[i] = count >= min_words and _shares_shingle(hashes, count, n, shingles, s_bloom, s_mask)
+
+
+@numba.njit(parallel=True, cache=True)
+def _sign(data, offsets, raw, rows, dest, classes, n, perm_a, perm_b, out):
+    """MinHash signatures (word ``n``-gram shingles, xxh64: the default settings) of texts ``rows`` (raw, or already
+    normalized) into ``out[dest[k]]``, from the same word hashes as the scan."""
+    n_chunks = min(rows.size, _CHUNKS)
+    for c in numba.prange(n_chunks):
+        lo = c * rows.size // n_chunks
+        hi = (c + 1) * rows.size // n_chunks
+        longest = _longest(offsets, rows, lo, hi)
+        word = np.empty(longest + 1, np.uint8)
+        hashes = np.empty(longest // 2 + 2, np.uint64)
+        for k in range(lo, hi):
+            i = rows[k]
+            count, _ = _word_hashes(data, offsets[i], offsets[i + 1], raw, classes, word, hashes)
+            word_hashes_signature(hashes, count, n, perm_a, perm_b, out, dest[k])
 
 
 @numba.njit(cache=True)
@@ -168,29 +201,16 @@ def _eval_shingles(data, offsets, n, fill, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def _normalize_rows(data, offsets, other_data, other_offsets, other_of, rows, classes, slots, out, lengths):
-    """Normalized text of messages ``rows`` into ``out`` from ``slots[k]`` on: pure-ASCII ones from the raw text,
-    the others (``other_of[i] >= 0``) copied from their polars normalization."""
+def _normalize_rows(data, offsets, other_data, other_offsets, other_of, rows, classes, out, out_offsets):
+    """Normalized text of messages ``rows`` into ``out[out_offsets[k]:out_offsets[k + 1]]``: pure-ASCII ones from
+    the raw text, the others (``other_of[i] >= 0``) copied from their polars normalization."""
     for k in numba.prange(rows.size):
         i = rows[k]
         j = other_of[i]
         if j < 0:
-            lengths[k] = normalize_ascii_row(data, offsets[i], offsets[i + 1], classes, out, slots[k])
+            normalize_ascii_row(data, offsets[i], offsets[i + 1], classes, out, out_offsets[k])
         else:
-            a = other_offsets[j]
-            for t in range(other_offsets[j + 1] - a):
-                out[slots[k] + t] = other_data[a + t]
-            lengths[k] = other_offsets[j + 1] - a
-
-
-@numba.njit(cache=True)
-def _compact(out, slots, lengths, packed, packed_offsets):
-    """Copy the spans [slots[k], slots[k] + lengths[k]) of ``out`` one after the other into ``packed``."""
-    packed_offsets[0] = 0
-    for k in range(slots.size):
-        for t in range(lengths[k]):
-            packed[packed_offsets[k] + t] = out[slots[k] + t]
-        packed_offsets[k + 1] = packed_offsets[k] + lengths[k]
+            out[out_offsets[k] : out_offsets[k + 1]] = other_data[other_offsets[j] : other_offsets[j + 1]]
 
 
 @numba.njit(cache=True)
@@ -219,32 +239,45 @@ def eval_shingle_set(data: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.
 
 @dataclass
 class MessageTexts:
-    """The raw UTF-8 text of the messages (``data``/``offsets``) and the polars normalization of those with a
-    non-ASCII byte (``other_of[i]``: their position in ``other_data``/``other_offsets``, -1 for pure-ASCII ones)."""
+    """The raw UTF-8 text of the messages (``data``/``offsets``), the polars normalization of those with a non-ASCII
+    byte (``other_of[i]``: their position in ``other_data``/``other_offsets``, -1 for pure-ASCII ones), and the
+    length of every normalized text (``n_bytes``)."""
 
     data: np.ndarray
     offsets: np.ndarray
     other_of: np.ndarray
     other_data: np.ndarray
     other_offsets: np.ndarray
+    n_bytes: np.ndarray
 
     def normalized_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The normalized texts of messages ``rows`` (as :func:`assets.common.text.normalize`), as one UTF-8 buffer
         and offsets."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
-        other = self.other_of[rows]
-        bound = np.where(other < 0, self.offsets[rows + 1] - self.offsets[rows],
-                         self.other_offsets[other + 1] - self.other_offsets[np.maximum(other, 0)])
-        slots = np.concatenate([[0], np.cumsum(bound)]).astype(np.int64)
-        out = np.empty(int(slots[-1]), np.uint8)
-        lengths = np.empty(rows.size, np.int64)
+        out_offsets = np.zeros(rows.size + 1, np.int64)
+        np.cumsum(self.n_bytes[rows], out=out_offsets[1:])
+        out = np.empty(int(out_offsets[-1]), np.uint8)
         if rows.size:
             _normalize_rows(self.data, self.offsets, self.other_data, self.other_offsets, self.other_of, rows,
-                            ASCII_CLASSES, slots, out, lengths)
-        packed_offsets = np.empty(rows.size + 1, np.int64)
-        packed = np.empty(int(lengths.sum()), np.uint8)
-        _compact(out, slots[:-1], lengths, packed, packed_offsets)
-        return packed, packed_offsets
+                            ASCII_CLASSES, out, out_offsets)
+        return out, out_offsets
+
+    def signatures(self, rows: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+        """(rows, num_perm) MinHash signatures of messages ``rows``, as
+        :func:`assets.common.minhash.signatures.signatures_from_normalized` of their normalized texts."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if cfg.unit != "word" or cfg.hash != "xxh64":
+            return signatures_from_buffer(*self.normalized_rows(rows), cfg)
+        perm_a, perm_b = (np.ascontiguousarray(p) for p in cfg.permutations())
+        out = np.empty((rows.size, cfg.num_perm), np.uint32)
+        other = self.other_of[rows]
+        for raw, data, offsets, which in ((True, self.data, self.offsets, other < 0),
+                                          (False, self.other_data, self.other_offsets, other >= 0)):
+            dest = np.flatnonzero(which).astype(np.int64)
+            if dest.size:
+                texts = rows[dest] if raw else other[dest]
+                _sign(data, offsets, raw, texts, dest, ASCII_CLASSES, cfg.ngram, perm_a, perm_b, out)
+        return out
 
 
 def as_series(data: np.ndarray, offsets: np.ndarray) -> pl.Series:
@@ -269,22 +302,24 @@ def scan(content: pl.Series, probe: tuple, minhash: tuple) -> Scan:
     non-ASCII byte are normalized by polars, then scanned."""
     raw = content.fill_null("").cast(pl.Utf8).rechunk()
     data, offsets = utf8_view(raw)
-    n_words, hits, signed = _scan_all(data, offsets, True, probe, minhash)
+    n_words, n_bytes, hits, signed = _scan_all(data, offsets, True, probe, minhash)
     others = np.flatnonzero(n_words < 0).astype(np.int64)
     other_data, other_offsets = utf8_buffer(normalize(raw.gather(others)))
     if others.size:
-        n_words[others], hits[others], signed[others] = _scan_all(other_data, other_offsets, False, probe, minhash)
+        found = _scan_all(other_data, other_offsets, False, probe, minhash)
+        n_words[others], n_bytes[others], hits[others], signed[others] = found
     other_of = np.full(n_words.size, -1, np.int64)
     other_of[others] = np.arange(others.size)
-    return Scan(MessageTexts(data, offsets, other_of, other_data, other_offsets), n_words, hits, signed)
+    return Scan(MessageTexts(data, offsets, other_of, other_data, other_offsets, n_bytes), n_words, hits, signed)
 
 
 def _scan_all(
     data: np.ndarray, offsets: np.ndarray, raw: bool, probe: tuple, minhash: tuple
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n_words, hits, signed) of every text of ``data``/``offsets`` (see :func:`_scan`)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(n_words, n_bytes, hits, signed) of every text of ``data``/``offsets`` (see :func:`_scan`)."""
     n = offsets.size - 1
-    n_words, hits, signed = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.bool_)
+    n_words, n_bytes, hits, signed = (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64),
+                                      np.zeros(n, np.bool_))
     if n:
-        _scan(data, offsets, raw, ASCII_CLASSES, probe, minhash, n_words, hits, signed)
-    return n_words, hits, signed
+        _scan(data, offsets, raw, ASCII_CLASSES, probe, minhash, n_words, n_bytes, hits, signed)
+    return n_words, n_bytes, hits, signed

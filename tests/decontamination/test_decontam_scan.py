@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from assets.common.minhash.config import MinHashConfig
+from assets.common.minhash.lsh import _band_ranges_kernel, sorted_bands
 from assets.common.schema import MESSAGE
 from assets.common.text import normalize, utf8_buffer
 from assets.decontamination.config import DecontamConfig
@@ -112,3 +113,20 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
         numba.set_num_threads(before)
     assert one[0].equals(many[0]) and one[1].equals(many[1]) and one[2] == many[2]
     assert one[1].height > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_band_ranges_equal_numpy_searchsorted(seed: int) -> None:
+    """The MinHash detector's LSH probe (assets/common/minhash/lsh.py, branch-free searches over all bands at
+    once) finds the ranges numpy's searchsorted finds, with long runs of equal band hashes too."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        n_old, n_new, n_bands = (int(x) for x in rng.integers(1, [300, 300, 10]))
+        spread = int(rng.integers(1, 60))
+        old_hashes, _orders = sorted_bands(rng.integers(0, spread, (n_old, n_bands)).astype(np.uint64))
+        new = rng.integers(0, spread + 5, (n_new, n_bands)).astype(np.uint64)
+        lo, hi = np.empty(new.shape, np.int64), np.empty(new.shape, np.int64)
+        _band_ranges_kernel(old_hashes, new, lo, hi)
+        for band in range(n_bands):
+            assert np.array_equal(lo[:, band], np.searchsorted(old_hashes[band], new[:, band], "left"))
+            assert np.array_equal(hi[:, band], np.searchsorted(old_hashes[band], new[:, band], "right"))

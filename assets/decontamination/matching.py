@@ -3,6 +3,8 @@ string check) and the MinHash detector, merged into one table of matches (:data:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
@@ -12,7 +14,7 @@ from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits
 from assets.decontamination.scan import Scan, as_series, scan
-from assets.decontamination.train_frequency import FREQUENT_SCHEMA, train_frequent
+from assets.decontamination.train_frequency import frequent_keys, frequent_owners, hit_keys
 
 MATCH_SCHEMA: dict[str, pl.DataType] = {
     "conversation_id": pl.Utf8,
@@ -34,40 +36,89 @@ def find_contamination(
     """Every (training message, eval text, detector) match, columns :data:`MATCH_SCHEMA`, ordered by
     training row, message_index, benchmark, item_id, field, detector. Keys found in ``max_train_rows`` or more
     distinct conversations of ``df`` are ignored (the training-side cut-off counts over ``df``)."""
-    return find_matches(df, as_index(eval_df, cfg))[0].drop("row")
-
+    return find_matches(df, as_index(eval_df, cfg))[0].drop("row", "item")
 
 
 def find_matches(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(matches, frequent): the matches with the training row position (``row``) kept for ordering and grouping,
-    and the keys ignored by the training-side cut-off (:data:`FREQUENT_SCHEMA`)."""
+    """(matches, frequent): the matches with the training row position (``row``) and the eval row (``item``) kept
+    for ordering and grouping (:func:`matches_from`), and the keys ignored by the training-side cut-off, counted
+    over ``df`` (:data:`FREQUENT_SCHEMA`)."""
+    evidence = gather_evidence(df, index)
+    frequent = frequent_keys(evidence.key_conversations(), index.config.max_train_rows)
+    return matches_from(evidence, index, frequent), frequent_owners(index, frequent)
+
+
+@dataclass
+class Evidence:
+    """What the detectors found in a table before the training-side cut-off, which needs the counts of the whole
+    table: the compared messages (``msgs``: row, conversation_id, message_index, role); the n-gram probe hits
+    (doc, pos, length, lo, hi; a doc is a position in ``hit_rows``, the messages with any hit, whose normalized
+    text is ``data``/``offsets``) and the key of each (-1: a hash collision, or the cut-off is off); the MinHash
+    matches (msg, item, similarity)."""
+
+    msgs: pl.DataFrame
+    hit_rows: np.ndarray
+    data: np.ndarray
+    offsets: np.ndarray
+    hits: tuple[np.ndarray, ...]
+    keys: np.ndarray
+    minhash: pl.DataFrame
+
+    def key_conversations(self) -> pl.DataFrame:
+        """Distinct (key, conversation_id, row) of the hits on a key: what the training-side cut-off counts."""
+        doc = self.hits[0][self.keys >= 0]
+        msg = self.hit_rows[doc]
+        return pl.DataFrame(
+            {"key": self.keys[self.keys >= 0], "conversation_id": self.msgs["conversation_id"].gather(msg),
+             "row": self.msgs["row"].gather(msg)},
+            schema={"key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64},
+        ).unique(maintain_order=True)
+
+
+def gather_evidence(df: pl.DataFrame, index: EvalIndex) -> Evidence:
+    """Scan every compared message of ``df`` once (see :mod:`.scan`), then look again only at those with n-gram
+    probe hits (normalized text, hits, their keys) and at those the MinHash detector must sign."""
     msgs, content = _training_messages(df, index.config.roles)
     scanned = scan(content, index.probe_args(), index.minhash_shingles.args())
-    ngram, frequent = _ngram_matches(msgs, index, scanned)
-    ngram = ngram.with_columns(
+    none = np.empty(0, np.int64)
+    hit_rows = np.flatnonzero(scanned.hits).astype(np.int64) if index.table.size else none
+    data, offsets = scanned.texts.normalized_rows(hit_rows)
+    hits = probe_hits(data, offsets, *index.probe_args()) if hit_rows.size else (none,) * 5
+    keys = np.full(hits[0].size, -1, np.int64)
+    if index.config.max_train_rows and hits[0].size:
+        keys = hit_keys(data, offsets, index, hits)
+    return Evidence(msgs, hit_rows, data, offsets, hits, keys, _minhash_matches(index, scanned))
+
+
+def matches_from(evidence: Evidence, index: EvalIndex, frequent: pl.DataFrame) -> pl.DataFrame:
+    """The matches of ``evidence``, matches on the ``frequent`` keys (:data:`KEY_SCHEMA`) ignored: ``row``, the
+    columns of :data:`MATCH_SCHEMA` and ``item`` (eval row), in the order of :func:`sort_matches`."""
+    keep = ~np.isin(evidence.keys, frequent["key"].to_numpy())
+    ngram = _ngram_matches(evidence, index, tuple(a[keep] for a in evidence.hits)).with_columns(
         pl.lit("ngram").alias("detector"), pl.lit(None, pl.Float64).alias("similarity")
     )
-    minhash = _minhash_matches(index, scanned).with_columns(
+    minhash = evidence.minhash.with_columns(
         pl.lit("minhash").alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
     )
     cols = ["msg", "item", "detector", "matched_ngram", "similarity"]
     matches = pl.concat([ngram.select(cols), minhash.select(cols)])
-    meta = msgs.select("row", "conversation_id", "message_index", "role")
+    meta = evidence.msgs.select("row", "conversation_id", "message_index", "role")
     items = index.items.select("benchmark", "item_id", "field")
     out = pl.concat(
         [
             meta.select(pl.all().gather(matches["msg"])),
             items.select(pl.all().gather(matches["item"])),
-            matches.select("detector", "matched_ngram", "similarity"),
+            matches.select("detector", "matched_ngram", "similarity", pl.col("item").cast(pl.Int64)),
         ],
         how="horizontal",
     ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))
-    matches = (
-        out.sort(["row", "message_index", "benchmark", "item_id", "field", "detector"])
-        .select("row", *MATCH_SCHEMA)
-        .cast(MATCH_SCHEMA)
-    )
-    return matches, frequent
+    return sort_matches(out.select("row", *MATCH_SCHEMA, "item").cast({**MATCH_SCHEMA, "row": pl.Int64}))
+
+
+def sort_matches(matches: pl.DataFrame) -> pl.DataFrame:
+    """Matches ordered by training row, message_index, benchmark, item_id, field, detector, then eval row (a total
+    order: a message matches an eval row at most once per detector), whatever order they come in."""
+    return matches.sort(["row", "message_index", "benchmark", "item_id", "field", "detector", "item"])
 
 
 def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> tuple[pl.DataFrame, pl.Series]:
@@ -89,25 +140,13 @@ def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> tuple[pl.Dat
     return exploded.select("row", "conversation_id", "message_index", "role"), exploded["content"]
 
 
-def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex, scanned: Scan) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(matches, frequent): ``matches`` has (msg, item, matched_ngram) for every message/eval-text pair sharing
-    a verified window whose key is not train-frequent; ``frequent`` the keys ignored as train-frequent
-    (:data:`FREQUENT_SCHEMA`). Only the messages with probe hits in the scan are looked at again."""
-    empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
-    frequent = pl.DataFrame(schema=FREQUENT_SCHEMA)
-    rows = np.flatnonzero(scanned.hits).astype(np.int64)
-    if index.table.size == 0 or rows.size == 0:
-        return empty, frequent
-    data, offsets = scanned.texts.normalized_rows(rows)
-    hits = probe_hits(data, offsets, *index.probe_args())  # message numbers are positions in ``rows``
-    if index.config.max_train_rows and hits[0].size:
-        keep, frequent = train_frequent(msgs.select(pl.col("conversation_id").gather(rows)), index, data, offsets,
-                                        hits)
-        hits = tuple(a[keep] for a in hits)
+def _ngram_matches(evidence: Evidence, index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:
+    """(msg, item, matched_ngram) for every message/eval-text pair sharing a verified window among ``hits`` (the
+    evidence's hits on keys that are not train-frequent)."""
     if hits[0].size == 0:
-        return empty, frequent
-    found = _checked_on_strings(as_series(data, offsets), index, _hits_per_item(index, hits))
-    return found.with_columns(pl.Series("msg", rows).gather(found["msg"])), frequent
+        return pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
+    found = _checked_on_strings(as_series(evidence.data, evidence.offsets), index, _hits_per_item(index, hits))
+    return found.with_columns(pl.Series("msg", evidence.hit_rows).gather(found["msg"]))
 
 
 def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:

@@ -28,6 +28,7 @@ MATCH_SCHEMA: dict[str, pl.DataType] = {
     "matched_ngram": pl.Utf8,  # normalized matched words (ngram detector), else null
     "similarity": pl.Float64,  # estimated Jaccard (minhash detector), else null
 }
+MATCHES_SCHEMA: dict[str, pl.DataType] = {"row": pl.Int64, **MATCH_SCHEMA, "item": pl.Int64}  # find_matches' own
 
 
 def find_contamination(
@@ -112,7 +113,7 @@ def matches_from(evidence: Evidence, index: EvalIndex, frequent: pl.DataFrame) -
         ],
         how="horizontal",
     ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))
-    return sort_matches(out.select("row", *MATCH_SCHEMA, "item").cast({**MATCH_SCHEMA, "row": pl.Int64}))
+    return sort_matches(out.select(*MATCHES_SCHEMA).cast(MATCHES_SCHEMA))
 
 
 def sort_matches(matches: pl.DataFrame) -> pl.DataFrame:

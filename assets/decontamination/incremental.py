@@ -9,15 +9,17 @@ conversations pushed over the cut-off; the other rows' matches cannot change (co
 arrive). The output, :func:`~.removal.removal_outputs` of the assembled matches, equals a full check of the table
 byte for byte.
 
-State in ``state_dir``: ``matches-<shard>-<generation>.parquet`` and ``keys-<shard>-<generation>.parquet`` per
-shard, and ``manifest.json`` (state format, config, eval-set hash, eval-index hash, row hashing, and per shard its
-content hash, row count and files), written last and atomically: the commit point; files it does not name are
-deleted after it. A changed config, eval set, eval index (hashing code), state format or row hashing, or a processed
-shard that changed or disappeared, starts over from an empty state (a full check), and the reason is returned.
+State in ``state_dir``: ``matches-<generation>.parquet`` and ``keys-<generation>.parquet`` (every shard's rows, with
+``shard``; small next to the table) and ``manifest.json`` (state format, config, eval-set hash, a hash of the code
+matches depend on, library versions, the two files, and per shard its content hash and row count), written last and
+atomically: the commit point; files it does not name are deleted after it. A changed config, eval set, code, library
+or state format, or a processed shard that changed or disappeared, starts over from an empty state (a full check),
+and the reason is returned.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 
@@ -36,9 +39,11 @@ from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, mat
 from assets.decontamination.removal import removal_outputs
 from assets.decontamination.train_frequency import frequent_keys, frequent_owners
 
-STATE_VERSION = 1  # bump when what a shard's files hold, or how matches are computed, changes
+STATE_VERSION = 2  # bump when what the state files hold changes
 MANIFEST = "manifest.json"
-ROW_HASHING = f"polars {pl.__version__} hash of conversation_id, roles, contents"  # shards' content hashes
+_CODE_MODULES = ("assets/common/text.py", "assets/common/minhash", "assets/decontamination")  # what matches depend on
+_KEYS_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, "key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64}
+_MATCHES_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, **MATCHES_SCHEMA}
 
 
 @dataclass
@@ -61,11 +66,15 @@ class IncrementalDecontamination:
 
 @dataclass
 class _State:
-    manifest: dict[str, Any]
-    matches: dict[str, pl.DataFrame]  # shard -> its matches (``row`` local to the shard)
-    keys: dict[str, pl.DataFrame]  # shard -> distinct (key, conversation_id, row) of its hits on a key
-    changed: set[str]  # shards whose files must be written
+    """The persisted results: every processed shard's matches (``row`` local to its shard) under the cut-off as it
+    stood when they were computed, and the distinct (key, conversation_id, row) of its n-gram hits on a key."""
+
+    generation: int
+    shards: dict[str, dict[str, Any]]  # shard -> content hash, rows
+    matches: pl.DataFrame  # _MATCHES_SCHEMA
+    keys: pl.DataFrame  # _KEYS_SCHEMA
     rebuilt: bool
+    changed: bool = False
 
 
 def decontaminate_shards(
@@ -83,13 +92,14 @@ def decontaminate_shards(
     state, reason = _load_state(state_dir, fingerprint, hashes)
     if reason and log:
         log(f"decontamination state rebuilt: {reason}")
-    new = [key for key in positions if key not in state.matches]
+    new = [key for key in positions if key not in state.shards]
     frequent, crossed, rechecked = _add_shards(df, index, positions, state, new, log)
     clock.lap("check")
     if state.changed or state.rebuilt:
-        _save_state(state_dir, state, fingerprint, hashes, positions)
+        state.shards = {key: {"content_hash": hashes[key], "rows": int(rows.size)} for key, rows in positions.items()}
+        _save_state(state_dir, state, fingerprint)
     clock.lap("save")
-    matches = _table_matches(state, positions)
+    matches = _table_matches(state.matches, positions)
     kept, rejected, report = removal_outputs(df, index, matches, frequent_owners(index, frequent),
                                              max_detail=max_detail)
     clock.lap("outputs")
@@ -111,7 +121,7 @@ class _Clock:
 
 
 # --------------------------------------------------------------------------------------------------------
-# shards and their identity
+# shards and their identity, and what a state is valid for
 
 
 def _shard_positions(df: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -126,42 +136,59 @@ def _shard_positions(df: pl.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[str, str]:
-    """Per shard, a content hash of its rows in table order: conversation ids, message count, roles and contents."""
+    """Per shard, a content hash of its rows in table order: conversation ids, and each message's role and content
+    with its position (one 64-bit hash per row from polars' hashes, the shard's row hashes then SHA-256'd; the
+    polars version is part of the state's fingerprint)."""
     messages = df["messages"]
     lengths = messages.list.len().fill_null(0).to_numpy().astype(np.int64)
-    exploded = messages.explode()
-    role = exploded.struct.field("role").hash(seed=0).to_numpy()
-    content = exploded.struct.field("content").hash(seed=1).to_numpy()
-    conversation = df["conversation_id"].hash(seed=2).to_numpy()
-    first = np.concatenate([[0], np.cumsum(np.maximum(lengths, 1))])  # explode keeps one (null) row per empty list
-    out = {}
-    for key, rows in positions.items():
-        take = np.repeat(first[rows], np.maximum(lengths[rows], 1)) + _ranks(np.maximum(lengths[rows], 1))
-        digest = hashlib.sha256()
-        for part in (conversation[rows], lengths[rows], role[take], content[take]):
-            digest.update(np.ascontiguousarray(part).tobytes())
-        out[key] = digest.hexdigest()
-    return out
+    exploded = messages.explode()  # one (null) element for an empty or null list
+    count = np.maximum(lengths, 1)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+    position = (np.arange(int(count.sum())) - np.repeat(first, count)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _fmix64(exploded.struct.field("content").hash(seed=1).to_numpy()
+                        ^ (exploded.struct.field("role").hash(seed=2).to_numpy() * _K1) ^ (position * _K2))
+        row = np.add.reduceat(mixed, first) if df.height else np.empty(0, np.uint64)
+        row = _fmix64(row ^ (lengths.astype(np.uint64) * _K1)) ^ df["conversation_id"].hash(seed=3).to_numpy()
+    return {key: hashlib.sha256(np.ascontiguousarray(row[rows]).tobytes()).hexdigest()
+            for key, rows in positions.items()}
 
 
-def _ranks(counts: np.ndarray) -> np.ndarray:
-    """0, 1, .., counts[0] - 1, 0, 1, .., counts[1] - 1, ..."""
-    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+_K1, _K2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, vectorized (wrapping uint64 arithmetic)."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
 
 
 def _fingerprint(index: EvalIndex) -> dict[str, Any]:
-    """What a state is valid for: its format, the config, the eval set and the eval index built from it."""
+    """What a state is valid for: its format, the config, the eval set (the index's texts, in its order), the code
+    that computes matches and the libraries it runs on (normalization, hashing)."""
     items = hashlib.sha256()
     for column in ("benchmark", "item_id", "field", "text"):
         data, offsets = utf8_buffer(index.items[column])
         for part in (data, offsets, index.items[column].is_null().to_numpy()):
             items.update(part.tobytes())
-    built = hashlib.sha256()
-    for part in (index.table, index.table_items, index.table_pos, index.lengths, index.minhash_rows,
-                 index.minhash_signatures):
-        built.update(np.ascontiguousarray(part).tobytes())
     return {"version": STATE_VERSION, "config": index.config.to_json(), "eval_sets": items.hexdigest(),
-            "eval_index": built.hexdigest(), "row_hashing": ROW_HASHING}
+            "code": _code_hash(), "libraries": f"polars {pl.__version__}, numba {numba.__version__}, numpy "
+                                               f"{np.__version__}"}
+
+
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """SHA-256 of the source of the modules matches depend on (any edit starts the state over)."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for name in _CODE_MODULES:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -169,8 +196,8 @@ def _fingerprint(index: EvalIndex) -> dict[str, Any]:
 
 
 _REASONS = {"version": "the state format changed", "config": "the decontamination settings changed",
-            "eval_sets": "the eval sets changed", "eval_index": "the eval index is built differently (code changed)",
-            "row_hashing": "the row hashing changed (polars version)"}
+            "eval_sets": "the eval sets changed", "code": "the decontamination code changed",
+            "libraries": "polars, numba or numpy changed version"}
 
 
 def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, str]) -> tuple[_State, str | None]:
@@ -186,29 +213,29 @@ def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, 
         if changed:
             reason = f"processed shard(s) changed or were removed: {changed}"
     if reason is not None:
-        for stale in [*state_dir.glob("matches-*.parquet"), *state_dir.glob("keys-*.parquet")]:
-            stale.unlink()
-        return _State({"generation": manifest.get("generation", 0) if manifest else 0, "shards": {}}, {}, {}, set(),
+        _delete_files(state_dir, keep=set())
+        generation = manifest.get("generation", 0) if manifest else 0
+        return _State(generation, {}, pl.DataFrame(schema=_MATCHES_SCHEMA), pl.DataFrame(schema=_KEYS_SCHEMA),
                       rebuilt=True), reason
-    shards = manifest["shards"]
-    return _State(manifest, {k: read_parquet(state_dir / s["matches"]) for k, s in shards.items()},
-                  {k: read_parquet(state_dir / s["keys"]) for k, s in shards.items()}, set(), rebuilt=False), None
+    return _State(manifest["generation"], manifest["shards"], read_parquet(state_dir / manifest["matches"]),
+                  read_parquet(state_dir / manifest["keys"]), rebuilt=False), None
 
 
-def _save_state(state_dir: Path, state: _State, fingerprint: dict[str, Any], hashes: dict[str, str],
-                positions: dict[str, np.ndarray]) -> None:
-    """Write the changed shards' files under a new generation, then the manifest, then delete unnamed files."""
-    generation = state.manifest["generation"] + 1
-    shards = dict(state.manifest["shards"])
-    for key in sorted(state.changed):
-        files = {"matches": f"matches-{key}-{generation:06d}.parquet", "keys": f"keys-{key}-{generation:06d}.parquet"}
-        write_parquet_atomic(state.matches[key], state_dir / files["matches"])
-        write_parquet_atomic(state.keys[key], state_dir / files["keys"])
-        shards[key] = {"content_hash": hashes[key], "rows": int(positions[key].size), **files}
-    write_json_atomic({**fingerprint, "generation": generation, "shards": shards}, state_dir / MANIFEST)
-    named = {name for s in shards.values() for name in (s["matches"], s["keys"])}
+def _save_state(state_dir: Path, state: _State, fingerprint: dict[str, Any]) -> None:
+    """Write the matches and keys under a new generation, then the manifest, then delete the files it does not
+    name."""
+    state.generation += 1
+    files = {"matches": f"matches-{state.generation:06d}.parquet", "keys": f"keys-{state.generation:06d}.parquet"}
+    write_parquet_atomic(state.matches, state_dir / files["matches"])
+    write_parquet_atomic(state.keys, state_dir / files["keys"])
+    write_json_atomic({**fingerprint, "generation": state.generation, "shards": state.shards, **files},
+                      state_dir / MANIFEST)
+    _delete_files(state_dir, keep=set(files.values()))
+
+
+def _delete_files(state_dir: Path, keep: set[str]) -> None:
     for stale in [*state_dir.glob("matches-*.parquet"), *state_dir.glob("keys-*.parquet")]:
-        if stale.name not in named:
+        if stale.name not in keep:
             stale.unlink()
 
 
@@ -226,46 +253,44 @@ def _add_shards(df: pl.DataFrame, index: EvalIndex, positions: dict[str, np.ndar
     """Check the ``new`` shards alone, add their keys to the counts, then re-check the earlier rows holding a key
     that crossed the cut-off. Returns (the table's frequent keys, keys crossed, rows re-checked)."""
     limit = index.config.max_train_rows
-    before = frequent_keys(_all_keys(state), limit)
+    before = frequent_keys(state.keys, limit)
     evidence = {key: gather_evidence(_rows_of(df, positions[key]), index) for key in new}
-    for key in new:
-        state.keys[key] = evidence[key].key_conversations()
-    frequent = frequent_keys(_all_keys(state), limit)
-    for key in new:
-        state.matches[key] = matches_from(evidence[key], index, frequent)
-        state.changed.add(key)
+    state.keys = pl.concat([state.keys, *(_with_shard(key, evidence[key].key_conversations()) for key in new)])
+    frequent = frequent_keys(state.keys, limit)
+    fresh = [_with_shard(key, matches_from(evidence[key], index, frequent)) for key in new]
+    for key, matches in zip(new, fresh, strict=True):
         if log:
-            log(f"shard {key}: {positions[key].size} rows checked, "
-                f"{state.matches[key]['row'].n_unique()} contaminated")
+            log(f"shard {key}: {positions[key].size} rows checked, {matches['row'].n_unique()} contaminated")
     crossed = frequent.join(before, on="key", how="anti")["key"]
-    rechecked = 0
-    for key in [k for k in positions if k not in new]:
-        rows = state.keys[key].filter(pl.col("key").is_in(crossed.implode()))["row"].unique().sort().to_numpy()
-        if rows.size:
-            _recheck(df, index, positions[key], state, key, rows, frequent)
-            rechecked += rows.size
+    earlier = (state.keys.filter(pl.col("key").is_in(crossed.implode()) & ~pl.col("shard").is_in(new))
+               .select("shard", "row").unique().sort("shard", "row"))
+    fresh += [_recheck(df, index, key, positions[key], rows["row"].to_numpy(), frequent)
+              for (key,), rows in earlier.partition_by("shard", as_dict=True).items()]
+    # new shards have no matches in the state yet; re-checked rows drop theirs
+    state.matches = pl.concat([state.matches.join(earlier, on=["shard", "row"], how="anti"), *fresh])
+    state.changed = bool(new) or earlier.height > 0
     if log and crossed.len():
-        log(f"{crossed.len()} key(s) crossed max_train_rows={limit}; re-checked {rechecked} earlier rows")
-    return frequent, crossed.len(), rechecked
+        log(f"{crossed.len()} key(s) crossed max_train_rows={limit}; re-checked {earlier.height} earlier rows")
+    return frequent, crossed.len(), earlier.height
 
 
-def _recheck(df: pl.DataFrame, index: EvalIndex, shard_positions: np.ndarray, state: _State, key: str,
-             rows: np.ndarray, frequent: pl.DataFrame) -> None:
-    """Recompute the matches of rows ``rows`` (local to shard ``key``) under the ``frequent`` keys."""
+def _with_shard(key: str, frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(pl.lit(key, pl.Utf8).alias("shard"), pl.all())
+
+
+def _recheck(df: pl.DataFrame, index: EvalIndex, key: str, shard_positions: np.ndarray, rows: np.ndarray,
+             frequent: pl.DataFrame) -> pl.DataFrame:
+    """The matches of rows ``rows`` (local to shard ``key``) under the ``frequent`` keys."""
     fresh = matches_from(gather_evidence(_rows_of(df, shard_positions[rows]), index), index, frequent)
-    fresh = fresh.with_columns(pl.Series("row", rows).gather(fresh["row"]))
-    kept = state.matches[key].filter(~pl.col("row").is_in(pl.Series(rows).implode()))
-    state.matches[key] = sort_matches(pl.concat([kept, fresh]))
-    state.changed.add(key)
+    return _with_shard(key, fresh.with_columns(pl.Series("row", rows).gather(fresh["row"])))
 
 
-def _all_keys(state: _State) -> pl.DataFrame:
-    frames = [frame.select("key", "conversation_id") for frame in state.keys.values()]
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"key": pl.Int64, "conversation_id": pl.Utf8})
-
-
-def _table_matches(state: _State, positions: dict[str, np.ndarray]) -> pl.DataFrame:
-    """Every shard's matches with ``row`` turned into the position in the table, in :func:`sort_matches` order."""
-    frames = [state.matches[key].with_columns(pl.Series("row", rows).gather(state.matches[key]["row"]))
-              for key, rows in positions.items()]
-    return sort_matches(pl.concat(frames)) if frames else pl.DataFrame(schema=MATCHES_SCHEMA)
+def _table_matches(matches: pl.DataFrame, positions: dict[str, np.ndarray]) -> pl.DataFrame:
+    """The state's matches with (shard, local row) turned into the position in the table, in :func:`sort_matches`
+    order."""
+    keys = list(positions)
+    offsets = np.concatenate([[0], np.cumsum([positions[k].size for k in keys])[:-1]]).astype(np.int64)
+    table_rows = np.concatenate([positions[k] for k in keys]) if keys else np.empty(0, np.int64)
+    base = matches["shard"].replace_strict(keys, offsets.tolist(), return_dtype=pl.Int64)
+    rows = table_rows[(base + matches["row"]).to_numpy()] if matches.height else np.empty(0, np.int64)
+    return sort_matches(matches.drop("shard").with_columns(pl.Series("row", rows, dtype=pl.Int64)))

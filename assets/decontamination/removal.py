@@ -43,7 +43,7 @@ def removal_outputs(
     mask = np.zeros(df.height, dtype=bool)
     mask[matches["row"].unique().sort().to_numpy()] = True
     rejected = _rejected_rows(df, matches, max_detail)
-    kept = df.filter(pl.Series(~mask))
+    kept = df[pl.Series(np.flatnonzero(~mask), dtype=pl.Int64)]  # a gather: same frame as a filter, much faster
     report = {
         "rows_in": df.height,
         "rows_kept": int((~mask).sum()),

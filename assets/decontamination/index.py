@@ -17,7 +17,9 @@ from assets.decontamination.kernels import (
     base_powers,
     bloom_filter,
     eval_windows,
+    first_word_hashes,
     probe_hits,
+    short_starts,
     window_bytes,
 )
 from assets.decontamination.scan import MINHASH_ALL, MINHASH_OFF, MINHASH_SHARED, eval_shingle_set
@@ -51,6 +53,7 @@ class EvalIndex:
     minhash_signatures: np.ndarray
     minhash_sorted: tuple[np.ndarray, np.ndarray] | None
     minhash_shingles: MinHashShingles  # which messages the MinHash detector must sign
+    starts: tuple[np.ndarray, ...]  # first words and lengths of the short ("whole") eval texts, for the scan
 
     @classmethod
     def build(cls, eval_df: pl.DataFrame, cfg: DecontamConfig | None = None) -> EvalIndex:
@@ -88,14 +91,20 @@ class EvalIndex:
         bloom, mask = bloom_filter(table)
         mh_rows, mh_sigs, mh_sorted = _minhash_index(items, n_words, cfg)
         mh_shingles = MinHashShingles.build(items["normalized"].gather(mh_rows), n_words[mh_rows], cfg)
+        whole = np.flatnonzero(status == "whole")
+        starts = short_starts(first_word_hashes(data, offsets)[whole], n_words[whole])
         return cls(
             cfg, items, table, table_items, table_pos, data, offsets, boilerplate, lengths, powers, bloom, mask,
-            mh_rows, mh_sigs, mh_sorted, mh_shingles,
+            mh_rows, mh_sigs, mh_sorted, mh_shingles, starts,
         )
 
     def probe_args(self) -> tuple:
         """What the n-gram probe kernels take: (window lengths, powers, sorted table, bloom filter, mask)."""
         return self.lengths, self.powers, self.table, self.bloom, self.bloom_mask
+
+    def scan_args(self) -> tuple:
+        """What the scan's count of probe hits takes (see :func:`.kernels.count_hits`)."""
+        return self.config.ngram, self.powers, self.table, self.bloom, self.bloom_mask, self.starts
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per benchmark: eval texts, how each is handled by the n-gram detector (``boilerplate_texts``: short

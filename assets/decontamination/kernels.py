@@ -47,19 +47,57 @@ def fill_prefix(word_hashes, count, prefix):
 
 
 @numba.njit(inline="always")
-def count_hits(prefix, words, lengths, powers, table, bloom, mask):
-    """Number of windows (of every length in ``lengths``) of a text of ``words`` words whose hash is in the sorted
-    ``table``."""
+def _in_table(table, bloom, mask, h):
+    if bloom_hit(bloom, mask, h):
+        k = np.searchsorted(table, h)
+        return k < table.size and table[k] == h
+    return False
+
+
+@numba.njit(inline="always")
+def count_hits(word_hashes, prefix, words, ngram, powers, table, bloom, mask, starts):
+    """Number of windows of a text of ``words`` words (hashes ``word_hashes``, prefix hashes ``prefix``) whose
+    hash is in the sorted ``table``: every ``ngram``-word window, and the shorter windows that begin with the first
+    word of a short eval text of their length (``starts``, see :func:`short_starts`); a shorter window beginning
+    with another word cannot be one of those texts (only a hash collision, which the exact steps reject, could
+    count it), so most positions probe one window, not one per length."""
+    first, ptr, first_lengths, first_bloom, first_mask = starts
     hits = 0
-    for li in range(lengths.size):
-        length = lengths[li]
-        for pos in range(words - length + 1):
-            h = window_hash(prefix, powers, pos, length)
-            if bloom_hit(bloom, mask, h):
-                k = np.searchsorted(table, h)
-                if k < table.size and table[k] == h:
-                    hits += 1
+    for pos in range(words):
+        if pos + ngram <= words and _in_table(table, bloom, mask, window_hash(prefix, powers, pos, ngram)):
+            hits += 1
+        if first.size and bloom_hit(first_bloom, first_mask, word_hashes[pos]):
+            j = np.searchsorted(first, word_hashes[pos])
+            if j < first.size and first[j] == word_hashes[pos]:
+                for t in range(ptr[j], ptr[j + 1]):
+                    length = first_lengths[t]
+                    if pos + length <= words and _in_table(table, bloom, mask,
+                                                           window_hash(prefix, powers, pos, length)):
+                        hits += 1
     return hits
+
+
+@numba.njit(cache=True)
+def first_word_hashes(data, offsets):
+    """xxh64 of the first word of every normalized text (0 for an empty text)."""
+    out = np.zeros(offsets.size - 1, np.uint64)
+    for i in range(offsets.size - 1):
+        end = offsets[i]
+        while end < offsets[i + 1] and data[end] != 0x20:
+            end += 1
+        if end > offsets[i]:
+            out[i] = xxh64(data, offsets[i], end, _U64(0))
+    return out
+
+
+def short_starts(first: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The look-up :func:`count_hits` takes from the short eval texts' first-word hashes and word counts: (sorted
+    distinct first-word hashes, offsets into the lengths, the distinct lengths of each, bloom filter, mask)."""
+    pairs = np.unique(np.stack([first.astype(np.uint64), lengths.astype(np.uint64)]), axis=1)
+    words, counts = np.unique(pairs[0], return_counts=True)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    bloom, mask = bloom_filter(words)
+    return words, ptr, pairs[1].astype(np.int64), bloom, mask
 
 
 @numba.njit(cache=True)

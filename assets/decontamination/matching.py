@@ -80,7 +80,7 @@ def gather_evidence(df: pl.DataFrame, index: EvalIndex) -> Evidence:
     """Scan every compared message of ``df`` once (see :mod:`.scan`), then look again only at those with n-gram
     probe hits (normalized text, hits, their keys) and at those the MinHash detector must sign."""
     msgs, content = _training_messages(df, index.config.roles)
-    scanned = scan(content, index.probe_args(), index.minhash_shingles.args())
+    scanned = scan(content, index.scan_args(), index.minhash_shingles.args())
     none = np.empty(0, np.int64)
     hit_rows = np.flatnonzero(scanned.hits).astype(np.int64) if index.table.size else none
     data, offsets = scanned.texts.normalized_rows(hit_rows)

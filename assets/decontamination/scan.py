@@ -140,8 +140,9 @@ def _scan(data, offsets, raw, classes, probe, minhash, n_words, n_bytes, hits, s
     """For every text of ``data``/``offsets`` (raw, or already normalized): word count and normalized length (-1:
     non-ASCII raw text, left to the caller), n-gram probe hits, and whether the MinHash detector must sign it.
 
-    ``probe`` = (lengths, powers, table, bloom, mask); ``minhash`` = (mode, n, min_words, shingles, bloom, mask)."""
-    lengths, powers, table, t_bloom, t_mask = probe
+    ``probe`` = (ngram, powers, table, bloom, mask, starts) (see :func:`.kernels.count_hits`); ``minhash`` = (mode,
+    n, min_words, shingles, bloom, mask)."""
+    ngram, powers, table, t_bloom, t_mask, starts = probe
     mode, n, min_words, shingles, s_bloom, s_mask = minhash
     rows = np.arange(offsets.size - 1)
     n_chunks = min(rows.size, _CHUNKS)
@@ -159,7 +160,7 @@ def _scan(data, offsets, raw, classes, probe, minhash, n_words, n_bytes, hits, s
                 continue
             if table.size:
                 fill_prefix(hashes, count, prefix)
-                hits[i] = count_hits(prefix, count, lengths, powers, table, t_bloom, t_mask)
+                hits[i] = count_hits(hashes, prefix, count, ngram, powers, table, t_bloom, t_mask, starts)
             if mode == MINHASH_ALL:
                 signed[i] = count >= min_words
             elif mode == MINHASH_SHARED:

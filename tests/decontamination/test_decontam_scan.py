@@ -65,7 +65,7 @@ def test_scan_counts_words_and_hits_as_on_the_polars_normalization(seed: int) ->
     df, eval_df = _tables(seed)
     index = EvalIndex.build(eval_df, DecontamConfig(min_words=4))
     content = _contents(df)
-    scanned = scan(content, index.probe_args(), index.minhash_shingles.args())
+    scanned = scan(content, index.scan_args(), index.minhash_shingles.args())
     normalized = normalize(content)
     words = normalized.map_elements(lambda t: len(t.split(" ")) if t else 0, return_dtype=pl.Int64).to_numpy()
     assert np.array_equal(scanned.n_words, words)
@@ -85,9 +85,9 @@ def test_minhash_shingle_lookup_changes_no_match(seed: int) -> None:
     df, eval_df = _tables(seed)
     index = EvalIndex.build(eval_df)
     assert index.minhash_shingles.mode == MINHASH_SHARED
-    signed = scan(_contents(df), index.probe_args(), index.minhash_shingles.args()).signed
+    signed = scan(_contents(df), index.scan_args(), index.minhash_shingles.args()).signed
     every = dataclasses.replace(index, minhash_shingles=dataclasses.replace(index.minhash_shingles, mode=MINHASH_ALL))
-    assert 0 < signed.sum() < scan(_contents(df), every.probe_args(), every.minhash_shingles.args()).signed.sum()
+    assert 0 < signed.sum() < scan(_contents(df), every.scan_args(), every.minhash_shingles.args()).signed.sum()
     matches = find_contamination(df, index)
     assert (matches["detector"] == "minhash").sum() > 0
     assert matches.equals(find_contamination(df, every))

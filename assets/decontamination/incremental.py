@@ -11,17 +11,20 @@ byte for byte.
 
 State in ``state_dir``: ``matches-<generation>.parquet`` and ``keys-<generation>.parquet`` (every shard's rows, with
 ``shard``; small next to the table) and ``manifest.json`` (state format, config, eval-set hash, a hash of the code
-matches depend on, library versions, the two files, and per shard its content hash and row count), written last and
-atomically: the commit point; files it does not name are deleted after it. A changed config, eval set, code, library
-or state format, or a processed shard that changed or disappeared, starts over from an empty state (a full check),
-and the reason is returned.
+matches depend on, library versions, the two files and their SHA-256, and per shard its content hash and row count),
+written last and atomically: the commit point; files it does not name are deleted after it. The two files are not
+synced to disk (the manifest is): after a crash, a file that is not the bytes the manifest names starts over. A
+changed config, eval set, code, library or state format, or a processed shard that changed or disappeared, starts
+over from an empty state (a full check), and the reason is returned.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +35,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.storage import read_parquet, write_json_atomic, write_parquet_atomic
-from assets.common.text import utf8_buffer
+from assets.common.storage import write_json_atomic
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, matches_from, sort_matches
 from assets.decontamination.removal import removal_outputs
@@ -146,7 +148,7 @@ def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[st
     first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
     position = (np.arange(int(count.sum())) - np.repeat(first, count)).astype(np.uint64)
     with np.errstate(over="ignore"):
-        mixed = _fmix64(exploded.struct.field("content").hash(seed=1).to_numpy()
+        mixed = _fmix64(_hash_in_parallel(exploded.struct.field("content"), seed=1)
                         ^ (exploded.struct.field("role").hash(seed=2).to_numpy() * _K1) ^ (position * _K2))
         row = np.add.reduceat(mixed, first) if df.height else np.empty(0, np.uint64)
         row = _fmix64(row ^ (lengths.astype(np.uint64) * _K1)) ^ df["conversation_id"].hash(seed=3).to_numpy()
@@ -155,6 +157,15 @@ def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[st
 
 
 _K1, _K2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _hash_in_parallel(series: pl.Series, seed: int) -> np.ndarray:
+    """``series.hash(seed)`` computed in slices on polars' threads (one hash pass is bound to one core)."""
+    n, parts = series.len(), max(1, min(pl.thread_pool_size(), series.len() // 4096))
+    frame = series.to_frame("s").lazy()
+    queries = [frame.slice(k * n // parts, (k + 1) * n // parts - k * n // parts).select(pl.col("s").hash(seed=seed))
+               for k in range(parts)]
+    return np.concatenate([part.to_series().to_numpy() for part in pl.collect_all(queries)])
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -170,10 +181,8 @@ def _fingerprint(index: EvalIndex) -> dict[str, Any]:
     """What a state is valid for: its format, the config, the eval set (the index's texts, in its order), the code
     that computes matches and the libraries it runs on (normalization, hashing)."""
     items = hashlib.sha256()
-    for column in ("benchmark", "item_id", "field", "text"):
-        data, offsets = utf8_buffer(index.items[column])
-        for part in (data, offsets, index.items[column].is_null().to_numpy()):
-            items.update(part.tobytes())
+    for seed, column in enumerate(("benchmark", "item_id", "field", "text")):
+        items.update(index.items[column].hash(seed=seed).to_numpy().tobytes())
     return {"version": STATE_VERSION, "config": index.config.to_json(), "eval_sets": items.hexdigest(),
             "code": _code_hash(), "libraries": f"polars {pl.__version__}, numba {numba.__version__}, numpy "
                                                f"{np.__version__}"}
@@ -202,9 +211,7 @@ _REASONS = {"version": "the state format changed", "config": "the decontaminatio
 
 def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, str]) -> tuple[_State, str | None]:
     """The persisted per-shard results, or an empty state and why (a full check follows)."""
-    path = state_dir / MANIFEST
-    manifest = json.loads(path.read_text()) if path.exists() else None
-    reason = "no previous state" if manifest is None else None
+    manifest, reason = _read_manifest(state_dir)
     for name, why in _REASONS.items():
         if reason is None and manifest.get(name) != fingerprint[name]:
             reason = why
@@ -212,25 +219,61 @@ def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, 
         changed = sorted(k for k, s in manifest["shards"].items() if hashes.get(k) != s["content_hash"])
         if changed:
             reason = f"processed shard(s) changed or were removed: {changed}"
+    frames = None if reason else _read_frames(state_dir, manifest)
+    if reason is None and frames is None:
+        reason = "the state files do not match the manifest (interrupted write)"
     if reason is not None:
         _delete_files(state_dir, keep=set())
         generation = manifest.get("generation", 0) if manifest else 0
         return _State(generation, {}, pl.DataFrame(schema=_MATCHES_SCHEMA), pl.DataFrame(schema=_KEYS_SCHEMA),
                       rebuilt=True), reason
-    return _State(manifest["generation"], manifest["shards"], read_parquet(state_dir / manifest["matches"]),
-                  read_parquet(state_dir / manifest["keys"]), rebuilt=False), None
+    return _State(manifest["generation"], manifest["shards"], *frames, rebuilt=False), None
+
+
+def _read_manifest(state_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    path = state_dir / MANIFEST
+    if not path.exists():
+        return None, "no previous state"
+    try:
+        return json.loads(path.read_text()), None
+    except ValueError:
+        return None, "the manifest is unreadable"
+
+
+def _read_frames(state_dir: Path, manifest: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The matches and keys files, or None if either is missing or not the bytes the manifest recorded."""
+    frames = []
+    for name in ("matches", "keys"):
+        path = state_dir / manifest[name]["file"]
+        data = path.read_bytes() if path.exists() else b""
+        if hashlib.sha256(data).hexdigest() != manifest[name]["sha256"]:
+            return None
+        frames.append(pl.read_parquet(io.BytesIO(data)))
+    return frames[0], frames[1]
 
 
 def _save_state(state_dir: Path, state: _State, fingerprint: dict[str, Any]) -> None:
-    """Write the matches and keys under a new generation, then the manifest, then delete the files it does not
-    name."""
+    """Write the matches and keys under a new generation, then the manifest (with their SHA-256: the files are not
+    synced to disk, the manifest is), then delete the files it does not name."""
     state.generation += 1
-    files = {"matches": f"matches-{state.generation:06d}.parquet", "keys": f"keys-{state.generation:06d}.parquet"}
-    write_parquet_atomic(state.matches, state_dir / files["matches"])
-    write_parquet_atomic(state.keys, state_dir / files["keys"])
+    files = {}
+    for name, frame in (("matches", state.matches), ("keys", state.keys)):
+        file = f"{name}-{state.generation:06d}.parquet"
+        files[name] = {"file": file, "sha256": _write_unsynced(frame, state_dir / file)}
     write_json_atomic({**fingerprint, "generation": state.generation, "shards": state.shards, **files},
                       state_dir / MANIFEST)
-    _delete_files(state_dir, keep=set(files.values()))
+    _delete_files(state_dir, keep={f["file"] for f in files.values()})
+
+
+def _write_unsynced(frame: pl.DataFrame, path: Path) -> str:
+    """Write ``frame`` to a temp file renamed to ``path``; return the SHA-256 of its bytes."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    data = buffer.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _delete_files(state_dir: Path, keep: set[str]) -> None:

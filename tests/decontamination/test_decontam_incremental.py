@@ -166,3 +166,16 @@ def test_a_table_without_shards_is_refused(tmp_path, corpus) -> None:
     shards, eval_df = corpus
     with pytest.raises(ValueError, match="needs a `shard` column"):
         decontaminate_shards(shards[0].drop("shard"), EvalIndex.build(eval_df), tmp_path / "state")
+
+
+def test_a_state_file_that_is_not_what_the_manifest_names_starts_over(tmp_path, corpus) -> None:
+    """The state files are not synced to disk; after a crash one may hold other bytes than the manifest records."""
+    shards, eval_df = corpus
+    index = EvalIndex.build(eval_df, DecontamConfig(max_train_rows=LIMIT))
+    decontaminate_shards(_table(shards, [0, 1]), index, tmp_path / "state")
+    manifest = json.loads((tmp_path / "state" / "manifest.json").read_text())
+    (tmp_path / "state" / manifest["keys"]["file"]).write_bytes(b"torn")
+    table = _table(shards, [0, 1, 2])
+    result = decontaminate_shards(table, index, tmp_path / "state")
+    assert result.rebuilt and result.rebuild_reason == "the state files do not match the manifest (interrupted write)"
+    _assert_same_as_full(result, table, index)

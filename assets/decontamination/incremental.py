@@ -52,7 +52,9 @@ _MATCHES_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, **MATCHES_SCHEMA}
 class IncrementalDecontamination:
     """The outputs of :func:`~.removal.decontaminate` for the whole table, and what the run did: the shards checked
     (``new_shards``) and reused, the keys that crossed the training-side cut-off and the earlier rows re-checked
-    because of them, whether the state was rebuilt and why, and seconds per phase."""
+    because of them, whether the state was rebuilt and why, and seconds per phase (``hash``: content hashes of every
+    shard and the fingerprint; ``check``: state read, new shards checked, earlier rows re-checked; ``save``;
+    ``outputs``: kept, rejected and report of the whole table)."""
 
     kept: pl.DataFrame
     rejected: pl.DataFrame
@@ -134,13 +136,16 @@ def _shard_positions(df: pl.DataFrame) -> dict[str, np.ndarray]:
     shard = df["shard"].to_numpy()
     order = np.argsort(shard, kind="stable")
     values, starts = np.unique(shard[order], return_index=True)
-    return {str(v): part for v, part in zip(values.tolist(), np.split(order, starts[1:]), strict=True)}
+    parts = np.split(order, starts[1:]) if values.size else []
+    return {str(v): part for v, part in zip(values.tolist(), parts, strict=True)}
 
 
 def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[str, str]:
     """Per shard, a content hash of its rows in table order: conversation ids, and each message's role and content
     with its position (one 64-bit hash per row from polars' hashes, the shard's row hashes then SHA-256'd; the
     polars version is part of the state's fingerprint)."""
+    if df.height == 0:
+        return {}
     messages = df["messages"]
     lengths = messages.list.len().fill_null(0).to_numpy().astype(np.int64)
     exploded = messages.explode()  # one (null) element for an empty or null list
@@ -150,7 +155,7 @@ def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[st
     with np.errstate(over="ignore"):
         mixed = _fmix64(_hash_in_parallel(exploded.struct.field("content"), seed=1)
                         ^ (exploded.struct.field("role").hash(seed=2).to_numpy() * _K1) ^ (position * _K2))
-        row = np.add.reduceat(mixed, first) if df.height else np.empty(0, np.uint64)
+        row = np.add.reduceat(mixed, first)
         row = _fmix64(row ^ (lengths.astype(np.uint64) * _K1)) ^ df["conversation_id"].hash(seed=3).to_numpy()
     return {key: hashlib.sha256(np.ascontiguousarray(row[rows]).tobytes()).hexdigest()
             for key, rows in positions.items()}

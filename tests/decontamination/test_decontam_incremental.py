@@ -179,3 +179,14 @@ def test_a_state_file_that_is_not_what_the_manifest_names_starts_over(tmp_path, 
     result = decontaminate_shards(table, index, tmp_path / "state")
     assert result.rebuilt and result.rebuild_reason == "the state files do not match the manifest (interrupted write)"
     _assert_same_as_full(result, table, index)
+
+
+def test_an_empty_table_then_a_shard(tmp_path, corpus) -> None:
+    shards, eval_df = corpus
+    index = EvalIndex.build(eval_df, DecontamConfig(max_train_rows=LIMIT))
+    empty = decontaminate_shards(shards[0].clear(), index, tmp_path / "state")
+    assert empty.new_shards == [] and empty.kept.height == 0
+    _assert_same_as_full(empty, shards[0].clear(), index)
+    first = decontaminate_shards(shards[0], index, tmp_path / "state")
+    assert first.new_shards == ["0"] and not first.rebuilt
+    _assert_same_as_full(first, shards[0], index)

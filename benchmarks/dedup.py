@@ -384,10 +384,12 @@ def _incremental_rounds(contaminated: pl.DataFrame, eval_df: pl.DataFrame, shard
     every shard and the outputs for the whole table)."""
     index = EvalIndex.build(eval_df, DecontamConfig())
     size = -(-contaminated.height // shards)
-    table = contaminated.with_columns((pl.col("row_index") // size).alias("shard"))
-    last = table.filter(pl.col("shard") == shards - 1)
     ratios, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        # the table as the asset gets it: read from Parquet (its strings then sit in a few large buffers)
+        contaminated.with_columns((pl.col("row_index") // size).alias("shard")).write_parquet(Path(tmp) / "t.parquet")
+        table = pl.read_parquet(Path(tmp) / "t.parquet")
+        last = table.filter(pl.col("shard") == shards - 1)
         built = Path(tmp) / "built"
         decontaminate_shards(table.filter(pl.col("shard") < shards - 1), index, built)
         for round_ in range(repeat):

@@ -310,12 +310,14 @@ def _add_shards(df: pl.DataFrame, index: EvalIndex, positions: dict[str, np.ndar
         if log:
             log(f"shard {key}: {positions[key].size} rows checked, {matches['row'].n_unique()} contaminated")
     crossed = frequent.join(before, on="key", how="anti")["key"]
-    earlier = (state.keys.filter(pl.col("key").is_in(crossed.implode()) & ~pl.col("shard").is_in(new))
-               .select("shard", "row").unique().sort("shard", "row"))
-    fresh += [_recheck(df, index, key, positions[key], rows["row"].to_numpy(), frequent)
-              for (key,), rows in earlier.partition_by("shard", as_dict=True).items()]
-    # new shards have no matches in the state yet; re-checked rows drop theirs
-    state.matches = pl.concat([state.matches.join(earlier, on=["shard", "row"], how="anti"), *fresh])
+    earlier = pl.DataFrame(schema={"shard": pl.Utf8, "row": pl.Int64})
+    if crossed.len():
+        earlier = (state.keys.filter(pl.col("key").is_in(crossed.implode()) & ~pl.col("shard").is_in(new))
+                   .select("shard", "row").unique().sort("shard", "row"))
+        fresh += [_recheck(df, index, key, positions[key], rows["row"].to_numpy(), frequent)
+                  for (key,), rows in earlier.partition_by("shard", as_dict=True).items()]
+    if fresh:  # new shards have no matches in the state yet; re-checked rows drop theirs
+        state.matches = pl.concat([state.matches.join(earlier, on=["shard", "row"], how="anti"), *fresh])
     state.changed = bool(new) or earlier.height > 0
     if log and crossed.len():
         log(f"{crossed.len()} key(s) crossed max_train_rows={limit}; re-checked {earlier.height} earlier rows")

@@ -15,19 +15,32 @@ edits of earlier documents):
   kept candidate has jaccard >= threshold; else insert);
 * datasketch's per-document ``MinHash().update(shingle)`` loop in the same worker processes;
 * agreement of keep/drop decisions between ours (default xxh64 hash) and datasketch;
-* 13-gram decontamination throughput (n-gram detector only, then with the MinHash detector) against a
-  synthetic eval set with items planted verbatim in some responses.
+* 13-gram decontamination throughput (``find_contamination``: n-gram detector only, then with the MinHash
+  detector) against a synthetic eval set with items planted verbatim in some responses, compared with the dedup
+  signatures + LSH banding above: ``--repeat`` rounds, each timing dedup, then both decontamination settings back to
+  back (ratios within a round; the medians are reported, as the machine's load varies);
+* incremental decontamination: the corpus cut into ``--shards`` shards, the state built with all but the last, then
+  the last shard added (``decontaminate_shards`` on the whole table, outputs included) against checking that shard
+  alone (``decontaminate`` of the shard), again per round, and checked equal to a full check byte for byte.
 
-The last line is ``ratio_vs_bulk=<ours / datasketch bulk+LSH docs/s> docs_per_s=<ours docs/s>``, both for
-signatures + LSH banding.
+The last line is ``key=value`` pairs: ``ratio_vs_bulk`` (ours / datasketch bulk+LSH docs/s) and ``docs_per_s`` for
+signatures + LSH banding, ``decontam_vs_dedup`` and ``decontam_both_vs_dedup`` (n-gram detector, both detectors:
+docs/s over the dedup docs/s of the same round), ``decontam_incremental_vs_shard`` (a new shard's incremental cost
+over checking it alone), ``decontam_incremental_check_vs_shard`` (the same without the table-wide parts: content
+hashes of every shard, outputs for the whole table) and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import multiprocessing as mp
 import os
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,10 +55,13 @@ from assets.common.minhash.signatures import compute_signatures, equal_counts  #
 from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
 from assets.common.text import normalize, shingles  # noqa: E402
 from assets.decontamination.config import DecontamConfig  # noqa: E402
+from assets.decontamination.incremental import decontaminate_shards  # noqa: E402
 from assets.decontamination.index import EvalIndex  # noqa: E402
 from assets.decontamination.matching import find_contamination  # noqa: E402
+from assets.decontamination.removal import decontaminate  # noqa: E402
 from assets.dedup.clusters import connected_components  # noqa: E402
 from assets.dedup.near_duplicates import deduplicate  # noqa: E402
+from benchmarks.common import load_average  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 # synthetic data
@@ -210,6 +226,9 @@ def main() -> None:
     parser.add_argument("--eval-items", type=int, default=5000)
     parser.add_argument("--contam-frac", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the decontamination and incremental timings")
+    parser.add_argument("--shards", type=int, default=10, help="shards of the incremental measurement")
+    parser.add_argument("--skip-datasketch", action="store_true", help="leave out the (slow) datasketch comparison")
     args = parser.parse_args()
 
     import numba
@@ -217,7 +236,8 @@ def main() -> None:
     numba.set_num_threads(min(args.processes, numba.config.NUMBA_NUM_THREADS))
     cfg = MinHashConfig()
     print(
-        f"cpus={os.cpu_count()} numba_threads={numba.get_num_threads()} datasketch_processes={args.processes}"
+        f"cpus={os.cpu_count()} numba_threads={numba.get_num_threads()} datasketch_processes={args.processes} "
+        f"load={load_average()}"
     )
     print(f"config: {cfg} bands x rows = {cfg.params}")
 
@@ -262,7 +282,24 @@ def main() -> None:
         f"{df.height / e2e_s:,.0f} docs/s; removed {result.stats['rows_removed']}"
     )
 
-    # datasketch bulk + LSH
+    ds_rate = None if args.skip_datasketch else _datasketch(df, texts, edits, result, cfg, args)
+
+    # decontamination, and dedup again in the same rounds
+    contaminated, truth = plant_contamination(df, eval_df, args.contam_frac, args.seed + 2)
+    ratios = _decontamination_rounds(contaminated, truth, eval_df, texts, cfg, args.repeat)
+    incremental, check_only = _incremental_rounds(contaminated, eval_df, args.shards, args.repeat)
+
+    bulk = f"{ours_rate / ds_rate:.1f}" if ds_rate else "skipped"
+    pairs = {"ratio_vs_bulk": bulk, "docs_per_s": f"{ours_rate:.0f}",
+             "decontam_vs_dedup": f"{ratios[0]:.2f}", "decontam_both_vs_dedup": f"{ratios[1]:.2f}",
+             "decontam_incremental_vs_shard": f"{incremental:.2f}",
+             "decontam_incremental_check_vs_shard": f"{check_only:.2f}", "load": load_average()}
+    print(" ".join(f"{k}={v}" for k, v in pairs.items()))
+
+
+def _datasketch(df: pl.DataFrame, texts: pl.Series, edits: np.ndarray, result, cfg: MinHashConfig,
+                args: argparse.Namespace) -> float:
+    """datasketch bulk + LSH, its update loop, and its agreement with ours; returns its docs/s (bulk + LSH)."""
     normalized = normalize(texts).to_list()
     ds_sigs, bulk_s = _parallel(_ds_bulk, normalized, args.processes, cfg)
     ds_keep, lsh_s = _datasketch_greedy(ds_sigs, cfg)
@@ -293,27 +330,90 @@ def main() -> None:
         f"originals removed: ours {int((~ours_keep[~planted]).sum())}, "
         f"datasketch {int((~ds_keep[~planted]).sum())}"
     )
+    return ds_rate
 
-    # decontamination
-    contaminated, truth = plant_contamination(df, eval_df, args.contam_frac, args.seed + 2)
-    for name, dcfg in [
-        ("13-gram only", DecontamConfig(minhash=None)),
-        ("13-gram + minhash", DecontamConfig()),
-    ]:
-        t0 = time.perf_counter()
-        index = EvalIndex.build(eval_df, dcfg)
-        build_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        matches = find_contamination(contaminated, index)
-        probe_s = time.perf_counter() - t0
-        found = set(matches["conversation_id"].to_list())
-        print(
-            f"decontam {name}: eval index {eval_df.height} items in {build_s:.2f}s; "
-            f"{contaminated.height} docs in {probe_s:.2f}s = {contaminated.height / probe_s:,.0f} docs/s; "
-            f"planted {len(truth)}, caught {len(truth & found)}, extra {len(found - truth)}"
-        )
 
-    print(f"ratio_vs_bulk={ours_rate / ds_rate:.1f} docs_per_s={ours_rate:.0f}")
+def _dedup_core(texts: pl.Series, cfg: MinHashConfig) -> float:
+    """Seconds of the dedup core measured above: signatures + LSH banding from raw text, verified, clustered."""
+    t0 = time.perf_counter()
+    sigs = compute_signatures(texts, cfg)
+    wi, wj = within_pairs(band_hashes(sigs, cfg))
+    ok = equal_counts(sigs, wi, sigs, wj) / cfg.num_perm >= cfg.threshold
+    connected_components(sigs.shape[0], wi[ok], wj[ok])
+    return time.perf_counter() - t0
+
+
+def _decontamination_rounds(contaminated: pl.DataFrame, truth: set, eval_df: pl.DataFrame, texts: pl.Series,
+                            cfg: MinHashConfig, repeat: int) -> tuple[float, float]:
+    """Per round: dedup core, then find_contamination with the n-gram detector, then with both detectors; returns
+    the median ratios (decontamination docs/s over dedup docs/s)."""
+    settings = [("13-gram only", DecontamConfig(minhash=None)), ("13-gram + minhash", DecontamConfig())]
+    indexes = {}
+    for name, dcfg in settings:
+        t0 = time.perf_counter()
+        indexes[name] = EvalIndex.build(eval_df, dcfg)
+        print(f"decontam {name}: eval index {eval_df.height} items in {time.perf_counter() - t0:.2f}s")
+    ratios: list[list[float]] = [[], []]
+    n = contaminated.height
+    for round_ in range(repeat):
+        dedup_s = _dedup_core(texts, cfg)
+        line = [f"round {round_ + 1}: dedup {n / dedup_s:,.0f} docs/s"]
+        for k, (name, _dcfg) in enumerate(settings):
+            t0 = time.perf_counter()
+            matches = find_contamination(contaminated, indexes[name])
+            seconds = time.perf_counter() - t0
+            found = set(matches["conversation_id"].to_list())
+            ratios[k].append(dedup_s / seconds)
+            line.append(f"{name} {n / seconds:,.0f} docs/s ({dedup_s / seconds:.2f}x; planted {len(truth)}, caught "
+                        f"{len(truth & found)}, extra {len(found - truth)})")
+        print("; ".join(line) + f"; load {load_average()}", flush=True)
+    return statistics.median(ratios[0]), statistics.median(ratios[1])
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def _incremental_rounds(contaminated: pl.DataFrame, eval_df: pl.DataFrame, shards: int,
+                        repeat: int) -> tuple[float, float]:
+    """The last of ``shards`` shards added to a state holding the others (both detectors, outputs for the whole
+    table included) against decontaminating that shard alone; returns the median ratios of the whole call and of
+    its check (state read, new shard checked, earlier rows re-checked, state written: without the content hashes of
+    every shard and the outputs for the whole table)."""
+    index = EvalIndex.build(eval_df, DecontamConfig())
+    size = -(-contaminated.height // shards)
+    ratios, checks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        # the table as the asset gets it: read from Parquet (its strings then sit in a few large buffers)
+        contaminated.with_columns((pl.col("row_index") // size).alias("shard")).write_parquet(Path(tmp) / "t.parquet")
+        table = pl.read_parquet(Path(tmp) / "t.parquet")
+        last = table.filter(pl.col("shard") == shards - 1)
+        built = Path(tmp) / "built"
+        decontaminate_shards(table.filter(pl.col("shard") < shards - 1), index, built)
+        for round_ in range(repeat):
+            state = Path(tmp) / f"state-{round_}"
+            shutil.copytree(built, state)
+            t0 = time.perf_counter()
+            result = decontaminate_shards(table, index, state)
+            incremental_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            decontaminate(last, index)
+            alone_s = time.perf_counter() - t0
+            ratios.append(incremental_s / alone_s)
+            checks.append((result.seconds["check"] + result.seconds["save"]) / alone_s)
+            phases = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.seconds.items())
+            print(f"incremental round {round_ + 1}: new shard of {last.height} rows into a table of {table.height}: "
+                  f"{incremental_s * 1000:.0f} ms ({phases}; new {result.new_shards}, re-checked "
+                  f"{result.rechecked_rows} rows) vs the shard alone {alone_s * 1000:.0f} ms: "
+                  f"{incremental_s / alone_s:.2f}x; load {load_average()}", flush=True)
+    kept, rejected, report = decontaminate(table, index)
+    same = (_parquet_bytes(result.kept) == _parquet_bytes(kept)
+            and _parquet_bytes(result.rejected) == _parquet_bytes(rejected)
+            and json.dumps(result.report) == json.dumps(report))
+    print(f"incremental outputs equal a full check byte for byte: {same}")
+    return statistics.median(ratios), statistics.median(checks)
 
 
 if __name__ == "__main__":

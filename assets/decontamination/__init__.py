@@ -49,15 +49,22 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
 :func:`assets.decontamination.matching.find_contamination` returns the matches;
 :func:`assets.decontamination.removal.decontaminate` splits the table into kept and rejected rows and builds a
 per-benchmark report. Build an :class:`assets.decontamination.index.EvalIndex` once to reuse across shards.
+:func:`assets.decontamination.incremental.decontaminate_shards` gives the same outputs for a table made of shards
+(each row has ``shard``) while checking only the shards it has not seen, plus the earlier rows holding a key that
+the new conversations push over the ``max_train_rows`` cut-off; its state (per-shard matches and key counts) is kept
+beside the asset.
 
 Modules, one job each (all Dagster-free but ``assets.py``):
 
 * :mod:`.config`: :class:`~.config.DecontamConfig`, :data:`~.config.DEFAULT_MINHASH` and shared constants;
 * :mod:`.kernels`: numba kernels of the n-gram detector (rolling window hashes, probing, byte checks);
+* :mod:`.scan`: the one parallel pass over the raw text of every message (normalization, word hashes, n-gram probe
+  counts, the MinHash detector's shared-shingle look-up) and the normalized text of the few messages it selects;
 * :mod:`.index`: :class:`~.index.EvalIndex`, the eval side with its boilerplate cut-off;
 * :mod:`.train_frequency`: the training-side frequency cut-off;
 * :mod:`.matching`: the n-gram and MinHash detectors over training messages (:func:`~.matching.find_contamination`);
 * :mod:`.removal`: :func:`~.removal.decontaminate`, kept / rejected rows and the report;
+* :mod:`.incremental`: :func:`~.incremental.decontaminate_shards`, the same over shards with a persisted state;
 * :mod:`.verify`: the independent re-check behind the blocking asset check; it imports none of the above;
 * :mod:`.assets`: the Dagster asset and its checks.
 """

@@ -8,7 +8,8 @@ from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
 from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
 from assets.decontamination.config import DEFAULT_MINHASH, DecontamConfig
-from assets.decontamination.removal import decontaminate
+from assets.decontamination.incremental import decontaminate_shards
+from assets.decontamination.index import EvalIndex
 from assets.decontamination.verify import find_leaks
 
 CHECK_NGRAM = 13  # the blocking check's n-gram length, at most
@@ -50,11 +51,16 @@ def decontaminated_conversations(
     """Deduplicated conversations minus every row whose prompt or response overlaps an eval set: a normalized word
     n-gram (13) in common, a whole short eval item contained, or MinHash similarity to an eval item. Removed rows go
     to `rejected.parquet` with the matched benchmark, item and n-gram; the report is per benchmark. Generic text is
-    not evidence: n-grams shared by 3+ eval items, or found in 10+ conversations of this table (defaults)."""
+    not evidence: n-grams shared by 3+ eval items, or found in 10+ conversations of this table (defaults).
+    Incremental over shards: per-shard results and the table-wide counts behind the 10-conversation cut-off are kept
+    with the asset, a new shard is checked alone and only earlier rows whose keys it pushes over the cut-off are
+    re-checked; the output equals a full check. A changed eval set or config (or a changed shard) checks it all."""
     df = storage.read_conversations(DEDUPLICATED_CONVERSATIONS)
     eval_df = storage.read_table(EVAL_SETS)
     core = config.to_core()
-    kept, rejected_df, report = decontaminate(df, eval_df, core)
+    state_dir = storage.asset_dir("decontaminated_conversations") / "state"
+    result = decontaminate_shards(df, EvalIndex.build(eval_df, core), state_dir, log=context.log.info)
+    kept, rejected_df, report = result.kept, result.rejected, result.report
     stored = storage.write_table("decontaminated_conversations", kept)
     rejected = storage.write_table("decontaminated_conversations", rejected_df, name="rejected")
     storage.write_json("decontaminated_conversations", "report", report)
@@ -64,7 +70,9 @@ def decontaminated_conversations(
          "example_ngram": b["example_ngram"] or "", "train_frequent_keys": b["train_frequent_keys"]}
         for name, b in sorted(report["benchmarks"].items())
     ]
-    context.log.info(f"kept {kept.height} of {df.height}; {rejected_df.height} contaminated rows removed")
+    context.log.info(f"kept {kept.height} of {df.height}; {rejected_df.height} contaminated rows removed; new shards "
+                     f"{result.new_shards}, reused {len(result.reused_shards)}, re-checked {result.rechecked_rows} rows"
+                     + (f"; full check: {result.rebuild_reason}" if result.rebuilt else ""))
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),
@@ -73,6 +81,12 @@ def decontaminated_conversations(
             "rejected_path": dg.MetadataValue.path(str(rejected.path)),
             "per_benchmark": dg.MetadataValue.md(markdown_table(per_benchmark)),
             "parameters": dg.MetadataValue.json(core.to_json()),
+            "new_shards": dg.MetadataValue.json(result.new_shards),
+            "reused_shards": len(result.reused_shards),
+            "crossed_keys": result.crossed_keys,
+            "rechecked_rows": result.rechecked_rows,
+            "rebuilt": result.rebuilt,
+            "rebuild_reason": result.rebuild_reason or "",
         },
         data_version=dg.DataVersion(stored.content_hash),
     )

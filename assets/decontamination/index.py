@@ -17,9 +17,12 @@ from assets.decontamination.kernels import (
     base_powers,
     bloom_filter,
     eval_windows,
+    first_word_hashes,
     probe_hits,
+    short_starts,
     window_bytes,
 )
+from assets.decontamination.scan import MINHASH_ALL, MINHASH_OFF, MINHASH_SHARED, eval_shingle_set
 
 
 @dataclass(eq=False)
@@ -49,8 +52,9 @@ class EvalIndex:
     minhash_rows: np.ndarray  # item rows indexed by the minhash detector
     minhash_signatures: np.ndarray
     minhash_sorted: tuple[np.ndarray, np.ndarray] | None
+    minhash_shingles: MinHashShingles  # which messages the MinHash detector must sign
+    starts: tuple[np.ndarray, ...]  # first words and lengths of the short ("whole") eval texts, for the scan
 
-    @classmethod
     @classmethod
     def build(cls, eval_df: pl.DataFrame, cfg: DecontamConfig | None = None) -> EvalIndex:
         cfg = cfg or DecontamConfig()
@@ -86,10 +90,21 @@ class EvalIndex:
         lengths = np.unique(np.concatenate([[cfg.ngram], n_words[status == "whole"]])).astype(np.int64)
         bloom, mask = bloom_filter(table)
         mh_rows, mh_sigs, mh_sorted = _minhash_index(items, n_words, cfg)
+        mh_shingles = MinHashShingles.build(items["normalized"].gather(mh_rows), n_words[mh_rows], cfg)
+        whole = np.flatnonzero(status == "whole")
+        starts = short_starts(first_word_hashes(data, offsets)[whole], n_words[whole])
         return cls(
             cfg, items, table, table_items, table_pos, data, offsets, boilerplate, lengths, powers, bloom, mask,
-            mh_rows, mh_sigs, mh_sorted,
+            mh_rows, mh_sigs, mh_sorted, mh_shingles, starts,
         )
+
+    def probe_args(self) -> tuple:
+        """What the n-gram probe kernels take: (window lengths, powers, sorted table, bloom filter, mask)."""
+        return self.lengths, self.powers, self.table, self.bloom, self.bloom_mask
+
+    def scan_args(self) -> tuple:
+        """What the scan's count of probe hits takes (see :func:`.kernels.count_hits`)."""
+        return self.config.ngram, self.powers, self.table, self.bloom, self.bloom_mask, self.starts
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per benchmark: eval texts, how each is handled by the n-gram detector (``boilerplate_texts``: short
@@ -153,6 +168,38 @@ class EvalIndex:
         """The key of table entries as normalized text."""
         start, end = self.entry_spans(entries)
         return [self.eval_data[a:b].tobytes().decode("utf-8") for a, b in zip(start, end, strict=True)]
+
+
+@dataclass(frozen=True)
+class MinHashShingles:
+    """Which messages the MinHash detector signs (``mode``, see :mod:`.scan`): none (detector off or nothing
+    indexed), every message of at least ``min_words`` words, or only those also sharing a word ``n``-gram shingle
+    hash with an indexed eval text (``shingles``, sorted, behind ``bloom``). The last needs the default shingles
+    (words, xxh64) and indexed eval texts that all have words (an empty text's signature is a constant)."""
+
+    mode: int
+    n: int
+    min_words: int
+    shingles: np.ndarray
+    bloom: np.ndarray
+    mask: np.uint64
+
+    @classmethod
+    def build(cls, normalized: pl.Series, n_words: np.ndarray, cfg: DecontamConfig) -> MinHashShingles:
+        """From the indexed eval texts (``normalized``, with their word counts)."""
+        mh = cfg.minhash
+        none = np.empty(0, np.uint64)
+        off = cls(MINHASH_OFF, 1, 0, none, np.zeros(1, np.uint64), np.uint64(0))
+        if mh is None or normalized.len() == 0:
+            return off
+        if mh.unit != "word" or mh.hash != "xxh64" or (n_words == 0).any():
+            return cls(MINHASH_ALL, mh.ngram, cfg.minhash_min_words, none, off.bloom, off.mask)
+        shingles = eval_shingle_set(*utf8_buffer(normalized), mh.ngram)
+        return cls(MINHASH_SHARED, mh.ngram, cfg.minhash_min_words, *shingles)
+
+    def args(self) -> tuple:
+        """What :func:`.scan.scan` takes."""
+        return self.mode, self.n, self.min_words, self.shingles, self.bloom, self.mask
 
 
 def as_index(eval_df: pl.DataFrame | EvalIndex, cfg: DecontamConfig | None) -> EvalIndex:

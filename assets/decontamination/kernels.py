@@ -24,9 +24,80 @@ def _prefix(data, start, end, spans, ends, prefix):
     return count
 
 
-@numba.njit(cache=True)
-def _window(prefix, powers, pos, length):
+@numba.njit(inline="always")
+def bloom_hit(bloom, mask, h):
+    """Whether the 64-bit hash ``h`` may be in the filter of :func:`bloom_filter` (False: surely not)."""
+    bits = (_U64(1) << ((h >> _U64(40)) & _U64(63))) | (_U64(1) << ((h >> _U64(46)) & _U64(63)))
+    bits |= _U64(1) << ((h >> _U64(52)) & _U64(63))
+    return (bloom[h & mask] & bits) == bits
+
+
+@numba.njit(inline="always")
+def window_hash(prefix, powers, pos, length):
+    """Hash of words [pos, pos + length) from the prefix hashes of a text (see :func:`fill_prefix`)."""
     return fmix64(prefix[pos + length] - prefix[pos] * powers[length] + _U64(length) * _LEN_MIX)
+
+
+@numba.njit(inline="always")
+def fill_prefix(word_hashes, count, prefix):
+    """prefix[t+1] = prefix[t] * BASE + word_hashes[t] for the ``count`` words of a text."""
+    prefix[0] = _U64(0)
+    for t in range(count):
+        prefix[t + 1] = prefix[t] * _BASE + word_hashes[t]
+
+
+@numba.njit(inline="always")
+def _in_table(table, bloom, mask, h):
+    if bloom_hit(bloom, mask, h):
+        k = np.searchsorted(table, h)
+        return k < table.size and table[k] == h
+    return False
+
+
+@numba.njit(inline="always")
+def count_hits(word_hashes, prefix, words, ngram, powers, table, bloom, mask, starts):
+    """Number of windows of a text of ``words`` words (hashes ``word_hashes``, prefix hashes ``prefix``) whose
+    hash is in the sorted ``table``: every ``ngram``-word window, and the shorter windows that begin with the first
+    word of a short eval text of their length (``starts``, see :func:`short_starts`); a shorter window beginning
+    with another word cannot be one of those texts (only a hash collision, which the exact steps reject, could
+    count it), so most positions probe one window, not one per length."""
+    first, ptr, first_lengths, first_bloom, first_mask = starts
+    hits = 0
+    for pos in range(words):
+        if pos + ngram <= words and _in_table(table, bloom, mask, window_hash(prefix, powers, pos, ngram)):
+            hits += 1
+        if first.size and bloom_hit(first_bloom, first_mask, word_hashes[pos]):
+            j = np.searchsorted(first, word_hashes[pos])
+            if j < first.size and first[j] == word_hashes[pos]:
+                for t in range(ptr[j], ptr[j + 1]):
+                    length = first_lengths[t]
+                    if pos + length <= words and _in_table(table, bloom, mask,
+                                                           window_hash(prefix, powers, pos, length)):
+                        hits += 1
+    return hits
+
+
+@numba.njit(cache=True)
+def first_word_hashes(data, offsets):
+    """xxh64 of the first word of every normalized text (0 for an empty text)."""
+    out = np.zeros(offsets.size - 1, np.uint64)
+    for i in range(offsets.size - 1):
+        end = offsets[i]
+        while end < offsets[i + 1] and data[end] != 0x20:
+            end += 1
+        if end > offsets[i]:
+            out[i] = xxh64(data, offsets[i], end, _U64(0))
+    return out
+
+
+def short_starts(first: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The look-up :func:`count_hits` takes from the short eval texts' first-word hashes and word counts: (sorted
+    distinct first-word hashes, offsets into the lengths, the distinct lengths of each, bloom filter, mask)."""
+    pairs = np.unique(np.stack([first.astype(np.uint64), lengths.astype(np.uint64)]), axis=1)
+    words, counts = np.unique(pairs[0], return_counts=True)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    bloom, mask = bloom_filter(words)
+    return words, ptr, pairs[1].astype(np.int64), bloom, mask
 
 
 @numba.njit(cache=True)
@@ -61,17 +132,11 @@ def eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item, 
             continue
         for pos in range(windows):
             if fill:
-                out_hash[count] = _window(prefix, powers, pos, length)
+                out_hash[count] = window_hash(prefix, powers, pos, length)
                 out_item[count] = i
                 out_pos[count] = pos
             count += 1
     return count
-
-
-@numba.njit(cache=True)
-def _bloom_hit(bloom, mask, h):
-    slot = (h >> _U64(7)) & mask
-    return (bloom[slot >> _U64(6)] >> (slot & _U64(63))) & _U64(1)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -110,8 +175,8 @@ def _probe(
         for li in range(lengths.size):
             length = lengths[li]
             for pos in range(words - length + 1):
-                h = _window(prefix, powers, pos, length)
-                if _bloom_hit(bloom, mask, h):
+                h = window_hash(prefix, powers, pos, length)
+                if bloom_hit(bloom, mask, h):
                     k = np.searchsorted(table, h)
                     if k < table.size and table[k] == h:
                         if fill:
@@ -167,12 +232,17 @@ def same_bytes(a, a_start, a_end, b, b_start, b_end):
 
 
 def bloom_filter(table: np.ndarray) -> tuple[np.ndarray, np.uint64]:
-    """A one-hash bit filter over ``table`` (>= 16 bits per entry): most windows skip the binary search."""
-    bits = 1 << max(16, int(np.ceil(np.log2(max(table.size, 1) * 16))))
-    words = np.zeros(bits // 64, dtype=np.uint64)
-    slots = (table >> np.uint64(7)) & np.uint64(bits - 1)
-    np.bitwise_or.at(words, (slots >> np.uint64(6)).astype(np.int64), np.uint64(1) << (slots & np.uint64(63)))
-    return words, np.uint64(bits - 1)
+    """A blocked bloom filter over the well-mixed 64-bit hashes ``table``: the low bits of a hash pick one uint64
+    word, three 6-bit fields of its high bits set three bits in it (>= 16 bits per entry, ~0.5% false positives);
+    most windows of a message skip the binary search at the cost of one memory access."""
+    n_words = 1 << max(10, int(np.ceil(np.log2(max(table.size, 1) * 16 / 64))))
+    words = np.zeros(n_words, dtype=np.uint64)
+    hashes = np.asarray(table, dtype=np.uint64)
+    bits = np.zeros(hashes.size, dtype=np.uint64)
+    for shift in (40, 46, 52):
+        bits |= np.uint64(1) << ((hashes >> np.uint64(shift)) & np.uint64(63))
+    np.bitwise_or.at(words, (hashes & np.uint64(n_words - 1)).astype(np.int64), bits)
+    return words, np.uint64(n_words - 1)
 
 
 def probe_hits(

@@ -3,16 +3,18 @@ string check) and the MinHash detector, merged into one table of matches (:data:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
 from assets.common.minhash.lsh import band_hashes, cross_candidates
-from assets.common.minhash.signatures import equal_counts, signatures_from_normalized
-from assets.common.text import normalize_expr, utf8_buffer
+from assets.common.minhash.signatures import equal_counts
 from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits
-from assets.decontamination.train_frequency import FREQUENT_SCHEMA, train_frequent
+from assets.decontamination.scan import Scan, as_series, scan
+from assets.decontamination.train_frequency import frequent_keys, frequent_owners, hit_keys
 
 MATCH_SCHEMA: dict[str, pl.DataType] = {
     "conversation_id": pl.Utf8,
@@ -26,6 +28,7 @@ MATCH_SCHEMA: dict[str, pl.DataType] = {
     "matched_ngram": pl.Utf8,  # normalized matched words (ngram detector), else null
     "similarity": pl.Float64,  # estimated Jaccard (minhash detector), else null
 }
+MATCHES_SCHEMA: dict[str, pl.DataType] = {"row": pl.Int64, **MATCH_SCHEMA, "item": pl.Int64}  # find_matches' own
 
 
 def find_contamination(
@@ -34,42 +37,94 @@ def find_contamination(
     """Every (training message, eval text, detector) match, columns :data:`MATCH_SCHEMA`, ordered by
     training row, message_index, benchmark, item_id, field, detector. Keys found in ``max_train_rows`` or more
     distinct conversations of ``df`` are ignored (the training-side cut-off counts over ``df``)."""
-    return find_matches(df, as_index(eval_df, cfg))[0].drop("row")
-
+    return find_matches(df, as_index(eval_df, cfg))[0].drop("row", "item")
 
 
 def find_matches(df: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(matches, frequent): the matches with the training row position (``row``) kept for ordering and grouping,
-    and the keys ignored by the training-side cut-off (:data:`FREQUENT_SCHEMA`)."""
-    msgs = _training_messages(df, index.config.roles)
-    ngram, frequent = _ngram_matches(msgs, index)
-    ngram = ngram.with_columns(
+    """(matches, frequent): the matches with the training row position (``row``) and the eval row (``item``) kept
+    for ordering and grouping (:func:`matches_from`), and the keys ignored by the training-side cut-off, counted
+    over ``df`` (:data:`FREQUENT_SCHEMA`)."""
+    evidence = gather_evidence(df, index)
+    frequent = frequent_keys(evidence.key_conversations(), index.config.max_train_rows)
+    return matches_from(evidence, index, frequent), frequent_owners(index, frequent)
+
+
+@dataclass
+class Evidence:
+    """What the detectors found in a table before the training-side cut-off, which needs the counts of the whole
+    table: the compared messages (``msgs``: row, conversation_id, message_index, role); the n-gram probe hits
+    (doc, pos, length, lo, hi; a doc is a position in ``hit_rows``, the messages with any hit, whose normalized
+    text is ``data``/``offsets``) and the key of each (-1: a hash collision, or the cut-off is off); the MinHash
+    matches (msg, item, similarity)."""
+
+    msgs: pl.DataFrame
+    hit_rows: np.ndarray
+    data: np.ndarray
+    offsets: np.ndarray
+    hits: tuple[np.ndarray, ...]
+    keys: np.ndarray
+    minhash: pl.DataFrame
+
+    def key_conversations(self) -> pl.DataFrame:
+        """Distinct (key, conversation_id, row) of the hits on a key: what the training-side cut-off counts."""
+        doc = self.hits[0][self.keys >= 0]
+        msg = self.hit_rows[doc]
+        return pl.DataFrame(
+            {"key": self.keys[self.keys >= 0], "conversation_id": self.msgs["conversation_id"].gather(msg),
+             "row": self.msgs["row"].gather(msg)},
+            schema={"key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64},
+        ).unique(maintain_order=True)
+
+
+def gather_evidence(df: pl.DataFrame, index: EvalIndex) -> Evidence:
+    """Scan every compared message of ``df`` once (see :mod:`.scan`), then look again only at those with n-gram
+    probe hits (normalized text, hits, their keys) and at those the MinHash detector must sign."""
+    msgs, content = _training_messages(df, index.config.roles)
+    scanned = scan(content, index.scan_args(), index.minhash_shingles.args())
+    none = np.empty(0, np.int64)
+    hit_rows = np.flatnonzero(scanned.hits).astype(np.int64) if index.table.size else none
+    data, offsets = scanned.texts.normalized_rows(hit_rows)
+    hits = probe_hits(data, offsets, *index.probe_args()) if hit_rows.size else (none,) * 5
+    keys = np.full(hits[0].size, -1, np.int64)
+    if index.config.max_train_rows and hits[0].size:
+        keys = hit_keys(data, offsets, index, hits)
+    return Evidence(msgs, hit_rows, data, offsets, hits, keys, _minhash_matches(index, scanned))
+
+
+def matches_from(evidence: Evidence, index: EvalIndex, frequent: pl.DataFrame) -> pl.DataFrame:
+    """The matches of ``evidence``, matches on the ``frequent`` keys (:data:`KEY_SCHEMA`) ignored: ``row``, the
+    columns of :data:`MATCH_SCHEMA` and ``item`` (eval row), in the order of :func:`sort_matches`."""
+    keep = ~np.isin(evidence.keys, frequent["key"].to_numpy())
+    ngram = _ngram_matches(evidence, index, tuple(a[keep] for a in evidence.hits)).with_columns(
         pl.lit("ngram").alias("detector"), pl.lit(None, pl.Float64).alias("similarity")
     )
-    minhash = _minhash_matches(msgs, index).with_columns(
+    minhash = evidence.minhash.with_columns(
         pl.lit("minhash").alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
     )
     cols = ["msg", "item", "detector", "matched_ngram", "similarity"]
     matches = pl.concat([ngram.select(cols), minhash.select(cols)])
-    meta = msgs.select("row", "conversation_id", "message_index", "role")
+    meta = evidence.msgs.select("row", "conversation_id", "message_index", "role")
     items = index.items.select("benchmark", "item_id", "field")
     out = pl.concat(
         [
             meta.select(pl.all().gather(matches["msg"])),
             items.select(pl.all().gather(matches["item"])),
-            matches.select("detector", "matched_ngram", "similarity"),
+            matches.select("detector", "matched_ngram", "similarity", pl.col("item").cast(pl.Int64)),
         ],
         how="horizontal",
     ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))
-    matches = (
-        out.sort(["row", "message_index", "benchmark", "item_id", "field", "detector"])
-        .select("row", *MATCH_SCHEMA)
-        .cast(MATCH_SCHEMA)
-    )
-    return matches, frequent
+    return sort_matches(out.select(*MATCHES_SCHEMA).cast(MATCHES_SCHEMA))
 
-def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame:
-    """One row per message with a compared role: row position, conversation_id, message_index, role, text."""
+
+def sort_matches(matches: pl.DataFrame) -> pl.DataFrame:
+    """Matches ordered by training row, message_index, benchmark, item_id, field, detector, then eval row (a total
+    order: a message matches an eval row at most once per detector), whatever order they come in."""
+    return matches.sort(["row", "message_index", "benchmark", "item_id", "field", "detector", "item"])
+
+
+def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> tuple[pl.DataFrame, pl.Series]:
+    """One row per message with a compared role (row position, conversation_id, message_index, role), and the raw
+    text of each."""
     exploded = (
         df.select(pl.col("conversation_id").cast(pl.Utf8), "messages")
         .with_row_index("row")
@@ -82,28 +137,17 @@ def _training_messages(df: pl.DataFrame, roles: tuple[str, ...]) -> pl.DataFrame
             pl.col("messages").struct.field("content").alias("content"),
         )
         .filter(pl.col("role").is_in(list(roles)))
-        .select("row", "conversation_id", "message_index", "role", "content")
     )
-    return exploded.with_columns(normalize_expr("content").alias("normalized")).drop("content")
+    return exploded.select("row", "conversation_id", "message_index", "role"), exploded["content"]
 
 
-def _ngram_matches(msgs: pl.DataFrame, index: EvalIndex) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(matches, frequent): ``matches`` has (msg, item, matched_ngram) for every message/eval-text pair sharing
-    a verified window whose key is not train-frequent; ``frequent`` the keys ignored as train-frequent
-    (:data:`FREQUENT_SCHEMA`)."""
-    empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
-    frequent = pl.DataFrame(schema=FREQUENT_SCHEMA)
-    if index.table.size == 0 or msgs.height == 0:
-        return empty, frequent
-    data, offsets = utf8_buffer(msgs["normalized"])
-    probe = (index.lengths, index.powers, index.table, index.bloom, index.bloom_mask)
-    hits = probe_hits(data, offsets, *probe)
-    if index.config.max_train_rows and hits[0].size:
-        keep, frequent = train_frequent(msgs, index, data, offsets, hits)
-        hits = tuple(a[keep] for a in hits)
+def _ngram_matches(evidence: Evidence, index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:
+    """(msg, item, matched_ngram) for every message/eval-text pair sharing a verified window among ``hits`` (the
+    evidence's hits on keys that are not train-frequent)."""
     if hits[0].size == 0:
-        return empty, frequent
-    return _checked_on_strings(msgs, index, _hits_per_item(index, hits)), frequent
+        return pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "matched_ngram": pl.Utf8})
+    found = _checked_on_strings(as_series(evidence.data, evidence.offsets), index, _hits_per_item(index, hits))
+    return found.with_columns(pl.Series("msg", evidence.hit_rows).gather(found["msg"]))
 
 
 def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFrame:
@@ -127,12 +171,12 @@ def _hits_per_item(index: EvalIndex, hits: tuple[np.ndarray, ...]) -> pl.DataFra
     return expanded.filter(pl.Series(expanded["length"].to_numpy() == wanted)).unique().sort(["msg", "item", "pos"])
 
 
-def _checked_on_strings(msgs: pl.DataFrame, index: EvalIndex, hits: pl.DataFrame) -> pl.DataFrame:
+def _checked_on_strings(normalized: pl.Series, index: EvalIndex, hits: pl.DataFrame) -> pl.DataFrame:
     """(msg, item, matched_ngram): per (message, eval text) of ``hits``, its earliest window whose words are, as
     strings, a word sequence of the eval text; a (rare) hash collision falls through to the next window."""
     found = []
     pending = hits
-    norm_msgs = msgs.select(pl.col("normalized").alias("msg_text"))
+    norm_msgs = normalized.alias("msg_text").to_frame()
     norm_items = index.items.select(pl.col("normalized").alias("item_text"))
     while pending.height:
         first = pending.group_by(["msg", "item"], maintain_order=True).first()
@@ -162,25 +206,17 @@ def _checked_on_strings(msgs: pl.DataFrame, index: EvalIndex, hits: pl.DataFrame
     return pl.concat(found).with_columns(pl.col("msg", "item").cast(pl.Int64))
 
 
-def _minhash_matches(msgs: pl.DataFrame, index: EvalIndex) -> pl.DataFrame:
-    """(msg, item, similarity) for message/eval-text pairs with estimated Jaccard >= threshold."""
+def _minhash_matches(index: EvalIndex, scanned: Scan) -> pl.DataFrame:
+    """(msg, item, similarity) for message/eval-text pairs with estimated Jaccard >= threshold; only the messages
+    the scan marked are signed (the others cannot share a signature value with an eval text)."""
     cfg = index.config
     empty = pl.DataFrame(schema={"msg": pl.Int64, "item": pl.Int64, "similarity": pl.Float64})
-    if cfg.minhash is None or index.minhash_rows.size == 0 or msgs.height == 0:
+    if cfg.minhash is None or index.minhash_rows.size == 0:
         return empty
-    n_words = (
-        msgs.select(
-            pl.when(pl.col("normalized").str.len_bytes() == 0)
-            .then(0)
-            .otherwise(pl.col("normalized").str.count_matches(" ", literal=True) + 1)
-        )
-        .to_series()
-        .to_numpy()
-    )
-    rows = np.flatnonzero(n_words >= cfg.minhash_min_words).astype(np.int64)
+    rows = np.flatnonzero(scanned.signed).astype(np.int64)
     if rows.size == 0:
         return empty
-    sigs = signatures_from_normalized(msgs["normalized"].gather(rows), cfg.minhash)
+    sigs = scanned.texts.signatures(rows, cfg.minhash)
     eval_pos, msg_pos = cross_candidates(index.minhash_sorted, band_hashes(sigs, cfg.minhash))
     if eval_pos.size == 0:
         return empty

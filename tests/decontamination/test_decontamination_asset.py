@@ -75,3 +75,45 @@ def test_bad_input_row_fails_naming_asset_row_and_field(tables):
     assert (f"asset 'deduplicated_conversations', table 'data' ({bad.path}): row 3 (conversation_id "
             "'00000-0000003'): messages[1].content: empty or blank (expected a non-empty string)") in text, text
     assert not storage.has(ASSET, "data")
+
+
+def _shard_one(storage: DataStorage) -> pl.DataFrame:
+    """The deduplicated table with a second shard: one of its rows quotes the eval question."""
+    rows = [conversation(i, f"Another calm question about subject {i}, if you please.",
+                         f"A plain answer about subject {i}, for a curious reader of any age.", shard=1)
+            for i in range(4)]
+    rows[1] = conversation(1, "Riddle time.", f"{EVAL_TEXT} Nine, of course.", shard=1)
+    return pl.concat([storage.read_table(DEDUPLICATED_CONVERSATIONS), frame(rows)])
+
+
+def _stored_hashes(storage: DataStorage) -> list[str]:
+    """The current kept table, rejected table and report: file names are (prefixes of) their SHA-256."""
+    folders = [storage.asset_dir(ASSET) / name for name in ("data", "rejected", "report")]
+    return [sha256_file(folder / (folder / "CURRENT").read_text().strip()) for folder in folders]
+
+
+def test_a_new_shard_is_checked_alone_and_the_output_equals_a_full_check(tables):
+    storage, tmp_path = tables
+    first = materialization(materialize([decontaminated_conversations], storage, tmp_path / "d1"), ASSET)
+    assert first["rebuilt"] and first["rebuild_reason"] == "no previous state" and first["new_shards"] == ["0"]
+    table = _shard_one(storage)
+    storage.write_table(DEDUPLICATED_CONVERSATIONS, table)
+    second = materialization(materialize([decontaminated_conversations], storage, tmp_path / "d2"), ASSET)
+    assert (second["new_shards"], second["reused_shards"], second["rebuilt"]) == (["1"], 1, False)
+    assert second["rechecked_rows"] == 0 and second["rebuild_reason"] == ""
+    assert second["rows_in"] == 10 and second["rows_removed"] == 3
+    fresh = DataStorage(root=str(tmp_path / "fresh"))
+    fresh.write_table(DEDUPLICATED_CONVERSATIONS, table)
+    fresh.write_table(EVAL_SETS, storage.read_table(EVAL_SETS))
+    full = materialization(materialize([decontaminated_conversations], fresh, tmp_path / "d3"), ASSET)
+    assert full["rebuilt"] and full["new_shards"] == ["0", "1"]
+    assert _stored_hashes(storage) == _stored_hashes(fresh)
+
+
+def test_a_changed_eval_set_checks_everything_again(tables):
+    storage, tmp_path = tables
+    materialize([decontaminated_conversations], storage, tmp_path / "d1")
+    eval_df = storage.read_table(EVAL_SETS)
+    storage.write_table(EVAL_SETS, eval_df.with_columns(pl.lit("riddles-v2").alias("benchmark")))
+    again = materialization(materialize([decontaminated_conversations], storage, tmp_path / "d2"), ASSET)
+    assert again["rebuilt"] and again["rebuild_reason"] == "the eval sets changed" and again["new_shards"] == ["0"]

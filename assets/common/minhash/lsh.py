@@ -77,6 +77,58 @@ def _bucket_pairs_kernel(sorted_hashes, orders, cap, fill, out_i, out_j):
     return count
 
 
+@numba.njit(inline="always")
+def _lower_bounds(old_hashes, values, base):
+    """``base[band]`` = first position of ``old_hashes[band]`` (sorted, all of one length > 0) whose value is >=
+    ``values[band]``, for every band at once: each step of the binary searches is branch-free and the bands'
+    loads are independent, so they overlap instead of waiting on each other (a search mostly misses)."""
+    n_bands = values.size
+    for band in range(n_bands):
+        base[band] = 0
+    n = old_hashes.shape[1]
+    while n > 1:
+        half = n >> 1
+        for band in range(n_bands):
+            b = base[band]
+            base[band] = b + half if old_hashes[band, b + half] < values[band] else b
+        n -= half
+    for band in range(n_bands):
+        base[band] += 1 if old_hashes[band, base[band]] < values[band] else 0
+
+
+@numba.njit(inline="always")
+def _bucket_end(row, v, start, size):
+    """End of the run of ``v`` starting at ``start`` in the sorted ``row`` (a few steps, then a binary search)."""
+    end = start
+    while end < size and end < start + 8 and row[end] == v:
+        end += 1
+    if end < start + 8:
+        return end
+    hi = size
+    while end < hi:
+        mid = (end + hi) >> 1
+        if row[mid] == v:
+            end = mid + 1
+        else:
+            hi = mid
+    return end
+
+
+@numba.njit(parallel=True, cache=True)
+def _band_ranges_kernel(old_hashes, bands, lo, hi):
+    """``[lo, hi)``: the range of each new row's band hash among the old rows' sorted hashes of that band."""
+    n_new, n_bands = bands.shape
+    size = old_hashes.shape[1]
+    n_chunks = min(n_new, 64)
+    for c in numba.prange(n_chunks):
+        base = np.empty(n_bands, np.int64)
+        for i in range(c * n_new // n_chunks, (c + 1) * n_new // n_chunks):
+            _lower_bounds(old_hashes, bands[i], base)
+            for band in range(n_bands):
+                lo[i, band] = base[band]
+                hi[i, band] = _bucket_end(old_hashes[band], bands[i, band], base[band], size)
+
+
 @numba.njit(cache=True)
 def _cross_pairs_kernel(lo, hi, old_orders, cap, fill, out_old, out_new):
     """Pairs (old, new) from per-(new row, band) ranges ``[lo, hi)`` into each band's sorted old rows."""
@@ -129,14 +181,11 @@ def cross_candidates(
     """Unique (old row, new row) pairs sharing a band hash. ``old_sorted`` comes from :func:`sorted_bands`
     of the old rows' band hashes, ``bands`` are the new rows' band hashes (same config)."""
     old_hashes, old_orders = old_sorted
-    n_bands = bands.shape[1]
     if bands.shape[0] == 0 or old_hashes.shape[1] == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     lo = np.empty(bands.shape, np.int64)
     hi = np.empty(bands.shape, np.int64)
-    for band in range(n_bands):
-        lo[:, band] = np.searchsorted(old_hashes[band], bands[:, band], side="left")
-        hi[:, band] = np.searchsorted(old_hashes[band], bands[:, band], side="right")
+    _band_ranges_kernel(old_hashes, np.ascontiguousarray(bands), lo, hi)
     empty = np.empty(0, np.int64)
     count = _cross_pairs_kernel(lo, hi, old_orders, ALL_PAIRS_BUCKET_SIZE, False, empty, empty)
     out_old, out_new = np.empty(count, np.int64), np.empty(count, np.int64)

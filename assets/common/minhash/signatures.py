@@ -46,8 +46,9 @@ def _add_shingle(sig, h, perm_a, perm_b):
 
 
 @numba.njit(inline="always")
-def _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i):
-    """``out[i]`` from the xxh64 hashes of a text's ``count`` words (word shingles): n-grams combine word hashes."""
+def word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i):
+    """``out[i]`` from the xxh64 hashes of a text's ``count`` words (word shingles): n-grams combine word hashes.
+    Also used by the decontamination's scan, which hashes words itself."""
     sig = np.full(perm_a.size, _EMPTY, np.uint32)
     if count:
         width = count if count < n else n
@@ -72,7 +73,7 @@ def _signature_kernel(data, starts, ends_, char_unit, n, hash_kind, perm_a, perm
             word_hashes = np.empty(count, np.uint64)
             for t in range(count):
                 word_hashes[t] = xxh64(data, spans[t], ends[t], _U64(0))
-            _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
+            word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
             continue
         sig = np.full(perm_a.size, _EMPTY, np.uint32)
         scratch = np.empty(80, np.uint64)
@@ -134,7 +135,7 @@ def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, a
         if length > 0:
             word_hashes[count] = xxh64(word, 0, length, _U64(0))
             count += 1
-        _word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
+        word_hashes_signature(word_hashes, count, n, perm_a, perm_b, out, i)
 
 
 @numba.njit(cache=True)

@@ -15,13 +15,19 @@ _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
 @numba.njit(cache=True)
-def _prefix(data, start, end, spans, ends, prefix):
-    """Word count of data[start:end]; fills prefix[t+1] = prefix[t] * BASE + xxh64(word t)."""
-    count = token_spans(data, start, end, spans, ends)
+def _text_prefix(data, offsets, i):
+    """(prefix, words) of text ``i`` = data[offsets[i]:offsets[i + 1]]: its word count and the prefix hashes
+    prefix[t+1] = prefix[t] * BASE + xxh64(word t)."""
+    start = offsets[i]
+    end = offsets[i + 1]
+    spans = np.empty(end - start + 2, np.int64)
+    ends = np.empty(end - start + 2, np.int64)
+    prefix = np.empty(end - start + 3, np.uint64)
+    words = token_spans(data, start, end, spans, ends)
     prefix[0] = _U64(0)
-    for t in range(count):
+    for t in range(words):
         prefix[t + 1] = prefix[t] * _BASE + xxh64(data, spans[t], ends[t], _U64(0))
-    return count
+    return prefix, words
 
 
 @numba.njit(inline="always")
@@ -115,12 +121,7 @@ def eval_windows(data, offsets, n, min_words, powers, fill, out_hash, out_item, 
     """Windows of every eval text: all n-grams, or the whole text when min_words <= words < n."""
     count = 0
     for i in range(offsets.size - 1):
-        start = offsets[i]
-        end = offsets[i + 1]
-        spans = np.empty(end - start + 2, np.int64)
-        ends = np.empty(end - start + 2, np.int64)
-        prefix = np.empty(end - start + 3, np.uint64)
-        words = _prefix(data, start, end, spans, ends, prefix)
+        prefix, words = _text_prefix(data, offsets, i)
         n_words[i] = words
         if words >= n:
             length = n
@@ -165,12 +166,7 @@ def _probe(
     [lo, hi) of equal hashes in ``table``."""
     for d in numba.prange(docs.size):
         i = docs[d]
-        start = offsets[i]
-        end = offsets[i + 1]
-        spans = np.empty(end - start + 2, np.int64)
-        ends = np.empty(end - start + 2, np.int64)
-        prefix = np.empty(end - start + 3, np.uint64)
-        words = _prefix(data, start, end, spans, ends, prefix)
+        prefix, words = _text_prefix(data, offsets, i)
         c = starts[d] if fill else 0
         for li in range(lengths.size):
             length = lengths[li]

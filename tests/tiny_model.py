@@ -41,7 +41,9 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tiny_model(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0, base: bool = False) -> Path:
+    """The tiny chat model; ``base=True`` builds a tiny *base* model instead: another vocabulary (no chat markers,
+    one special token that ends texts) and no chat template, as a pretrained base model ships."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -52,14 +54,17 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    specials = SPECIAL_TOKENS[:1] if base else SPECIAL_TOKENS
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(_corpus(), trainer=trainer)
+    bos, eos = ("<|endoftext|>", "<|endoftext|>") if base else ("<|im_start|>", "<|im_end|>")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>", model_max_length=2048,
+        tokenizer_object=bpe, bos_token=bos, eos_token=eos, pad_token=eos, unk_token="<|endoftext|>",
+        model_max_length=2048,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if not base:
+        tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out_dir)
 
     torch.manual_seed(seed)
@@ -77,9 +82,11 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0)
         head = model.lm_head.weight
         head[:, 0] = 0.0
         head[tokenizer.eos_token_id, 0] = eos_logit / activation
-        for token in ("<|endoftext|>", "<|im_start|>"):
-            head[tokenizer.convert_tokens_to_ids(token), 0] = -2.0
+        for token in specials:
+            if token != eos:
+                head[tokenizer.convert_tokens_to_ids(token), 0] = -2.0
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "tiny_model.json").write_text(json.dumps({"built_by": "tests/tiny_model.py", "seed": seed}))
+    built = {"built_by": "tests/tiny_model.py", "seed": seed, **({"base": True} if base else {})}
+    (out_dir / "tiny_model.json").write_text(json.dumps(built))
     return out_dir

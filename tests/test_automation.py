@@ -16,6 +16,7 @@ import json
 from collections import Counter
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from assets.common.resources import (
@@ -108,6 +109,11 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         generate_shard(auto, "00000")
         assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), "sft_model": 1})
         assert latest(instance, "tagged_conversations")["tagger"] == "fallback"  # the profile's use_judge: false
+        for key in ["eval_sets", *DATASET]:  # every table shows its columns in the UI, as written
+            metadata = latest(instance, key)
+            columns = [(c.name, c.type) for c in metadata["dagster/column_schema"].columns]
+            written = pl.read_parquet_schema(metadata["path"])
+            assert columns == [(name, str(dtype)) for name, dtype in written.items()], key
 
         # Byte-identical rebuilds: deduplication re-run by hand, the shard regenerated (same seeds): no request.
         assert auto.launch([DEDUPLICATED_CONVERSATIONS]).success

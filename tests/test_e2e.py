@@ -110,6 +110,9 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert Path(metadata["lineage_path"].path) == model_dir / "lineage.json"
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
+    summary = metadata["lineage"].value  # the lineage summary the UI shows: models and upstream tables' hashes
+    for key in ("base_model", "teacher_model", "sft_mixture", "decontaminated_conversations"):
+        assert materializations[key].metadata["content_hash"].value in summary, key
     upstream = ASSETS[:ASSETS.index("sft_model")]
     assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
     models = {"teacher_model", "base_model"}

@@ -20,11 +20,13 @@ import polars as pl
 import pytest
 
 from assets.common.resources import (
+    ASSISTANT_EVALUATION,
     BASE_MODEL_FILES,
     DECONTAMINATED_CONVERSATIONS,
     DEDUPLICATED_CONVERSATIONS,
     GENERATION_SHARDS,
     MODEL_MANIFEST,
+    PROMOTED_MODEL,
     SFT_MODEL,
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
@@ -92,7 +94,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file), instance)
-        auto.stop_requested = frozenset({SFT_MODEL})
+        auto.stop_requested = frozenset({SFT_MODEL, ASSISTANT_EVALUATION, PROMOTED_MODEL})  # counted, not run
         storage = DataStorage(root=str(data))
         assert auto.tick() == []  # a fresh instance: nothing changed, nothing requested
 

@@ -124,7 +124,8 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> Ma
     """The latest materialization of ``key`` (e.g. the candidate model a post-training check examines)."""
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records
     if not records:
-        raise dg.Failure(description=f"{key.to_user_string()} has not been materialized in this instance yet")
+        raise dg.Failure(description=f"{key.to_user_string()} has not been materialized in this instance yet",
+                         allow_retries=False)
     record = records[0]
     return Materialization(key, record.storage_id, record.run_id, dict(record.asset_materialization.metadata))
 

@@ -12,6 +12,7 @@ still overrides a value for one run. Unset: the code's own defaults (the recomme
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def with_config_defaults(assets_def: dg.AssetsDefinition, config: Mapping, where
         raise ValueError(f"{where}: asset '{op.name}' takes no config")
     field = _with_default(op.config_schema.as_field(), config, where)
     new_op = op.with_replaced_properties(name=op.name, config_schema=field)
-    return dg.AssetsDefinition(**{**assets_def.get_attributes_dict(), "node_def": new_op})
+    with warnings.catch_warnings():  # (AssetsDefinition's `execution_type` parameter is marked beta)
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.AssetsDefinition(**{**assets_def.get_attributes_dict(), "node_def": new_op})
 
 
 def apply_profile(assets: Sequence, profile: Mapping, source: str) -> list:

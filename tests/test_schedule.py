@@ -42,13 +42,14 @@ def test_a_scheduled_rebuild_generates_with_the_profiles_model(tiny_model_dir, t
         # The teacher, materialized as from the UI (the launchpad's defaults: no run config of its own).
         assert auto.launch([TEACHER_MODEL]).success
         assert storage.read_json(TEACHER_MODEL, "manifest")["path"] == str(tiny_model_dir.resolve())
-        instance.add_dynamic_partitions(GENERATION_SHARDS.name, ["00000"])  # an earlier shard exists
+        assert auto.tick() == []  # the automation sensor's tick before the schedule's
 
         schedule = defs.resolve_schedule_def("weekly_new_shard")
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 5, 3, tzinfo=datetime.UTC))
+        monday = datetime.datetime(2026, 1, 5, 3, tzinfo=datetime.UTC)
+        context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
+                                            scheduled_execution_time=monday)
         (request,) = schedule.evaluate_tick(context).run_requests
-        assert request.partition_key == "00001" and instance.has_dynamic_partition(GENERATION_SHARDS.name, "00001")
+        assert request.partition_key == "00000" and instance.has_dynamic_partition(GENERATION_SHARDS.name, "00000")
         assert not request.run_config  # nothing but the profile configures the run
         job = defs.resolve_job_def(schedule.job_name)
         assert set(job.asset_layer.selected_asset_keys) == {MAGPIE_CONVERSATIONS}  # generation only
@@ -56,8 +57,8 @@ def test_a_scheduled_rebuild_generates_with_the_profiles_model(tiny_model_dir, t
         result = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
                                         run_config=request.run_config)
         assert result.success, failures(result)
-        table = storage.read_table(MAGPIE_CONVERSATIONS, "shard-00001")
-        report = storage.read_json(MAGPIE_CONVERSATIONS, "report-00001")
+        table = storage.read_table(MAGPIE_CONVERSATIONS, "shard-00000")
+        report = storage.read_json(MAGPIE_CONVERSATIONS, "report-00000")
         assert table["generator_model_hash"].unique().to_list() == [model_content_hash(tiny_model_dir)]
         assert report["stats"]["attempted"] == NUM_CONVERSATIONS  # the profile's size, not the default 1000
         assert report["sampling"]["response"]["max_tokens"] == 24

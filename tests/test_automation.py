@@ -7,7 +7,8 @@ what this proves; training is tested elsewhere).
 One story, in order: first inputs observed -> the models and eval sets are prepared; a first shard -> every dataset
 asset once and one retrain; a byte-identical rebuild (dedup re-run, the shard regenerated) -> nothing; a changed
 code version -> that asset alone; a new shard -> every dataset asset once and exactly one retrain; a failing
-blocking check -> nothing downstream, no retrain."""
+blocking check -> nothing downstream, no retrain; a changed user eval file -> the eval sets, everything after them
+once, exactly one retrain."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from assets.common.resources import (
     BASE_MODEL_FILES,
     DECONTAMINATED_CONVERSATIONS,
     DEDUPLICATED_CONVERSATIONS,
+    FILTERED_CONVERSATIONS,
     GENERATION_SHARDS,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
@@ -148,3 +150,13 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         # retrain saw (same data version downstream of filtering): filtering runs once, nothing further.
         assert auto.launch([DECONTAMINATED_CONVERSATIONS]).success
         assert auto.settle() == Counter({"filtered_conversations": 1})
+
+        # A changed user eval file (observed by the sensor): a new text that one kept conversation contains. The eval
+        # sets, everything downstream of them once, and exactly one retrain request.
+        kept = storage.read_table(FILTERED_CONVERSATIONS)
+        leaked = next(m["content"] for row in kept["messages"].to_list() for m in row
+                      if m["role"] == "assistant" and len(m["content"].split()) >= 8)
+        eval_file.write_text(json.dumps({"text": EVAL_TEXT}) + "\n" + json.dumps({"text": leaked}) + "\n")
+        assert auto.launch([USER_EVAL_FILES]).success
+        assert auto.settle() == Counter({"eval_sets": 1, **dict.fromkeys(DATASET[1:], 1), "sft_model": 1})
+        assert leaked not in str(storage.read_table(FILTERED_CONVERSATIONS)["messages"].to_list())

@@ -32,6 +32,10 @@ endif
 	$(BIN)/pip install --no-deps -r requirements/no-deps.txt
 	touch $(STAMP)
 
+# The user's configuration (pipelines/profiles.py): `make dev` and `make demo` use profiles/demo.yaml unless
+# SFT_PROFILE names another profile or a YAML file (elsewhere, unset = the code's production defaults).
+dev demo: export SFT_PROFILE ?= demo
+
 # Materialize the whole graph on the embedded default (profiles/demo.yaml), then say where the model is.
 # `-c` is needed: `dagster job execute` ignores a partitioned job's own config (the UI's launchpad applies it).
 demo: install

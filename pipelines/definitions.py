@@ -1,7 +1,9 @@
-"""The Dagster code location: assembles assets, checks, jobs, schedules and resources (no logic here).
+"""The Dagster code location: assembles assets, checks, jobs, schedules, the automation sensor and resources.
 
 Every stage's ``assets.py`` is listed once below; its assets and asset checks are collected from the module, so a
-new asset or check in a stage needs no edit here, and a new stage is one more line.
+new asset or check in a stage needs no edit here, and a new stage is one more line. The user's profile
+(``SFT_PROFILE``, pipelines/profiles.py) gives the assets' config defaults and the resources; pipelines/metadata.py
+gives every asset its owners, tags and code version.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import assets.promotion.assets
 import assets.sft.assets
 import assets.tagging.assets
 import assets.teacher_model.assets
-from assets.common.resources import DataStorage, VLLMEngine
-from pipelines.automation import jobs, schedules
+from assets.common.resources import DataStorage, ExternalInputs, VLLMEngine
+from pipelines.automation import automation_sensor, jobs, schedules
+from pipelines.metadata import with_stage_metadata
+from pipelines.profiles import active_profile, apply_profile, external_inputs, resource_config
 
 STAGES = [
     assets.teacher_model.assets,
@@ -39,17 +43,34 @@ STAGES = [
     assets.evaluation.assets,
     assets.promotion.assets,
 ]
-ASSETS = dg.load_assets_from_modules(STAGES)
+STAGE_ASSETS = [a.map_asset_specs(with_stage_metadata) for a in dg.load_assets_from_modules(STAGES)]
 ASSET_CHECKS = dg.load_asset_checks_from_modules(STAGES)
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ASSET_CHECKS,
-    jobs=jobs,
-    schedules=schedules,
-    resources={
-        # The data root is not a secret: SFT_DATA_ROOT moves it (default ./data, git-ignored).
-        "storage": DataStorage(root=os.environ.get("SFT_DATA_ROOT", "data")),
-        "engine": VLLMEngine(),
-    },
-)
+
+def resources(profile: dict) -> dict:
+    """The resources, from the profile's ``resources`` section (and the input paths of its ``ops``)."""
+    unknown = sorted(set(profile.get("resources") or {}) - {"storage", "engine"})
+    if unknown:
+        raise ValueError(f"profile: resources {unknown} are not resources of this project (storage, engine)")
+    storage = resource_config(profile, "storage")
+    # The data root is not a secret: SFT_DATA_ROOT moves it (over the profile's; default ./data, git-ignored).
+    storage["root"] = os.environ.get("SFT_DATA_ROOT") or storage.get("root", "data")
+    return {"storage": DataStorage(**storage), "engine": VLLMEngine(**resource_config(profile, "engine")),
+            "inputs": ExternalInputs(**external_inputs(profile))}
+
+
+def build_definitions(profile: dict, source: str = "profile") -> dg.Definitions:
+    """The project's Definitions with ``profile`` applied (its ops' config as the assets' config defaults)."""
+    return dg.Definitions(
+        assets=apply_profile(STAGE_ASSETS, profile, source),
+        asset_checks=ASSET_CHECKS,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=[automation_sensor],
+        resources=resources(profile),
+    )
+
+
+PROFILE_SOURCE, PROFILE = active_profile()
+defs = build_definitions(PROFILE, PROFILE_SOURCE or "profile")
+ASSETS = list(defs.assets)

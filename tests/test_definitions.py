@@ -74,3 +74,62 @@ def test_profiles_are_valid_run_config(profile):
 def test_unknown_profile_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="demo"):
         load_profile("no-such-profile")
+
+
+ENGINE_STEPS = ["magpie_conversations", "tagged_conversations", "sft_model", "assistant_evaluation"]
+
+
+def test_every_asset_has_owners_tags_and_a_code_version():
+    for assets_def in defs.assets:
+        for spec in assets_def.specs:
+            name = spec.key.to_user_string()
+            assert spec.owners and all(o.startswith("team:") for o in spec.owners), name
+            assert spec.tags.get("stage") == spec.group_name and spec.tags.get("layer"), name
+            assert spec.code_version and len(spec.code_version) == 16, name
+
+
+def test_code_version_follows_the_code_not_comments_or_layout(tmp_path):
+    from pipelines.metadata import source_version
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "core.py").write_text("def f(x):\n    return max(x, 1)\n")
+    before = source_version([stage])
+    (stage / "core.py").write_text("# a comment\ndef f(x):  # why\n\n    return max(x,\n               1)\n")
+    assert source_version([stage]) == before
+    (stage / "core.py").write_text("def f(x):\n    return max(x, 2)\n")
+    assert source_version([stage]) != before
+    (stage / "core.py").write_text("def f(x):\n    return max(x, 1)\n")
+    (stage / "prompt.yaml").write_text("v: 1\n")
+    assert source_version([stage]) != before
+
+
+def test_engine_steps_retry_with_backoff_and_others_do_not():
+    for assets_def in defs.assets:
+        if not assets_def.is_executable or not assets_def.is_materializable:
+            continue
+        policy = assets_def.op.retry_policy
+        if assets_def.key.to_user_string() in ENGINE_STEPS:
+            assert policy.max_retries >= 1 and policy.delay and policy.backoff == dg.Backoff.EXPONENTIAL
+        else:
+            assert policy is None, assets_def.key
+
+
+def test_automation_sensor_runs_by_default_over_every_automated_asset():
+    sensor = defs.resolve_sensor_def("rebuild_on_upstream_change")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    automated = {key for key in graph.toposorted_asset_keys if graph.get(key).automation_condition is not None}
+    assert {dg.AssetKey(k) for k in ["sft_model", "sft_mixture", "deduplicated_conversations"]} <= automated
+    assert dg.AssetKey("magpie_conversations") not in automated  # the schedule (or a person) generates shards
+    assert sensor.asset_selection.resolve(graph) >= automated
+    repository = defs.get_repository_def()  # no other (stopped) default sensor for assets this one misses
+    assert [s.name for s in repository.sensor_defs] == ["rebuild_on_upstream_change"]
+
+
+def test_external_inputs_are_observable_and_feed_the_models_and_eval_sets():
+    graph = defs.resolve_asset_graph()
+    for source, consumer in [("teacher_model_files", "teacher_model"), ("base_model_files", "base_model"),
+                             ("user_eval_files", "eval_sets")]:
+        assert graph.get(dg.AssetKey(source)).is_observable, source
+        assert dg.AssetKey(source) in graph.get(dg.AssetKey(consumer)).parent_keys, consumer

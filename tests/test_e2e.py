@@ -17,7 +17,9 @@ from pipelines.definitions import ASSETS as ALL_ASSETS
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 SHARD = "00000"
 
-ASSETS = [key.to_user_string() for key in defs.resolve_asset_graph().toposorted_asset_keys]  # the whole graph
+GRAPH = defs.resolve_asset_graph()
+# the whole graph's materializable assets (the external inputs are observed, not materialized)
+ASSETS = [key.to_user_string() for key in GRAPH.toposorted_asset_keys if GRAPH.get(key).is_materializable]
 
 
 def tiny_run_config(model_dir) -> dict:
@@ -52,7 +54,7 @@ def pipeline_run(tiny_model_dir, tmp_path_factory):
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize(
-            [*ALL_ASSETS, *ASSET_CHECKS],
+            [*(a for a in ALL_ASSETS if a.is_materializable), *ASSET_CHECKS],
             resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048, cpu_kv_cache_gb=1)},
             run_config=tiny_run_config(tiny_model_dir),
             instance=instance,
@@ -108,6 +110,9 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     assert Path(metadata["lineage_path"].path) == model_dir / "lineage.json"
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["base_model"]["content_hash"] == materializations["base_model"].metadata["content_hash"].value
+    summary = metadata["lineage"].value  # the lineage summary the UI shows: models and upstream tables' hashes
+    for key in ("base_model", "teacher_model", "sft_mixture", "decontaminated_conversations"):
+        assert materializations[key].metadata["content_hash"].value in summary, key
     upstream = ASSETS[:ASSETS.index("sft_model")]
     assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
     models = {"teacher_model", "base_model"}

@@ -7,7 +7,16 @@ from assets.base_model.core import prepare_student, template_choice
 from assets.base_model.gemma import prepare_embedded_gemma
 from assets.common.model_dirs import prepare_local
 from assets.common.report import markdown_table
-from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, DataStorage
+from assets.common.resources import (
+    BASE_MODEL,
+    BASE_MODEL_FILES,
+    MODEL_MANIFEST,
+    OBSERVE_EXTERNAL_INPUTS,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    DataStorage,
+    ExternalInputs,
+    observe_external,
+)
 
 
 class BaseModelConfig(dg.Config):
@@ -22,7 +31,16 @@ class BaseModelConfig(dg.Config):
     embedded Gemma base, the model's own for a local model that has one (a base model without one must choose)."""
 
 
-@dg.asset(group_name="base_model", kinds={"huggingface", "safetensors"})
+@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
+    BASE_MODEL_FILES, group_name="base_model", kinds={"huggingface"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    description="The local base model directory the profile names (`base_model.path`), observed: its data version "
+    "is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
+def base_model_files(inputs: ExternalInputs, storage: DataStorage):
+    yield observe_external([inputs.base_model_path] if inputs.base_model_path else [], storage, "embedded")
+
+
+@dg.asset(group_name="base_model", kinds={"huggingface", "safetensors"}, deps=[BASE_MODEL_FILES],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def base_model(
     context: dg.AssetExecutionContext, config: BaseModelConfig, storage: DataStorage
 ) -> dg.MaterializeResult:

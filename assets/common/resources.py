@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common.engine import EngineConfig
+from assets.common.external import combined_hash, content_hash
 from assets.common.schema import SchemaError, validate_conversations
 from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
@@ -27,6 +28,10 @@ SFT_MIXTURE = dg.AssetKey("sft_mixture")
 SFT_MODEL = dg.AssetKey("sft_model")
 ASSISTANT_EVALUATION = dg.AssetKey("assistant_evaluation")
 PROMOTED_MODEL = dg.AssetKey("promoted_model")
+# External inputs, observed (their data version is their content hash): what the profile points the graph at.
+TEACHER_MODEL_FILES = dg.AssetKey("teacher_model_files")  # a local teacher model directory
+BASE_MODEL_FILES = dg.AssetKey("base_model_files")  # a local base model directory
+USER_EVAL_FILES = dg.AssetKey("user_eval_files")  # the user's eval files (eval_sets' user_files)
 
 # The checks a trained model must pass before it is promoted (asset checks with these names; a test compares them
 # with the Definitions). Promotion also requires any other check on its upstream assets.
@@ -59,11 +64,42 @@ def shard_index(key: str) -> int:
 
 
 # ---- automation ------------------------------------------------------------------------------------------------
-# Retrain from base whenever any upstream data changes (sft_model's condition); the rest is rebuilt on schedule.
-RETRAIN_ON_UPSTREAM_CHANGE = dg.AutomationCondition.eager()
-# A new model is evaluated, then promoted (promotion refuses one whose checks did not pass).
-EVALUATE_NEW_MODELS = dg.AutomationCondition.eager()
-PROMOTE_NEW_MODELS = dg.AutomationCondition.eager()
+# One rule for every automated asset: rebuild when an upstream *data version* changed (a new shard, a changed eval
+# set, model or user file; never a byte-identical rebuild, whose data version, its content hash, is unchanged), or
+# when the asset's own code version changed; only once every upstream blocking check passed (decontamination's
+# `no_eval_overlap`), and not while an upstream is missing or running. An upstream updated in a run that also
+# rebuilt this asset (a whole-graph job) does not count: nothing is rebuilt twice. Changes travel one asset per
+# evaluation, each step only when its input really changed. The automation sensor (pipelines/definitions.py) is
+# on by default.
+DEP_DATA_VERSION_CHANGED = (
+    dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target()
+).with_label("data_version_changed_without_root")
+ANY_DEP_DATA_VERSION_CHANGED = dg.AutomationCondition.any_deps_match(DEP_DATA_VERSION_CHANGED).with_label(
+    "any_deps_data_version_changed")
+REBUILD_ON_UPSTREAM_CHANGE = (
+    (ANY_DEP_DATA_VERSION_CHANGED | dg.AutomationCondition.code_version_changed()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("rebuild_on_upstream_data_change")
+# sft_model retrains from base under that rule; a new model is then evaluated, then promoted (promotion refuses
+# one whose checks did not pass).
+RETRAIN_ON_UPSTREAM_CHANGE = REBUILD_ON_UPSTREAM_CHANGE
+EVALUATE_NEW_MODELS = REBUILD_ON_UPSTREAM_CHANGE
+PROMOTE_NEW_MODELS = REBUILD_ON_UPSTREAM_CHANGE
+# External inputs are observed every 10 minutes (a stat per defining file while nothing changed).
+OBSERVE_EXTERNAL_INPUTS = dg.AutomationCondition.cron_tick_passed("*/10 * * * *").with_label("every_10_minutes")
+
+# Steps that start an engine (vLLM, or training on a GPU) can fail transiently: a GPU still held by the previous
+# step, a slow device. Retried twice, after ~30 s then ~60 s; errors in the inputs or config fail at once
+# (`dg.Failure(allow_retries=False)`, see `input_error`).
+ENGINE_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def input_error(error: Exception) -> dg.Failure:
+    """A failure in a step's inputs or config, which retrying cannot fix: not retried by ``ENGINE_RETRY``."""
+    return dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False)
 
 
 # ---- reading what the instance recorded ---------------------------------------------------------------------
@@ -88,7 +124,8 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> Ma
     """The latest materialization of ``key`` (e.g. the candidate model a post-training check examines)."""
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records
     if not records:
-        raise dg.Failure(description=f"{key.to_user_string()} has not been materialized in this instance yet")
+        raise dg.Failure(description=f"{key.to_user_string()} has not been materialized in this instance yet",
+                         allow_retries=False)
     record = records[0]
     return Materialization(key, record.storage_id, record.run_id, dict(record.asset_materialization.metadata))
 
@@ -114,18 +151,27 @@ def _name(asset: AssetName) -> str:
     return asset.to_user_string() if isinstance(asset, dg.AssetKey) else asset
 
 
+def column_schema(schema: dict) -> dg.TableSchema:
+    """A Polars schema as the `dagster/column_schema` the UI shows (column names and types)."""
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()])
+
+
 @dataclass(frozen=True)
 class StoredTable:
     path: Path
     content_hash: str
     row_count: int
+    columns: dict | None = None  # column name -> Polars type
 
     def metadata(self) -> dict:
-        return {
+        metadata = {
             "path": dg.MetadataValue.path(str(self.path)),
             "dagster/row_count": self.row_count,
             "content_hash": self.content_hash,
         }
+        if self.columns is not None:
+            metadata["dagster/column_schema"] = column_schema(self.columns)
+        return metadata
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "content_hash": self.content_hash, "row_count": self.row_count}
@@ -167,7 +213,7 @@ class DataStorage(dg.ConfigurableResource):
 
     def write_table(self, asset: AssetName, df: pl.DataFrame, name: str = "data") -> StoredTable:
         path, content_hash = write_parquet_versioned(df, self.asset_dir(asset) / name, CURRENT)
-        return StoredTable(path=path, content_hash=content_hash, row_count=df.height)
+        return StoredTable(path=path, content_hash=content_hash, row_count=df.height, columns=dict(df.schema))
 
     def read_table(self, asset: AssetName, name: str = "data") -> pl.DataFrame:
         return read_parquet(self.table_path(asset, name))
@@ -185,8 +231,10 @@ class DataStorage(dg.ConfigurableResource):
     def describe_table(self, asset: AssetName, name: str = "data") -> StoredTable:
         """Path, hash and row count of the current version of a table, read from the file itself."""
         path = self.table_path(asset, name)
-        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-        return StoredTable(path=path, content_hash=sha256_file(path), row_count=rows)
+        scan = pl.scan_parquet(path)
+        rows = scan.select(pl.len()).collect().item()
+        return StoredTable(path=path, content_hash=sha256_file(path), row_count=rows,
+                           columns=dict(scan.collect_schema()))
 
     def names(self, asset: AssetName, suffix: str) -> list[str]:
         """Names of the tables (``.parquet``) or JSON documents (``.json``) an asset has a current version of."""
@@ -234,3 +282,26 @@ class VLLMEngine(dg.ConfigurableResource):
     def engine_config(self) -> EngineConfig:
         """The engine settings as the core's dataclass (same fields: tests/test_config_once.py compares them)."""
         return EngineConfig(**self.model_dump())
+
+
+class ExternalInputs(dg.ConfigurableResource):
+    """The files the graph reads from outside the data root, as the profile (SFT_PROFILE) names them: built by
+    pipelines/definitions.py from the profile's `teacher_model.path`, `base_model.path` and `eval_sets.user_files`,
+    so the observed inputs are the configured ones. Unset paths are the embedded models."""
+
+    teacher_model_path: str | None = None
+    base_model_path: str | None = None
+    user_eval_files: list[str] = []
+
+
+def observe_external(paths: list[str], storage: DataStorage, unset: str) -> dg.ObserveResult:
+    """An observation of external inputs: data version = their content hash (one path) or the hash of their
+    (path, hash) pairs; ``unset`` (e.g. "embedded") when none is configured."""
+    if not paths:
+        return dg.ObserveResult(data_version=dg.DataVersion(unset), metadata={"paths": f"none ({unset})"})
+    hashes = {str(path): content_hash(path, storage.root_path / "external_inputs") for path in paths}
+    version = next(iter(hashes.values())) if len(hashes) == 1 else combined_hash(hashes)
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(version),
+        metadata={"paths": dg.MetadataValue.json(hashes), "content_hash": version},
+    )

@@ -6,7 +6,7 @@ import polars as pl
 
 from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
-from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
+from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, REBUILD_ON_UPSTREAM_CHANGE, DataStorage
 from assets.decontamination.config import DEFAULT_MINHASH, DecontamConfig
 from assets.decontamination.incremental import decontaminate_shards
 from assets.decontamination.index import EvalIndex
@@ -44,6 +44,7 @@ class DecontamSettings(dg.Config):
     group_name="decontamination",
     kinds={"polars", "parquet"},
     deps=[DEDUPLICATED_CONVERSATIONS, EVAL_SETS],
+    automation_condition=REBUILD_ON_UPSTREAM_CHANGE,
 )
 def decontaminated_conversations(
     context: dg.AssetExecutionContext, config: DecontamSettings, storage: DataStorage

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
-from assets.common.resources import MAGPIE_CONVERSATIONS, DataStorage
+from assets.common.resources import MAGPIE_CONVERSATIONS, REBUILD_ON_UPSTREAM_CHANGE, DataStorage
 from assets.dedup.incremental import deduplicate_shards
 
 
@@ -24,7 +24,8 @@ class DedupSettings(dg.Config):
                              seed=self.seed)
 
 
-@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS])
+@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def deduplicated_conversations(
     context: dg.AssetExecutionContext, config: DedupSettings, storage: DataStorage
 ) -> dg.MaterializeResult:

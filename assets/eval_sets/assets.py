@@ -5,7 +5,15 @@ import dagster as dg
 import polars as pl
 
 from assets.common.report import markdown_table
-from assets.common.resources import EVAL_SETS, DataStorage
+from assets.common.resources import (
+    EVAL_SETS,
+    OBSERVE_EXTERNAL_INPUTS,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    USER_EVAL_FILES,
+    DataStorage,
+    ExternalInputs,
+    observe_external,
+)
 from assets.eval_sets.core import BUNDLED_BENCHMARKS, bundled_sources, load_bundled_eval_sets, load_user_eval_file
 
 
@@ -24,7 +32,16 @@ class EvalSetsConfig(dg.Config):
     user_files: list[UserEvalFile] = []
 
 
-@dg.asset(group_name="eval_sets", kinds={"parquet"})
+@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
+    USER_EVAL_FILES, group_name="eval_sets", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    description="The user's eval files the profile names (`eval_sets.user_files`), observed: their data version is "
+    "the hash of their contents (`none` when there are none).")])
+def user_eval_files(inputs: ExternalInputs, storage: DataStorage):
+    yield observe_external(inputs.user_eval_files, storage, "none")
+
+
+@dg.asset(group_name="eval_sets", kinds={"parquet"}, deps=[USER_EVAL_FILES],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def eval_sets(
     context: dg.AssetExecutionContext, config: EvalSetsConfig, storage: DataStorage
 ) -> dg.MaterializeResult:

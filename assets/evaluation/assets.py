@@ -12,6 +12,7 @@ from assets.common.report import markdown_table
 from assets.common.resources import (
     ASSISTANT_EVALUATION,
     BASE_MODEL,
+    ENGINE_RETRY,
     EVALUATE_NEW_MODELS,
     JUDGED_MODEL,
     MODEL_MANIFEST,
@@ -105,6 +106,7 @@ class EvaluationConfig(dg.Config):
     deps=[BASE_MODEL, SFT_MIXTURE, SFT_MODEL],
     pool="gpu",
     automation_condition=EVALUATE_NEW_MODELS,
+    retry_policy=ENGINE_RETRY,
     check_specs=[
         dg.AssetCheckSpec("answers_stop_on_eos", asset="assistant_evaluation", blocking=True, description=(
             "The tuned model ends its greedy answers to a fixed prompt set on its end-of-turn token: no prompt runs "

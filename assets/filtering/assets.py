@@ -10,6 +10,7 @@ from assets.common.resources import (
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
+    REBUILD_ON_UPSTREAM_CHANGE,
     TEACHER_MODEL,
     DataStorage,
 )
@@ -38,7 +39,8 @@ class FilterSettings(dg.Config):
 
 
 @dg.asset(group_name="filtering", kinds={"polars", "parquet"},
-          deps=[DECONTAMINATED_CONVERSATIONS, TEACHER_MODEL, BASE_MODEL])
+          deps=[DECONTAMINATED_CONVERSATIONS, TEACHER_MODEL, BASE_MODEL],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def filtered_conversations(
     context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
 ) -> dg.MaterializeResult:

@@ -8,6 +8,7 @@ import dagster as dg
 from assets.common.config import config_dict
 from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.resources import (
+    ENGINE_RETRY,
     GENERATION_SHARDS,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
@@ -70,7 +71,8 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS)
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS,
+          retry_policy=ENGINE_RETRY)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from assets.common.report import markdown_table
-from assets.common.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
+from assets.common.resources import REBUILD_ON_UPSTREAM_CHANGE, SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
 from assets.mixture.core import MixtureConfig, build_mixture
 
 
@@ -21,7 +21,8 @@ class MixtureSettings(dg.Config):
         return MixtureConfig(**self.model_dump())
 
 
-@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS])
+@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage
 ) -> dg.MaterializeResult:

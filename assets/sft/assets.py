@@ -10,14 +10,17 @@ from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
+    ENGINE_RETRY,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
     RETRAIN_ON_UPSTREAM_CHANGE,
     SFT_MIXTURE,
     SFT_MODEL,
     DataStorage,
+    input_error,
     latest_materialization,
 )
+from assets.sft.lineage import lineage_summary
 from training.config import TrainConfig
 from training.continual import ContinualConfig
 from training.run import run_training
@@ -77,6 +80,7 @@ class SFTModelConfig(dg.Config):
     deps=[BASE_MODEL, SFT_MIXTURE],
     pool="gpu",
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
+    retry_policy=ENGINE_RETRY,
 )
 def sft_model(
     context: dg.AssetExecutionContext, config: SFTModelConfig, storage: DataStorage
@@ -86,10 +90,14 @@ def sft_model(
     row, with its messages and whether it was trained, validated or dropped as too long) and a model card. Trained
     from the base model, never a previous fine-tune, unless continual mode is configured (`init_from: previous` with
     `rehearsal_fraction` > 0)."""
-    continual = config.to_continual()  # fails here, before any work, on a continual mode without rehearsal
-    base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
-    mixture = storage.read_conversations(SFT_MIXTURE)
-    core = config.to_core()
+    try:  # config and inputs first, before any work; their errors are not retried (ENGINE_RETRY)
+        continual = config.to_continual()  # e.g. a continual mode without rehearsal
+        base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
+        mixture = storage.read_conversations(SFT_MIXTURE)
+        core = config.to_core()
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise input_error(error) from error
+    snapshots = {name: storage.snapshot(name) for name in upstream_assets(context)}
     previous_dir, no_previous_reason = _previous_model(storage, continual)
     run = run_training(
         base, mixture, core, continual, storage.root_path / "models" / "sft", config.model_name,
@@ -97,7 +105,7 @@ def sft_model(
         previous_model_dir=previous_dir,
         no_previous_reason=no_previous_reason,
         lineage_extras={"dagster_run_id": context.run.run_id,
-                        "assets": {name: storage.snapshot(name) for name in upstream_assets(context)}},
+                        "assets": snapshots},
         log=context.log.info,
         warn=context.log.warning,
     )
@@ -135,6 +143,7 @@ def sft_model(
             "preflight": dg.MetadataValue.json(result.preflight),
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
+            "lineage": dg.MetadataValue.md(lineage_summary(snapshots, base)),
         },
         data_version=dg.DataVersion(model_hash),
     )
@@ -154,10 +163,12 @@ def _previous_model(storage: DataStorage, continual: ContinualConfig) -> tuple[s
 def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
     """Every asset upstream of this one in the run's asset graph (the whole code location's graph when launched from
     its Definitions), in topological order: a stage added to the Definitions appears in the lineage without an edit
-    here. Upstream assets that were never materialized into storage are listed with no tables."""
+    here. Upstream assets that were never materialized into storage are listed with no tables. External inputs
+    (observed, not materialized) are left out: the model assets that read them record their hashes."""
     graph = context.job_def.asset_layer.asset_graph
     ancestors = set(graph.upstream_key_iterator(context.asset_key))
-    return [key.to_user_string() for key in graph.toposorted_asset_keys if key in ancestors]
+    return [key.to_user_string() for key in graph.toposorted_asset_keys
+            if key in ancestors and graph.get(key).is_materializable]
 
 
 def _png_markdown(path) -> str:

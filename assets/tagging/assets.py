@@ -11,8 +11,10 @@ import polars as pl
 from assets.common.engine import VLLMGenerator
 from assets.common.report import markdown_table
 from assets.common.resources import (
+    ENGINE_RETRY,
     FILTERED_CONVERSATIONS,
     MODEL_MANIFEST,
+    REBUILD_ON_UPSTREAM_CHANGE,
     TAGGED_CONVERSATIONS,
     TEACHER_MODEL,
     DataStorage,
@@ -94,7 +96,8 @@ def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
     return storage.read_json(JUDGE_MODEL_SOURCE, MODEL_MANIFEST)
 
 
-@dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE])
+@dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE, retry_policy=ENGINE_RETRY)
 def tagged_conversations(
     context: dg.AssetExecutionContext, config: TaggingSettings, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:

@@ -3,7 +3,16 @@
 
 import dagster as dg
 
-from assets.common.resources import MODEL_MANIFEST, TEACHER_MODEL, DataStorage
+from assets.common.resources import (
+    MODEL_MANIFEST,
+    OBSERVE_EXTERNAL_INPUTS,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    TEACHER_MODEL,
+    TEACHER_MODEL_FILES,
+    DataStorage,
+    ExternalInputs,
+    observe_external,
+)
 from assets.teacher_model.core import prepare_teacher
 
 
@@ -15,7 +24,17 @@ class TeacherModelConfig(dg.Config):
     """Accept a model whose config asks for custom code (`auto_map`). Only for code you have reviewed."""
 
 
-@dg.asset(group_name="teacher_model", kinds={"huggingface", "safetensors"})
+@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
+    TEACHER_MODEL_FILES, group_name="teacher_model", kinds={"huggingface"},
+    automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    description="The local teacher model directory the profile names (`teacher_model.path`), observed: its data "
+    "version is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
+def teacher_model_files(inputs: ExternalInputs, storage: DataStorage):
+    yield observe_external([inputs.teacher_model_path] if inputs.teacher_model_path else [], storage, "embedded")
+
+
+@dg.asset(group_name="teacher_model", kinds={"huggingface", "safetensors"}, deps=[TEACHER_MODEL_FILES],
+          automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def teacher_model(
     context: dg.AssetExecutionContext, config: TeacherModelConfig, storage: DataStorage
 ) -> dg.MaterializeResult:

@@ -13,6 +13,7 @@ from assets.common.resources import (
     TAGGED_CONVERSATIONS,
     TEACHER_MODEL,
     DataStorage,
+    ExternalInputs,
     VLLMEngine,
 )
 from assets.common.storage import sha256_file
@@ -51,7 +52,8 @@ def upstream(tmp_path, tiny_model_dir):
 def run(storage, home, config, resources=None):
     """Only tagged_conversations, in the whole graph (its funnel lists the upstream stages of the Definitions)."""
     home.mkdir(parents=True, exist_ok=True)
-    defs = dg.Definitions(assets=ASSETS, resources={"storage": storage, "engine": VLLMEngine(), **(resources or {})})
+    defs = dg.Definitions(assets=ASSETS, resources={"storage": storage, "engine": VLLMEngine(),
+                                                    "inputs": ExternalInputs(), **(resources or {})})
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
             asset_selection=[TAGGED_CONVERSATIONS], instance=instance, raise_on_error=False,

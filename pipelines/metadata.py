@@ -1,0 +1,68 @@
+"""What the UI shows a person about each asset, set in one place for every stage (the stage modules stay thin):
+owners and tags per stage (the asset's group), and a code version per stage.
+
+Code version = a hash of the stage's source: every file of its folder ``assets/<stage>/`` (and of ``training/`` for
+the `sft` stage), Python files as their token stream without comments and line breaks (so reformatting or a comment
+does not bump it; a docstring does), other files (prompts, templates) by their bytes. It changes exactly when the
+stage's code does, with nothing to remember to bump; a changed code version makes the automation rebuild the asset
+(`REBUILD_ON_UPSTREAM_CHANGE`), and downstream follows only if its output changed. Shared code in ``assets/common``
+is not part of any stage's version (a change there would rebuild everything): after a behaviour change in the shared
+leaf, rematerialize what it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tokenize
+from functools import cache
+from pathlib import Path
+
+import dagster as dg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Owners per stage (Dagster owners: an email or "team:<name>").
+DATA_TEAM, TRAINING_TEAM = "team:sft-data", "team:sft-training"
+STAGE_OWNERS = {
+    "teacher_model": [TRAINING_TEAM], "base_model": [TRAINING_TEAM], "eval_sets": [DATA_TEAM],
+    "generation": [DATA_TEAM], "dedup": [DATA_TEAM], "decontamination": [DATA_TEAM], "filtering": [DATA_TEAM],
+    "tagging": [DATA_TEAM], "mixture": [DATA_TEAM], "sft": [TRAINING_TEAM], "evaluation": [TRAINING_TEAM],
+    "promotion": [TRAINING_TEAM],
+}
+# What a stage produces, as a tag to filter the asset graph by (e.g. `layer=data`).
+STAGE_LAYER = {"teacher_model": "model", "base_model": "model", "eval_sets": "reference", "sft": "model",
+               "evaluation": "evaluation", "promotion": "model"}  # every other stage: "data"
+# Folders besides assets/<stage>/ whose code a stage runs.
+STAGE_EXTRA_SOURCES = {"sft": ["training"]}
+
+
+def _python_tokens(text: str) -> str:
+    """The token stream of Python source without comments and non-logical line breaks."""
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    return "\x00".join(f"{t.type}:{t.string}" for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL))
+
+
+def source_version(folders: list[Path]) -> str:
+    """16 hex digits of SHA-256 over every file under ``folders`` (relative path + content; Python as its tokens)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            content = (_python_tokens(path.read_text()).encode() if path.suffix == ".py" else path.read_bytes())
+            digest.update(f"{path.relative_to(folder.parent)}\x00".encode() + hashlib.sha256(content).digest())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def stage_code_version(stage: str) -> str:
+    """The stage's code version (see the module docstring)."""
+    return source_version([ROOT / "assets" / stage, *(ROOT / extra for extra in STAGE_EXTRA_SOURCES.get(stage, []))])
+
+
+def with_stage_metadata(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """``spec`` with its stage's owners, tags and code version (the stage = the asset's group; a stage not listed
+    above is owned by the data team)."""
+    stage = spec.group_name
+    return spec.replace_attributes(
+        owners=STAGE_OWNERS.get(stage, [DATA_TEAM]), code_version=stage_code_version(stage),
+    ).merge_attributes(tags={"stage": stage, "layer": STAGE_LAYER.get(stage, "data")})

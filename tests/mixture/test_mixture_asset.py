@@ -40,9 +40,9 @@ def test_every_row_is_tagged_and_split_and_metadata_matches_the_table(filtered):
     assert (metadata["train_rows"], metadata["validation_rows"]) == (splits["train"], splits["validation"])
     assert splits["validation"] >= 1 and mixture["conversation_id"].is_unique().all()
     assert dict(mixture.group_by("task").len().iter_rows()) == COUNTS
-    report = storage.read_json(ASSET, "report")
-    assert {t: s["available"] for t, s in report["tasks"].items() if s["available"]} == COUNTS
-    assert metadata["shortfall"] == report["shortfall"] == {}
+    manifest = storage.read_json(ASSET, "manifest")
+    assert {t: s["available_rows"] + s["validation_rows"] for t, s in manifest["tasks"].items()} == COUNTS
+    assert metadata["shortfall"] == manifest["shortfall"] == {}
     assert set(mixture.columns) >= {"task", "split", "messages", "conversation_id"}
 
 

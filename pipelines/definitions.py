@@ -22,6 +22,7 @@ import assets.promotion.assets
 import assets.sft.assets
 import assets.tagging.assets
 import assets.teacher_model.assets
+import assets.user_sources.assets
 from assets.common.resources import DataStorage, VLLMEngine
 from pipelines.automation import jobs, schedules
 
@@ -30,6 +31,7 @@ STAGES = [
     assets.base_model.assets,
     assets.eval_sets.assets,
     assets.generation.assets,
+    assets.user_sources.assets,
     assets.dedup.assets,
     assets.decontamination.assets,
     assets.filtering.assets,

@@ -19,6 +19,7 @@ TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generati
 BASE_MODEL = dg.AssetKey("base_model")  # the student: the model that is fine-tuned
 EVAL_SETS = dg.AssetKey("eval_sets")
 MAGPIE_CONVERSATIONS = dg.AssetKey("magpie_conversations")
+USER_SFT_SOURCES = dg.AssetKey("user_sft_sources")  # user SFT files: a pseudo-shard dedup reads beside generation's
 DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
 DECONTAMINATED_CONVERSATIONS = dg.AssetKey("decontaminated_conversations")
 FILTERED_CONVERSATIONS = dg.AssetKey("filtered_conversations")

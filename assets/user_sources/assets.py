@@ -1,0 +1,56 @@
+"""`user_sft_sources`: SFT conversations a user brings (JSONL, Parquet, a saved `datasets` dataset), checked row by
+row, as a pseudo-shard the dedup stage reads beside the generation shards."""
+
+from typing import Literal
+
+import dagster as dg
+
+from assets.common.report import markdown_table
+from assets.common.resources import USER_SFT_SOURCES, DataStorage
+from assets.user_sources.core import SHARD_KEY, UserSourceConfig, read_sources, sources_hash
+
+
+class UserSourceSettings(dg.Config):
+    name: str
+    """The source's name: the mixture's `source_shares` key, and `source` on every row."""
+    path: str
+    """A .jsonl/.parquet file, or a directory written by `datasets`' save_to_disk."""
+    format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
+    messages_column: str = "messages"
+    instruction_column: str | None = None
+    """With response_column: a two-column source mapped to one user/assistant exchange."""
+    response_column: str | None = None
+    system_column: str | None = None
+    id_column: str | None = None
+    """The row's original id (unset: its line)."""
+
+    def to_core(self) -> UserSourceConfig:
+        return UserSourceConfig(**self.model_dump())
+
+
+class UserSourcesSettings(dg.Config):
+    sources: list[UserSourceSettings] = []
+    """User SFT files to mix in; empty (the default) = only generated data."""
+
+
+@dg.asset(group_name="user_sources", kinds={"polars", "parquet"})
+def user_sft_sources(
+    context: dg.AssetExecutionContext, config: UserSourcesSettings, storage: DataStorage
+) -> dg.MaterializeResult:
+    """The user's SFT files, every row checked (roles, alternation, non-empty content, a final assistant turn; a bad
+    row fails naming file:line: field) and kept with its `source` and original id, written as the pseudo-shard
+    `shard-user` that deduplication reads beside the generation shards: dedup, decontamination (and its blocking
+    check), filtering and tagging cover user rows exactly as generated ones. Its data version is the content hash of
+    the files and their mapping: a changed file is a new version."""
+    sources = [s.to_core() for s in config.sources]
+    table = read_sources(sources)
+    stored = storage.write_table(USER_SFT_SOURCES, table, name=f"shard-{SHARD_KEY}")
+    version = sources_hash(sources)
+    per_source = [{"source": s.name, "path": s.path, "format": s.kind(),
+                   "rows": int((table["source"] == s.name).sum())} for s in sources]
+    context.log.info(f"{table.height} user rows from {len(sources)} source(s)")
+    return dg.MaterializeResult(
+        metadata={**stored.metadata(), "sources_hash": version,
+                  "sources": dg.MetadataValue.md(markdown_table(per_source) if per_source else "(none configured)")},
+        data_version=dg.DataVersion(version),
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.mixture.plan import REFUSAL
+from assets.mixture.plan import GENERATED, REFUSAL
 
 GROUP = ("source", "task", "language")
 _TOKENS, _TRAINABLE, _REPEAT, _AMOUNT = "mix_tokens", "mix_trainable_tokens", "mix_repeat", "__mix_amount"
@@ -118,6 +118,8 @@ def build_manifest(cells: pl.DataFrame, train: pl.DataFrame, validation: pl.Data
         "groups": groups, "sources": _sources(by_source, cells, short, cfg, unit), "tasks": by_task,
         "constraints": realized,
         "shortfall": {f"{cells['source'][c]}/{cells['task'][c]}": round(a, 3) for c, a in sorted(short.items())},
+        "weights_without_rows": sorted(t for t, w in (cfg.weights or {}).items() if w > 0 and t not in set(
+            cells.filter(pl.col("source") == GENERATED)["task"].to_list())),
         "order": "1 category caps/floors, multi-turn and system-prompt floors; 2 source shares; 3 refusal share; "
                  "4 language targets; 5 temperature (or task weights)",
         "config": cfg.to_json(),

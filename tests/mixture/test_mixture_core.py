@@ -376,3 +376,9 @@ def test_tokens_need_a_counter_and_ids_must_be_set() -> None:
 def test_empty_input() -> None:
     empty = build_mixture(pool({}))
     assert empty.mixture.height == 0 and empty.mixture.columns[-5:] == MIX_COLUMNS
+
+
+def test_a_weighted_task_without_rows_is_reported() -> None:
+    result = build_mixture(pool({"coding": 30, "math": 20}), MixtureConfig(weights={"coding": 1, "poetry": 1}))
+    assert result.manifest["weights_without_rows"] == ["poetry"]
+    assert counts(result.mixture) == {"coding": 30}

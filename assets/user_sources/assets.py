@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.common.report import markdown_table
 from assets.common.resources import USER_SFT_SOURCES, DataStorage
+from assets.common.storage import sha256_file
 from assets.user_sources.core import SHARD_KEY, UserSourceConfig, read_sources, sources_hash
 
 
@@ -41,16 +42,24 @@ def user_sft_sources(
     row fails naming file:line: field) and kept with its `source` and original id, written as the pseudo-shard
     `shard-user` that deduplication reads beside the generation shards: dedup, decontamination (and its blocking
     check), filtering and tagging cover user rows exactly as generated ones. Its data version is the content hash of
-    the files and their mapping: a changed file is a new version."""
+    the files and their mapping: a changed file is a new version. With no sources configured (the default) no shard
+    is written, unless an earlier one must be emptied."""
     sources = [s.to_core() for s in config.sources]
     table = read_sources(sources)
-    stored = storage.write_table(USER_SFT_SOURCES, table, name=f"shard-{SHARD_KEY}")
     version = sources_hash(sources)
     per_source = [{"source": s.name, "path": s.path, "format": s.kind(),
                    "rows": int((table["source"] == s.name).sum())} for s in sources]
+    report_path = storage.write_json(USER_SFT_SOURCES, "report", {"sources": per_source, "rows": table.height,
+                                                                  "sources_hash": version})
+    shard = f"shard-{SHARD_KEY}"
+    if sources or storage.has(USER_SFT_SOURCES, shard):  # an earlier shard is emptied when the sources go
+        located = storage.write_table(USER_SFT_SOURCES, table, name=shard).metadata()
+    else:  # none configured, none before: no shard for dedup to read (the default; the report is the record)
+        located = {"path": dg.MetadataValue.path(str(report_path)), "dagster/row_count": 0,
+                   "content_hash": sha256_file(report_path)}
     context.log.info(f"{table.height} user rows from {len(sources)} source(s)")
     return dg.MaterializeResult(
-        metadata={**stored.metadata(), "sources_hash": version,
+        metadata={**located, "sources_hash": version,
                   "sources": dg.MetadataValue.md(markdown_table(per_source) if per_source else "(none configured)")},
         data_version=dg.DataVersion(version),
     )

@@ -104,3 +104,19 @@ def test_data_version_is_the_content_hash_and_a_bad_row_fails_naming_file_line_f
     failed, _, _ = run(storage, tmp_path / "c", path, [user_sft_sources])
     assert not failed.success
     assert f"{path}:3: messages[1].content: ''" in failure_text(failed)
+
+
+def test_no_sources_write_no_shard_until_one_must_be_emptied(setup):
+    storage, tmp_path, path = setup
+    none = {"user_sft_sources": {"config": {"sources": []}}}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        def once(config):
+            return dg.materialize([user_sft_sources], resources={"storage": storage}, run_config={"ops": config},
+                                  instance=instance)
+        metadata = materialization(once(none), "user_sft_sources")
+        assert not storage.shard_tables("user_sft_sources") and metadata["dagster/row_count"] == 0
+        assert str(metadata["path"]).endswith(".json")  # the report: sources, rows, hash
+        once({"user_sft_sources": {"config": {"sources": [{"name": "mine", "path": str(path)}]}}})
+        assert storage.read_table("user_sft_sources", "shard-user").height == 6
+        once(none)  # sources removed: the shard dedup reads is emptied, not left stale
+        assert storage.read_table("user_sft_sources", "shard-user").height == 0

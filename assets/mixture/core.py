@@ -126,19 +126,23 @@ class MixtureConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
-    def constraints(self) -> list[Constraint]:
-        """Every constraint of this config (the plan orders them by priority)."""
+    def constraints(self, source_shares: Mapping[str, float] | None = None,
+                    language_targets: Mapping[str, float] | None = None) -> list[Constraint]:
+        """Every constraint of this config (the plan orders them by priority); ``source_shares`` and
+        ``language_targets`` replace the configured ones (see :func:`_complete`)."""
+        source_shares = self.source_shares if source_shares is None else source_shares
+        language_targets = self.language_targets if language_targets is None else language_targets
         found = [Constraint("category_cap", "task", t, v) for t, v in sorted(self.category_caps.items())]
         found += [Constraint("category_floor", "task", t, v) for t, v in sorted(self.category_floors.items())]
         if self.multi_turn_floor > 0:
             found.append(Constraint("multi_turn_floor", "multi_turn", True, self.multi_turn_floor))
         if self.system_prompt_floor > 0:
             found.append(Constraint("system_prompt_floor", "system_prompt", True, self.system_prompt_floor))
-        found += [Constraint("source_share", "source", s, v) for s, v in sorted((self.source_shares or {}).items())]
+        found += [Constraint("source_share", "source", s, v) for s, v in sorted((source_shares or {}).items())]
         if self.refusal_share is not None:
             found.append(Constraint("refusal_share", REFUSAL, True, self.refusal_share))
         found += [Constraint("language_target", "language", k, v)
-                  for k, v in sorted((self.language_targets or {}).items())]
+                  for k, v in sorted((language_targets or {}).items())]
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -172,8 +176,10 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
     cells, train_pool = _cells(train_pool)
     amount = cells[AMOUNT].to_numpy().astype(np.float64)
     columns = {k: cells[k].to_numpy() for k in CELL_KEYS}
-    q0 = prior(columns, amount, dict(cfg.source_shares or {}), _category_prior(cells, cfg))
-    q, constraint_report = plan(q0, columns, amount, cfg.constraints())
+    sources, languages = (_complete(cfg.source_shares, cells, "source"),
+                          _complete(cfg.language_targets, cells, "language"))
+    q0 = prior(columns, amount, sources, _category_prior(cells, cfg))
+    q, constraint_report = plan(q0, columns, amount, cfg.constraints(sources, languages))
     n_train, n_val = _sizes(q, amount, cfg)
     drawn = draw(train_pool, q * n_train, cells["source"].to_list(), cfg.allow_upsampling)
     train = drawn.rows
@@ -186,7 +192,7 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
                .sort(["split", "conversation_id", REPEAT, ORDER]).select(out_columns))
     manifest = build_manifest(cells.with_columns(pl.Series("planned", q)), train, validation, pool, constraint_report,
                               drawn.short, cfg, n_train, tokens_counted=count_tokens is not None,
-                              input_rows=df.height)
+                              input_rows=df.height, source_shares=sources)
     return MixtureResult(mixture=mixture, manifest=manifest)
 
 
@@ -245,6 +251,17 @@ def _cells(train_pool: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
              .sort(list(CELL_KEYS)).with_row_index(CELL))
     pool = train_pool.join(cells.select(CELL, *CELL_KEYS), on=list(CELL_KEYS), how="left")
     return cells.with_columns(pl.col(CELL).cast(pl.Int64)), pool.with_columns(pl.col(CELL).cast(pl.Int64))
+
+
+def _complete(shares: Mapping[str, float] | None, cells: pl.DataFrame, column: str) -> dict[str, float]:
+    """``shares`` as the plan uses them: when they name every ``column`` value that has rows, yet sum to less than
+    1, nothing else could take the rest, so they are scaled to sum to 1 (their ratios kept)."""
+    shares = dict(shares or {})
+    present = set(cells.filter(pl.col(AMOUNT) > 0)[column].to_list())
+    total = math.fsum(v for k, v in shares.items() if k in present)
+    if shares and present and present <= set(shares) and 0 < total < 1 - 1e-12:
+        return {k: (v / total if k in present else v) for k, v in shares.items()}
+    return shares
 
 
 def _category_prior(cells: pl.DataFrame, cfg: MixtureConfig) -> dict[str, float]:

@@ -72,13 +72,13 @@ def _realized(train: pl.DataFrame, column: str, value: Any, unit: str) -> float:
     return _share(float(part), float(train.select(weight.sum()).item() if unit != "rows" else train.height))
 
 
-def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], cfg, unit: str) -> dict[str, dict]:
+def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], configured: dict[str, float],
+             unit: str) -> dict[str, dict]:
     """Per source: target share (configured, or its natural share), and what was done when it could not be met."""
     short_by_source: dict[str, float] = {}
     for cell, amount in short.items():
         source = cells["source"][cell]
         short_by_source[source] = short_by_source.get(source, 0.0) + amount
-    configured = dict(cfg.source_shares or {})
     out = {}
     for name in sorted(set(by_source) | set(configured)):
         entry = dict(by_source.get(name, {"rows": 0, "tokens": 0, "realized_share": 0.0, "planned_share": 0.0,
@@ -98,9 +98,10 @@ def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], cfg,
 
 def build_manifest(cells: pl.DataFrame, train: pl.DataFrame, validation: pl.DataFrame, pool: pl.DataFrame,
                    constraints: list[dict], short: dict[int, float], cfg, n_train: float, tokens_counted: bool,
-                   input_rows: int) -> dict[str, Any]:
+                   input_rows: int, source_shares: dict[str, float]) -> dict[str, Any]:
     """The manifest (JSON-serialisable): totals, ``groups`` (source × task × language), ``sources``, ``tasks``,
-    ``constraints`` (with the realized share of each), ``shortfall`` and the config."""
+    ``constraints`` (with the realized share of each), ``shortfall`` and the config. ``source_shares``: as the plan
+    used them (the configured ones, scaled to 1 when they name every source)."""
     unit = cfg.unit
     train_pool = pool.filter(~pl.col("__is_val"))
     groups = _groups(cells, train, validation, train_pool, n_train)
@@ -115,7 +116,7 @@ def build_manifest(cells: pl.DataFrame, train: pl.DataFrame, validation: pl.Data
         "validation_rows": validation.height,
         "train_tokens": int(train[_TOKENS].sum() or 0) if tokens_counted else None,
         "train_trainable_tokens": int(train[_TRAINABLE].sum() or 0) if tokens_counted else None,
-        "groups": groups, "sources": _sources(by_source, cells, short, cfg, unit), "tasks": by_task,
+        "groups": groups, "sources": _sources(by_source, cells, short, source_shares, unit), "tasks": by_task,
         "constraints": realized,
         "shortfall": {f"{cells['source'][c]}/{cells['task'][c]}": round(a, 3) for c, a in sorted(short.items())},
         "weights_without_rows": sorted(t for t, w in (cfg.weights or {}).items() if w > 0 and t not in set(

@@ -382,3 +382,10 @@ def test_a_weighted_task_without_rows_is_reported() -> None:
     result = build_mixture(pool({"coding": 30, "math": 20}), MixtureConfig(weights={"coding": 1, "poetry": 1}))
     assert result.manifest["weights_without_rows"] == ["poetry"]
     assert counts(result.mixture) == {"coding": 30}
+
+
+def test_shares_naming_every_source_are_scaled_to_the_whole_mix() -> None:
+    result = build_mixture(two_sources(), MixtureConfig(source_shares={"generated": 0.3, "mine": 0.1}))
+    train = train_of(result)
+    assert counts(train, "source")["mine"] / train.height == pytest.approx(0.25, abs=1 / train.height)
+    assert constraint(result, "source_share[mine]")["target"] == pytest.approx(0.25)

@@ -14,9 +14,10 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
    the order that decides conflicts: (1) category caps/floors, multi-turn and system-prompt floors, (2) source
    shares, (3) the refusal share, (4) language targets, (5) temperature ``p_i ∝ n_i ** (1/T)`` across categories
    of the generated pool (or task ``weights``).
-4. **Size.** With ``max_rows`` (unit rows) / ``max_tokens`` (unit tokens) the output (train + validation) is at
-   most that: validation gets ``round(max * validation_fraction)`` of it (at least one row) and train the rest.
-   Without, train is the largest mix that takes every cell to its planned share without repeating a row.
+4. **Size.** With ``max_rows`` (unit rows) the output is that many rows: ``max(1, round(max_rows * f))`` validation
+   (``f`` = ``validation_fraction``), train the rest. With ``max_tokens`` (unit tokens) train gets
+   ``max_tokens * (1 - f)`` tokens and validation ``round(train rows * f / (1 - f))`` rows. Without either, train is
+   the largest mix that takes every cell to its planned share without repeating a row.
 5. **Draw** (:mod:`assets.mixture.draw`): rows of each cell in hash order to its planned amount. Upsampling is
    explicit (``allow_upsampling``); otherwise a cell short of rows gives all it has and the manifest says so.
 6. **Validation**: from the validation pool, stratified (see :func:`assets.mixture.split.validation_draw`), never

@@ -44,6 +44,10 @@ class MixtureSettings(dg.Config):
         return MixtureConfig(**self.model_dump())
 
 
+def _rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def _png(data: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
@@ -72,9 +76,9 @@ def sft_mixture(
     stored = storage.write_table(SFT_MIXTURE, result.mixture)
     manifest_path = storage.write_json(SFT_MIXTURE, "manifest", manifest)
     context.log.info(f"mixture: {manifest['train_rows']} train, {manifest['validation_rows']} validation rows")
-    sources = [{"source": name, **{k: s.get(k) for k in ("target_share", "planned_share", "realized_share",
-                                                           "rows", "tokens", "repeats", "instead")}}
-               for name, s in manifest["sources"].items()]
+    sources = _rounded([{"source": name, **{k: s.get(k) for k in ("target_share", "planned_share", "realized_share",
+                                                                    "rows", "tokens", "repeats", "instead")}}
+                        for name, s in manifest["sources"].items()])
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),
@@ -86,8 +90,8 @@ def sft_mixture(
             "manifest": dg.MetadataValue.md(markdown_table(manifest_table(manifest)) + "\n\n"
                                             + _png(manifest_png(manifest), "target vs realized")),
             "sources": dg.MetadataValue.md(markdown_table(sources)),
-            "constraints": dg.MetadataValue.md(markdown_table(manifest["constraints"]) if manifest["constraints"]
-                                               else "(none configured)"),
+            "constraints": dg.MetadataValue.md(markdown_table(_rounded(manifest["constraints"]))
+                                               if manifest["constraints"] else "(none configured)"),
             "constraint_order": manifest["order"],
             "shortfall": dg.MetadataValue.json(manifest["shortfall"]),
             "parameters": dg.MetadataValue.json(config.model_dump()),

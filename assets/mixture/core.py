@@ -17,7 +17,9 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
 4. **Size.** With ``max_rows`` (unit rows) the output is that many rows: ``max(1, round(max_rows * f))`` validation
    (``f`` = ``validation_fraction``), train the rest. With ``max_tokens`` (unit tokens) train gets
    ``max_tokens * (1 - f)`` tokens and validation ``round(train rows * f / (1 - f))`` rows. Without either, train is
-   the largest mix that takes every cell to its planned share without repeating a row.
+   the largest mix that takes every cell to its planned share without repeating a row. A requested size the rows
+   cannot fill without repeats is an upper bound: the mix shrinks to the largest size at which every share holds
+   (the manifest names the cells that limit it and the requested size), unless ``allow_upsampling`` repeats rows.
 5. **Draw** (:mod:`assets.mixture.draw`): rows of each cell in hash order to its planned amount. Upsampling is
    explicit (``allow_upsampling``); otherwise a cell short of rows gives all it has and the manifest says so.
 6. **Validation**: from the validation pool, stratified (see :func:`assets.mixture.split.validation_draw`), never
@@ -179,9 +181,9 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
     columns = {k: cells[k].to_numpy() for k in CELL_KEYS}
     sources, languages = (_complete(cfg.source_shares, cells, "source"),
                           _complete(cfg.language_targets, cells, "language"))
-    q0 = prior(columns, amount, sources, _category_prior(cells, cfg))
+    q0 = prior(columns, amount, _category_prior(cells, cfg))
     q, constraint_report = plan(q0, columns, amount, cfg.constraints(sources, languages))
-    n_train, n_val = _sizes(q, amount, cfg)
+    n_train, n_val, requested = _sizes(q, amount, cfg)
     drawn = draw(train_pool, q * n_train, cells["source"].to_list(), cfg.allow_upsampling)
     train = drawn.rows
     if n_val is None:
@@ -193,7 +195,7 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
                .sort(["split", "conversation_id", REPEAT, ORDER]).select(out_columns))
     manifest = build_manifest(cells.with_columns(pl.Series("planned", q)), train, validation, pool, constraint_report,
                               drawn.short, cfg, n_train, tokens_counted=count_tokens is not None,
-                              input_rows=df.height, source_shares=sources)
+                              input_rows=df.height, source_shares=sources, requested=requested)
     return MixtureResult(mixture=mixture, manifest=manifest)
 
 
@@ -273,16 +275,22 @@ def _category_prior(cells: pl.DataFrame, cfg: MixtureConfig) -> dict[str, float]
     return normalise({t: float(n) ** (1.0 / cfg.temperature) for t, n in generated.iter_rows() if n > 0})
 
 
-def _sizes(q: np.ndarray, amount: np.ndarray, cfg: MixtureConfig) -> tuple[float, int | None]:
-    """(train size in the unit, validation rows or None when it depends on the train draw)."""
+def _sizes(q: np.ndarray, amount: np.ndarray, cfg: MixtureConfig) -> tuple[float, int | None, float | None]:
+    """(train size in the unit, validation rows or None when it depends on the train draw, the requested train
+    size when the rows could not fill it without repeats, else None)."""
     f = cfg.validation_fraction
+    wanted = q > 0
+    largest = float(np.min(amount[wanted] / q[wanted])) if wanted.any() else 0.0  # every share, no repeats
     if cfg.max_rows is not None:
         n_val = max(1, half_up(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
-        return float(cfg.max_rows - n_val), n_val
-    if cfg.max_tokens is not None:
-        return cfg.max_tokens * (1 - f), None
-    wanted = q > 0
-    return float(np.min(amount[wanted] / q[wanted])) if wanted.any() else 0.0, None
+        requested = float(cfg.max_rows - n_val)
+    elif cfg.max_tokens is not None:
+        n_val, requested = None, cfg.max_tokens * (1 - f)
+    else:
+        return largest, None, None
+    if cfg.allow_upsampling or requested <= largest + 1e-9:
+        return requested, n_val, None
+    return largest, None, requested  # shrunk so that every share holds; validation follows the train size
 
 
 def _validation_rows(train_rows: int, f: float) -> int:

@@ -72,8 +72,15 @@ def _realized(train: pl.DataFrame, column: str, value: Any, unit: str) -> float:
     return _share(float(part), float(train.select(weight.sum()).item() if unit != "rows" else train.height))
 
 
+def _limiting(cells: pl.DataFrame, n_train: float) -> list[str]:
+    """The cells whose rows set the shrunk size (their planned amount equals all they have)."""
+    full = cells.filter((pl.col("planned") > 0) & ((pl.col("planned") * n_train - pl.col(_AMOUNT)).abs()
+                                                   <= 1e-6 * pl.col(_AMOUNT)))
+    return sorted({f"{s}/{t}" for s, t in full.select("source", "task").iter_rows()})
+
+
 def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], configured: dict[str, float],
-             unit: str) -> dict[str, dict]:
+             unit: str, limiting: list[str], requested: float | None, n_train: float) -> dict[str, dict]:
     """Per source: target share (configured, or its natural share), and what was done when it could not be met."""
     short_by_source: dict[str, float] = {}
     for cell, amount in short.items():
@@ -87,6 +94,10 @@ def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], conf
         missing = short_by_source.get(name, 0.0)
         if entry["available_rows"] == 0 and name in configured:
             entry["instead"] = "no rows in the pool: its share went to the other sources in proportion"
+        elif any(cell.startswith(f"{name}/") for cell in limiting):
+            entry["instead"] = (f"too few rows for its share of the requested {requested:.0f} {unit}: the mix was "
+                                f"shrunk to {n_train:.0f} so that every share holds (allow_upsampling would repeat "
+                                "rows instead)")
         elif missing > 0:
             entry["instead"] = (f"short by {missing:.1f} {unit}: every row taken once (allow_upsampling would repeat "
                                 "them); the mix is that much smaller")
@@ -98,12 +109,14 @@ def _sources(by_source: dict, cells: pl.DataFrame, short: dict[int, float], conf
 
 def build_manifest(cells: pl.DataFrame, train: pl.DataFrame, validation: pl.DataFrame, pool: pl.DataFrame,
                    constraints: list[dict], short: dict[int, float], cfg, n_train: float, tokens_counted: bool,
-                   input_rows: int, source_shares: dict[str, float]) -> dict[str, Any]:
+                   input_rows: int, source_shares: dict[str, float], requested: float | None) -> dict[str, Any]:
     """The manifest (JSON-serialisable): totals, ``groups`` (source × task × language), ``sources``, ``tasks``,
     ``constraints`` (with the realized share of each), ``shortfall`` and the config. ``source_shares``: as the plan
-    used them (the configured ones, scaled to 1 when they name every source)."""
+    used them (the configured ones, scaled to 1 when they name every source). ``requested``: the train size asked
+    for when the rows could not fill it (the mix was shrunk to ``n_train``), else None."""
     unit = cfg.unit
     train_pool = pool.filter(~pl.col("__is_val"))
+    limiting = _limiting(cells, n_train) if requested is not None else []
     groups = _groups(cells, train, validation, train_pool, n_train)
     by_source, by_task = _by(groups, "source", unit), _by(groups, "task", unit)
     realized = []
@@ -113,10 +126,12 @@ def build_manifest(cells: pl.DataFrame, train: pl.DataFrame, validation: pl.Data
     return {
         "unit": unit, "tokens_counted": tokens_counted, "input_rows": input_rows,
         "excluded_rows": input_rows - pool.height, "train_target": n_train, "train_rows": train.height,
+        "requested_train_size": requested, "size_limited_by": limiting,
         "validation_rows": validation.height,
         "train_tokens": int(train[_TOKENS].sum() or 0) if tokens_counted else None,
         "train_trainable_tokens": int(train[_TRAINABLE].sum() or 0) if tokens_counted else None,
-        "groups": groups, "sources": _sources(by_source, cells, short, source_shares, unit), "tasks": by_task,
+        "groups": groups, "tasks": by_task,
+        "sources": _sources(by_source, cells, short, source_shares, unit, limiting, requested, n_train),
         "constraints": realized,
         "shortfall": {f"{cells['source'][c]}/{cells['task'][c]}": round(a, 3) for c, a in sorted(short.items())},
         "weights_without_rows": sorted(t for t, w in (cfg.weights or {}).items() if w > 0 and t not in set(
@@ -137,12 +152,17 @@ def _constraint_column(label: str) -> tuple[str, Any]:
 
 
 def manifest_table(manifest: dict[str, Any], max_rows: int = 60) -> list[dict[str, Any]]:
-    """The groups as table rows with rounded shares (for Markdown)."""
-    return [{"source": g["source"], "task": g["task"], "language": g["language"],
-             "target": round(g["planned_share"], 4), "rows": g["rows"], "rows_share": round(g["rows_share"], 4),
-             "tokens": g["tokens"], "tokens_share": round(g["tokens_share"], 4),
-             "trainable_tokens": g["trainable_tokens"], "repeats": g["repeats"], "validation": g["validation_rows"]}
-            for g in manifest["groups"][:max_rows]]
+    """The groups as table rows with rounded shares (for Markdown); token columns only when tokens were counted."""
+    token_columns = ("tokens", "tokens_share", "trainable_tokens") if manifest["tokens_counted"] else ()
+    rows = []
+    for g in manifest["groups"][:max_rows]:
+        row = {"source": g["source"], "task": g["task"], "language": g["language"],
+               "target": round(g["planned_share"], 4), "rows": g["rows"], "rows_share": round(g["rows_share"], 4),
+               "tokens": g["tokens"], "tokens_share": round(g["tokens_share"], 4),
+               "trainable_tokens": g["trainable_tokens"], "repeats": g["repeats"], "validation": g["validation_rows"]}
+        rows.append({k: v for k, v in row.items() if k not in ("tokens", "tokens_share", "trainable_tokens")
+                     or k in token_columns})
+    return rows
 
 
 def manifest_png(manifest: dict[str, Any]) -> bytes:

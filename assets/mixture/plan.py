@@ -3,11 +3,11 @@
 A *cell* is one combination of (source, task, language, refusal, multi-turn, system prompt). The plan is a share
 per cell (summing to 1), found in two steps:
 
-1. **Prior** (the lowest-priority wish). Source masses: each source listed in ``source_shares`` gets its share; the
-   other sources split the rest in proportion to their size (all sources in proportion when none is listed). Within
-   the generated pool, categories get ``p_i ∝ n_i ** (1 / temperature)`` (or the normalised task ``weights``); within
-   a user source, categories are in their natural proportion. Within a (source, category), cells are in proportion to
-   their size.
+1. **Prior** (the lowest-priority wish). Sources in proportion to their size (their configured shares are
+   constraints, below: unlisted sources then split the rest in proportion to their size). Within the generated
+   pool, categories get ``p_i ∝ n_i ** (1 / temperature)`` (or the normalised task ``weights``); within a user
+   source, categories are in their natural proportion. Within a (source, category), cells are in proportion to their
+   size.
 2. **Constraints**, applied by iterative proportional fitting in the documented order, lowest priority first and the
    highest last in every round, so that when two conflict the higher one holds and the lower one is missed:
 
@@ -72,30 +72,25 @@ def normalise(raw: dict[str, float]) -> dict[str, float]:
     return {k: raw[k] / total for k in sorted(raw)} if total > 0 else {}
 
 
-def prior(cells: dict[str, np.ndarray], amount: np.ndarray, source_shares: dict[str, float],
-          category_prior: dict[str, float]) -> np.ndarray:
-    """The prior share of every cell (see the module docstring, step 1). ``category_prior`` is the generated pool's
+def prior(cells: dict[str, np.ndarray], amount: np.ndarray, category_prior: dict[str, float]) -> np.ndarray:
+    """The prior share of every cell (see the module docstring, step 1): sources in proportion to their size (their
+    shares are constraints, so the report can say what each one moved); ``category_prior`` is the generated pool's
     category distribution (temperature-scaled or the task weights)."""
     sources, tasks = cells["source"], cells["task"]
-    names = sorted(set(sources.tolist()))
-    size = {s: float(amount[sources == s].sum()) for s in names}
-    listed = {s: w for s, w in source_shares.items() if size.get(s, 0) > 0}
-    rest = [s for s in names if s not in source_shares and size[s] > 0]
-    left = max(0.0, 1.0 - math.fsum(listed.values()))
-    rest_total = math.fsum(size[s] for s in rest)
-    mass = {**{s: left * size[s] / rest_total for s in rest}, **listed} if rest_total else dict(listed)
+    total = float(amount.sum())
     q = np.zeros(len(amount))
-    for s in names:
+    for s in sorted(set(sources.tolist())):
         in_source = sources == s
         task_names = sorted(set(tasks[in_source].tolist()))
         task_size = {t: float(amount[in_source & (tasks == t)].sum()) for t in task_names}
         wish = {t: category_prior.get(t, 0.0) for t in task_names} if s == GENERATED else task_size
         wish = normalise({t: w for t, w in wish.items() if task_size[t] > 0})
+        mass = float(amount[in_source].sum()) / total if total else 0.0
         for t, share in wish.items():
             cell = in_source & (tasks == t)
-            q[cell] = mass.get(s, 0.0) * share * amount[cell] / task_size[t]
-    total = q.sum()
-    return q / total if total > 0 else q
+            q[cell] = mass * share * amount[cell] / task_size[t]
+    norm = q.sum()
+    return q / norm if norm > 0 else q
 
 
 def _apply(q: np.ndarray, mask: np.ndarray, c: Constraint) -> np.ndarray:

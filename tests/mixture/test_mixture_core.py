@@ -250,12 +250,15 @@ def test_source_share_of_rows() -> None:
         counts(train, "source")["mine"] / train.height)
 
 
-def test_a_source_short_of_rows_is_reported_with_what_was_done() -> None:
+def test_a_source_short_of_rows_shrinks_the_mix_so_every_share_holds_and_says_so() -> None:
     cfg = MixtureConfig(source_shares={"mine": 0.5}, max_rows=300)
     result = build_mixture(two_sources(user_rows=40), cfg)
+    train = train_of(result)
     mine = result.manifest["sources"]["mine"]
-    assert mine["rows"] == 36 and "short by" in mine["instead"]  # every train-pool row of the source, once
-    assert result.manifest["shortfall"]
+    assert mine["rows"] == 36 and train.height == 72  # every train-pool row of the source, once; half the mix
+    assert "shrunk to 72" in mine["instead"] and result.manifest["requested_train_size"] == 300 - 30
+    assert result.manifest["size_limited_by"] == ["mine/creative_writing"]
+    assert result.manifest["validation_rows"] == 8  # follows the train size: about 10% of the output
 
 
 def test_upsampling_is_explicit_and_counted_per_source_and_category() -> None:

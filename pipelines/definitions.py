@@ -24,6 +24,7 @@ import assets.promotion.assets
 import assets.sft.assets
 import assets.tagging.assets
 import assets.teacher_model.assets
+import assets.user_sources.assets
 from assets.common.resources import DataStorage, ExternalInputs, VLLMEngine
 from pipelines.automation import automation_sensor, jobs, schedules
 from pipelines.metadata import with_stage_metadata
@@ -34,6 +35,7 @@ STAGES = [
     assets.base_model.assets,
     assets.eval_sets.assets,
     assets.generation.assets,
+    assets.user_sources.assets,
     assets.dedup.assets,
     assets.decontamination.assets,
     assets.filtering.assets,

@@ -101,12 +101,14 @@ def resource_config(profile: Mapping, key: str) -> dict:
 
 def external_inputs(profile: Mapping) -> dict:
     """The external inputs the profile names (the `ExternalInputs` resource's fields): the teacher's and the base
-    model's local directories and the user's eval files."""
+    model's local directories, the user's eval files and SFT files."""
     ops = profile.get("ops") or {}
 
     def config(name: str) -> dict:
         return dict((ops.get(name) or {}).get("config") or {})
 
     files = [entry["path"] for entry in config("eval_sets").get("user_files") or []]
+    sft_files = [entry["path"] for entry in config("user_sft_sources").get("sources") or []]
     return {"teacher_model_path": config("teacher_model").get("path"),
-            "base_model_path": config("base_model").get("path"), "user_eval_files": files}
+            "base_model_path": config("base_model").get("path"), "user_eval_files": files,
+            "user_sft_files": sft_files}

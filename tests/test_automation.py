@@ -8,7 +8,8 @@ One story, in order: first inputs observed -> the models and eval sets are prepa
 asset once and one retrain; a byte-identical rebuild (dedup re-run, the shard regenerated) -> nothing; a changed
 code version -> that asset alone; a new shard -> every dataset asset once and exactly one retrain; a failing
 blocking check -> nothing downstream, no retrain; a changed user eval file -> the eval sets, everything after them
-once, exactly one retrain."""
+once, exactly one retrain; a changed user SFT file -> the user rows and every dataset asset once, exactly one
+retrain."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from assets.common.resources import (
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
     USER_EVAL_FILES,
+    USER_SFT_FILES,
     DataStorage,
 )
 from assets.generation import assets as generation_assets
@@ -57,7 +59,13 @@ class PlantingGenerator(FakeGenerator):
                 for c, seed in zip(out, seeds, strict=True)]
 
 
-def profile(tiny_model_dir, data, eval_file) -> dict:
+def user_rows(*texts: str) -> str:
+    return "".join(json.dumps({"messages": [{"role": "user", "content": f"Say something about {t}."},
+                                            {"role": "assistant", "content": f"Here is something about {t}."}]}) + "\n"
+                   for t in texts)
+
+
+def profile(tiny_model_dir, data, eval_file, sft_file) -> dict:
     return {
         "ops": {
             "teacher_model": {"config": {"path": str(tiny_model_dir)}},
@@ -67,6 +75,7 @@ def profile(tiny_model_dir, data, eval_file) -> dict:
             "magpie_conversations": {"config": {"num_conversations": 40, "batch_size": 20}},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
             "tagged_conversations": {"config": {"use_judge": False, "calibrate": False}},
+            "user_sft_sources": {"config": {"sources": [{"name": "mine", "path": str(sft_file)}]}},
             "sft_mixture": {"config": {"validation_fraction": 0.2}},
         },
         "resources": {"storage": {"config": {"root": str(data)}}},
@@ -91,20 +100,24 @@ def latest(instance, key: str) -> dict:
 
 def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("SFT_DATA_ROOT", raising=False)
-    data, eval_file = tmp_path / "data", tmp_path / "user_eval.jsonl"
+    data, eval_file, sft_file = tmp_path / "data", tmp_path / "user_eval.jsonl", tmp_path / "user_sft.jsonl"
     eval_file.write_text(json.dumps({"text": EVAL_TEXT}) + "\n")
+    sft_file.write_text(user_rows("tides", "glaciers"))
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file), instance)
+        auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file, sft_file), instance)
         auto.stop_requested = frozenset({SFT_MODEL, ASSISTANT_EVALUATION, PROMOTED_MODEL})  # counted, not run
         storage = DataStorage(root=str(data))
         assert auto.tick() == []  # a fresh instance: nothing changed, nothing requested
 
         # The external inputs are observed (the sensor does it every 10 minutes): their first data versions
-        # prepare the models and the eval sets, with the profile's paths (the runs carry no run config).
-        observed = auto.launch([TEACHER_MODEL_FILES, BASE_MODEL_FILES, USER_EVAL_FILES])
+        # prepare the models and the eval sets, with the profile's paths (the runs carry no run config); the user's
+        # SFT rows alone already make a dataset (no shard generated yet), and one retrain request.
+        observed = auto.launch([TEACHER_MODEL_FILES, BASE_MODEL_FILES, USER_EVAL_FILES, USER_SFT_FILES])
         assert observed.success, failures(observed)
-        assert auto.settle() == Counter({"teacher_model": 1, "base_model": 1, "eval_sets": 1})
+        assert auto.settle() == Counter({"teacher_model": 1, "base_model": 1, "eval_sets": 1, "user_sft_sources": 1,
+                                         **dict.fromkeys(DATASET, 1), "sft_model": 1})
+        assert latest(instance, "sft_mixture")["dagster/row_count"] == 2
         assert storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)["path"] == str(tiny_model_dir.resolve())
         assert auto.settle() == Counter()  # observing unchanged inputs again changes nothing
         assert auto.launch([TEACHER_MODEL_FILES, USER_EVAL_FILES]).success and auto.settle() == Counter()
@@ -160,3 +173,9 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         assert auto.launch([USER_EVAL_FILES]).success
         assert auto.settle() == Counter({"eval_sets": 1, **dict.fromkeys(DATASET[1:], 1), "sft_model": 1})
         assert leaked not in str(storage.read_table(FILTERED_CONVERSATIONS)["messages"].to_list())
+
+        # A changed user SFT file (observed): the user rows, every dataset asset once, exactly one retrain request.
+        sft_file.write_text(user_rows("tides", "glaciers", "volcanoes"))
+        assert auto.launch([USER_SFT_FILES]).success
+        assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), "sft_model": 1})
+        assert latest(instance, "user_sft_sources")["dagster/row_count"] == 3

@@ -130,6 +130,6 @@ def test_automation_sensor_runs_by_default_over_every_automated_asset():
 def test_external_inputs_are_observable_and_feed_the_models_and_eval_sets():
     graph = defs.resolve_asset_graph()
     for source, consumer in [("teacher_model_files", "teacher_model"), ("base_model_files", "base_model"),
-                             ("user_eval_files", "eval_sets")]:
+                             ("user_eval_files", "eval_sets"), ("user_sft_files", "user_sft_sources")]:
         assert graph.get(dg.AssetKey(source)).is_observable, source
         assert dg.AssetKey(source) in graph.get(dg.AssetKey(consumer)).parent_keys, consumer

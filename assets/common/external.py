@@ -1,6 +1,6 @@
-"""Content hashes of the graph's external inputs (a local model directory, a user's eval file), for observing them:
-the hash is recomputed only when a defining file's size or modification time changed, so observing a multi-GB model
-directory every few minutes costs a few ``stat`` calls. No Dagster here."""
+"""Content hashes of the graph's external inputs (a local model directory, a user's eval or SFT file or saved
+dataset), for observing them: the hash is recomputed only when a defining file's size or modification time changed,
+so observing a multi-GB model directory every few minutes costs a few ``stat`` calls. No Dagster here."""
 
 from __future__ import annotations
 
@@ -12,16 +12,31 @@ from assets.common.models import MODEL_FILE_PATTERNS, model_content_hash
 from assets.common.storage import sha256_file
 
 
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
 def defining_files(path: Path) -> list[Path]:
-    """The files whose bytes define ``path``: a model directory's weights, config, tokenizer and template; a file
-    itself."""
-    if path.is_dir():
+    """The files whose bytes define ``path``: a model directory's weights, config, tokenizer and template; every file
+    of another directory (e.g. a `datasets` folder written by save_to_disk); a file itself."""
+    if _is_model_dir(path):
         return sorted({p for pattern in MODEL_FILE_PATTERNS for p in path.glob(pattern) if p.is_file()})
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
     return [path]
 
 
+def _directory_hash(path: Path) -> str:
+    """SHA-256 over (relative path, SHA-256) of every file of a directory that is not a model directory."""
+    digest = hashlib.sha256()
+    for file in defining_files(path):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def stat_signature(path: Path) -> list[list]:
-    return [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in defining_files(path)]
+    return [[file.relative_to(path).as_posix() if path.is_dir() else file.name, file.stat().st_size,
+             file.stat().st_mtime_ns] for file in defining_files(path)]
 
 
 def content_hash(path: str | Path, cache_dir: Path) -> str:
@@ -36,7 +51,8 @@ def content_hash(path: str | Path, cache_dir: Path) -> str:
         cached = json.loads(cache.read_text())
         if cached.get("signature") == signature:
             return cached["content_hash"]
-    value = model_content_hash(path) if path.is_dir() else sha256_file(path)
+    value = (model_content_hash(path) if _is_model_dir(path) else _directory_hash(path) if path.is_dir()
+             else sha256_file(path))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps({"path": str(path), "signature": signature, "content_hash": value}))

@@ -20,6 +20,7 @@ TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generati
 BASE_MODEL = dg.AssetKey("base_model")  # the student: the model that is fine-tuned
 EVAL_SETS = dg.AssetKey("eval_sets")
 MAGPIE_CONVERSATIONS = dg.AssetKey("magpie_conversations")
+USER_SFT_SOURCES = dg.AssetKey("user_sft_sources")  # user SFT files: a pseudo-shard dedup reads beside generation's
 DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
 DECONTAMINATED_CONVERSATIONS = dg.AssetKey("decontaminated_conversations")
 FILTERED_CONVERSATIONS = dg.AssetKey("filtered_conversations")
@@ -32,6 +33,7 @@ PROMOTED_MODEL = dg.AssetKey("promoted_model")
 TEACHER_MODEL_FILES = dg.AssetKey("teacher_model_files")  # a local teacher model directory
 BASE_MODEL_FILES = dg.AssetKey("base_model_files")  # a local base model directory
 USER_EVAL_FILES = dg.AssetKey("user_eval_files")  # the user's eval files (eval_sets' user_files)
+USER_SFT_FILES = dg.AssetKey("user_sft_files")  # the user's SFT files (user_sft_sources' sources)
 
 # The checks a trained model must pass before it is promoted (asset checks with these names; a test compares them
 # with the Definitions). Promotion also requires any other check on its upstream assets.
@@ -286,12 +288,14 @@ class VLLMEngine(dg.ConfigurableResource):
 
 class ExternalInputs(dg.ConfigurableResource):
     """The files the graph reads from outside the data root, as the profile (SFT_PROFILE) names them: built by
-    pipelines/definitions.py from the profile's `teacher_model.path`, `base_model.path` and `eval_sets.user_files`,
-    so the observed inputs are the configured ones. Unset paths are the embedded models."""
+    pipelines/definitions.py from the profile's `teacher_model.path`, `base_model.path`, `eval_sets.user_files`
+    so the observed inputs are the configured ones (and `user_sft_sources.sources[].path`). Unset paths are the
+    embedded models."""
 
     teacher_model_path: str | None = None
     base_model_path: str | None = None
     user_eval_files: list[str] = []
+    user_sft_files: list[str] = []
 
 
 def observe_external(paths: list[str], storage: DataStorage, unset: str) -> dg.ObserveResult:

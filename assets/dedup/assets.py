@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
-from assets.common.resources import MAGPIE_CONVERSATIONS, REBUILD_ON_UPSTREAM_CHANGE, DataStorage
+from assets.common.resources import MAGPIE_CONVERSATIONS, REBUILD_ON_UPSTREAM_CHANGE, USER_SFT_SOURCES, DataStorage
 from assets.dedup.incremental import deduplicate_shards
 
 
@@ -24,7 +24,7 @@ class DedupSettings(dg.Config):
                              seed=self.seed)
 
 
-@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS],
+@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS, USER_SFT_SOURCES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def deduplicated_conversations(
     context: dg.AssetExecutionContext, config: DedupSettings, storage: DataStorage
@@ -32,12 +32,14 @@ def deduplicated_conversations(
     """Generated conversations of every shard with near-duplicates removed (MinHash LSH over user+assistant text).
     Incremental: the LSH index is kept with the asset, and a new shard is compared only against it, so the cost
     grows with the new shard. Rows kept earlier stay kept; within new rows the first by (shard, row_index) wins.
-    Removed rows go to `rejected.parquet` with their cluster and the id of the row they duplicate."""
-    shards = storage.shard_tables(MAGPIE_CONVERSATIONS)
+    Removed rows go to `rejected.parquet` with their cluster and the id of the row they duplicate. User SFT rows
+    (`user_sft_sources`' pseudo-shard) are one more shard."""
+    owner = {key: asset for asset in (MAGPIE_CONVERSATIONS, USER_SFT_SOURCES) for key in storage.shard_tables(asset)}
+    shards = {**storage.shard_tables(MAGPIE_CONVERSATIONS), **storage.shard_tables(USER_SFT_SOURCES)}
     core = config.to_core()
     state_dir = storage.asset_dir("deduplicated_conversations") / "state"
     result = deduplicate_shards(shards, state_dir, core, log=context.log.info,
-                                read=lambda key: storage.read_conversations(MAGPIE_CONVERSATIONS, f"shard-{key}"))
+                                read=lambda key: storage.read_conversations(owner[key], f"shard-{key}"))
     stored = storage.write_table("deduplicated_conversations", result.kept)
     rejected = storage.write_table("deduplicated_conversations", result.removed, name="rejected")
     bands, rows = core.params

@@ -70,8 +70,9 @@ def deduplicate_shards(shards: dict[str, Path], state_dir: str | Path, cfg: MinH
     if not keys:
         raise ValueError("no generation shards to deduplicate: materialize magpie_conversations first")
     return IncrementalDedup(
-        kept=pl.concat([read_parquet(state_dir / f"kept-{k}.parquet") for k in keys]),
-        removed=pl.concat([read_parquet(state_dir / f"removed-{k}.parquet") for k in keys]),
+        # diagonal: user rows carry columns generated ones lack (source, source_id), null elsewhere
+        kept=pl.concat([read_parquet(state_dir / f"kept-{k}.parquet") for k in keys], how="diagonal_relaxed"),
+        removed=pl.concat([read_parquet(state_dir / f"removed-{k}.parquet") for k in keys], how="diagonal_relaxed"),
         new_shards=new,
         reused_shards=[k for k in keys if k not in new],
         rebuilt=state.rebuilt,

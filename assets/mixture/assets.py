@@ -1,18 +1,48 @@
-"""`sft_mixture`: the training mixture: task tags, target task weights, train/validation split."""
+"""`sft_mixture`: the training mixture: sources, categories, row or token targets, caps and floors, split, manifest."""
 
+import base64
+from typing import Literal
 
 import dagster as dg
 
 from assets.common.report import markdown_table
-from assets.common.resources import REBUILD_ON_UPSTREAM_CHANGE, SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
+from assets.common.resources import (
+    BASE_MODEL,
+    MODEL_MANIFEST,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    SFT_MIXTURE,
+    TAGGED_CONVERSATIONS,
+    DataStorage,
+)
 from assets.mixture.core import MixtureConfig, build_mixture
+from assets.mixture.manifest import manifest_png, manifest_table
+from assets.mixture.tokens import student_token_counter
 
 
 class MixtureSettings(dg.Config):
+    unit: Literal["rows", "tokens"] = "rows"
+    """What shares and sizes count: rows, or tokens of the student's chat template (needs base_model)."""
+    source_shares: dict[str, float] | None = None
+    """Share of the training mix per source ("generated" = the generated pool, user sources by name); unlisted
+    sources split the rest in proportion to their size. Unset: every source in proportion to its size."""
     weights: dict[str, float] | None = None
-    """Target share per task (code, math, writing, ...); unset = the natural distribution, temperature-scaled."""
+    """Target share per task within the generated pool; unset = the natural distribution, temperature-scaled."""
     temperature: float = 1.0
+    """p_i ∝ n_i^(1/T) across the generated pool's categories: 1 = natural, large = uniform."""
+    category_caps: dict[str, float] = {}
+    """At most this share of the training mix per task (all sources)."""
+    category_floors: dict[str, float] = {}
+    """At least this share of the training mix per task (all sources)."""
+    language_targets: dict[str, float] | None = None
+    """Share per instruction language (tagging's instruction_language); unlisted languages split the rest."""
+    refusal_share: float | None = None
+    """Share of the training mix of rows the tagging stage flagged as refusals; unset = as they come."""
+    multi_turn_floor: float = 0.0
+    system_prompt_floor: float = 0.0
     max_rows: int | None = None
+    """Output size (train + validation) with unit rows; unset = as large as the plan allows without repeats."""
+    max_tokens: int | None = None
+    """Output size in tokens with unit tokens."""
     validation_fraction: float = 0.1
     seed: int = 0
     allow_upsampling: bool = False
@@ -21,39 +51,58 @@ class MixtureSettings(dg.Config):
         return MixtureConfig(**self.model_dump())
 
 
-@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS],
+def _rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def _png(data: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
+
+
+@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS, BASE_MODEL],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
-    """The SFT mixture: each conversation by its task (the tagging stage's: the judge's category or the fallback
-    tagger's), sampled to the target task weights, and split into
-    train/validation by a seeded hash of its id (a row's split never changes when other rows are added)."""
+    """The SFT mixture: tagged conversations of every source (generated and user), drawn to per-source shares of the
+    training mix in rows or student tokens, temperature-scaled categories, caps and floors, language, refusal,
+    multi-turn and system-prompt targets (one documented order decides conflicts), split train/validation
+    stratified by source and category by a seeded hash of each row. The manifest (target vs realized share per
+    source × category × language in rows and tokens, constraints, repeats) is written as JSON beside the table."""
     df = storage.read_conversations(TAGGED_CONVERSATIONS)
-    result = build_mixture(df, config.to_core())
-    stored = storage.write_table(SFT_MIXTURE, result.mixture)
-    storage.write_json(SFT_MIXTURE, "report", result.stats)
-    per_task = [
-        {"task": task, "available": s["available"], "target_fraction": s["train"]["target_fraction"],
-         "realized_fraction": s["train"]["realized_fraction"], "train": s["train"]["realized"],
-         "validation": s["validation"]["realized"], "shortfall": s["train"]["shortfall"]}
-        for task, s in sorted(result.stats["tasks"].items())
-    ]
-    splits = dict(result.mixture.group_by("split").len().sort("split").iter_rows())
-    context.log.info(f"mixture: {splits}")
-    if splits.get("train", 0) == 0:
+    counter = None
+    if storage.has(BASE_MODEL, MODEL_MANIFEST):
+        counter = student_token_counter(storage.read_json(BASE_MODEL, MODEL_MANIFEST)["path"])
+    else:
+        context.log.warning("no base_model manifest: tokens are not counted (unit rows only)")
+    result = build_mixture(df, config.to_core(), count_tokens=counter)
+    manifest = result.manifest
+    if manifest["train_rows"] == 0:
         raise ValueError(f"sft_mixture: no training rows from {df.height} tagged conversations; generate more "
-                         "conversations or loosen the filters (see filtered_conversations' and tagged_conversations' "
-                         "rejected_by_reason)")
+                         "conversations, loosen the filters (see filtered_conversations' and tagged_conversations' "
+                         "rejected_by_reason) or the mixture's shares (see its constraints)")
+    stored = storage.write_table(SFT_MIXTURE, result.mixture)
+    manifest_path = storage.write_json(SFT_MIXTURE, "manifest", manifest)
+    context.log.info(f"mixture: {manifest['train_rows']} train, {manifest['validation_rows']} validation rows")
+    sources = _rounded([{"source": name, **{k: s.get(k) for k in ("target_share", "planned_share", "realized_share",
+                                                                    "rows", "tokens", "repeats", "instead")}}
+                        for name, s in manifest["sources"].items()])
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),
-            "train_rows": splits.get("train", 0),
-            "validation_rows": splits.get("validation", 0),
-            "tasks": dg.MetadataValue.md(markdown_table(per_task)),
-            "shortfall": dg.MetadataValue.json(result.stats["shortfall"]),
+            "train_rows": manifest["train_rows"],
+            "validation_rows": manifest["validation_rows"],
+            "train_tokens": manifest["train_tokens"],
+            "train_trainable_tokens": manifest["train_trainable_tokens"],
+            "manifest_path": dg.MetadataValue.path(str(manifest_path)),
+            "manifest": dg.MetadataValue.md(markdown_table(manifest_table(manifest)) + "\n\n"
+                                            + _png(manifest_png(manifest), "target vs realized")),
+            "sources": dg.MetadataValue.md(markdown_table(sources)),
+            "constraints": dg.MetadataValue.md(markdown_table(_rounded(manifest["constraints"]))
+                                               if manifest["constraints"] else "(none configured)"),
+            "constraint_order": manifest["order"],
+            "shortfall": dg.MetadataValue.json(manifest["shortfall"]),
             "parameters": dg.MetadataValue.json(config.model_dump()),
         },
         data_version=dg.DataVersion(stored.content_hash),
     )
-

@@ -1,355 +1,297 @@
-"""Task tagging, train/validation split and task-mixture sampling (no Dagster here).
+"""The SFT mixture: sources, categories, token or row targets, caps and floors, split, manifest (no Dagster here).
 
-``build_mixture`` turns the filtered conversation pool into the SFT mixture in three steps:
+``build_mixture`` turns the tagged pool (generated rows and the rows of user sources, told apart by ``source``;
+rows without one are the generated pool, ``"generated"``) into the training mixture:
 
-1. **Task tag.** Every row keeps the ``task`` the tagging stage gave it (the LLM judge's category from the
-   project's one taxonomy, ``assets/common/taxonomy.py``, or the fallback regex tagger's). Rows without one (a
-   null ``task``, or no ``task`` column) get the fallback tagger's category (``classify_task``: a transparent
-   keyword/regex heuristic over the first user message). Any label is allowed in an existing ``task`` column.
-2. **Split (before any sampling).** Each row hashes ``(seed, conversation_id)`` with BLAKE2b to a 64-bit
-   integer ``h``; rows with ``h / 2**64 < validation_fraction`` are the validation pool, the rest the train
-   pool. A row's pool depends only on its own id and the seed, so adding or removing other rows never moves
-   it between train and validation, and the two splits can never share a conversation. One exception keeps
-   small pools usable: with >= 2 rows and ``validation_fraction > 0``, if no row hashed into validation the
-   row with the smallest ``h`` is moved there (and if every row did, the largest ``h`` goes to train); a
-   single row is always train. These moves are the only case where adding rows can change a row's split.
-   The split is computed over the rows of the included tasks: those with a positive weight, or every task
-   when ``weights`` is None; rows of other tasks are dropped (``stats["excluded_rows"]``).
-3. **Sampling.** Target task proportions ``p`` are ``weights`` (normalised) or, when ``weights`` is None,
-   temperature-scaled natural proportions ``p_i ∝ n_i ** (1 / temperature)`` over the train pool counts
-   ``n_i`` (``temperature=1`` is the natural distribution, larger values flatten it towards uniform).
-   The train size ``N`` is ``max_rows - validation rows`` when ``max_rows`` is set, otherwise the largest
-   size whose per-task targets every task with available rows can meet without repeating rows (with the
-   natural distribution: every train-pool row). Per-task targets are ``N * p`` rounded by largest
-   remainder. Within a task, rows are taken in ascending ``h`` (a seeded uniform shuffle, without
-   replacement). A task with fewer rows than its target contributes all of them and the shortfall is
-   reported in ``stats``; it is not redistributed to other tasks. With ``allow_upsampling`` the task's rows
-   are instead repeated cyclically (in the same ``h`` order) up to the target.
-   Validation is drawn from the validation pool of the included tasks, in ascending ``h`` and so in the
-   pool's natural task distribution (it measures held-out loss; it is not a replica of the mixture), never
-   upsampled. Its size: ``max(1, round(max_rows * validation_fraction))`` with ``max_rows``; otherwise the
-   whole validation pool when train took every train-pool row, else ``max(1, round(N_realized * f /
-   (1 - f)))`` so that validation stays about ``validation_fraction`` of the output.
+1. **Labels.** ``task``: the tagging stage's (or the fallback tagger's for a null/missing one); ``language``: the
+   ``instruction_language`` column ("unknown" without one); ``refusal`` (False without one); multi-turn = more
+   than one user turn; system prompt = a leading system message. With ``weights``, generated rows of a task with
+   no positive weight are excluded (``excluded_rows``).
+2. **Split first** (:mod:`assets.mixture.split`): stratified by (source, task), by each row's seeded hash.
+3. **Plan** (:mod:`assets.mixture.plan`): a share of the *training mix* per cell, measured in ``unit`` ("rows", or
+   "tokens": every token of the conversation rendered with the student's chat template, counted by
+   ``count_tokens``). A share is always a fraction of the final training mix, never of a source. Constraints, in
+   the order that decides conflicts: (1) category caps/floors, multi-turn and system-prompt floors, (2) source
+   shares, (3) the refusal share, (4) language targets, (5) temperature ``p_i ∝ n_i ** (1/T)`` across categories
+   of the generated pool (or task ``weights``).
+4. **Size.** With ``max_rows`` (unit rows) the output is that many rows: ``max(1, round(max_rows * f))`` validation
+   (``f`` = ``validation_fraction``), train the rest. With ``max_tokens`` (unit tokens) train gets
+   ``max_tokens * (1 - f)`` tokens and validation ``round(train rows * f / (1 - f))`` rows. Without either, train is
+   the largest mix that takes every cell to its planned share without repeating a row. A requested size the rows
+   cannot fill without repeats is an upper bound: the mix shrinks to the largest size at which every share holds
+   (the manifest names the cells that limit it and the requested size), unless ``allow_upsampling`` repeats rows.
+5. **Draw** (:mod:`assets.mixture.draw`): rows of each cell in hash order to its planned amount. Upsampling is
+   explicit (``allow_upsampling``); otherwise a cell short of rows gives all it has and the manifest says so.
+6. **Validation**: from the validation pool, stratified (see :func:`assets.mixture.split.validation_draw`), never
+   upsampled: ``round(max_rows * f)`` rows with ``max_rows``; the whole pool when train took every train-pool row
+   once; otherwise ``round(train rows * f / (1 - f))``.
 
-The output is sorted by ``split`` ("train" before "validation"), then ``conversation_id``, then repeat
-index, so the same input and seed give an identical frame whatever the input row order (given unique
-conversation_ids; rows sharing an id are ordered by input position).
+Output columns: the input's, plus ``task``/``source`` when missing, ``split``, ``mix_tokens`` and
+``mix_trainable_tokens`` (null without ``count_tokens``) and ``mix_repeat`` (0 for a row's first copy), sorted by
+split, conversation_id, repeat: the same input and seed give the same frame whatever the input order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from assets.common.taxonomy import classify_task
+from assets.mixture.draw import AMOUNT, CELL, REPEAT, draw
+from assets.mixture.manifest import build_manifest
+from assets.mixture.plan import GENERATED, REFUSAL, Constraint, normalise, plan, prior
+from assets.mixture.split import HASH, IS_VAL, ORDER, assign_split, half_up, split_hash, validation_draw
 
-_SPLIT_TRAIN = "train"
-_SPLIT_VALIDATION = "validation"
-_HASH = "__mix_hash"
-_ORDER = "__mix_order"
-_REPEAT = "__mix_repeat"
-_TWO_64 = 1 << 64
-_IS_VAL = "__is_val"
+__all__ = ["MixtureConfig", "MixtureResult", "build_mixture", "split_hash", "GENERATED"]
+
+TokenCounter = Callable[[Sequence[dict]], tuple[int, int]]  # messages -> (tokens, trainable tokens)
+CELL_KEYS = ("source", "task", "language", REFUSAL, "multi_turn", "system_prompt")
+TOKENS, TRAINABLE = "mix_tokens", "mix_trainable_tokens"
+_INTERNAL = ("language", "multi_turn", "system_prompt", REFUSAL)
+
+
+def _shares(value: Mapping[str, float] | None, what: str, total_at_most_one: bool = True) -> dict[str, float] | None:
+    if value is None:
+        return None
+    shares = dict(value)
+    if any(not (isinstance(v, int | float) and 0 <= v <= 1) for v in shares.values()):
+        raise ValueError(f"{what} must map names to shares of the training mix in [0, 1], got {value!r}")
+    if total_at_most_one and math.fsum(shares.values()) > 1 + 1e-9:
+        raise ValueError(f"{what} sum to {math.fsum(shares.values())} > 1: each is a share of the same training mix")
+    return shares
 
 
 @dataclass(frozen=True)
 class MixtureConfig:
-    """How to build the mixture (see the module docstring for the exact semantics).
+    """How to build the mixture (the module docstring states the semantics).
 
-    ``weights``: target share per task (any non-negative numbers, normalised; tasks missing from it or with
-    weight 0 are excluded); None = temperature-scaled natural distribution. ``temperature`` > 0 (1 = natural).
-    ``max_rows``: requested output size, train + validation (an upper bound: shortfalls make it smaller);
-    None = as large as the pool allows. ``validation_fraction`` in [0, 1). ``seed`` drives the split and the
-    sampling order. ``allow_upsampling``: repeat a short task's rows to reach its train target.
+    ``unit``: what shares and sizes count, "rows" or "tokens". ``source_shares``: share of the training mix per
+    source (``"generated"`` = the generated pool); unlisted sources split the rest in proportion to their size.
+    ``weights``: target share per task within the generated pool (normalised; unlisted/0 = excluded); None =
+    temperature-scaled natural distribution, ``temperature`` > 0 (1 = natural, large = uniform). ``category_caps``
+    / ``category_floors``: at most / at least this share of the mix per task (all sources). ``language_targets``:
+    share per instruction language (unlisted languages split the rest). ``refusal_share``: share of rows flagged
+    ``refusal``. ``multi_turn_floor`` / ``system_prompt_floor``: at least this share of multi-turn / system-prompt
+    conversations (when any exist). ``max_rows`` / ``max_tokens``: output size (train + validation) in the unit.
     """
 
+    unit: Literal["rows", "tokens"] = "rows"
+    source_shares: Mapping[str, float] | None = None
     weights: Mapping[str, float] | None = None
     temperature: float = 1.0
+    category_caps: Mapping[str, float] = field(default_factory=dict)
+    category_floors: Mapping[str, float] = field(default_factory=dict)
+    language_targets: Mapping[str, float] | None = None
+    refusal_share: float | None = None
+    multi_turn_floor: float = 0.0
+    system_prompt_floor: float = 0.0
     max_rows: int | None = None
+    max_tokens: int | None = None
     validation_fraction: float = 0.1
     seed: int = 0
     allow_upsampling: bool = False
 
     def __post_init__(self) -> None:
+        if self.unit not in ("rows", "tokens"):
+            raise ValueError(f"unit must be 'rows' or 'tokens', got {self.unit!r}")
         if self.weights is not None:
             weights = dict(self.weights)
             bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and v >= 0)}
-            if bad or not weights:
-                raise ValueError(f"weights must map task -> non-negative number, got {self.weights!r}")
-            if sum(weights.values()) <= 0:
-                raise ValueError(f"weights must have a positive total, got {self.weights!r}")
+            if bad or not weights or sum(weights.values()) <= 0:
+                raise ValueError(f"weights must map task -> non-negative number with a positive total, got "
+                                 f"{self.weights!r}")
             object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "source_shares", _shares(self.source_shares, "source_shares"))
+        object.__setattr__(self, "language_targets", _shares(self.language_targets, "language_targets"))
+        object.__setattr__(self, "category_caps", _shares(self.category_caps, "category_caps", False))
+        object.__setattr__(self, "category_floors", _shares(self.category_floors, "category_floors"))
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
-        if self.max_rows is not None and self.max_rows < 0:
-            raise ValueError(f"max_rows must be >= 0 or None, got {self.max_rows}")
+        for name in ("refusal_share", "multi_turn_floor", "system_prompt_floor"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a share of the training mix in [0, 1], got {value}")
+        for name in ("max_rows", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.unit != "tokens":
+            raise ValueError("max_tokens needs unit='tokens' (with unit='rows', set max_rows)")
+        if self.max_rows is not None and self.unit != "rows":
+            raise ValueError("max_rows needs unit='rows' (with unit='tokens', set max_tokens)")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+    def constraints(self, source_shares: Mapping[str, float] | None = None,
+                    language_targets: Mapping[str, float] | None = None) -> list[Constraint]:
+        """Every constraint of this config (the plan orders them by priority); ``source_shares`` and
+        ``language_targets`` replace the configured ones (see :func:`_complete`)."""
+        source_shares = self.source_shares if source_shares is None else source_shares
+        language_targets = self.language_targets if language_targets is None else language_targets
+        found = [Constraint("category_cap", "task", t, v) for t, v in sorted(self.category_caps.items())]
+        found += [Constraint("category_floor", "task", t, v) for t, v in sorted(self.category_floors.items())]
+        if self.multi_turn_floor > 0:
+            found.append(Constraint("multi_turn_floor", "multi_turn", True, self.multi_turn_floor))
+        if self.system_prompt_floor > 0:
+            found.append(Constraint("system_prompt_floor", "system_prompt", True, self.system_prompt_floor))
+        found += [Constraint("source_share", "source", s, v) for s, v in sorted((source_shares or {}).items())]
+        if self.refusal_share is not None:
+            found.append(Constraint("refusal_share", REFUSAL, True, self.refusal_share))
+        found += [Constraint("language_target", "language", k, v)
+                  for k, v in sorted((language_targets or {}).items())]
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
 class MixtureResult:
-    """``mixture``: the selected rows, all input columns plus ``task`` (if absent) and ``split``.
-
-    ``stats`` (JSON-serialisable): ``stats["tasks"][task]`` has ``available`` (rows in the input),
-    ``weight`` (normalised target share, 0 = excluded), ``train`` = {``available`` (train pool), ``target``,
-    ``realized``, ``shortfall``, ``target_fraction``, ``realized_fraction``, ``upsampled``} and
-    ``validation`` = {``available`` (validation pool), ``realized``, ``realized_fraction``}. Top level:
-    ``available_rows``, ``excluded_rows``, ``train_target``, ``train_rows``, ``validation_target``,
-    ``validation_rows``, ``validation_shortfall``, ``shortfall`` ({task: missing train rows}), ``config``.
-    """
+    """``mixture``: the selected rows (see the module docstring); ``manifest``: JSON-serialisable, see
+    :func:`assets.mixture.manifest.build_manifest`."""
 
     mixture: pl.DataFrame
-    stats: dict[str, Any]
+    manifest: dict[str, Any]
+
+    @property
+    def stats(self) -> dict[str, Any]:  # the name earlier callers used
+        return self.manifest
 
 
-def split_hash(conversation_ids: pl.Series, seed: int) -> pl.Series:
-    """Stable 64-bit BLAKE2b of each id keyed by ``seed`` (Python's hashlib: identical on every platform and
-    polars version, unlike ``Series.hash``). The one per-row Python loop in this module."""
-    key = str(seed).encode()
-    values = [
-        int.from_bytes(hashlib.blake2b(cid.encode("utf-8"), digest_size=8, key=key).digest(), "big")
-        for cid in conversation_ids.to_list()
-    ]
-    return pl.Series(conversation_ids.name, values, dtype=pl.UInt64)
-
-
-def _apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
-    """Integer targets summing to ``total`` proportional to ``shares`` (largest remainder; ties by name)."""
-    if total <= 0 or not shares:
-        return {task: 0 for task in shares}
-    quotas = {task: total * share for task, share in shares.items()}
-    base = {task: math.floor(q + 1e-9) for task, q in quotas.items()}
-    left = total - sum(base.values())
-    order = sorted(shares, key=lambda t: (-(quotas[t] - base[t]), t))
-    for task in order[:left]:
-        base[task] += 1
-    return base
-
-
-def _exact_size(available: dict[str, int], shares: dict[str, float]) -> int:
-    """Largest N whose targets N * share every task with rows can meet without repeating rows."""
-    limits = [available[t] / s for t, s in shares.items() if s > 0 and available.get(t, 0) > 0]
-    return math.floor(min(limits) + 1e-9) if limits else 0
-
-
-def _included_tasks(available: dict[str, int], cfg: MixtureConfig) -> list[str]:
-    """Tasks the mixture draws from: positive weight, or (no weights) every task with rows."""
-    if cfg.weights is not None:
-        return sorted(t for t, w in cfg.weights.items() if w > 0)
-    return sorted(t for t, n in available.items() if n > 0)
-
-
-def _target_shares(train_available: dict[str, int], cfg: MixtureConfig) -> dict[str, float]:
-    """Normalised target share per task: the weights, or temperature-scaled train-pool counts."""
-    if cfg.weights is not None:
-        raw = {t: float(w) for t, w in cfg.weights.items() if w > 0}
-    else:
-        raw = {t: n ** (1.0 / cfg.temperature) for t, n in train_available.items() if n > 0}
-    total = math.fsum(raw[t] for t in sorted(raw))  # exact, order-independent
-    return {t: raw[t] / total for t in sorted(raw)} if total > 0 else {}
-
-
-def _take(pool: pl.DataFrame, targets: dict[str, int], upsample: bool) -> pl.DataFrame:
-    """Per task, the first ``target`` rows in ascending hash order (cyclic repeats when ``upsample``)."""
-    ranked = pool.with_columns(pl.int_range(pl.len()).over("task", order_by=[_HASH, _ORDER]).alias("__rank"))
-    target_col = pl.col("task").replace_strict(targets, default=0, return_dtype=pl.Int64)
-    n_task = pl.len().over("task")
-    if upsample:
-        # Row with rank r is used for draws r, r + n, r + 2n, ... below the target.
-        copies = (
-            pl.when(pl.col("__rank") < target_col)
-            .then((target_col - pl.col("__rank") - 1) // n_task + 1)
-            .otherwise(0)
-        )
-        return (
-            ranked.with_columns(pl.int_ranges(0, copies).alias(_REPEAT))
-            .filter(pl.col(_REPEAT).list.len() > 0)
-            .explode(_REPEAT)
-            .drop("__rank")
-        )
-    return ranked.filter(pl.col("__rank") < target_col).drop("__rank").with_columns(pl.lit(0).alias(_REPEAT))
-
-
-def _counts(df: pl.DataFrame) -> dict[str, int]:
-    """Rows per task, keys sorted (group_by order is arbitrary; float sums must not depend on it)."""
-    return {t: int(n) for t, n in sorted(df.group_by("task").len().iter_rows())}
-
-
-def _split_stats(available: dict[str, int], target: dict[str, int], realized: dict[str, int]) -> dict:
-    tasks = sorted(set(available) | set(target) | set(realized))
-    target_total, realized_total = sum(target.values()), sum(realized.values())
-    return {
-        t: {
-            "available": available.get(t, 0),
-            "target": target.get(t, 0),
-            "realized": realized.get(t, 0),
-            "shortfall": max(0, target.get(t, 0) - realized.get(t, 0)),
-            "target_fraction": target.get(t, 0) / target_total if target_total else 0.0,
-            "realized_fraction": realized.get(t, 0) / realized_total if realized_total else 0.0,
-        }
-        for t in tasks
-    }
-
-
-def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None) -> MixtureResult:
-    """Tag, split and sample ``df`` into the SFT mixture (see the module docstring)."""
+def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
+                  count_tokens: TokenCounter | None = None) -> MixtureResult:
+    """Label, split, plan and draw ``df`` into the SFT mixture (see the module docstring)."""
     cfg = cfg or MixtureConfig()
-    _check_input(df)
-    out_columns = [*df.columns, *(["task"] if "task" not in df.columns else []), "split"]
-
-    tagged = classify_task(df).with_columns(
-        split_hash(df["conversation_id"], cfg.seed).alias(_HASH), pl.int_range(pl.len()).alias(_ORDER)
-    )
-    available_all = _counts(tagged)
-    pool = _assign_split(tagged.filter(pl.col("task").is_in(_included_tasks(available_all, cfg))), cfg)
-    train_pool = pool.filter(~pl.col(_IS_VAL))
-    val_pool = pool.filter(pl.col(_IS_VAL))
-    train_available = _counts(train_pool)
-    shares = _target_shares(train_available, cfg)
-
-    n_train, n_val_target = _sizes(train_available, shares, cfg)
-    train_target = _apportion(n_train, shares)
-    train = _take(train_pool, train_target, cfg.allow_upsampling)
-    if n_val_target is None:  # decided after train is drawn
-        n_val_target = _validation_size(train, train_pool, val_pool, pool.height, cfg.validation_fraction)
-    validation = val_pool.sort([_HASH, _ORDER]).head(n_val_target).with_columns(pl.lit(0).alias(_REPEAT))
-
-    mixture = (
-        pl.concat(
-            [
-                train.with_columns(pl.lit(_SPLIT_TRAIN).alias("split")),
-                validation.with_columns(pl.lit(_SPLIT_VALIDATION).alias("split")),
-            ],
-            how="vertical_relaxed",
-        )
-        .sort(["split", "conversation_id", _REPEAT, _ORDER])
-        .select(out_columns)
-    )
-    drawn_train = _Drawn(train_available, train_target, _counts(train), n_train, train.height)
-    drawn_val = _Drawn(_counts(val_pool), {}, _counts(validation), n_val_target, validation.height)
-    stats = _stats(df.height, pool.height, available_all, shares, drawn_train, drawn_val, cfg)
-    return MixtureResult(mixture=mixture, stats=stats)
+    _check_input(df, cfg, count_tokens)
+    out_columns = [*df.columns, *[c for c in ("task", "source") if c not in df.columns], "split", TOKENS, TRAINABLE,
+                   REPEAT]
+    labelled = _label(df, cfg, count_tokens)
+    included = _included(labelled, cfg)
+    pool = assign_split(included, cfg.validation_fraction)
+    train_pool, val_pool = pool.filter(~pl.col(IS_VAL)), pool.filter(pl.col(IS_VAL))
+    cells, train_pool = _cells(train_pool)
+    amount = cells[AMOUNT].to_numpy().astype(np.float64)
+    columns = {k: cells[k].to_numpy() for k in CELL_KEYS}
+    sources, languages = (_complete(cfg.source_shares, cells, "source"),
+                          _complete(cfg.language_targets, cells, "language"))
+    q0 = prior(columns, amount, _category_prior(cells, cfg))
+    q, constraint_report = plan(q0, columns, amount, cfg.constraints(sources, languages))
+    n_train, n_val, requested = _sizes(q, amount, cfg)
+    drawn = draw(train_pool, q * n_train, cells["source"].to_list(), cfg.allow_upsampling)
+    train = drawn.rows
+    if n_val is None:
+        every_row_once = train.height == train_pool.height and not cfg.allow_upsampling
+        n_val = val_pool.height if every_row_once else _validation_rows(train.height, cfg.validation_fraction)
+    validation = validation_draw(val_pool, n_val).with_columns(pl.lit(0, pl.Int64).alias(REPEAT))
+    mixture = (pl.concat([train.with_columns(pl.lit("train").alias("split")),
+                          validation.with_columns(pl.lit("validation").alias("split"))], how="diagonal_relaxed")
+               .sort(["split", "conversation_id", REPEAT, ORDER]).select(out_columns))
+    manifest = build_manifest(cells.with_columns(pl.Series("planned", q)), train, validation, pool, constraint_report,
+                              drawn.short, cfg, n_train, tokens_counted=count_tokens is not None,
+                              input_rows=df.height, source_shares=sources, requested=requested)
+    return MixtureResult(mixture=mixture, manifest=manifest)
 
 
-def _check_input(df: pl.DataFrame) -> None:
+def _check_input(df: pl.DataFrame, cfg: MixtureConfig, count_tokens: TokenCounter | None) -> None:
     if "conversation_id" not in df.columns:
         raise ValueError(f"build_mixture: missing column 'conversation_id'; columns are {df.columns}")
     if df["conversation_id"].null_count():
         raise ValueError("build_mixture: conversation_id has null values; every row needs an id to be split")
-    for column in ("split", _HASH, _ORDER, _REPEAT):
+    for column in ("split", HASH, ORDER, IS_VAL, CELL, AMOUNT, REPEAT, TOKENS, TRAINABLE, *_INTERNAL):
         if column in df.columns:
             raise ValueError(f"build_mixture: input already has a column named '{column}'")
+    if cfg.unit == "tokens" and count_tokens is None:
+        raise ValueError("build_mixture: unit='tokens' needs count_tokens (the student's tokenizer and chat template:"
+                         " materialize base_model first)")
 
 
-def _assign_split(pool: pl.DataFrame, cfg: MixtureConfig) -> pl.DataFrame:
-    """``pool`` with a boolean ``_IS_VAL`` column: split by hash, before any sampling."""
-    # the threshold is exact integer arithmetic on the 64-bit hash
-    threshold = min(int(cfg.validation_fraction * _TWO_64), _TWO_64 - 1)
-    is_val = (pl.col(_HASH) < threshold) if cfg.validation_fraction > 0 else pl.lit(False)
-    pool = pool.with_columns(is_val.alias(_IS_VAL))
-    # Small-pool exceptions: >= 1 validation and >= 1 train row when there are >= 2 rows; one row is train.
-    n_val = int(pool[_IS_VAL].sum())
-    if pool.height == 1:
-        pool = pool.with_columns(pl.lit(False).alias(_IS_VAL))
-    elif cfg.validation_fraction > 0 and pool.height >= 2 and n_val in (0, pool.height):
-        by_hash = pool.sort([_HASH, _ORDER])[_ORDER]
-        move = by_hash[0] if n_val == 0 else by_hash[-1]
-        pool = pool.with_columns((pl.col(_IS_VAL) ^ (pl.col(_ORDER) == move)).alias(_IS_VAL))
-    return pool
+def _label(df: pl.DataFrame, cfg: MixtureConfig, count_tokens: TokenCounter | None) -> pl.DataFrame:
+    """``df`` with task, source, the cell labels, token counts, hash and input order."""
+    labelled = classify_task(df)
+    first_role = pl.col("messages").list.first().struct.field("role")
+    users = pl.col("messages").list.eval(pl.element().struct.field("role") == "user").list.sum()
+    labelled = labelled.with_columns(
+        (pl.col("source").cast(pl.Utf8).fill_null(GENERATED) if "source" in df.columns
+         else pl.lit(GENERATED)).alias("source"),
+        (pl.col("instruction_language").cast(pl.Utf8).fill_null("unknown") if "instruction_language" in df.columns
+         else pl.lit("unknown")).alias("language"),
+        (pl.col("refusal").cast(pl.Boolean).fill_null(False) if "refusal" in df.columns
+         else pl.lit(False)).alias(REFUSAL),
+        (users > 1).fill_null(False).alias("multi_turn"),
+        (first_role == "system").fill_null(False).alias("system_prompt"),
+        split_hash(df["conversation_id"], cfg.seed).alias(HASH),
+        pl.int_range(pl.len()).alias(ORDER),
+    )
+    if count_tokens is not None:
+        counts = [count_tokens(messages) for messages in df["messages"].to_list()]
+        tokens = pl.Series(TOKENS, [c[0] for c in counts], dtype=pl.Int64)
+        trainable = pl.Series(TRAINABLE, [c[1] for c in counts], dtype=pl.Int64)
+    else:
+        tokens, trainable = pl.lit(None, pl.Int64).alias(TOKENS), pl.lit(None, pl.Int64).alias(TRAINABLE)
+    amount = pl.lit(1, pl.Int64) if cfg.unit == "rows" else pl.col(TOKENS)
+    return labelled.with_columns(tokens, trainable).with_columns(amount.alias(AMOUNT))
 
 
-def _sizes(train_available: dict[str, int], shares: dict[str, float], cfg: MixtureConfig) -> tuple[int, int | None]:
-    """(train size, validation size); the validation size is None when it depends on the train draw."""
+def _included(labelled: pl.DataFrame, cfg: MixtureConfig) -> pl.DataFrame:
+    """Rows the mixture draws from: with ``weights``, generated rows of a task without positive weight are out."""
+    if cfg.weights is None:
+        return labelled
+    keep = [t for t, w in cfg.weights.items() if w > 0]
+    return labelled.filter((pl.col("source") != GENERATED) | pl.col("task").is_in(keep))
+
+
+def _cells(train_pool: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One row per cell (sorted by its keys, so sources are contiguous) with its amount and rows; the pool with
+    its cell id."""
+    cells = (train_pool.group_by(list(CELL_KEYS)).agg(pl.col(AMOUNT).sum(), pl.len().alias("rows"))
+             .sort(list(CELL_KEYS)).with_row_index(CELL))
+    pool = train_pool.join(cells.select(CELL, *CELL_KEYS), on=list(CELL_KEYS), how="left")
+    return cells.with_columns(pl.col(CELL).cast(pl.Int64)), pool.with_columns(pl.col(CELL).cast(pl.Int64))
+
+
+def _complete(shares: Mapping[str, float] | None, cells: pl.DataFrame, column: str) -> dict[str, float]:
+    """``shares`` as the plan uses them: when they name every ``column`` value that has rows, yet sum to less than
+    1, nothing else could take the rest, so they are scaled to sum to 1 (their ratios kept)."""
+    shares = dict(shares or {})
+    present = set(cells.filter(pl.col(AMOUNT) > 0)[column].to_list())
+    total = math.fsum(v for k, v in shares.items() if k in present)
+    if shares and present and present <= set(shares) and 0 < total < 1 - 1e-12:
+        return {k: (v / total if k in present else v) for k, v in shares.items()}
+    return shares
+
+
+def _category_prior(cells: pl.DataFrame, cfg: MixtureConfig) -> dict[str, float]:
+    """The generated pool's category distribution: the task weights, or ``n_i ** (1 / T)`` of its amounts."""
+    if cfg.weights is not None:
+        return normalise({t: float(w) for t, w in cfg.weights.items() if w > 0})
+    generated = cells.filter(pl.col("source") == GENERATED).group_by("task").agg(pl.col(AMOUNT).sum())
+    return normalise({t: float(n) ** (1.0 / cfg.temperature) for t, n in generated.iter_rows() if n > 0})
+
+
+def _sizes(q: np.ndarray, amount: np.ndarray, cfg: MixtureConfig) -> tuple[float, int | None, float | None]:
+    """(train size in the unit, validation rows or None when it depends on the train draw, the requested train
+    size when the rows could not fill it without repeats, else None)."""
     f = cfg.validation_fraction
+    wanted = q > 0
+    largest = float(np.min(amount[wanted] / q[wanted])) if wanted.any() else 0.0  # every share, no repeats
     if cfg.max_rows is not None:
-        n_val_target = max(1, round(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
-        return cfg.max_rows - n_val_target, n_val_target
-    return _exact_size(train_available, shares), None
+        n_val = max(1, half_up(cfg.max_rows * f)) if f > 0 and cfg.max_rows >= 2 else 0
+        requested = float(cfg.max_rows - n_val)
+    elif cfg.max_tokens is not None:
+        n_val, requested = None, cfg.max_tokens * (1 - f)
+    else:
+        return largest, None, None
+    if cfg.allow_upsampling or requested <= largest + 1e-9:
+        return requested, n_val, None
+    return largest, None, requested  # shrunk so that every share holds; validation follows the train size
 
 
-def _validation_size(
-    train: pl.DataFrame, train_pool: pl.DataFrame, val_pool: pl.DataFrame, pool_rows: int, f: float
-) -> int:
-    """Validation size without ``max_rows``: the whole pool when train took every train-pool row, else about
-    ``f`` of the output."""
-    used_every_row = train.filter(pl.col(_REPEAT) == 0).height == train_pool.height
-    if f == 0 or pool_rows < 2:
-        return 0
-    if used_every_row:
-        return val_pool.height
-    return max(1, round(train.height * f / (1 - f)))
-
-
-@dataclass(frozen=True)
-class _Drawn:
-    """Rows per task of one split: in its pool (``available``), wanted (``target``; none for validation) and
-    drawn (``realized``), and the wanted and drawn totals."""
-
-    available: dict[str, int]
-    target: dict[str, int]
-    realized: dict[str, int]
-    target_rows: int
-    rows: int
-
-
-_ZERO_TRAIN = {
-    "available": 0,
-    "target": 0,
-    "realized": 0,
-    "shortfall": 0,
-    "target_fraction": 0.0,
-    "realized_fraction": 0.0,
-    "upsampled": 0,
-}
-
-
-def _stats(
-    input_rows: int,
-    pool_rows: int,
-    available_all: dict[str, int],
-    shares: dict[str, float],
-    train: _Drawn,
-    validation: _Drawn,
-    cfg: MixtureConfig,
-) -> dict[str, Any]:
-    """:attr:`MixtureResult.stats`."""
-    train_stats = _split_stats(train.available, train.target, train.realized)
-    for t, entry in train_stats.items():
-        entry["upsampled"] = max(0, train.realized.get(t, 0) - train.available.get(t, 0))
-    return {
-        "tasks": {
-            t: {
-                "available": available_all.get(t, 0),
-                "weight": shares.get(t, 0.0),
-                "train": train_stats.get(t, dict(_ZERO_TRAIN)),
-                "validation": {
-                    "available": validation.available.get(t, 0),
-                    "realized": validation.realized.get(t, 0),
-                    "realized_fraction": validation.realized.get(t, 0) / validation.rows if validation.rows else 0.0,
-                },
-            }
-            for t in sorted(set(available_all) | set(shares))
-        },
-        "available_rows": input_rows,
-        "excluded_rows": input_rows - pool_rows,  # rows of tasks with zero/no weight
-        "train_target": train.target_rows,
-        "train_rows": train.rows,
-        "validation_target": validation.target_rows,
-        "validation_rows": validation.rows,
-        "validation_shortfall": max(0, validation.target_rows - validation.rows),
-        "shortfall": {t: s["shortfall"] for t, s in train_stats.items() if s["shortfall"] > 0},
-        "config": {
-            "weights": dict(cfg.weights) if cfg.weights is not None else None,
-            "temperature": cfg.temperature,
-            "max_rows": cfg.max_rows,
-            "validation_fraction": cfg.validation_fraction,
-            "seed": cfg.seed,
-            "allow_upsampling": cfg.allow_upsampling,
-        },
-    }
+def _validation_rows(train_rows: int, f: float) -> int:
+    return max(1, half_up(train_rows * f / (1 - f))) if f > 0 and train_rows > 0 else 0

@@ -40,9 +40,9 @@ def test_every_row_is_tagged_and_split_and_metadata_matches_the_table(filtered):
     assert (metadata["train_rows"], metadata["validation_rows"]) == (splits["train"], splits["validation"])
     assert splits["validation"] >= 1 and mixture["conversation_id"].is_unique().all()
     assert dict(mixture.group_by("task").len().iter_rows()) == COUNTS
-    report = storage.read_json(ASSET, "report")
-    assert {t: s["available"] for t, s in report["tasks"].items() if s["available"]} == COUNTS
-    assert metadata["shortfall"] == report["shortfall"] == {}
+    manifest = storage.read_json(ASSET, "manifest")
+    assert {t: s["available_rows"] + s["validation_rows"] for t, s in manifest["tasks"].items()} == COUNTS
+    assert metadata["shortfall"] == manifest["shortfall"] == {}
     assert set(mixture.columns) >= {"task", "split", "messages", "conversation_id"}
 
 
@@ -86,3 +86,34 @@ def test_the_tagging_stages_task_is_used(filtered):
     assert materialize([sft_mixture], storage, tmp_path / "dagster", CONFIG).success
     assert dict(storage.read_table(ASSET).group_by("task").len().sort("task").iter_rows()) == {"coding": 12,
                                                                                                "tool_use": 12}
+
+
+def test_token_mix_with_the_students_tokenizer_manifest_json_table_and_chart(filtered, tiny_model_dir):
+    """With a base_model manifest the mixture counts the student's tokens; the manifest is written as JSON beside the
+    table (so sft_model's lineage.json, which snapshots every upstream JSON document, includes it), its realized
+    shares equal shares recomputed here from the written Parquet, and the metadata has the table and the PNG."""
+    from assets.common.resources import BASE_MODEL, MODEL_MANIFEST
+
+    storage, tmp_path = filtered
+    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "content_hash": "h"})
+    df = storage.read_table(TAGGED_CONVERSATIONS)
+    storage.write_table(TAGGED_CONVERSATIONS, df.with_columns(
+        pl.Series("source", ["mine" if i % 3 == 0 else None for i in range(df.height)], dtype=pl.Utf8)))
+    config = {"sft_mixture": {"unit": "tokens", "source_shares": {"mine": 0.5}, "validation_fraction": 0.2,
+                              "seed": 3, "category_caps": {"coding": 0.4}}}
+    result = materialize([sft_mixture], storage, tmp_path / "dagster", config)
+    assert result.success, failure_text(result)
+    metadata = materialization(result, ASSET)
+    manifest = storage.read_json(ASSET, "manifest")
+    assert "manifest" in storage.snapshot(ASSET)["documents"]
+    assert metadata["manifest_path"] == str(storage._current(ASSET, "manifest"))
+    assert "data:image/png;base64," in metadata["manifest"] and "| source | task | language |" in metadata["manifest"]
+    assert "category_cap[coding]" in metadata["constraints"]
+    train = pl.read_parquet(metadata["path"]).filter(pl.col("split") == "train")
+    total = sum(train["mix_tokens"].to_list())
+    by_source: dict[str, int] = {}
+    for source, tokens in zip(train["source"].to_list(), train["mix_tokens"].to_list(), strict=True):
+        by_source[source or "generated"] = by_source.get(source or "generated", 0) + tokens
+    for name, entry in manifest["sources"].items():
+        assert entry["realized_share"] == pytest.approx(by_source[name] / total, rel=1e-12)
+    assert manifest["train_tokens"] == total == metadata["train_tokens"]

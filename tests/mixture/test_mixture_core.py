@@ -1,4 +1,5 @@
-"""Task mixture: heuristic tagging, hash split, weighted sampling, shortfall, stability, determinism."""
+"""Mixture core: tagging fallback, stratified split, temperature, weights, caps/floors, sources, refusal, language,
+upsampling, the manifest, determinism."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from assets.common.schema import CONVERSATION_SCHEMA
 from assets.common.taxonomy import classify_task, classify_text
 from assets.mixture.core import MixtureConfig, build_mixture, split_hash
 
+MIX_COLUMNS = ["source", "split", "mix_tokens", "mix_trainable_tokens", "mix_repeat"]
+
 PROMPTS = {
     "coding": "Write a Python function that returns the {i}th Fibonacci number.",
     "math": "Solve for x: 3x + {i} = 20.",
@@ -23,10 +26,10 @@ PROMPTS = {
 }
 
 
-def conversation(shard: int, row: int, prompt: str) -> dict:
+def conversation(shard: int, row: int, prompt: str, answer: str = "A fine answer.") -> dict:
     return {
         "conversation_id": f"{shard}-{row}",
-        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "A fine answer."}],
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
         "finish_reasons": ["stop", "stop"],
         "num_turns": 1,
         "shard": shard,
@@ -92,297 +95,300 @@ def test_existing_task_column_overrides_heuristic() -> None:
     assert tagged["task"].to_list() == ["my_label", "coding", "math", "coding"]
     result = build_mixture(df, MixtureConfig(validation_fraction=0.0))
     assert sorted(result.mixture["task"].to_list()) == ["coding", "coding", "math", "my_label"]
-    assert result.mixture.columns == [*df.columns, "split"]
+    assert result.mixture.columns == [*df.columns, *MIX_COLUMNS]
+
+
+def train_of(result) -> pl.DataFrame:
+    return result.mixture.filter(pl.col("split") == "train")
+
+
+def counts(df: pl.DataFrame, key: str = "task") -> dict[str, int]:
+    return {k: int(n) for k, n in df.group_by(key).len().iter_rows()}
+
+
+def constraint(result, label: str) -> dict:
+    (entry,) = [c for c in result.manifest["constraints"] if c["constraint"] == label]
+    return entry
+
+
+def with_labels(df: pl.DataFrame, **columns: list) -> pl.DataFrame:
+    return df.with_columns(*[pl.Series(name, values) for name, values in columns.items()])
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Mixture sampling
+# Temperature and task weights (the generated pool)
 # ----------------------------------------------------------------------------------------------------------
 
+NATURAL = {"coding": 400, "math": 100, "creative_writing": 25}
 
-@pytest.mark.parametrize(
-    ("weights", "max_rows"),
-    [
-        ({"coding": 0.5, "math": 0.3, "creative_writing": 0.2}, 400),
-        ({"coding": 1, "math": 1, "creative_writing": 1, "information_seeking": 1}, 301),
-        ({"math": 0.9, "information_seeking": 0.1}, 250),
-    ],
-)
-def test_weights_realized_when_rows_suffice(weights: dict[str, float], max_rows: int) -> None:
-    df = pool({"coding": 400, "math": 400, "creative_writing": 400, "information_seeking": 400, "other": 100})
-    result = build_mixture(df, MixtureConfig(weights=weights, max_rows=max_rows, seed=3))
-    mix = result.mixture
-    assert mix.height == max_rows
-    train = mix.filter(pl.col("split") == "train")
-    total_w = sum(weights.values())
-    realized = dict(train.group_by("task").len().iter_rows())
-    assert set(realized) == set(weights)  # unweighted tasks ("other") are excluded
+
+def test_temperature_one_is_the_natural_distribution() -> None:
+    result = build_mixture(pool(NATURAL), MixtureConfig(temperature=1.0, validation_fraction=0.1))
+    train = train_of(result)
+    assert train.height == result.manifest["train_rows"] == round(0.9 * 525)  # every train-pool row, once
+    for task, n in NATURAL.items():
+        assert counts(train)[task] / train.height == pytest.approx(n / 525, abs=1 / train.height)
+
+
+def test_large_temperature_is_near_uniform() -> None:
+    train = train_of(build_mixture(pool(NATURAL), MixtureConfig(temperature=1000.0, validation_fraction=0.1)))
+    realized = counts(train)
+    assert set(realized) == set(NATURAL)
+    assert max(realized.values()) / min(realized.values()) <= 1.1
+    assert min(realized.values()) == round(0.9 * 25)  # the smallest category sets the size: all its rows
+
+
+@pytest.mark.parametrize(("temperature", "max_ratio"), [(1.0, 16.5), (2.0, 4.3), (100.0, 1.1)])
+def test_temperature_flattens(temperature: float, max_ratio: float) -> None:
+    realized = counts(train_of(build_mixture(pool(NATURAL), MixtureConfig(temperature=temperature))))
+    assert max(realized.values()) / min(realized.values()) <= max_ratio
+
+
+def test_weights_realized_with_max_rows_and_unweighted_tasks_excluded() -> None:
+    df = pool({"coding": 400, "math": 400, "creative_writing": 400, "other": 100})
+    weights = {"coding": 0.5, "math": 0.3, "creative_writing": 0.2}
+    result = build_mixture(df, MixtureConfig(weights=weights, max_rows=400, seed=3))
+    assert result.mixture.height == 400
+    train = train_of(result)
     for task, w in weights.items():
-        assert realized[task] / train.height == pytest.approx(w / total_w, abs=1.0 / train.height + 1e-9)
-        entry = result.stats["tasks"][task]["train"]
-        assert entry["realized"] == realized[task] == entry["target"]
-        assert entry["shortfall"] == 0
-    assert result.stats["shortfall"] == {}
-    assert result.stats["excluded_rows"] == df.height - sum(400 for t in weights)
-    assert train["conversation_id"].n_unique() == train.height  # without replacement
-
-
-def test_shortfall_is_reported_not_redistributed() -> None:
-    df = pool({"coding": 20, "math": 500, "creative_writing": 500})
-    cfg = MixtureConfig(
-        weights={"coding": 0.5, "math": 0.25, "creative_writing": 0.25}, max_rows=200, validation_fraction=0.1
-    )
-    result = build_mixture(df, cfg)
-    code = result.stats["tasks"]["coding"]["train"]
-    train_code_available = code["available"]
-    assert train_code_available < 20  # a few code rows went to the validation pool
-    assert code["target"] == 90  # 200 - 20 validation rows = 180 train, half of it code
-    assert code["realized"] == train_code_available
-    assert code["shortfall"] == 90 - train_code_available
-    assert result.stats["shortfall"] == {"coding": 90 - train_code_available}
-    # the other tasks get exactly their targets: the shortfall is not filled from them
-    for task in ("math", "creative_writing"):
-        assert result.stats["tasks"][task]["train"]["realized"] == 45
-    train = result.mixture.filter(pl.col("split") == "train")
-    assert train.height == 90 + train_code_available
-    assert result.stats["train_rows"] == train.height
-    json.dumps(result.stats)  # serialisable for Dagster metadata
-
-
-def test_upsampling_repeats_short_task_deterministically() -> None:
-    df = pool({"coding": 10, "math": 300})
-    cfg = MixtureConfig(
-        weights={"coding": 0.5, "math": 0.5}, max_rows=100, validation_fraction=0.0, allow_upsampling=True
-    )
-    result = build_mixture(df, cfg)
-    train = result.mixture
-    code = train.filter(pl.col("task") == "coding")
-    assert code.height == 50
-    counts = code.group_by("conversation_id").len()["len"]
-    assert counts.n_unique() == 1 and counts[0] == 5  # 10 rows x 5 copies: evenly repeated
-    stats = result.stats["tasks"]["coding"]["train"]
-    assert (stats["realized"], stats["shortfall"], stats["upsampled"]) == (50, 0, 40)
-    assert build_mixture(df, cfg).mixture.equals(train)
-
-
-def test_upsampling_partial_cycle_uses_first_rows_in_hash_order() -> None:
-    df = pool({"coding": 4, "math": 100})
-    cfg = MixtureConfig(
-        weights={"coding": 0.5, "math": 0.5}, max_rows=14, validation_fraction=0.0, allow_upsampling=True
-    )
-    code = build_mixture(df, cfg).mixture.filter(pl.col("task") == "coding")
-    assert code.height == 7
-    counts = dict(code.group_by("conversation_id").len().iter_rows())
-    assert sorted(counts.values()) == [1, 2, 2, 2]
-    code_ids = df["conversation_id"][:4]  # pool() puts the code rows first
-    order = [
-        cid for _, cid in sorted(zip(split_hash(code_ids, seed=0).to_list(), code_ids.to_list(), strict=True))
-    ]
-    assert [counts[c] for c in order] == [2, 2, 2, 1]
-
-
-def test_natural_distribution_uses_every_row() -> None:
-    df = pool({"coding": 37, "math": 120, "creative_writing": 55, "other": 8})
-    result = build_mixture(df, MixtureConfig(validation_fraction=0.2, seed=1))
-    mix = result.mixture
-    assert mix.height == df.height
-    assert sorted(mix["conversation_id"].to_list()) == sorted(df["conversation_id"].to_list())
-    n_val = (mix["split"] == "validation").sum()
-    assert 0.1 < n_val / df.height < 0.3
-    assert result.stats["shortfall"] == {}
-
-
-@pytest.mark.parametrize(("fraction", "seed"), [(0.1, 0), (0.25, 3), (0.5, 8)])
-def test_validation_is_exactly_the_hash_pool(fraction: float, seed: int) -> None:
-    df = pool({"coding": 90, "math": 130, "information_seeking": 40})
-    mix = build_mixture(df, MixtureConfig(validation_fraction=fraction, seed=seed)).mixture
-    hashes = split_hash(df["conversation_id"], seed).to_list()
-    expected = {
-        cid for cid, h in zip(df["conversation_id"].to_list(), hashes, strict=True) if h < fraction * 2**64
-    }
-    assert ids(mix, "validation") == expected
-    assert ids(mix, "train") == set(df["conversation_id"].to_list()) - expected
-
-
-@pytest.mark.parametrize(("temperature", "max_ratio"), [(1.0, 10.0), (2.0, 3.5), (100.0, 1.1)])
-def test_temperature_flattens_distribution(temperature: float, max_ratio: float) -> None:
-    df = pool({"coding": 1000, "math": 100})
-    cfg = MixtureConfig(temperature=temperature, max_rows=110, validation_fraction=0.0)
-    result = build_mixture(df, cfg)
-    realized = dict(result.mixture.group_by("task").len().iter_rows())
-    ratio = realized["coding"] / realized["math"]
-    # p_code / p_math = (n_code / n_math) ** (1 / T) = 10 ** (1 / T)
-    assert ratio == pytest.approx(10 ** (1 / temperature), rel=0.15)
-    assert ratio <= max_ratio + 1e-9
-    assert result.stats["tasks"]["coding"]["weight"] == pytest.approx(
-        10 ** (1 / temperature) / (1 + 10 ** (1 / temperature))
-    )
+        assert counts(train)[task] == round(w * train.height)
+    assert result.manifest["excluded_rows"] == 100 and "other" not in counts(result.mixture)
+    assert train["conversation_id"].is_unique().all()  # no repeats without upsampling
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Train / validation split
+# Caps, floors, and the constraint report
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        MixtureConfig(),
-        MixtureConfig(validation_fraction=0.3, seed=5),
-        MixtureConfig(weights={"coding": 0.7, "math": 0.3}, max_rows=150),
-        MixtureConfig(weights={"coding": 0.9, "math": 0.1}, max_rows=600, allow_upsampling=True),
-    ],
-)
-def test_no_train_validation_overlap(cfg: MixtureConfig) -> None:
-    result = build_mixture(pool({"coding": 120, "math": 200, "information_seeking": 50}), cfg)
-    train, validation = ids(result.mixture, "train"), ids(result.mixture, "validation")
-    assert train and validation
-    assert not train & validation
+def test_a_cap_and_a_floor_both_bind_and_the_manifest_says_so() -> None:
+    cfg = MixtureConfig(category_caps={"coding": 0.4}, category_floors={"creative_writing": 0.2},
+                        validation_fraction=0.1)
+    result = build_mixture(pool(NATURAL), cfg)
+    train = train_of(result)
+    cap, floor = constraint(result, "category_cap[coding]"), constraint(result, "category_floor[creative_writing]")
+    assert cap["bound"] and floor["bound"] and cap["status"] == floor["status"] == "bound"
+    assert cap["without"] > 0.4 and floor["without"] < 0.2  # each alone would be violated
+    assert cap["moved_by"] < 0 < floor["moved_by"]
+    assert counts(train)["coding"] / train.height <= 0.4 + 1 / train.height
+    assert counts(train)["creative_writing"] / train.height >= 0.2 - 1 / train.height
+    assert cap["realized"] == pytest.approx(counts(train)["coding"] / train.height)
 
 
-def test_validation_is_chosen_from_hash_pool_before_sampling() -> None:
-    df = pool({"coding": 150, "math": 150})
-    natural = build_mixture(df, MixtureConfig(seed=9))
-    val_pool = ids(natural.mixture, "validation")
-    for cfg in (
-        MixtureConfig(seed=9, weights={"coding": 0.8, "math": 0.2}),
-        MixtureConfig(seed=9, weights={"coding": 0.5, "math": 0.5}, max_rows=60),
-        MixtureConfig(seed=9, weights={"coding": 0.9, "math": 0.1}, max_rows=1000, allow_upsampling=True),
-    ):
-        mix = build_mixture(df, cfg).mixture
-        assert ids(mix, "validation") <= val_pool
-        assert not ids(mix, "train") & val_pool
+def test_a_loose_cap_does_not_bind() -> None:
+    result = build_mixture(pool(NATURAL), MixtureConfig(category_caps={"creative_writing": 0.5}))
+    entry = constraint(result, "category_cap[creative_writing]")
+    assert (entry["bound"], entry["status"], entry["moved_by"]) == (False, "met", 0.0)
+    assert counts(train_of(result)) == {t: round(0.9 * n) for t, n in NATURAL.items()}
 
 
-def test_split_is_stable_when_rows_are_added() -> None:
-    small = pool({"coding": 60, "math": 60, "creative_writing": 60})
-    extra = pool({"coding": 90, "information_seeking": 70}, shard=1)
-    big = pl.concat([small, extra])
+def test_conflict_is_decided_by_the_order_floors_before_sources() -> None:
+    """A floor (priority 1) beats a source share (priority 2): the source share is missed, and said so."""
+    gen = pool({"coding": 200, "math": 200})
+    user = with_labels(pool({"creative_writing": 200}, shard=9), source=["user"] * 200)
+    df = pl.concat([gen.with_columns(pl.lit(None, pl.Utf8).alias("source")), user])
+    cfg = MixtureConfig(source_shares={"user": 0.5}, category_floors={"coding": 0.6}, validation_fraction=0.0)
+    result = build_mixture(df, cfg)
+    floor, share = constraint(result, "category_floor[coding]"), constraint(result, "source_share[user]")
+    assert floor["planned"] == pytest.approx(0.6) and floor["status"] == "bound"
+    assert share["status"].startswith("missed") and share["planned"] == pytest.approx(0.4)
+
+
+def test_unavailable_constraint_is_reported_not_applied() -> None:
+    result = build_mixture(pool(NATURAL), MixtureConfig(category_floors={"translation": 0.3}))
+    assert constraint(result, "category_floor[translation]")["status"] == "unavailable"
+    assert counts(train_of(result)) == {t: round(0.9 * n) for t, n in NATURAL.items()}
+
+
+def test_refusal_share_language_target_and_multi_turn_floor() -> None:
+    df = pool({"coding": 100, "math": 100, "creative_writing": 100})
+    refusal = [i % 10 == 0 for i in range(300)]  # 10% refusals
+    language = ["fr" if i % 5 == 0 else "en" for i in range(300)]  # 20% French
+    df = with_labels(df, refusal=refusal, instruction_language=language)
+    cfg = MixtureConfig(refusal_share=0.02, language_targets={"fr": 0.4}, validation_fraction=0.0)
+    result = build_mixture(df, cfg)
+    train = train_of(result)
+    assert train["refusal"].mean() == pytest.approx(0.02, abs=2 / train.height)
+    assert (train["instruction_language"] == "fr").mean() == pytest.approx(0.4, abs=2 / train.height)
+    assert constraint(result, "refusal_share")["realized"] == pytest.approx(train["refusal"].mean())
+    assert constraint(result, "language_target[fr]")["status"] == "bound"
+
+
+def test_multi_turn_and_system_prompt_floors() -> None:
+    rows = [conversation(0, i, PROMPTS["math"].format(i=i)) for i in range(100)]
+    for i in range(10):  # 10 multi-turn rows, 5 with a system prompt
+        rows[i]["messages"] = rows[i]["messages"] + [{"role": "user", "content": "More."},
+                                                     {"role": "assistant", "content": "Sure."}]
+    for i in range(50, 55):
+        rows[i]["messages"] = [{"role": "system", "content": "Be brief."}, *rows[i]["messages"]]
+    df = pl.DataFrame(rows, schema=CONVERSATION_SCHEMA)
+    result = build_mixture(df, MixtureConfig(multi_turn_floor=0.25, system_prompt_floor=0.25,
+                                             validation_fraction=0.0))
+    train = train_of(result)
+    assert constraint(result, "multi_turn_floor")["status"] == "bound"
+    multi = train["messages"].list.len() > 2
+    system = train["messages"].list.first().struct.field("role") == "system"
+    assert multi.mean() >= 0.25 - 1 / train.height and system.mean() >= 0.25 - 1 / train.height
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sources, upsampling, shortages
+# ----------------------------------------------------------------------------------------------------------
+
+
+def two_sources(user_rows: int = 60) -> pl.DataFrame:
+    gen = pool({"coding": 150, "math": 150}).with_columns(pl.lit(None, pl.Utf8).alias("source"))
+    user = with_labels(pool({"creative_writing": user_rows}, shard=9), source=["mine"] * user_rows)
+    return pl.concat([gen, user])
+
+
+def test_source_share_of_rows() -> None:
+    result = build_mixture(two_sources(), MixtureConfig(source_shares={"mine": 0.25}))
+    train = train_of(result)
+    assert counts(train, "source")["mine"] / train.height == pytest.approx(0.25, abs=1 / train.height)
+    assert result.manifest["sources"]["mine"]["realized_share"] == pytest.approx(
+        counts(train, "source")["mine"] / train.height)
+
+
+def test_a_source_short_of_rows_shrinks_the_mix_so_every_share_holds_and_says_so() -> None:
+    cfg = MixtureConfig(source_shares={"mine": 0.5}, max_rows=300)
+    result = build_mixture(two_sources(user_rows=40), cfg)
+    train = train_of(result)
+    mine = result.manifest["sources"]["mine"]
+    assert mine["rows"] == 36 and train.height == 72  # every train-pool row of the source, once; half the mix
+    assert "shrunk to 72" in mine["instead"] and result.manifest["requested_train_size"] == 300 - 30
+    assert result.manifest["size_limited_by"] == ["mine/creative_writing"]
+    assert result.manifest["validation_rows"] == 8  # follows the train size: about 10% of the output
+
+
+def test_upsampling_is_explicit_and_counted_per_source_and_category() -> None:
+    cfg = MixtureConfig(source_shares={"mine": 0.5}, max_rows=300, allow_upsampling=True)
+    result = build_mixture(two_sources(user_rows=40), cfg)
+    train = train_of(result)
+    mine = train.filter(pl.col("source") == "mine")
+    repeats = int((mine["mix_repeat"] > 0).sum())
+    assert mine.height == pytest.approx(0.5 * train.height, abs=1) and repeats == mine.height - 36
+    group = [g for g in result.manifest["groups"] if g["source"] == "mine"]
+    assert sum(g["repeats"] for g in group) == repeats
+    assert result.manifest["sources"]["mine"]["instead"] == f"upsampled: {repeats} repeated rows"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Split
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_validation_is_stratified_by_source_and_category() -> None:
+    df = two_sources()
+    result = build_mixture(df, MixtureConfig(validation_fraction=0.2))
+    validation = result.mixture.filter(pl.col("split") == "validation")
+    assert counts(validation) == {"coding": 30, "math": 30, "creative_writing": 12}
+    assert not ids(result.mixture, "train") & ids(result.mixture, "validation")
+
+
+def test_split_does_not_move_when_rows_of_other_strata_are_added() -> None:
+    small = pool({"coding": 60, "math": 60})
+    extra = pl.concat([pool({"creative_writing": 90}, shard=1),
+                       with_labels(pool({"coding": 40}, shard=2), task=["coding_user"] * 40)],
+                      how="diagonal_relaxed")
     cfg = MixtureConfig(validation_fraction=0.15, seed=11)
-    before = build_mixture(small, cfg).mixture
-    after = build_mixture(big, cfg).mixture
-    split_before = dict(before.select("conversation_id", "split").iter_rows())
-    split_after = dict(after.select("conversation_id", "split").iter_rows())
-    assert ids(before, "validation")  # the small-pool exception is not in play
-    assert {cid: split_after[cid] for cid in split_before} == split_before
-    # and the same holds row by row in a shuffled, re-ordered input
-    shuffled = build_mixture(big.sample(fraction=1.0, shuffle=True, seed=1), cfg).mixture
-    assert shuffled.equals(after)
+    before = dict(build_mixture(small, cfg).mixture.select("conversation_id", "split").iter_rows())
+    after = dict(build_mixture(pl.concat([small, extra], how="diagonal_relaxed"), cfg).mixture
+                 .select("conversation_id", "split").iter_rows())
+    assert {cid: after[cid] for cid in before} == before
 
 
-@pytest.mark.parametrize(
-    ("n_rows", "fraction", "n_validation"),
-    [(2, 0.1, 1), (3, 0.01, 1), (5, 0.99, 4), (1, 0.5, 0), (10, 0.0, 0)],
-)
-def test_small_pools_get_one_validation_row(n_rows: int, fraction: float, n_validation: int) -> None:
-    df = pool({"math": n_rows})
-    mix = build_mixture(df, MixtureConfig(validation_fraction=fraction)).mixture
-    assert mix.height == n_rows
+@pytest.mark.parametrize(("n_rows", "fraction", "n_validation"), [(2, 0.1, 1), (5, 0.99, 4), (1, 0.5, 0), (10, 0.0, 0)])
+def test_small_pools(n_rows: int, fraction: float, n_validation: int) -> None:
+    mix = build_mixture(pool({"math": n_rows}), MixtureConfig(validation_fraction=fraction)).mixture
     assert (mix["split"] == "validation").sum() == n_validation
 
 
 @pytest.mark.parametrize(("max_rows", "n_validation"), [(100, 10), (55, 6), (2, 1)])
 def test_max_rows_sets_validation_share(max_rows: int, n_validation: int) -> None:
-    df = pool({"coding": 500, "math": 500})
-    result = build_mixture(df, MixtureConfig(max_rows=max_rows, validation_fraction=0.1))
-    mix = result.mixture
-    assert mix.height == max_rows
-    assert (mix["split"] == "validation").sum() == n_validation == result.stats["validation_rows"]
-
-
-def test_subsampled_train_caps_validation_size() -> None:
-    # weights force a small train set (limited by 'code'); validation must shrink with it, not stay at 10% of
-    # the whole pool
-    df = pool({"coding": 50, "math": 2000})
-    result = build_mixture(df, MixtureConfig(weights={"coding": 0.5, "math": 0.5}, validation_fraction=0.1))
-    n_train, n_val = result.stats["train_rows"], result.stats["validation_rows"]
-    assert result.stats["shortfall"] == {}
-    assert n_val == round(n_train * 0.1 / 0.9)
-    assert n_val < 0.2 * n_train
+    result = build_mixture(pool({"coding": 500, "math": 500}), MixtureConfig(max_rows=max_rows))
+    assert result.mixture.height == max_rows
+    assert (result.mixture["split"] == "validation").sum() == n_validation == result.manifest["validation_rows"]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Determinism and output shape
+# Determinism, the manifest, config errors
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        MixtureConfig(),
-        MixtureConfig(weights={"coding": 0.6, "math": 0.4}, max_rows=80, seed=4),
-        MixtureConfig(temperature=3.0, max_rows=90, allow_upsampling=True, seed=2),
-    ],
-)
-def test_deterministic_output(cfg: MixtureConfig) -> None:
+@pytest.mark.parametrize("cfg", [
+    MixtureConfig(),
+    MixtureConfig(weights={"coding": 0.6, "math": 0.4}, max_rows=80, seed=4),
+    MixtureConfig(temperature=3.0, max_rows=90, allow_upsampling=True, seed=2, category_caps={"coding": 0.3}),
+])
+def test_same_input_and_seed_give_the_same_bytes_whatever_the_row_order(cfg: MixtureConfig, tmp_path) -> None:
     df = pool({"coding": 70, "math": 40, "creative_writing": 25})
-    first = build_mixture(df, cfg)
-    second = build_mixture(df.reverse(), cfg)
-    assert first.mixture.equals(second.mixture)
-    assert first.stats == second.stats
-    expected_order = first.mixture.sort(["split", "conversation_id"], maintain_order=True)
-    assert first.mixture.equals(expected_order)
-    assert first.mixture.columns == [*df.columns, "task", "split"]
-    assert set(first.mixture["split"].unique()) == {"train", "validation"}
+    first, second = build_mixture(df, cfg), build_mixture(df.reverse(), cfg)
+    first.mixture.write_parquet(tmp_path / "a.parquet")
+    second.mixture.write_parquet(tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert json.dumps(first.manifest, sort_keys=True) == json.dumps(second.manifest, sort_keys=True)
 
 
 def test_seed_changes_split_and_sample() -> None:
     df = pool({"coding": 200, "math": 200})
-    cfg = MixtureConfig(weights={"coding": 0.5, "math": 0.5}, max_rows=100)
-    a = build_mixture(df, cfg).mixture
-    b = build_mixture(df, MixtureConfig(weights={"coding": 0.5, "math": 0.5}, max_rows=100, seed=1)).mixture
-    assert ids(a, "validation") != ids(b, "validation")
-    assert ids(a, "train") != ids(b, "train")
+    a = build_mixture(df, MixtureConfig(max_rows=100)).mixture
+    b = build_mixture(df, MixtureConfig(max_rows=100, seed=1)).mixture
+    assert ids(a, "validation") != ids(b, "validation") and ids(a, "train") != ids(b, "train")
 
 
 def test_split_hash_is_stable_across_runs() -> None:
-    # BLAKE2b keyed by the seed (hashlib), so the split never depends on polars' hash implementation
     got = split_hash(pl.Series("conversation_id", ["0-0", "3-17"]), seed=0).to_list()
     assert got != split_hash(pl.Series(["0-0", "3-17"]), seed=1).to_list()
-    want = int.from_bytes(hashlib.blake2b(b"3-17", digest_size=8, key=b"0").digest(), "big")
-    assert got[1] == want
+    assert got[1] == int.from_bytes(hashlib.blake2b(b"3-17", digest_size=8, key=b"0").digest(), "big")
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"weights": {"coding": -1.0}},
-        {"weights": {"coding": 0.0}},
-        {"weights": {}},
-        {"temperature": 0.0},
-        {"validation_fraction": 1.0},
-        {"max_rows": -5},
-    ],
-)
+def test_manifest_shares_match_the_table_recomputed_independently() -> None:
+    df = with_labels(two_sources(), instruction_language=["en", "de", "en"] * 120)
+    result = build_mixture(df, MixtureConfig(source_shares={"mine": 0.3}, category_caps={"math": 0.3}))
+    train = result.mixture.filter(pl.col("split") == "train").to_dicts()
+    tally: dict[tuple, int] = {}
+    for row in train:  # plain Python, not the manifest's polars code
+        key = (row["source"] or "generated", row["task"], row["instruction_language"])
+        tally[key] = tally.get(key, 0) + 1
+    manifest = {(g["source"], g["task"], g["language"]): g for g in result.manifest["groups"]}
+    for key, n in tally.items():
+        assert manifest[key]["rows"] == n
+        assert manifest[key]["rows_share"] == pytest.approx(n / len(train), rel=1e-12)
+    assert sum(g["rows"] for g in manifest.values()) == len(train)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"weights": {"coding": -1.0}}, {"weights": {"coding": 0.0}}, {"weights": {}}, {"temperature": 0.0},
+    {"validation_fraction": 1.0}, {"max_rows": -5}, {"source_shares": {"a": 0.7, "b": 0.5}},
+    {"category_floors": {"a": 1.5}}, {"refusal_share": 2.0}, {"unit": "bytes"}, {"max_tokens": 100},
+    {"unit": "tokens", "max_rows": 10},
+])
 def test_invalid_config_rejected(kwargs) -> None:
     with pytest.raises(ValueError):
         MixtureConfig(**kwargs)
 
 
-def test_missing_or_null_ids_rejected() -> None:
-    df = pool({"coding": 3}).with_columns(pl.lit(None, pl.Utf8).alias("conversation_id"))
+def test_tokens_need_a_counter_and_ids_must_be_set() -> None:
+    with pytest.raises(ValueError, match="count_tokens"):
+        build_mixture(pool({"coding": 3}), MixtureConfig(unit="tokens"))
     with pytest.raises(ValueError, match="null"):
-        build_mixture(df)
+        build_mixture(pool({"coding": 3}).with_columns(pl.lit(None, pl.Utf8).alias("conversation_id")))
 
 
-def test_weighted_task_with_no_rows_is_a_full_shortfall() -> None:
-    df = pool({"coding": 30, "math": 20})
-    result = build_mixture(df, MixtureConfig(weights={"coding": 1, "poetry": 1}))
-    code, poetry = result.stats["tasks"]["coding"]["train"], result.stats["tasks"]["poetry"]["train"]
-    # without max_rows the size is set by the tasks that have rows: all train-pool code rows
-    assert code["realized"] == code["target"] == code["available"]
-    assert poetry == poetry | {"available": 0, "target": code["target"], "realized": 0}
-    assert result.stats["shortfall"] == {"poetry": code["target"]}
-    assert result.stats["excluded_rows"] == 20
-    assert set(result.mixture["task"].to_list()) == {"coding"}
-
-
-def test_empty_input_and_explicit_tasks_without_messages() -> None:
+def test_empty_input() -> None:
     empty = build_mixture(pool({}))
-    assert empty.mixture.height == 0 and empty.mixture.columns[-2:] == ["task", "split"]
-    # a fully labelled frame needs no messages column at all
-    df = pl.DataFrame({"conversation_id": [f"0-{i}" for i in range(40)], "task": ["a", "b"] * 20})
-    mix = build_mixture(
-        df, MixtureConfig(weights={"a": 3, "b": 1}, max_rows=20, validation_fraction=0.0)
-    ).mixture
-    assert dict(mix.group_by("task").len().iter_rows()) == {"a": 15, "b": 5}
+    assert empty.mixture.height == 0 and empty.mixture.columns[-5:] == MIX_COLUMNS
+
+
+def test_a_weighted_task_without_rows_is_reported() -> None:
+    result = build_mixture(pool({"coding": 30, "math": 20}), MixtureConfig(weights={"coding": 1, "poetry": 1}))
+    assert result.manifest["weights_without_rows"] == ["poetry"]
+    assert counts(result.mixture) == {"coding": 30}
+
+
+def test_shares_naming_every_source_are_scaled_to_the_whole_mix() -> None:
+    result = build_mixture(two_sources(), MixtureConfig(source_shares={"generated": 0.3, "mine": 0.1}))
+    train = train_of(result)
+    assert counts(train, "source")["mine"] / train.height == pytest.approx(0.25, abs=1 / train.height)
+    assert constraint(result, "source_share[mine]")["target"] == pytest.approx(0.25)

@@ -32,10 +32,11 @@ import polars as pl
 from training.masking import assistant_end_of_turn, tokenize_conversation
 
 TRAIN_ROWS_FILE = "train_rows.parquet"
-# What a model directory keeps of every row it saw: provenance back to the generation shard and row, the task and
-# split, and the messages themselves (so a later continual run can rehearse them without the old data root).
-TRAIN_ROW_COLUMNS = ("conversation_id", "shard", "row_index", "seed", "generator_model", "generator_model_hash",
-                     "pre_query_template_hash", "task", "split", "messages")
+# What a model directory keeps of every row it saw: provenance back to the generation shard and row (or the user
+# source and its own id), the task and split, and the messages themselves (so a later continual run can rehearse
+# them without the old data root).
+TRAIN_ROW_COLUMNS = ("conversation_id", "source", "source_id", "shard", "row_index", "seed", "generator_model",
+                     "generator_model_hash", "pre_query_template_hash", "task", "split", "messages")
 REQUIRED_ROW_COLUMNS = ("conversation_id", "split", "messages")
 TRAIN_SPLIT, VALIDATION_SPLIT, REHEARSAL_SPLIT = "train", "validation", "rehearsal"
 TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (validation rows are not)

@@ -199,9 +199,11 @@ def main() -> None:
 
     reference = load_reference(Path(args.reference))
     name, path = resolve(args)
-    conversations = reference.make_conversations(args.batch_size * (args.steps + 1) * (2 if args.model == "gemma"
-                                                                                       else 1), args.seed)
-    if args.model == "gemma":  # two-turn conversations, to fill batches close to max_length
+    # gemma: two-turn conversations (pairs of the reference's), twice as many as the steps need, the ones longer than
+    # --max-length dropped by the trainer's tokenization: batches close to max_length
+    needed = args.batch_size * (args.steps + 1)
+    conversations = reference.make_conversations(needed * 4 if args.model == "gemma" else needed, args.seed)
+    if args.model == "gemma":
         conversations = [a + b for a, b in zip(conversations[::2], conversations[1::2], strict=True)]
     print(f"model {name} at {path}; {len(conversations)} conversations, batch {args.batch_size}, {args.steps} timed "
           f"steps after 1 warm-up, sides {sides} x {args.rounds} round(s); trainer config overrides "

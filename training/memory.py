@@ -12,13 +12,19 @@ before the model is loaded from its ``config.json``, the batch and the longest e
   adapted linear layer also keeps its dropped-out input. Measured on this project's CPU runs, about
   ``10h + 4q + 4kv + 6i`` values per token and layer without LoRA, plus ``3h + q + 2h + i`` with LoRA on every
   linear layer; with checkpointing, ``h`` per token and layer plus one layer's worth during its recomputation;
-- the LM head: TRL's chunked loss projects at most 4,096 tokens x 32,768 vocabulary entries at a time, and its
-  CPU path holds about four such tiles (logits, scaled logits, exponentials, the gradient), so a 262k vocabulary
-  never materializes ``tokens x vocabulary`` logits (gemma-3-270m's would be 4 GB for one batch of 8 x 512);
-- a fixed allowance for the framework (Python, torch, tokenizer, data): 1.5 GB.
+- the LM head: TRL's chunked loss projects at most 4,096 tokens x a vocabulary tile at a time (32,768 entries in
+  TRL's path, 8,192 in the lean one: :mod:`training.loss`), and its CPU path holds about nine such tiles at once
+  in the backward pass, so a 262k vocabulary never materializes ``tokens x vocabulary`` logits (gemma-3-270m's
+  would be 4 GB for one batch of 8 x 512); the lean path projects only the trained tokens;
+- trained embedding rows (chat markers, :mod:`training.markers`): PEFT merges them into a full copy of the
+  embedding for the input and for the tied head, and the head's gradient is a dense one: three ``vocabulary x h``
+  matrices;
+- a fixed allowance for the framework (Python, torch, tokenizer, data): 2 GB.
 
-The budget is half of the memory available when training starts (``/proc/meminfo`` ``MemAvailable``; the other
-half is left to whatever else runs on the machine), or ``TrainConfig.memory_budget_gb``.
+The budget is half of the machine's memory (``/proc/meminfo`` ``MemTotal``; 12 GB on a 24 GB machine: the other
+half is left to whatever else runs there, e.g. a vLLM engine), or what is available when training starts if that is
+less (``MemAvailable``), or ``TrainConfig.memory_budget_gb``. It does not depend on the other processes' momentary
+use unless memory is short, so the same run decides the same way.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ from pathlib import Path
 from typing import Literal
 
 GB = 1024**3
-FRAMEWORK_BYTES = int(1.5 * GB)
-LM_HEAD_TOKENS, LM_HEAD_VOCABULARY, LM_HEAD_TILES = 4096, 32768, 4  # TRL's chunk sizes; tiles alive at once on CPU
+FRAMEWORK_BYTES = 2 * GB
+LM_HEAD_TOKENS, LM_HEAD_TILES = 4096, 9  # TRL's token chunk; tile-sized temporaries alive at once on CPU
 BUDGET_FRACTION = 0.5
 
 Setting = Literal["auto", "on", "off"]
@@ -92,17 +98,21 @@ def activation_values_per_token(shape: ModelShape, lora: bool) -> int:
 
 def plan_memory(shape: ModelShape, tokens_per_batch: int, lora: bool, setting: Setting = "auto",
                 budget_gb: float | None = None, available_bytes: int | None = None, bytes_per_value: int = 4,
-                trained_tokens: int | None = None) -> MemoryPlan:
-    """The estimate and the decision. ``trained_tokens``: tokens of a batch the loss is computed on (TRL's chunked
-    head projects only those here), default all of them."""
-    available = available_bytes if available_bytes is not None else memory_available()
-    budget = budget_gb * GB if budget_gb is not None else BUDGET_FRACTION * (available or 16 * GB)
+                trained_tokens: int | None = None, vocabulary_chunk: int = 32768,
+                trained_embedding_rows: bool = False) -> MemoryPlan:
+    """The estimate and the decision. ``trained_tokens``: tokens of a batch the loss is computed on (the lean head
+    projects only those), default all of them; ``vocabulary_chunk``: the head's tile width."""
+    available = available_bytes if available_bytes is not None else _meminfo("MemAvailable")
+    half = BUDGET_FRACTION * (_meminfo("MemTotal") or 32 * GB)
+    budget = budget_gb * GB if budget_gb is not None else min(half, available or half)
     weights = shape.parameters * (bytes_per_value if lora else 16)
     per_layer = activation_values_per_token(shape, lora) * bytes_per_value
     activations = tokens_per_batch * shape.layers * per_layer
     checkpointed = tokens_per_batch * (shape.layers * shape.hidden * bytes_per_value + per_layer)
     head_tokens = min(trained_tokens if trained_tokens is not None else tokens_per_batch, LM_HEAD_TOKENS)
-    lm_head = LM_HEAD_TILES * head_tokens * min(shape.vocabulary, LM_HEAD_VOCABULARY) * 4  # fp32 tiles
+    lm_head = LM_HEAD_TILES * head_tokens * min(shape.vocabulary, vocabulary_chunk) * 4  # fp32 tiles
+    if trained_embedding_rows:
+        weights += 3 * shape.vocabulary * shape.hidden * bytes_per_value
     without = FRAMEWORK_BYTES + weights + activations + lm_head
     with_checkpointing = FRAMEWORK_BYTES + weights + checkpointed + lm_head
     if setting == "auto":
@@ -120,11 +130,11 @@ def plan_memory(shape: ModelShape, tokens_per_batch: int, lora: bool, setting: S
     )
 
 
-def memory_available() -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes (None where there is none)."""
+def _meminfo(field: str) -> int | None:
+    """A ``/proc/meminfo`` field in bytes (None where there is none)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None

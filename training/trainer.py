@@ -208,12 +208,17 @@ def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config:
 def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig) -> MemoryPlan:
     """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, the batch
     and the longest training example (the packed length when packing)."""
+    from assets.common.templates import read_chat_markers
+    from training.loss import VOCABULARY_CHUNK
+
     lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
     longest = config.max_length if config.packing else int(lengths.max() or 0)
+    markers = read_chat_markers(model_path)
     return plan_memory(ModelShape.from_model_dir(model_path), config.per_device_train_batch_size * longest,
                        lora=config.method == "lora", setting=config.gradient_checkpointing,
-                       budget_gb=config.memory_budget_gb,
-                       bytes_per_value=2 if _precision(config)["bf16"] else 4)
+                       budget_gb=config.memory_budget_gb, bytes_per_value=2 if _precision(config)["bf16"] else 4,
+                       vocabulary_chunk=32768 if config.token_metrics else VOCABULARY_CHUNK,
+                       trained_embedding_rows=bool(markers and markers.rows_to_initialise and config.method == "lora"))
 
 
 def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: TrainConfig,

@@ -1,35 +1,36 @@
-"""LoRA SFT throughput with and without packing (run by hand, not in CI).
+"""The project's trainer against the barest LoRA SFT loop, on the same batches, in one run (run by hand, not in CI).
 
-    .venv/bin/python benchmarks/training.py                        # 64 conversations, 10 steps per mode
-    .venv/bin/python benchmarks/training.py --max-steps 20 --conversations 128
-    .venv/bin/python benchmarks/training.py --model /path/to/hf-model-dir
+    .venv/bin/python benchmarks/training.py                       # SmolLM2-135M: bare loop vs training/, 3 steps
+    .venv/bin/python benchmarks/training.py --rounds 2            # alternate the two sides twice, medians
+    .venv/bin/python benchmarks/training.py --model gemma         # demo student, batch 8, max_length 512: peak RSS
+    .venv/bin/python benchmarks/training.py --set gradient_checkpointing=on --set token_metrics=true
+    .venv/bin/python benchmarks/training.py --sides trainer --profile   # where a trainer step's time goes
 
-The same deterministic synthetic conversations (drawn from a fixed word list with a seeded RNG; 1 or 2 turns, user
-and assistant lengths log-uniform, so the lengths vary widely as real SFT data does) are tokenized once with the
-project's own code (``training.dataset.tokenize_rows``: the model's chat template, assistant-only masks) and trained
-on with TRL's SFTTrainer + LoRA exactly as ``training.trainer.train`` configures it (``sft_config``), twice:
+Two sides, each in a fresh process (so each one's peak RSS is its own):
 
-* padded: ``TrainConfig(packing=False)``; each batch of ``--batch-size`` conversations is padded to its longest;
-* packed: ``TrainConfig(packing=True)``: TRL best-fit-decreasing packing into sequences of ``--max-length``
-  tokens, padding-free (a batch is one row; position ids restart at each conversation, no attention across them).
+* bare: ``bare_step_seconds`` of ``bare_lora_loop.py`` (``--reference``; the shared reference, used unchanged): PEFT
+  LoRA r16 on all linear layers, sdpa, fp32, full logits + masked cross-entropy, AdamW;
+* trainer: the project's trainer as ``training.trainer.train`` builds it (``build_trainer``: TRL ``SFTTrainer``
+  subclass, LoRA r16, its gradient-checkpointing decision and loss) on the same conversations, tokenized by
+  ``training.dataset.tokenize_rows``, read in order (sequential sampler) so step k trains on the same
+  ``--batch-size`` conversations as the bare loop's step k; checkpoint saving off (it would be timed).
 
-Measured per mode, on a fresh base model each time (fp32 on CPU, LoRA r=16 on all linear layers):
+Both time ``--steps`` optimizer steps after one warm-up step (the reference's rule): seconds per step is their mean.
+Conversations are the reference's ``make_conversations`` (single-turn, 20-60 word instructions, 120-260 word
+answers). With ``--model gemma`` (the demo's student, gemma-3-270m with a 262k vocabulary, prepared as the
+``base_model`` asset does) only the trainer runs (the bare loop's full fp32 logits need ~21 GB there), on pairs of
+the reference conversations joined into two-turn ones so that batches come close to ``--max-length`` (512, the
+demo's) and the peak RSS is the demo's worst case.
 
-* non-pad tokens/s: the trainer's own ``num_tokens`` count (attention-mask sum, or the padding-free row length)
-  over ``train_runtime`` (the ``--max-steps`` optimisation steps; model loading and dataset preparation are not
-  included); also over steps 2.. only, which leaves out the first step's warm-up;
-* padding waste: the fraction of pad tokens in one epoch of the trainer's real collated batches, counted by the
-  pre-flight checks (``training.preflight.check_batches``, which also validate the masks of every example).
-
-Checkpoint saving is switched off (it would be timed otherwise); all output goes to a temporary directory.
-The last line is ``packed_tok_s=<a> padded_tok_s=<b> packed_waste=<w1> padded_waste=<w2>``.
+The last line: ``step_ratio_vs_bare=<trainer s/step / bare s/step> trainer_s_per_step=... bare_s_per_step=...
+peak_rss_gb=<trainer's> bare_peak_rss_gb=... gradient_checkpointing=... tokens_per_step=...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import random
+import importlib.util
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -39,216 +40,215 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import add_model_arguments, load_average, resolve_model  # noqa: E402
+from benchmarks.common import load_average  # noqa: E402
 
-WORDS = (
-    "the a an and or but if then when while because so of to in on at by for with from about into over after "
-    "before between under again model data train test value number list table file line word text answer question "
-    "example result function method class system process memory time space order error state network language "
-    "python code simple small large fast slow good better best first second last next each every other same "
-    "different important common useful clear short long high low new old early late easy hard true false open "
-    "close read write find make take give show explain describe compare choose build run check change keep start "
-    "stop use need want know think see look work help try learn teach ask tell call move turn put set get go "
-    "come seem feel leave bring begin hold provide include continue follow create allow add grow offer "
-    "remember consider appear buy wait serve send expect stay fall cut reach remain suggest raise pass report "
-    "decide pull city country water food music history science energy market health family student teacher "
-    "computer garden river mountain ocean planet story idea reason problem solution step part group case point"
-).split()
+REFERENCE_NAME = Path("shared") / "reference" / "bare_lora_loop.py"
 
 
-def _sentence(rng: random.Random, n: int, end: str) -> str:
-    words = [rng.choice(WORDS) for _ in range(n)]
-    return " ".join(words).capitalize() + end
+def default_reference() -> Path:
+    """``../shared/reference/bare_lora_loop.py`` from the main checkout (two levels up from a worktree)."""
+    candidates = [REPO.parent / REFERENCE_NAME, REPO.parents[1] / REFERENCE_NAME]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
-def _text(rng: random.Random, n_words: int, end: str) -> str:
-    sentences, left = [], n_words
-    while left > 0:
-        n = min(left, rng.randint(6, 16))
-        sentences.append(_sentence(rng, n, end))
-        left -= n
-    return " ".join(sentences)
+def load_reference(path: Path):
+    spec = importlib.util.spec_from_file_location("bare_lora_loop", path)
+    if spec is None or spec.loader is None or not path.exists():
+        sys.exit(f"{path}: no bare_lora_loop.py there; pass --reference")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _log_uniform(rng: random.Random, low: int, high: int) -> int:
-    return int(round(math.exp(rng.uniform(math.log(low), math.log(high)))))
+def peak_rss_gb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
 
 
-def make_conversations(n: int, seed: int) -> list[list[dict]]:
-    """``n`` deterministic conversations: 1 turn (75%) or 2; user 4-48 words, assistant 6-260 words (log-uniform)."""
-    rng = random.Random(seed)
-    conversations = []
-    for _ in range(n):
-        messages = []
-        for _turn in range(1 if rng.random() < 0.75 else 2):
-            messages.append({"role": "user", "content": _text(rng, _log_uniform(rng, 4, 48), "?")})
-            messages.append({"role": "assistant", "content": _text(rng, _log_uniform(rng, 6, 260), ".")})
-        conversations.append(messages)
-    return conversations
+def bare_side(reference: str, model_path: str, conversations: list, batch_size: int, steps: int, seed: int) -> dict:
+    module = load_reference(Path(reference))
+    out = module.bare_step_seconds(model_path, conversations, batch_size=batch_size, steps=steps, seed=seed)
+    return {**out, "peak_rss_gb": peak_rss_gb()}
 
 
-def run_mode(packing: bool, model_path: Path, tokenizer, template: str, dataset, args: argparse.Namespace,
-             work_dir: Path) -> dict:
-    """Train ``--max-steps`` LoRA steps in one mode; return throughput and padding figures."""
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+def _overrides(pairs: list[str]) -> dict:
+    import json
+
+    values = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def trainer_side(model_path: str, conversations: list, args: dict) -> dict:
+    """Train ``steps + 1`` steps with the project's trainer; seconds per step after the first."""
+    import transformers
+    from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_utils import SaveStrategy
-    from trl import SFTTrainer
 
+    from assets.common.chat_template import read_chat_template
     from training.config import TrainConfig
-    from training.preflight import check_batches, template_markers
-    from training.trainer import sft_config
+    from training.dataset import conversation_rows, tokenize_rows
+    from training.trainer import build_trainer
 
-    name = "packed" if packing else "padded"
-    config = TrainConfig(
-        packing=packing,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        max_length=args.max_length,
-        logging_steps=1,  # num_tokens after every step
-        seed=args.seed,
-        precision="fp32",
-    )
-    torch.manual_seed(config.seed)
-    started = time.monotonic()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    modules = config.lora_target_modules
-    peft_config = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=modules[0] if modules == ("all-linear",) else list(modules), task_type="CAUSAL_LM",
-    )
-    sft_args = sft_config(config, work_dir / name, has_eval=False)
-    sft_args.save_strategy = SaveStrategy.NO  # checkpoints would be timed with the steps
-
-    step_seconds: list[float] = []
+    transformers.logging.set_verbosity_error()
+    seconds: list[float] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.t0 = time.monotonic()
+            self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            step_seconds.append(time.monotonic() - self.t0)
+            seconds.append(time.perf_counter() - self.t0)
 
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[StepTimer()])
-    trainer.remove_callback(PrinterCallback)
-    setup_seconds = time.monotonic() - started
-
-    # padding waste (and the pre-flight mask checks) over one epoch of the real collated batches
-    batches = list(trainer.get_train_dataloader())
-    report = check_batches(batches, template_markers(tokenizer, template), tokenizer)
-    widths = [int(b["input_ids"].shape[1]) for b in batches]
-    rows = [int(b["input_ids"].shape[0]) for b in batches]
-    packed_sequences = len(trainer.train_dataset) if packing else None
-
-    output = trainer.train()
-    metrics = dict(output.metrics)
-    tokens_by_step = [(e["step"], e["num_tokens"]) for e in trainer.state.log_history if "num_tokens" in e]
-    tokens = int(tokens_by_step[-1][1]) if tokens_by_step else 0
-    first_step_tokens = int(tokens_by_step[0][1]) if tokens_by_step and tokens_by_step[0][0] == 1 else None
-    runtime = float(metrics["train_runtime"])
-    steady = float("nan")
-    if first_step_tokens is not None and len(step_seconds) > 1:
-        steady = (tokens - first_step_tokens) / sum(step_seconds[1:])
-    result = {
-        "mode": name,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "tokens": tokens,
-        "runtime_s": runtime,
-        "tok_s": tokens / runtime if runtime else float("nan"),
-        "steady_tok_s": steady,
-        "first_step_s": step_seconds[0] if step_seconds else float("nan"),
-        "setup_s": setup_seconds,
-        "waste": report.padding_fraction,
-        "epoch_tokens": report.tokens,
-        "epoch_pad_tokens": report.padding_tokens,
-        "epoch_examples": report.examples,
-        "batches_per_epoch": len(batches),
-        "mean_batch_positions": statistics.mean(w * r for w, r in zip(widths, rows, strict=True)),
-        "packed_sequences": packed_sequences,
-        "train_loss": metrics.get("train_loss"),
+    config = TrainConfig.from_dict({
+        "max_steps": args["steps"] + 1, "per_device_train_batch_size": args["batch_size"],
+        "max_length": args["max_length"], "logging_steps": args["steps"] + 1, "seed": args["seed"],
+        "early_stopping_patience": 0, "extra": {"train_sampling_strategy": "sequential"}, **args["set"],
+    })
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = tokenize_rows(tokenizer, conversation_rows(conversations), read_chat_template(model_path), config.max_length)
+    lengths = [len(ids) for ids in data.train["input_ids"]]
+    batch = config.per_device_train_batch_size
+    batches = [lengths[i:i + batch] for i in range(0, len(lengths), batch)][1:args["steps"] + 1]
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        trainer = build_trainer(Path(model_path), tokenizer, data, config, Path(tmp) / "checkpoints",
+                                log=lambda msg: print(f"[trainer] {msg}", flush=True), callbacks=[StepTimer()])
+        trainer.args.save_strategy = SaveStrategy.NO
+        if args["profile"]:
+            output = _profiled(trainer)
+        else:
+            output = trainer.train()
+    return {
+        "seconds_per_step": statistics.mean(seconds[1:]),
+        "step_seconds": seconds,
+        "tokens_per_step": statistics.mean(sum(b) for b in batches),
+        "max_width": max(max(b) for b in batches),
+        "dropped": data.dropped(),
+        "final_loss": output.metrics.get("train_loss"),
+        "memory_plan": trainer.memory_plan,
+        "peak_rss_gb": peak_rss_gb(),
     }
-    print(f"[{name}] {result['steps']} steps ({result['epochs']:.2f} epochs), {tokens} non-pad tokens in "
-          f"{runtime:.1f}s = {result['tok_s']:.1f} tok/s (steps 2..: {steady:.1f} tok/s; first step "
-          f"{result['first_step_s']:.1f}s); padding waste {report.padding_fraction:.2%} over one epoch "
-          f"({report.padding_tokens} pad of {report.padding_tokens + report.tokens} positions, "
-          f"{len(batches)} batches); loss {result['train_loss']}", flush=True)
-    del trainer, model
-    return result
+
+
+def _profiled(trainer):
+    """Train under the torch profiler; print the operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        output = trainer.train()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    return output
+
+
+def run_in_process(function, *arguments):
+    """``function(*arguments)`` in a fresh spawned process (its own peak RSS); its return value."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(function, arguments)
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, str]:
+    """(name, path) of the model to train."""
+    from assets.common.model_dirs import prepare_embedded_smollm2, prepare_local
+
+    if args.model == "smollm2":
+        model = prepare_embedded_smollm2(args.model_root)
+        return model.name, str(model.path)
+    if args.model == "gemma":
+        from assets.base_model.core import prepare_student, template_choice
+        from assets.base_model.gemma import prepare_embedded_gemma
+
+        original = prepare_embedded_gemma(args.model_root)
+        student = prepare_student(original, template_choice("gemma", original, embedded=True),
+                                  Path(args.model_root).parent / "student")
+        return f"{original.name} (student, gemma template)", str(student.model.path)
+    model = prepare_local(args.model, require_chat_template=True)
+    return model.name, str(model.path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--conversations", type=int, default=64, help="synthetic conversations (default 64)")
-    parser.add_argument("--max-steps", type=int, default=10, help="optimisation steps per mode (default 10)")
-    parser.add_argument("--batch-size", type=int, default=8, help="per-device train batch size (default 8); "
-                        "with packing, packed sequences per batch")
-    parser.add_argument("--max-length", type=int, default=1024, help="max tokens per example, and the packed "
-                        "sequence length (default 1024; the pipeline's default is 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    parser.add_argument("--modes", default="padded,packed", help="comma-separated, in run order "
-                        "(default padded,packed)")
-    add_model_arguments(parser)
+    parser.add_argument("--model", default="smollm2", help="smollm2 (default: the embedded SmolLM2-135M-Instruct), "
+                        "gemma (the demo's student; trainer side only) or a local Hugging Face model directory")
+    parser.add_argument("--model-root", default=str(REPO / "data" / "models" / "embedded"),
+                        help="where the embedded GGUFs are converted, or found converted "
+                        "(default data/models/embedded)")
+    parser.add_argument("--reference", default=str(default_reference()), help="bare_lora_loop.py (default: "
+                        "../shared/reference/bare_lora_loop.py of the main checkout)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side, after one warm-up (default 3)")
+    parser.add_argument("--batch-size", type=int, default=8, help="conversations per step (default 8, the demo's)")
+    parser.add_argument("--max-length", type=int, default=512, help="TrainConfig.max_length (default 512, the demo's)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the sides this many times; medians "
+                        "(default 1)")
+    parser.add_argument("--sides", default=None, help="comma-separated, in run order (default bare,trainer; with "
+                        "--model gemma: trainer)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for the trainer side, e.g. gradient_checkpointing=on")
+    parser.add_argument("--profile", action="store_true", help="run the trainer side under the torch profiler")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if set(modes) - {"padded", "packed"}:
-        parser.error(f"--modes: unknown {sorted(set(modes) - {'padded', 'packed'})}; choose from padded, packed")
+    sides = [s.strip() for s in (args.sides or ("trainer" if args.model == "gemma" else "bare,trainer")).split(",")]
+    if set(sides) - {"bare", "trainer"}:
+        parser.error(f"--sides: unknown {sorted(set(sides) - {'bare', 'trainer'})}; choose from bare, trainer")
 
-    import transformers
-    from transformers import AutoTokenizer
+    reference = load_reference(Path(args.reference))
+    name, path = resolve(args)
+    # gemma: two-turn conversations (pairs of the reference's), twice as many as the steps need, the ones longer than
+    # --max-length dropped by the trainer's tokenization: batches close to max_length
+    needed = args.batch_size * (args.steps + 1)
+    conversations = reference.make_conversations(needed * 4 if args.model == "gemma" else needed, args.seed)
+    if args.model == "gemma":
+        conversations = [a + b for a, b in zip(conversations[::2], conversations[1::2], strict=True)]
+    print(f"model {name} at {path}; {len(conversations)} conversations, batch {args.batch_size}, {args.steps} timed "
+          f"steps after 1 warm-up, sides {sides} x {args.rounds} round(s); trainer config overrides "
+          f"{_overrides(args.set)}; load average {load_average()}", flush=True)
+    trainer_args = {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
+                    "seed": args.seed, "set": _overrides(args.set), "profile": args.profile}
+    results: dict[str, list[dict]] = {side: [] for side in sides}
+    for round_ in range(args.rounds):
+        for side in sides:
+            started = time.monotonic()
+            if side == "bare":
+                out = run_in_process(bare_side, args.reference, path, conversations, args.batch_size, args.steps,
+                                     args.seed)
+            else:
+                out = run_in_process(trainer_side, path, conversations, trainer_args)
+            results[side].append(out)
+            print(f"[{side} round {round_ + 1}] {out['seconds_per_step']:.2f} s/step, {out['tokens_per_step']:.0f} "
+                  f"non-pad tokens/step, loss {out['final_loss']:.4f}, peak RSS {out['peak_rss_gb']:.2f} GB "
+                  f"({time.monotonic() - started:.0f}s with start-up); load average {load_average()}", flush=True)
+    report(results, args)
 
-    from assets.common.chat_template import read_chat_template
-    from training.dataset import conversation_rows, tokenize_rows
-    from training.preflight import check_template_identity
 
-    transformers.logging.set_verbosity_error()
-    model = resolve_model(args)
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
-    template = read_chat_template(model.path)
-    check_template_identity(tokenizer.chat_template or "", template, f"{model.path} (tokenizer as loaded)")
-    conversations = make_conversations(args.conversations, args.seed)
-    tokenized = tokenize_rows(tokenizer, conversation_rows(conversations), template, args.max_length)
-    dataset, dropped = tokenized.train.select_columns(["input_ids", "assistant_masks"]), tokenized.dropped()
-    lengths = sorted(len(ids) for ids in dataset["input_ids"])
-    if not lengths:
-        sys.exit(f"all {dropped} conversations are longer than --max-length {args.max_length}")
-    print(f"model {model.name} at {model.path}; {len(dataset)} conversations tokenized ({dropped} dropped, longer "
-          f"than {args.max_length}); tokens per conversation min {lengths[0]} median {statistics.median(lengths):.0f} "
-          f"max {lengths[-1]}, total {sum(lengths)}; batch {args.batch_size}, {args.max_steps} steps per mode; "
-          f"load average {load_average()}",
-          flush=True)
-
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        for mode in modes:
-            results[mode] = run_mode(mode == "packed", model.path, tokenizer, template, dataset, args, Path(tmp))
-
-    print()
-    header = (f"{'mode':<7} {'steps':>5} {'epochs':>6} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'tok/s 2..':>9} "
-              f"{'waste':>7} {'batches/ep':>10} {'positions/batch':>15} {'loss':>7}")
-    print(header)
-    print("-" * len(header))
-    for r in results.values():
-        loss = f"{r['train_loss']:.3f}" if r["train_loss"] is not None else "-"
-        print(f"{r['mode']:<7} {r['steps']:>5} {r['epochs']:>6.2f} {r['tokens']:>7} {r['runtime_s']:>8.1f} "
-              f"{r['tok_s']:>7.1f} {r['steady_tok_s']:>9.1f} {r['waste']:>7.2%} {r['batches_per_epoch']:>10} "
-              f"{r['mean_batch_positions']:>15.0f} {loss:>7}")
-    print("(tokens: non-pad tokens trained, trainer's num_tokens; tok/s 2..: steps after the first; waste: pad "
-          "fraction of one epoch of collated batches; positions/batch: rows x width, pad included)")
-    if "packed" in results:
-        print(f"packed: {results['packed']['packed_sequences']} sequences of <= {args.max_length} tokens from "
-              f"{len(dataset)} conversations")
-    if len(results) == 2:
-        speedup = results["packed"]["tok_s"] / results["padded"]["tok_s"]
-        print(f"packed / padded non-pad tokens/s: {speedup:.2f}x")
-    print(f"load average now {load_average()} (other work on the machine skews rates)")
+def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     nan = float("nan")
-    packed, padded = results.get("packed", {}), results.get("padded", {})
-    print(f"packed_tok_s={packed.get('tok_s', nan):.1f} padded_tok_s={padded.get('tok_s', nan):.1f} "
-          f"packed_waste={packed.get('waste', nan):.4f} padded_waste={padded.get('waste', nan):.4f}")
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[side]) if results.get(side) else nan
+
+    bare, trainer = median("bare", "seconds_per_step"), median("trainer", "seconds_per_step")
+    plan = results["trainer"][-1]["memory_plan"] if results.get("trainer") else {}
+    if plan:
+        print(f"trainer memory plan: {plan}")
+        last = results["trainer"][-1]
+        print(f"trainer step seconds (first is warm-up): {[round(s, 2) for s in last['step_seconds']]}; widest "
+              f"example {last['max_width']} tokens; dropped {last['dropped']}")
+    if results.get("bare") and results.get("trainer"):
+        ratios = [t["seconds_per_step"] / b["seconds_per_step"]
+                  for b, t in zip(results["bare"], results["trainer"], strict=True)]
+        print(f"per-round ratios: {[round(r, 3) for r in ratios]}")
+    print(f"load average now {load_average()} (other work on the machine skews rates)")
+    tokens = median("trainer", "tokens_per_step") if results.get("trainer") else median("bare", "tokens_per_step")
+    print(f"step_ratio_vs_bare={trainer / bare:.3f} trainer_s_per_step={trainer:.2f} bare_s_per_step={bare:.2f} "
+          f"peak_rss_gb={median('trainer', 'peak_rss_gb'):.2f} bare_peak_rss_gb={median('bare', 'peak_rss_gb'):.2f} "
+          f"gradient_checkpointing={plan.get('gradient_checkpointing')} lean_loss={plan.get('lean_loss')} "
+          f"tokens_per_step={tokens:.0f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ import polars as pl
 from assets.common.chat_template import read_chat_template
 from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprint, step_of
 from training.config import TrainConfig
-from training.dataset import TokenizedRows, tokenize_rows
+from training.dataset import TRAINED, TokenizedRows, tokenize_rows
+from training.memory import MemoryPlan, ModelShape, plan_memory
 from training.model_dir import TrainedModel, TrainResult, write_model_dir
 from training.preflight import PreflightError, check_batches, check_template_identity, template_markers
 
-__all__ = ["TrainResult", "sft_config", "train"]
+__all__ = ["TrainResult", "build_trainer", "sft_config", "train"]
 
 
 def train(
@@ -58,7 +59,7 @@ def train(
     fingerprint = run_fingerprint(model_path, config, lineage.get("base_model", {}).get("content_hash"), data.train,
                                   data.validation)
     resume = last_checkpoint(checkpoints, fingerprint, log)
-    trainer = _build_trainer(model_path, tokenizer, data, config, checkpoints, log)
+    trainer = build_trainer(model_path, tokenizer, data, config, checkpoints, log)
     preflight, schedule = _prepare(trainer, tokenizer, template, config, has_eval=len(data.validation) > 0, log=log)
     if resume:
         log(f"resuming from {resume}")
@@ -66,6 +67,8 @@ def train(
     early_stopping = early_stopping_outcome(trainer, config, schedule)  # before evaluate(): it counts too
     metrics = _metrics(trainer, train_output.metrics, resume, has_eval=len(data.validation) > 0)
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
+    metrics["memory_plan"] = trainer.memory_plan  # gradient checkpointing: estimate, budget, decision
+    metrics["peak_rss_gb"] = peak_rss_gb()
     if early_stopping["fired"]:
         log(f"early stopping fired at step {early_stopping['stopped_at_step']} of {early_stopping['max_steps']}")
     trained = TrainedModel(model=trainer.model, tokenizer=tokenizer, chat_template=template, start_path=model_path,
@@ -75,6 +78,13 @@ def train(
     result = write_model_dir(trained, output_dir, lineage)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return result
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)  # KiB on Linux
 
 
 def _tokenize(tokenizer: Any, rows: pl.DataFrame, template: str, config: TrainConfig,
@@ -96,9 +106,10 @@ def _precision(config: TrainConfig) -> dict[str, Any]:
     return {"bf16": bf16, "use_cpu": not cuda}
 
 
-def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
+def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool, gradient_checkpointing: bool):
     """TRL's SFTConfig for ``config``. Evaluation and checkpoints are step-based; with ``eval_steps`` unset, the
-    interval here is a placeholder that :func:`_prepare` replaces once the number of steps is known."""
+    interval here is a placeholder that :func:`_prepare` replaces once the number of steps is known. Gradient
+    checkpointing is set explicitly (TRL turns it on by default): :func:`memory_plan` decides."""
     from trl import SFTConfig
 
     interval = config.eval_steps or 1
@@ -136,6 +147,7 @@ def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool):
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=True,
+        gradient_checkpointing=gradient_checkpointing,
         **_precision(config),
         **eval_kwargs,
         **config.extra,
@@ -158,22 +170,28 @@ def _peft_config(config: TrainConfig, model: Any = None, marker_rows: list[int] 
     )
 
 
-def _build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config: TrainConfig, checkpoints: Path,
-                   log: Callable[[str], None]):
+def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config: TrainConfig, checkpoints: Path,
+                  log: Callable[[str], None], callbacks: Sequence[Any] = ()):
+    """The project's trainer (:func:`_trainer_class`) for ``config`` on ``data``, checkpointing under ``checkpoints``:
+    gradient checkpointing as :func:`memory_plan` decides, the lean loss unless ``config.token_metrics``. The plan
+    is ``trainer.memory_plan``; ``callbacks`` are added to the project's own."""
     import torch
     from transformers import AutoModelForCausalLM, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
     has_eval = len(data.validation) > 0
     dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
-    callbacks = [_log_progress(log)]
+    plan = memory_plan(model_path, data, config)
+    log(f"gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}: {plan.reason} "
+        f"(with it: {plan.estimate_checkpointed_gb} GB)")
+    callbacks = [_log_progress(log), *callbacks]
     if has_eval and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     marker_rows, marker_report = _initialise_markers(model, tokenizer, model_path, config, log)
     trainer = _trainer_class()(
         model=model,
-        args=sft_config(config, checkpoints, has_eval=has_eval),
+        args=sft_config(config, checkpoints, has_eval=has_eval, gradient_checkpointing=plan.gradient_checkpointing),
         train_dataset=data.train,
         eval_dataset=data.validation if has_eval else None,
         processing_class=tokenizer,
@@ -182,8 +200,25 @@ def _build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config
     )
     trainer.marker_learning_rate = config.marker_learning_rate if marker_rows else None
     trainer.marker_report = marker_report
+    trainer.memory_plan = {**plan.to_dict(), "lean_loss": trainer.use_lean_loss(not config.token_metrics)}
     trainer.remove_callback(PrinterCallback)  # progress goes through `log` instead
     return trainer
+
+
+def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig) -> MemoryPlan:
+    """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, the batch
+    and the longest training example (the packed length when packing)."""
+    from assets.common.templates import read_chat_markers
+    from training.loss import VOCABULARY_CHUNK
+
+    lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
+    longest = config.max_length if config.packing else int(lengths.max() or 0)
+    markers = read_chat_markers(model_path)
+    return plan_memory(ModelShape.from_model_dir(model_path), config.per_device_train_batch_size * longest,
+                       lora=config.method == "lora", setting=config.gradient_checkpointing,
+                       budget_gb=config.memory_budget_gb, bytes_per_value=2 if _precision(config)["bf16"] else 4,
+                       vocabulary_chunk=32768 if config.token_metrics else VOCABULARY_CHUNK,
+                       trained_embedding_rows=bool(markers and markers.rows_to_initialise and config.method == "lora"))
 
 
 def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: TrainConfig,
@@ -208,10 +243,13 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class MarkerTrainer(SFTTrainer):
-        """SFTTrainer whose trained marker rows may have their own learning rate (no weight decay)."""
+        """SFTTrainer whose trained marker rows may have their own learning rate (no weight decay), and whose loss
+        skips TRL's per-token metrics unless asked (:mod:`training.loss`)."""
 
         marker_learning_rate: float | None = None
         marker_report: dict[str, Any] | None = None
+        memory_plan: dict[str, Any] | None = None
+        lean_loss: bool = False
 
         def create_optimizer(self, model=None):
             if self.optimizer is None and self.marker_learning_rate:
@@ -225,14 +263,45 @@ def _trainer_class():
                                                    eps=self.args.adam_epsilon)
             return super().create_optimizer(model) if model is not None else super().create_optimizer()
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def use_lean_loss(self, wanted: bool) -> bool:
+            """Switch to the lean loss when ``wanted`` and it computes TRL's loss here (a plain NLL, no loss
+            function, label smoothing or MoE loss of TRL's to honour); returns whether it is on."""
+            from training.loss import add_lean_lm_head, supports_lean_head
+
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            self.lean_loss = (wanted and self.compute_loss_func is None and self.label_smoother is None
+                              and self.args.loss_type == "nll" and not self.aux_loss_enabled
+                              and supports_lean_head(base))
+            if self.lean_loss:
+                add_lean_lm_head(base)
+            return self.lean_loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             from training.markers import effective_output_head
 
             with effective_output_head(model):  # the fused loss must see the trained marker rows of the head
-                return super().compute_loss(model, inputs, *args, **kwargs)
+                if self.lean_loss and not return_outputs:
+                    return self._lean_loss(model, inputs, num_items_in_batch)
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+
+        def _lean_loss(self, model, inputs, num_items_in_batch):
+            """TRL's loss (label log-probabilities summed over trained tokens / their count) and its num_tokens."""
+            import torch
+
+            log_probs, trained = model(**inputs, lean_lm_head=True)
+            count = trained if num_items_in_batch is None else num_items_in_batch
+            loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            mode = "train" if self.model.training else "eval"
+            if mode == "train":
+                mask = inputs.get("attention_mask")
+                self._total_train_tokens += int(mask.sum()) if mask is not None else inputs["position_ids"].size(1)
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
 
     return MarkerTrainer
-
 
 
 def _log_progress(log: Callable[[str], None]):

@@ -19,10 +19,16 @@ from assets.common.config import config_dict
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """Decoding settings. On a CPU, ``top_p < 1`` costs a sort of the whole vocabulary at every step (vLLM-CPU's
+    top-p sorts the logits); ``min_p`` (keep tokens with at least ``min_p`` x the top token's probability) and
+    ``top_k`` filter without one. ``temperature`` 0 is greedy."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
     repetition_penalty: float = 1.0
+    min_p: float = 0.0  # 0: off
+    top_k: int = 0  # 0: off
 
     def to_dict(self) -> dict:
         return config_dict(self)
@@ -140,6 +146,8 @@ class VLLMGenerator:
             SamplingParams(
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                top_k=sampling.top_k,
                 max_tokens=sampling.max_tokens,
                 repetition_penalty=sampling.repetition_penalty,
                 stop_token_ids=list(stop_token_ids),

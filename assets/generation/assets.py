@@ -25,11 +25,17 @@ from assets.generation.shards import ShardResult, run_shard
 class Sampling(dg.Config):
     temperature: float = 1.0
     top_p: float = 1.0
+    """Nucleus sampling; below 1 it sorts the whole vocabulary at every step on a CPU (min_p and top_k do not)."""
     max_tokens: int = 256
     repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    """Keep tokens with at least min_p x the most likely token's probability; 0: off."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0: off."""
 
     def to_core(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.max_tokens, self.repetition_penalty)
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              repetition_penalty=self.repetition_penalty, min_p=self.min_p, top_k=self.top_k)
 
 
 class SystemPrompt(dg.Config):
@@ -43,7 +49,7 @@ class MagpieGenerationConfig(dg.Config):
     num_turns: int = 1
     instruction: Sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=256)
     """Magpie's defaults: sample instructions at temperature 1.0, top_p 1.0."""
-    response: Sampling = Sampling(temperature=0.7, top_p=0.9, max_tokens=1024)
+    response: Sampling = Sampling(temperature=0.7, min_p=0.05, max_tokens=1024)
     system_prompts: list[SystemPrompt] = []
     """Weighted system prompts to sample per conversation; empty = no system message (the template's default)."""
     pre_query_template: str | None = None

@@ -56,6 +56,11 @@ class SFTModelConfig(dg.Config):
     with (others from the mean), "mean" all from the mean, "none" leaves them. They are trained with LoRA."""
     marker_learning_rate: float | None = None
     """Learning rate of those marker rows; unset: the run's learning rate."""
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    """"auto": only when the run's estimated peak memory without it exceeds half the machine's memory (the estimate
+    and the decision are in the metadata, `memory_plan`); it costs about a quarter more time per step."""
+    token_metrics: bool = False
+    """Log TRL's per-token entropy and mean token accuracy (a pass over the whole vocabulary per position)."""
     init_from: Literal["base", "previous"] = "base"
     """Where training starts. "base" (default): the base model, every time. "previous" (continual mode): the merged
     weights of the project's current model (the last `promoted_model`), plus rehearsal rows; needs
@@ -141,6 +146,9 @@ def sft_model(
             "early_stopping_step": result.early_stopping["stopped_at_step"],
             "early_stopping": dg.MetadataValue.json(result.early_stopping),
             "preflight": dg.MetadataValue.json(result.preflight),
+            "gradient_checkpointing": result.metrics["memory_plan"]["gradient_checkpointing"],
+            "memory_plan": dg.MetadataValue.json(result.metrics["memory_plan"]),
+            "peak_rss_gb": result.metrics["peak_rss_gb"],
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
             "lineage": dg.MetadataValue.md(lineage_summary(snapshots, base)),

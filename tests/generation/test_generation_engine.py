@@ -116,3 +116,20 @@ def test_fully_committed_shard_needs_no_engine(engine, reference, tiny_model_dir
     other = run_shard(lambda: borrowed(engine), tokenizer, config, "tiny", "other-model", tmp_path, 16,
                       engine_key="vllm-cpu")
     assert other.resumed_batches == 0  # a different model invalidates the checkpoints
+
+
+@pytest.mark.parametrize("knob", [{"min_p": 1.0}, {"top_k": 1}])
+def test_min_p_and_top_k_reach_the_engine(engine, tiny_model_dir, knob):
+    """min_p=1 (only tokens as likely as the top one) and top_k=1 both leave the arg-max: sampling at a high
+    temperature then gives the greedy answer, which plain sampling at that temperature does not."""
+    from assets.common.engine import SamplingConfig
+
+    prompts = [[1, 5 + i, 9, 17 + i] for i in range(8)]
+    seeds = list(range(8))
+    greedy = engine.generate(prompts, SamplingConfig(temperature=0.0, max_tokens=12), [], seeds)
+    hot = SamplingConfig(temperature=1.5, max_tokens=12)
+    plain = engine.generate(prompts, hot, [], seeds)
+    filtered = engine.generate(prompts, SamplingConfig(**{**hot.to_dict(), **knob}), [], seeds)
+    ids = [[c.token_ids for c in out] for out in (greedy, plain, filtered)]
+    assert ids[2] == ids[0]
+    assert ids[1] != ids[0]

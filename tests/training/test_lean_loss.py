@@ -1,0 +1,107 @@
+"""The trainer's hot path: the lean loss (TRL's chunked LM head on trained positions only, no per-token metrics)
+gives TRL's own loss and gradients, and gradient checkpointing follows the memory plan. Real TRL on the tiny model
+(plain, and prepared with the gemma template so that marker rows are trained too)."""
+
+import pytest
+import torch
+
+from assets.base_model.core import prepare_student
+from assets.common.chat_template import read_chat_template
+from assets.common.model_dirs import prepare_local
+from training.config import TrainConfig
+from training.dataset import conversation_rows, tokenize_rows
+from training.loss import VOCABULARY_CHUNK
+from training.memory import ModelShape, plan_memory
+from training.trainer import build_trainer
+
+CONVERSATIONS = [[{"role": "user", "content": f"Say the number {i}, please, in a sentence."},
+                  {"role": "assistant", "content": f"The number is {i}." + " Indeed." * (i % 4)}] for i in range(8)]
+
+
+@pytest.fixture(scope="module", params=["plain", "student"])
+def model_dir(request, tiny_model_dir, tmp_path_factory):
+    if request.param == "plain":
+        return tiny_model_dir
+    return prepare_student(prepare_local(tiny_model_dir), "gemma", tmp_path_factory.mktemp("students")).model.path
+
+
+def _trainer(model_dir, tmp_path, **fields):
+    from transformers import AutoTokenizer
+
+    config = TrainConfig(max_steps=1, per_device_train_batch_size=4, early_stopping_patience=0, **fields)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = tokenize_rows(tokenizer, conversation_rows(CONVERSATIONS), read_chat_template(model_dir), 512)
+    return build_trainer(model_dir, tokenizer, data, config, tmp_path / "checkpoints", log=lambda _: None)
+
+
+def _loss_and_grads(trainer, inputs):
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(inputs))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def test_lean_loss_equals_trls_loss_and_gradients(model_dir, tmp_path):
+    trainer = _trainer(model_dir, tmp_path)
+    assert trainer.lean_loss and trainer.memory_plan["lean_loss"]
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trained = int((inputs["labels"][:, 1:] != -100).sum())
+    assert 0 < trained < inputs["labels"][:, 1:].numel()  # prompt and padding positions are skipped
+    torch.manual_seed(0)
+    lean_loss, lean_grads = _loss_and_grads(trainer, inputs)
+    assert "entropy" not in trainer._metrics["train"] and "mean_token_accuracy" not in trainer._metrics["train"]
+    trainer.lean_loss = False  # TRL's own path (its fused head, every position, with its metrics)
+    torch.manual_seed(0)
+    trl_loss, trl_grads = _loss_and_grads(trainer, inputs)
+    assert "entropy" in trainer._metrics["train"]
+    torch.testing.assert_close(lean_loss, trl_loss, rtol=1e-5, atol=1e-6)
+    assert lean_grads.keys() == trl_grads.keys() and lean_grads
+    for name, grad in lean_grads.items():
+        torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_token_metrics_keep_trls_path(tiny_model_dir, tmp_path):
+    trainer = _trainer(tiny_model_dir, tmp_path, token_metrics=True)
+    assert not trainer.lean_loss
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.compute_loss(trainer.model, dict(inputs))
+    assert trainer._metrics["train"]["mean_token_accuracy"]
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", False), ("on", True), ("off", False)])
+def test_gradient_checkpointing_follows_the_plan(tiny_model_dir, tmp_path, setting, expected):
+    trainer = _trainer(tiny_model_dir, tmp_path, gradient_checkpointing=setting)
+    assert trainer.memory_plan["gradient_checkpointing"] is expected
+    assert trainer.args.gradient_checkpointing is expected
+    from transformers.trainer_utils import SaveStrategy
+
+    trainer.args.save_strategy = SaveStrategy.NO
+    trainer.train()  # the Trainer switches checkpointing on when training starts
+    assert trainer.model.get_base_model().is_gradient_checkpointing is expected
+
+
+GEMMA_270M = ModelShape(parameters=268_098_176, hidden=640, attention=1024, key_value=256, intermediate=2048,
+                        layers=18, vocabulary=262_144)
+
+
+def test_memory_plan_checkpoints_only_what_does_not_fit():
+    small = plan_memory(GEMMA_270M, tokens_per_batch=8 * 128, lora=True, budget_gb=10)
+    assert not small.gradient_checkpointing and "fits" in small.reason
+    demo = plan_memory(GEMMA_270M, tokens_per_batch=8 * 512, lora=True, budget_gb=10,
+                       vocabulary_chunk=VOCABULARY_CHUNK, trained_embedding_rows=True)
+    assert demo.gradient_checkpointing and "exceeds" in demo.reason
+    assert demo.estimate_checkpointed_gb < demo.estimate_gb and demo.estimate_checkpointed_gb < 12
+    assert demo.lm_head_gb < 1.5  # the chunked head: never tokens x 262k logits (4 GB for this batch)
+    roomy = plan_memory(GEMMA_270M, tokens_per_batch=8 * 512, lora=True, budget_gb=64)
+    assert not roomy.gradient_checkpointing
+    assert plan_memory(GEMMA_270M, 8, lora=True, setting="on", budget_gb=64).gradient_checkpointing
+    full = plan_memory(GEMMA_270M, 8 * 128, lora=False, budget_gb=64)
+    assert full.weights_gb == pytest.approx(16 * GEMMA_270M.parameters / 1024**3, abs=0.01)
+
+
+def test_model_shape_from_config(tiny_model_dir):
+    shape = ModelShape.from_model_dir(tiny_model_dir)
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert shape.layers == model.config.num_hidden_layers and shape.vocabulary == model.config.vocab_size
+    assert shape.parameters == pytest.approx(sum(p.numel() for p in model.parameters()), rel=0.02)

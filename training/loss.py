@@ -59,3 +59,21 @@ def add_lean_lm_head(model: Any) -> None:
         return log_probs, mask.sum()
 
     model.forward = types.MethodType(forward, model)
+
+
+def lean_trainer_loss(trainer: Any, model: Any, inputs: dict, num_items_in_batch: Any) -> Any:
+    """What TRL's SFTTrainer.compute_loss returns (label log-probabilities summed over trained tokens / their
+    count), with its ``num_tokens`` metric kept, from the lean head (no per-token metric over the vocabulary)."""
+    import torch
+
+    log_probs, trained = model(**inputs, lean_lm_head=True)
+    count = trained if num_items_in_batch is None else num_items_in_batch
+    loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes
+    mode = "train" if trainer.model.training else "eval"
+    if mode == "train":
+        mask = inputs.get("attention_mask")
+        trainer._total_train_tokens += int(mask.sum()) if mask is not None else inputs["position_ids"].size(1)
+    trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+    return loss

@@ -286,20 +286,9 @@ def _trainer_class():
                                             num_items_in_batch=num_items_in_batch)
 
         def _lean_loss(self, model, inputs, num_items_in_batch):
-            """TRL's loss (label log-probabilities summed over trained tokens / their count) and its num_tokens."""
-            import torch
+            from training.loss import lean_trainer_loss
 
-            log_probs, trained = model(**inputs, lean_lm_head=True)
-            count = trained if num_items_in_batch is None else num_items_in_batch
-            loss = -log_probs.sum() / torch.as_tensor(count).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            mode = "train" if self.model.training else "eval"
-            if mode == "train":
-                mask = inputs.get("attention_mask")
-                self._total_train_tokens += int(mask.sum()) if mask is not None else inputs["position_ids"].size(1)
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return loss
+            return lean_trainer_loss(self, model, inputs, num_items_in_batch)
 
     return MarkerTrainer
 

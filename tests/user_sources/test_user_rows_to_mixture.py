@@ -15,6 +15,7 @@ from assets.common.resources import (
     MODEL_MANIFEST,
     TEACHER_MODEL,
     DataStorage,
+    ExternalInputs,
     VLLMEngine,
 )
 from pipelines.definitions import ASSET_CHECKS, ASSETS
@@ -51,7 +52,7 @@ def test_user_rows_go_through_every_data_stage_and_are_mixed_by_tokens(tmp_path,
               "tagged_conversations": {"use_judge": False, "calibrate": False},
               "sft_mixture": {"unit": "tokens", "source_shares": {"mine": 0.25}, "validation_fraction": 0.1}}
     defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS,
-                          resources={"storage": storage, "engine": VLLMEngine()})
+                          resources={"storage": storage, "engine": VLLMEngine(), "inputs": ExternalInputs()})
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = defs.resolve_implicit_global_asset_job_def().execute_in_process(

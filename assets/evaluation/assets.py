@@ -13,6 +13,7 @@ from assets.common.resources import (
     ASSISTANT_EVALUATION,
     BASE_MODEL,
     EVALUATE_NEW_MODELS,
+    GPU_POOL,
     JUDGED_MODEL,
     MODEL_MANIFEST,
     SFT_MIXTURE,
@@ -103,7 +104,7 @@ class EvaluationConfig(dg.Config):
     group_name="evaluation",
     kinds={"vllm", "parquet"},
     deps=[BASE_MODEL, SFT_MIXTURE, SFT_MODEL],
-    pool="gpu",
+    pool=GPU_POOL,
     automation_condition=EVALUATE_NEW_MODELS,
     check_specs=[
         dg.AssetCheckSpec("answers_stop_on_eos", asset="assistant_evaluation", blocking=True, description=(

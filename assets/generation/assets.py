@@ -9,6 +9,7 @@ from assets.common.config import config_dict
 from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.resources import (
     GENERATION_SHARDS,
+    GPU_POOL,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
     TEACHER_MODEL,
@@ -70,7 +71,8 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS)
+@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS,
+          pool=GPU_POOL)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:

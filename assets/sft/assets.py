@@ -10,6 +10,7 @@ from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
+    GPU_POOL,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
     RETRAIN_ON_UPSTREAM_CHANGE,
@@ -75,7 +76,7 @@ class SFTModelConfig(dg.Config):
     group_name="sft",
     kinds={"pytorch", "huggingface"},
     deps=[BASE_MODEL, SFT_MIXTURE],
-    pool="gpu",
+    pool=GPU_POOL,
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
 )
 def sft_model(

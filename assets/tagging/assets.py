@@ -12,6 +12,7 @@ from assets.common.engine import VLLMGenerator
 from assets.common.report import markdown_table
 from assets.common.resources import (
     FILTERED_CONVERSATIONS,
+    GPU_POOL,
     MODEL_MANIFEST,
     TAGGED_CONVERSATIONS,
     TEACHER_MODEL,
@@ -94,7 +95,8 @@ def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
     return storage.read_json(JUDGE_MODEL_SOURCE, MODEL_MANIFEST)
 
 
-@dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE])
+@dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],
+          pool=GPU_POOL)
 def tagged_conversations(
     context: dg.AssetExecutionContext, config: TaggingSettings, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:

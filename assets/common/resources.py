@@ -236,6 +236,9 @@ class VLLMEngine(dg.ConfigurableResource):
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gb: int = 4
     cpu_threads_bind: str | None = None
+    parallel_engines: int = 1
+    """Engines running at once on this machine (on one machine: the `gpu` pool's limit): each takes its own share
+    of the cores (CPU) or its own GPUs. 1 where every run has its own machine or pod."""
 
     def engine_config(self) -> EngineConfig:
         """The engine settings as the core's dataclass (same fields: tests/test_config_once.py compares them)."""

@@ -1,4 +1,4 @@
-"""Multi-process training, as on several GPUs but on CPU: `accelerate launch --cpu --num_processes 2 -m training`
+"""Multi-process training, as on several GPUs but on CPU: `accelerate launch --multi_gpu --num_processes 2 -m training`
 (DDP over gloo) trains the tiny model with the same global batch as one `python -m training` process: the same
 number of steps, a final loss within 5% of the single process's, and one writer (rank 0) for the model directory."""
 
@@ -59,7 +59,9 @@ def last_loss(lineage: dict) -> float:
 @pytest.mark.e2e
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny_model_dir, tmp_path):
     single, _ = train([sys.executable], tiny_model_dir, tmp_path, "single")
-    launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--cpu", "--num_processes", "2",
+    # accelerate's torchrun path (`--multi_gpu`); with no GPU the processes train on the CPU over gloo (its `--cpu`
+    # flag would start them through MPI)
+    launch = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]
     double, output = train(launch, tiny_model_dir, tmp_path, "double")

@@ -45,7 +45,10 @@ def batch_settings(batch: int, accumulation: int) -> dict[str, Any]:
 
 
 def process_state():
-    """Accelerate's view of this process (rank, main or not, barriers); a single process is its own main process."""
+    """Accelerate's view of this process (rank, main or not, barriers); a single process is its own main process.
+    Without a GPU, `cpu=True` (as the Trainer asks for there): else accelerate sees no distributed run on a CPU and
+    every process would think it is the main one."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())

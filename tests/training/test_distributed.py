@@ -47,7 +47,8 @@ def train(command: list[str], tiny_model_dir: Path, tmp: Path, name: str) -> tup
     proc = subprocess.run([*command, "-m", "training", "--model", str(tiny_model_dir), "--data", str(data),
                            "--output", str(out), "--config", str(tmp / "config.json")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank0]"))  # its traceback
+    assert proc.returncode == 0, proc.stdout[-3000:] + (rank0 or proc.stderr)[-5000:]
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # no leftover temp or checkpoint directory
     return json.loads((out / "lineage.json").read_text()), proc.stdout + proc.stderr
 

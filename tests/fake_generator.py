@@ -24,6 +24,7 @@ class FakeGenerator:
     engine_name = "fake-engine"
     engine_version = "1.0"
     startup_seconds = 0.0
+    devices = "none (fake engine)"  # where a VLLMGenerator says it runs
 
     def __init__(self, fail_on_call: int | None = None):
         self.fail_on_call = fail_on_call

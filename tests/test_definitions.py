@@ -3,6 +3,7 @@
 import dagster as dg
 import pytest
 
+from assets.common.resources import GPU_POOL
 from pipelines.definitions import defs
 from pipelines.profiles import PROFILES_DIR, load_profile
 
@@ -50,9 +51,18 @@ def test_training_is_gated_by_a_blocking_contamination_check():
     assert check_def.check_specs_by_output_name and all(s.blocking for s in check_def.check_specs)
 
 
-def test_model_runs_sit_in_gpu_pool():
-    for key in ("sft_model", "assistant_evaluation"):
-        assert defs.resolve_assets_def(key).op.pool == "gpu", key
+TRAINS = {"sft_model"}  # the steps that train a model (the others that need a GPU start vLLM: the `engine` resource)
+
+
+def test_exactly_the_steps_that_start_vllm_or_train_sit_in_the_gpu_pool():
+    """Every step that starts a vLLM engine (it needs the `engine` resource) or trains is in the `gpu` pool, whose
+    limit is the deployment's GPUs; no other step is, so CPU stages never wait for a GPU slot."""
+    nodes = {a.node_def.name: a for a in defs.resolve_asset_graph().assets_defs}  # assets and asset checks
+    needs_gpu = {name for name, a in nodes.items() if "engine" in a.required_resource_keys or name in TRAINS}
+    assert needs_gpu == {"magpie_conversations", "tagged_conversations", "sft_model", "assistant_evaluation"}
+    in_pool = {name for name, a in nodes.items() if a.node_def.pool is not None}
+    assert in_pool == needs_gpu
+    assert {nodes[name].node_def.pool for name in in_pool} == {GPU_POOL}
 
 
 def test_promotion_waits_for_the_evaluation_checks():

@@ -172,6 +172,10 @@ def effective_output_head(model: Any):
     """While active, ``get_output_embeddings()`` of the (PEFT-wrapped) model's base model returns the head with its
     trained marker rows, so that TRL's fused loss, which reads the head's ``weight`` directly instead of calling it,
     trains and scores them. Restores the method on exit; a model without trained rows is left alone."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):  # multi-process training (accelerate launch) wraps the model
+        model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
     adapter = getattr(head, "token_adapter", None)

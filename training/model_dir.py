@@ -72,7 +72,7 @@ class TrainResult:
 def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, Any]) -> TrainResult:
     """Assemble merged weights, adapter, tokenizer + template, lineage, rows and card beside ``output_dir``; rename."""
     with directory_written_whole(output_dir) as tmp:
-        has_adapter = _save_weights(trained, tmp)
+        _save_weights(trained, tmp)
         check_template_identity(trained.chat_template, read_chat_template(tmp), f"{output_dir} (saved model)")
         full_lineage = model_lineage(trained, lineage)
         write_json_atomic(full_lineage, tmp / "lineage.json")
@@ -81,9 +81,15 @@ def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, 
         png = loss_curve_png(trained.log_history)
         if png:
             write_bytes_atomic(png, tmp / "loss_curve.png")
+    return model_dir_result(trained, output_dir)
+
+
+def model_dir_result(trained: TrainedModel, output_dir: Path) -> TrainResult:
+    """What ``write_model_dir`` wrote at ``output_dir`` (also what the other processes of a multi-process run, which
+    do not write, return)."""
     return TrainResult(
         model_dir=output_dir,
-        adapter_dir=output_dir / "adapter" if has_adapter else None,
+        adapter_dir=output_dir / "adapter" if trained.config.method == "lora" else None,
         lineage_path=output_dir / "lineage.json",
         train_rows_path=output_dir / TRAIN_ROWS_FILE,
         metrics=trained.metrics,

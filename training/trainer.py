@@ -21,8 +21,9 @@ from assets.common.chat_template import read_chat_template
 from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprint, step_of
 from training.config import TrainConfig
 from training.dataset import TRAINED, TokenizedRows, tokenize_rows
+from training.distributed import batch_settings, process_state
 from training.memory import MemoryPlan, ModelShape, plan_memory
-from training.model_dir import TrainedModel, TrainResult, write_model_dir
+from training.model_dir import TrainedModel, TrainResult, model_dir_result, write_model_dir
 from training.preflight import PreflightError, check_batches, check_template_identity, template_markers
 
 __all__ = ["TrainResult", "build_trainer", "sft_config", "train"]
@@ -58,7 +59,8 @@ def train(
     # before the Trainer exists (it creates the directory): resume only a checkpoint of this same run
     fingerprint = run_fingerprint(model_path, config, lineage.get("base_model", {}).get("content_hash"), data.train,
                                   data.validation)
-    resume = last_checkpoint(checkpoints, fingerprint, log)
+    with process_state().main_process_first():  # the main process prepares (or discards) the checkpoints first
+        resume = last_checkpoint(checkpoints, fingerprint, log)
     trainer = build_trainer(model_path, tokenizer, data, config, checkpoints, log)
     preflight, schedule = _prepare(trainer, tokenizer, template, config, has_eval=len(data.validation) > 0, log=log)
     if resume:
@@ -69,15 +71,20 @@ def train(
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
     metrics["memory_plan"] = trainer.memory_plan  # gradient checkpointing: estimate, budget, decision
     metrics["peak_rss_gb"] = peak_rss_gb()
+    metrics.update(batch_settings(config.per_device_train_batch_size, config.gradient_accumulation_steps))
     if early_stopping["fired"]:
         log(f"early stopping fired at step {early_stopping['stopped_at_step']} of {early_stopping['max_steps']}")
     trained = TrainedModel(model=trainer.model, tokenizer=tokenizer, chat_template=template, start_path=model_path,
                            config=config, data=data, metrics=metrics, preflight=preflight,
                            early_stopping=early_stopping, log_history=trainer.state.log_history,
                            marker_init=trainer.marker_report)
-    result = write_model_dir(trained, output_dir, lineage)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return result
+    state = process_state()
+    if state.is_main_process:  # one writer (rank 0); the other processes of a multi-process run wait for it
+        write_model_dir(trained, output_dir, lineage)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log(f"model directory written by process {state.process_index} of {state.num_processes}: {output_dir}")
+    state.wait_for_everyone()
+    return model_dir_result(trained, output_dir)
 
 
 def peak_rss_gb() -> float:
@@ -113,6 +120,7 @@ def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool, gradient_c
     from trl import SFTConfig
 
     interval = config.eval_steps or 1
+    batch = batch_settings(config.per_device_train_batch_size, config.gradient_accumulation_steps)
     eval_kwargs: dict[str, Any] = {"eval_strategy": "no"}
     if has_eval:
         eval_kwargs = {"eval_strategy": "steps", "eval_steps": interval, "load_best_model_at_end": True,
@@ -126,9 +134,10 @@ def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool, gradient_c
         weight_decay=config.weight_decay,
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
+        # the config's batch is the global batch: with N processes, each takes 1/N of it (training.distributed)
+        per_device_train_batch_size=batch["per_process_batch"],
         per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_accumulation_steps=batch["gradient_accumulation_steps"],
         # rows longer than max_length were dropped (and listed) already: unpacked, TRL truncates nothing and so drops
         # no row itself; packing needs the length of its rows
         max_length=config.max_length if config.packing else None,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from assets.common.config import config_dict
@@ -69,7 +71,12 @@ class EngineConfig:
     enforce_eager: bool | None = None
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gb: int = 4
-    cpu_threads_bind: str | None = None  # e.g. "0-1"; None = every core this process may use
+    cpu_threads_bind: str | None = None  # e.g. "0-1"; None = every core this process may use (or its slot's share)
+    # Engines that run at once on this machine (on one machine: the `gpu` pool's limit). Above 1, each engine claims
+    # one of that many slots (a lock file) and takes the slot's share: on CPU its own cores
+    # (VLLM_CPU_OMP_THREADS_BIND, unless cpu_threads_bind is set), on GPU its own tensor_parallel_size GPUs
+    # (CUDA_VISIBLE_DEVICES). Keep 1 where every run has a machine or pod of its own (Kubernetes).
+    parallel_engines: int = 1
 
 
 def engine_distribution() -> tuple[str, str]:
@@ -88,11 +95,76 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _default_threads_bind() -> str:
-    cores = sorted(os.sched_getaffinity(0))
-    if cores == list(range(cores[0], cores[-1] + 1)):
+def _cpu_list(cores: Sequence[int]) -> str:
+    cores = sorted(cores)
+    if len(cores) > 1 and cores == list(range(cores[0], cores[-1] + 1)):
         return f"{cores[0]}-{cores[-1]}"
     return ",".join(str(c) for c in cores)
+
+
+def _default_threads_bind() -> str:
+    return _cpu_list(os.sched_getaffinity(0))
+
+
+def slot_share(devices: Sequence, slot: int, slots: int, per_engine: int | None = None) -> list:
+    """The devices engine slot ``slot`` of ``slots`` takes: ``per_engine`` of them (default: an equal share, at least
+    one), consecutive, wrapping around when the slots ask for more devices than there are."""
+    devices = sorted(devices)
+    size = per_engine or max(1, len(devices) // slots)
+    start = slot * size
+    return [devices[(start + i) % len(devices)] for i in range(min(size, len(devices)))]
+
+
+ENGINE_SLOTS_DIR = Path(tempfile.gettempdir()) / "sft-factory-engine-slots"
+
+
+class EngineSlot:
+    """One of ``slots`` engine slots of this machine, held until :meth:`release` (or the process ends): an exclusive
+    lock on ``<lock_dir>/slot-<i>.lock``. Waits while every slot is taken."""
+
+    def __init__(self, slots: int, lock_dir: Path = ENGINE_SLOTS_DIR, poll_seconds: float = 1.0):
+        import fcntl
+
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            for index in range(slots):
+                handle = open(lock_dir / f"slot-{index}.lock", "a")  # noqa: SIM115 (held until release)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                self.index, self._handle = index, handle
+                return
+            time.sleep(poll_seconds)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the lock
+            self._handle = None
+
+
+def bind_devices(config: EngineConfig, on_gpu: bool, slot: EngineSlot | None) -> str:
+    """Point this process's next engine at its devices (environment variables vLLM reads when it starts) and say
+    which: with a slot, the slot's share of the cores or GPUs; without, as configured or every core."""
+    if on_gpu:
+        if slot is None:
+            return f"GPUs {os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        import torch
+
+        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        share = slot_share(gpus, slot.index, config.parallel_engines, per_engine=config.tensor_parallel_size)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(share)
+        return f"GPUs {os.environ['CUDA_VISIBLE_DEVICES']} (slot {slot.index} of {config.parallel_engines})"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gb))
+    if slot is None:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", config.cpu_threads_bind or _default_threads_bind())
+        return f"cores {os.environ['VLLM_CPU_OMP_THREADS_BIND']}"
+    cores = config.cpu_threads_bind or _cpu_list(slot_share(os.sched_getaffinity(0), slot.index,
+                                                            config.parallel_engines))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    return f"cores {cores} (slot {slot.index} of {config.parallel_engines})"
 
 
 class VLLMGenerator:
@@ -102,9 +174,15 @@ class VLLMGenerator:
     def __init__(self, model_path: str, config: EngineConfig, seed: int):
         self.engine_name, self.engine_version = engine_distribution()
         on_gpu = _cuda_available()
-        if not on_gpu:
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", config.cpu_threads_bind or _default_threads_bind())
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gb))
+        self.slot = EngineSlot(config.parallel_engines) if config.parallel_engines > 1 else None
+        self.devices = bind_devices(config, on_gpu, self.slot)  # e.g. "cores 1 (slot 1 of 2)"
+        try:
+            self._start(model_path, config, seed, on_gpu)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _start(self, model_path: str, config: EngineConfig, seed: int, on_gpu: bool) -> None:
         from vllm import LLM
 
         enforce_eager = (not on_gpu) if config.enforce_eager is None else config.enforce_eager
@@ -174,6 +252,11 @@ class VLLMGenerator:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
 
     def __enter__(self) -> VLLMGenerator:
         return self

@@ -14,6 +14,7 @@ from assets.common.resources import (
     BASE_MODEL,
     ENGINE_RETRY,
     EVALUATE_NEW_MODELS,
+    GPU_POOL,
     JUDGED_MODEL,
     MODEL_MANIFEST,
     SFT_MIXTURE,
@@ -104,7 +105,7 @@ class EvaluationConfig(dg.Config):
     group_name="evaluation",
     kinds={"vllm", "parquet"},
     deps=[BASE_MODEL, SFT_MIXTURE, SFT_MODEL],
-    pool="gpu",
+    pool=GPU_POOL,
     automation_condition=EVALUATE_NEW_MODELS,
     retry_policy=ENGINE_RETRY,
     check_specs=[

@@ -10,6 +10,7 @@ from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribut
 from assets.common.resources import (
     ENGINE_RETRY,
     GENERATION_SHARDS,
+    GPU_POOL,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,
     TEACHER_MODEL,
@@ -78,7 +79,7 @@ class MagpieGenerationConfig(dg.Config):
 
 
 @dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS,
-          retry_policy=ENGINE_RETRY)
+          pool=GPU_POOL, retry_policy=ENGINE_RETRY)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
@@ -100,10 +101,13 @@ def magpie_conversations(
                      f"{config.batch_size}; instruction {core.instruction.to_dict()}, response "
                      f"{core.response.to_dict()}; engine {engine_config}")
 
+    devices = []  # where the engine ran (its slot's cores or GPUs), when one was started
+
     def start_engine() -> VLLMGenerator:
         context.log.info(f"starting {engine_name}=={engine_version} on {model['name']}")
         generator = VLLMGenerator(model["path"], engine_config, seed=core.seed)
-        context.log.info(f"engine up in {generator.startup_seconds:.0f}s")
+        devices.append(generator.devices)
+        context.log.info(f"engine up in {generator.startup_seconds:.0f}s on {generator.devices}")
         return generator
 
     work_dir = storage.asset_dir(MAGPIE_CONVERSATIONS) / "checkpoints" / f"shard-{key}"
@@ -112,7 +116,8 @@ def magpie_conversations(
     stored = storage.write_table(MAGPIE_CONVERSATIONS, result.table, name=f"shard-{key}")
     shutil.rmtree(work_dir, ignore_errors=True)  # the shard is complete: its checkpoints are no longer needed
     report = _report(model, tokenizer, core, result,
-                     {"name": engine_name, "version": engine_version, **config_dict(engine_config)})
+                     {"name": engine_name, "version": engine_version, **config_dict(engine_config),
+                      "devices": devices[0] if devices else None})
     storage.write_json(MAGPIE_CONVERSATIONS, f"report-{key}", report)
     return dg.MaterializeResult(metadata=_metadata(stored, result, report),
                                 data_version=dg.DataVersion(stored.content_hash))

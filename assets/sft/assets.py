@@ -11,6 +11,7 @@ from assets.common.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
     ENGINE_RETRY,
+    GPU_POOL,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
     RETRAIN_ON_UPSTREAM_CHANGE,
@@ -83,7 +84,7 @@ class SFTModelConfig(dg.Config):
     group_name="sft",
     kinds={"pytorch", "huggingface"},
     deps=[BASE_MODEL, SFT_MIXTURE],
-    pool="gpu",
+    pool=GPU_POOL,
     automation_condition=RETRAIN_ON_UPSTREAM_CHANGE,
     retry_policy=ENGINE_RETRY,
 )

@@ -13,6 +13,7 @@ from assets.common.report import markdown_table
 from assets.common.resources import (
     ENGINE_RETRY,
     FILTERED_CONVERSATIONS,
+    GPU_POOL,
     MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,
     TAGGED_CONVERSATIONS,
@@ -97,7 +98,7 @@ def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
 
 
 @dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],
-          automation_condition=REBUILD_ON_UPSTREAM_CHANGE, retry_policy=ENGINE_RETRY)
+          pool=GPU_POOL, automation_condition=REBUILD_ON_UPSTREAM_CHANGE, retry_policy=ENGINE_RETRY)
 def tagged_conversations(
     context: dg.AssetExecutionContext, config: TaggingSettings, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:

@@ -71,8 +71,10 @@ def test_instance_file_agrees_with_the_default_except_where_a_cluster_differs():
     default, cluster = yaml.safe_load((REPO / "dagster.yaml").read_text()), load("dagster.yaml")
     shared = yaml.safe_load((REPO / "deploy" / "postgres" / "dagster.yaml").read_text())
     assert cluster["storage"] == shared["storage"]
-    for key in set(default) - {"storage"}:
+    for key in set(default) - {"storage", "concurrency"}:
         assert cluster.get(key) == default[key], f"deploy/k8s/dagster.yaml: '{key}' differs from dagster.yaml"
+    # the `gpu` pool's limit is the deployment's GPUs: one on the default single machine, the cluster's here
+    assert cluster["concurrency"]["pools"]["default_limit"] >= default["concurrency"]["pools"]["default_limit"] == 1
 
 
 @pytest.mark.parametrize("field", ["run_launcher.config.servce_account_name", "run_launcher.config.job_namspace"])

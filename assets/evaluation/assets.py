@@ -3,8 +3,6 @@ the tuned model and the teacher, each served once on vLLM with its own chat temp
 at answer ends; the blocking checks promotion waits for (the model stops on its end-of-turn token, and is not worse
 than the base)."""
 
-import importlib.metadata
-
 import dagster as dg
 import polars as pl
 
@@ -26,30 +24,24 @@ from assets.common.resources import (
     latest_materialization,
 )
 from assets.common.storage import sha256_file
-from assets.evaluation.answering import (
-    ModelAnswers,
-    PromptSet,
-    answer_prompt_sets,
-    answers_of,
-    answers_table,
-    end_of_turn_probability,
-    load_causal_lm,
-    marker_initialised_model,
-)
-from assets.evaluation.core import (
-    DEFAULT_INSTRUCTION_RULES,
-    IFEvalItem,
-    evaluation_report,
-    ifeval_source,
-    item_allowed,
-    load_ifeval_items,
-    punkt_source,
-    select_prompts,
-)
+from assets.evaluation.answering import ModelAnswers, PromptSet, answer_prompt_sets, answers_of, answers_table
+from assets.evaluation.core import IFEvalItem, evaluation_report
 from assets.evaluation.stopping import FIXED_PROMPTS, StopVerdict, stop_verdict
-
-BASE, TUNED, TEACHER = "base", "tuned", "teacher"
-IFEVAL, STOP_CHECK = "ifeval", "stop_check"  # the prompt sets every model answers
+from assets.evaluation.summary import (
+    BASE,
+    IFEVAL,
+    STOP_CHECK,
+    TEACHER,
+    TUNED,
+    choose_prompts,
+    difference_text,
+    end_of_turn_line,
+    end_of_turn_probabilities,
+    new_runaways,
+    not_worse_verdict,
+    side_by_side,
+    source_versions,
+)
 
 # The models evaluated beside the candidate (TUNED, the latest `sft_model`): report name -> the asset whose manifest
 # (`MODEL_MANIFEST`: the model directory in `path`, its `content_hash`) names the model. The base model's directory
@@ -155,8 +147,8 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         end_of_turn_probability={n: v["mean"] for n, v in end_of_turn["models"].items() if v.get("mean") is not None})
     stops = stop_verdict(FIXED_PROMPTS, results[BASE].answers[STOP_CHECK], results[TUNED].answers[STOP_CHECK])
     comparison = report.data["comparison"]["prompt_strict"]
-    not_worse = _not_worse(comparison, config.tolerance_points)
-    ifeval_runaways = _new_runaways(table)
+    not_worse = not_worse_verdict(comparison, config.tolerance_points)
+    ifeval_runaways = new_runaways(table)
 
     document = {
         "config": config.model_dump(),
@@ -172,10 +164,10 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                        "stopped": stops.stopped, "prompts": len(stops.rows),
                        "ifeval_new_runaways": ifeval_runaways},
         "not_worse_than_base": not_worse,
-        "sources": _source_versions(results),
+        "sources": source_versions(results),
     }
     report_path = storage.write_json(ASSISTANT_EVALUATION, "report", document)
-    summary = report.markdown + "\n\n" + _end_of_turn_line(end_of_turn)
+    summary = report.markdown + "\n\n" + end_of_turn_line(end_of_turn)
     context.log.info(f"evaluation written to {report_path}; prompt strict tuned - base "
                      f"{100 * comparison['difference']:+.1f} points [{100 * comparison['low']:+.1f}, "
                      f"{100 * comparison['high']:+.1f}]")
@@ -185,14 +177,14 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
             "report": dg.MetadataValue.path(str(report_path)),
             "report_content_hash": sha256_file(report_path),
             "summary": dg.MetadataValue.md(summary),
-            "tuned_minus_base": _difference_text(comparison),
+            "tuned_minus_base": difference_text(comparison),
             "prompt_strict_base": comparison["base"],
             "prompt_strict_tuned": comparison["tuned"],
             "prompt_strict_difference": comparison["difference"],
             "prompt_strict_ci95_low": comparison["low"],
             "prompt_strict_ci95_high": comparison["high"],
             "per_instruction_type": dg.MetadataValue.md(report.per_instruction_markdown),
-            "side_by_side": dg.MetadataValue.md(_side_by_side(table, list(results), config.side_by_side)),
+            "side_by_side": dg.MetadataValue.md(side_by_side(table, list(results), config.side_by_side)),
             "engine": dg.MetadataValue.md(markdown_table([r.engine_row() for r in results.values()])),
             "engine_seconds": sum(r.startup_seconds + r.generation_seconds for r in results.values()),
             "prompts": len(items),
@@ -243,66 +235,21 @@ def _models_to_evaluate(context: dg.AssetExecutionContext, config: EvaluationCon
 
 
 def _prompts(config: EvaluationConfig) -> list[IFEvalItem]:
-    items = load_ifeval_items()
-    if config.instruction_types:
-        items = [item for item in items if item_allowed(item, config.instruction_types)]
-    rules = DEFAULT_INSTRUCTION_RULES if config.short_answers_only else ["*"]
-    chosen = select_prompts(items, config.num_prompts, config.seed, rules)
-    if not chosen:
-        raise dg.Failure(description=f"no IFEval prompt has only instructions of types {config.instruction_types}"
-                                     f"{' admitted for short answers' if config.short_answers_only else ''}: widen "
-                                     "instruction_types (e.g. 'change_case:*') or turn short_answers_only off")
-    return chosen
+    try:
+        return choose_prompts(config.num_prompts, config.seed, config.short_answers_only, config.instruction_types)
+    except ValueError as error:
+        raise dg.Failure(description=f"assistant_evaluation config: {error}") from error
 
 
 def _end_of_turn_probabilities(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
                                models: dict[str, dict]) -> dict:
-    """P(end-of-turn) at the answer ends of validation conversations of `sft_mixture`: base, after marker
-    initialisation (a hook, see `marker_initialised_model`), tuned."""
+    """P(end-of-turn) at the answer ends of the first `end_of_turn_conversations` validation rows of `sft_mixture`."""
     mixture = storage.read_table(SFT_MIXTURE).filter(pl.col("split") == "validation")
     conversations = mixture["messages"].head(config.end_of_turn_conversations).to_list()
-    result: dict = {"conversations": len(conversations), "source": f"{SFT_MIXTURE.to_user_string()} validation rows",
-                    "models": {}}
-    if not conversations:
-        reason = ("end_of_turn_conversations is 0" if config.end_of_turn_conversations == 0
-                  else "sft_mixture has no validation rows")
-        context.log.info(f"P(end-of-turn) not measured: {reason}")
-        result["reason"] = reason
-        return result
-    for name, source in ((BASE, models[BASE]["model_dir"]),
-                         ("after_marker_initialisation", None),
-                         (TUNED, models[TUNED]["model_dir"])):
-        loaded = (load_causal_lm(source) if source is not None
-                  else marker_initialised_model(models[BASE]["model_dir"], models[TUNED]["model_dir"]))
-        if isinstance(loaded, str):
-            result["models"][name] = {"mean": None, "reason": loaded}
-            continue
-        probabilities = end_of_turn_probability(*loaded, conversations)
-        result["models"][name] = {"mean": probabilities.mean, "per_conversation": probabilities.per_row}
-        del loaded
-    return result
-
-
-def _not_worse(comparison: dict, tolerance_points: float) -> dict:
-    difference = 100 * comparison["difference"]
-    passed = difference >= -tolerance_points - 1e-9
-    interval = f"[{100 * comparison['low']:+.1f}, {100 * comparison['high']:+.1f}]"
-    detail = (f"prompt-level strict accuracy: base {100 * comparison['base']:.1f}%, tuned "
-              f"{100 * comparison['tuned']:.1f}%, tuned - base {difference:+.1f} points (95% interval {interval}, "
-              f"{comparison['prompts']} prompts); required >= {-tolerance_points:+.1f}")
-    return {"passed": passed, "detail": detail, "difference_points": round(difference, 3),
-            "ci95_low_points": round(100 * comparison["low"], 3),
-            "ci95_high_points": round(100 * comparison["high"], 3), "tolerance_points": tolerance_points,
-            "prompts": comparison["prompts"]}
-
-
-def _new_runaways(table: pl.DataFrame) -> list[int]:
-    """IFEval keys the tuned model runs to max_tokens on and the base model answers within it (reported only: a
-    tuned model that follows a 'write 300 words' instruction may need more than the budget)."""
-    ifeval = table.filter(pl.col("prompt_set") == IFEVAL)
-    wide = (ifeval.filter(pl.col("model") == TUNED).select("key", tuned="finish_reason")
-            .join(ifeval.filter(pl.col("model") == BASE).select("key", base="finish_reason"), on="key"))
-    return wide.filter((pl.col("tuned") == "length") & (pl.col("base") == "stop"))["key"].sort().to_list()
+    reason = ("end_of_turn_conversations is 0" if config.end_of_turn_conversations == 0
+              else "sft_mixture has no validation rows")
+    return end_of_turn_probabilities(conversations, models[BASE]["model_dir"], models[TUNED]["model_dir"],
+                                     f"{SFT_MIXTURE.to_user_string()} validation rows", reason, context.log.info)
 
 
 def _stop_metadata(stops: StopVerdict, config: EvaluationConfig, ifeval_runaways: list[int]) -> dict:
@@ -313,37 +260,3 @@ def _stop_metadata(stops: StopVerdict, config: EvaluationConfig, ifeval_runaways
             "base_vs_tuned": dg.MetadataValue.md(markdown_table(stops.rows))}
 
 
-def _difference_text(comparison: dict) -> str:
-    return (f"{100 * comparison['difference']:+.1f} points (95% CI [{100 * comparison['low']:+.1f}, "
-            f"{100 * comparison['high']:+.1f}], {comparison['prompts']} prompts)")
-
-
-def _end_of_turn_line(end_of_turn: dict) -> str:
-    if not end_of_turn["models"]:
-        return f"P(end-of-turn) at answer ends: not measured ({end_of_turn.get('reason')})"
-    parts = [f"{name.replace('_', ' ')} {v['mean']:.3f}" if v["mean"] is not None
-             else f"{name.replace('_', ' ')} ({v['reason']})" for name, v in end_of_turn["models"].items()]
-    return (f"P(end-of-turn) at answer ends ({end_of_turn['conversations']} {end_of_turn['source']}): "
-            + " → ".join(parts))
-
-
-def _side_by_side(table: pl.DataFrame, models: list[str], n: int) -> str:
-    ifeval = table.filter(pl.col("prompt_set") == IFEVAL)
-    keys = ifeval["key"].unique().sort().head(n).to_list()
-    rows = []
-    for key in keys:
-        answers = ifeval.filter(pl.col("key") == key)
-        row = {"key": key, "prompt": answers["prompt"][0]}
-        for model in models:
-            answer = answers.filter(pl.col("model") == model).row(0, named=True)
-            row[model] = f"[{answer['finish_reason']}] {answer['response']}"
-        rows.append(row)
-    return markdown_table(rows) if rows else "(none)"
-
-
-def _source_versions(results: dict[str, ModelAnswers]) -> dict[str, str]:
-    versions = {"ifeval": ifeval_source(), "nltk_punkt": punkt_source()}
-    for dist in ("if-verifiable", "nltk", "langdetect", "transformers"):
-        versions[dist] = importlib.metadata.version(dist)
-    versions["engine"] = next(iter(results.values())).engine
-    return versions

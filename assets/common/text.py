@@ -444,3 +444,36 @@ def sha1_hash32_bytes(data: bytes) -> int:
     """datasketch's ``sha1_hash32`` of a Python bytes object (via the numba kernel)."""
     arr = np.frombuffer(data, dtype=np.uint8)
     return int(sha1_hash32(arr, 0, arr.size, np.zeros(80, dtype=np.uint64)))
+
+
+@numba.njit(inline="always")
+def ascii_word_hashes(data, start, end, classes, word, hashes):
+    """xxh64 of every word of the normalization of the raw text ``data[start:end]`` into ``hashes``: (word count,
+    normalized length in bytes), or (-1, -1) if the text has a non-ASCII byte (polars normalizes it instead). The
+    byte loop is :func:`normalize_ascii_row`'s, each word hashed as it ends instead of written out (inlining that
+    function and re-reading its output costs ~30% of a signature kernel's time). Shared by the MinHash signatures
+    and the decontamination scan."""
+    count = 0
+    length = 0
+    letters = 0
+    pending_space = False
+    for k in range(start, end):
+        byte = data[k]
+        kind = classes[byte]
+        if kind == 0:
+            if pending_space:
+                hashes[count] = xxh64(word, 0, length, _U64(0))
+                count += 1
+                length = 0
+                pending_space = False
+            word[length] = byte + 32 if 0x41 <= byte <= 0x5A else byte
+            length += 1
+            letters += 1
+        elif kind == 2:
+            pending_space = length > 0
+        elif kind == 3:
+            return -1, -1
+    if length > 0:
+        hashes[count] = xxh64(word, 0, length, _U64(0))
+        count += 1
+    return count, letters + max(count - 1, 0)

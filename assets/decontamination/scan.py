@@ -26,6 +26,7 @@ from assets.common.minhash.config import MinHashConfig
 from assets.common.minhash.signatures import signatures_from_buffer, word_hashes_signature
 from assets.common.text import (
     ASCII_CLASSES,
+    ascii_word_hashes,
     fmix64,
     hash_sequence,
     normalize,
@@ -49,37 +50,6 @@ MINHASH_OFF, MINHASH_ALL, MINHASH_SHARED = 0, 1, 2  # which messages the MinHash
 
 
 @numba.njit(inline="always")
-def _raw_word_hashes(data, start, end, classes, word, hashes):
-    """xxh64 of every word of the normalization of the raw text ``data[start:end]`` into ``hashes``: (word count,
-    normalized length in bytes), or (-1, -1) if the text has a non-ASCII byte (polars normalizes it instead). The
-    byte loop is :func:`assets.common.text.normalize_ascii_row`'s, each word hashed as it ends."""
-    count = 0
-    length = 0
-    letters = 0
-    pending_space = False
-    for k in range(start, end):
-        byte = data[k]
-        kind = classes[byte]
-        if kind == 0:
-            if pending_space:
-                hashes[count] = xxh64(word, 0, length, _U64(0))
-                count += 1
-                length = 0
-                pending_space = False
-            word[length] = byte + 32 if 0x41 <= byte <= 0x5A else byte
-            length += 1
-            letters += 1
-        elif kind == 2:
-            pending_space = length > 0
-        elif kind == 3:
-            return -1, -1
-    if length > 0:
-        hashes[count] = xxh64(word, 0, length, _U64(0))
-        count += 1
-    return count, letters + max(count - 1, 0)
-
-
-@numba.njit(inline="always")
 def _normalized_word_hashes(data, start, end, hashes):
     """xxh64 of every word of the already-normalized text ``data[start:end]``; the word count."""
     if end <= start:
@@ -99,7 +69,7 @@ def _normalized_word_hashes(data, start, end, hashes):
 def _word_hashes(data, start, end, raw, classes, word, hashes):
     """(word count, normalized length) of a raw text (-1, -1: not pure ASCII) or of a normalized one."""
     if raw:
-        return _raw_word_hashes(data, start, end, classes, word, hashes)
+        return ascii_word_hashes(data, start, end, classes, word, hashes)
     return _normalized_word_hashes(data, start, end, hashes), end - start
 
 

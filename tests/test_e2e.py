@@ -9,7 +9,14 @@ import polars as pl
 import pytest
 
 from assets.common.chat_template import read_chat_template
-from assets.common.resources import CURRENT_MODEL, GENERATION_SHARDS, PROMOTED_MODEL, DataStorage, VLLMEngine
+from assets.common.resources import (
+    CURRENT_MODEL,
+    GENERATION_SHARDS,
+    PROMOTED_MODEL,
+    DataStorage,
+    ExternalInputs,
+    VLLMEngine,
+)
 from assets.common.storage import sha256_file
 from pipelines.definitions import ASSET_CHECKS, defs
 from pipelines.definitions import ASSETS as ALL_ASSETS
@@ -31,7 +38,9 @@ def tiny_run_config(model_dir) -> dict:
             "magpie_conversations": {"config": {
                 "num_conversations": 48, "num_turns": 1, "seed": 1,
                 "instruction": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
-                "response": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 64},
+                # min-p off: below its end-of-turn token (8%) the tiny model's tokens are uniform (0.1% each), so
+                # min-p would keep only the end of turn and every answer would be empty
+                "response": {"temperature": 0.7, "top_p": 0.9, "min_p": 0.0, "max_tokens": 64},
             }},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
             # the judge's prompt is ~1.1k tokens with the tiny tokenizer: the engine runs with max_model_len 2048
@@ -346,8 +355,8 @@ def test_rebuild_keeps_old_lineage_readable_and_lists_a_new_stage(pipeline_run):
     with dg.instance_for_test(temp_dir=str(root)) as instance:
         instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize([*assets, conversation_labels, *ASSET_CHECKS], partition_key=SHARD,
-                                resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048,
-                                                                                    cpu_kv_cache_gb=1)},
+                                resources={"storage": storage, "inputs": ExternalInputs(),
+                                           "engine": VLLMEngine(max_model_len=2048, cpu_kv_cache_gb=1)},
                                 run_config=run_config, instance=instance)
         assert result.success
         second_dir = Path(instance.get_latest_materialization_event(dg.AssetKey("sft_model"))

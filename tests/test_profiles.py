@@ -33,7 +33,8 @@ def test_profile_values_are_the_config_defaults_and_resources():
     defs = build_definitions(demo, "demo")
     magpie = config_default(defs, "magpie_conversations")
     assert magpie["num_conversations"] == 96 and magpie["batch_size"] == 32
-    assert magpie["response"] == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 256, "repetition_penalty": 1.05}
+    assert magpie["response"] == {"temperature": 0.7, "min_p": 0.05, "max_tokens": 256, "repetition_penalty": 1.05,
+                                  "top_p": 1.0, "top_k": 0}  # top_p, top_k: not in the profile, the code's defaults
     assert magpie["system_prompts"] == []  # fields the profile leaves out keep the code's defaults
     assert config_default(defs, "base_model")["chat_template"] == "gemma"
     assert defs.resources["engine"].max_model_len == 2048 and defs.resources["engine"].cpu_kv_cache_gb == 2
@@ -61,8 +62,8 @@ def test_a_run_without_run_config_uses_the_profile_and_run_config_overrides_it(t
     ({"ops": {"magpie": {"config": {}}}}, r"ops \['magpie'\] name no asset"),
     ({"ops": {"magpie_conversations": {"config": {"num_conversation": 5}}}},
      r"ops.magpie_conversations.config: unknown field\(s\) \['num_conversation'\]"),
-    ({"ops": {"magpie_conversations": {"config": {"response": {"top_k": 5}}}}},
-     r"ops.magpie_conversations.config.response: unknown field\(s\) \['top_k'\]"),
+    ({"ops": {"magpie_conversations": {"config": {"response": {"top_n": 5}}}}},
+     r"ops.magpie_conversations.config.response: unknown field\(s\) \['top_n'\]"),
     ({"ops": {"promoted_model": {"config": {"x": 1}}}}, "asset 'promoted_model' takes no config"),
     ({"resources": {"gpu": {"config": {}}}}, r"resources \['gpu'\] are not resources"),
 ])

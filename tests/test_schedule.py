@@ -11,7 +11,13 @@ import dagster as dg
 import pytest
 
 from assets.common.models import model_content_hash
-from assets.common.resources import GENERATION_SHARDS, MAGPIE_CONVERSATIONS, TEACHER_MODEL, DataStorage
+from assets.common.resources import (
+    GENERATION_SHARDS,
+    MAGPIE_CONVERSATIONS,
+    TEACHER_MODEL,
+    USER_SFT_SOURCES,
+    DataStorage,
+)
 from pipelines.definitions import build_definitions
 from pipelines.profiles import PROFILE_ENV, active_profile
 from tests.automation_runs import Automation, failures, write_profile
@@ -27,7 +33,7 @@ def test_a_scheduled_rebuild_generates_with_the_profiles_model(tiny_model_dir, t
             "teacher_model": {"config": {"path": str(tiny_model_dir)}},
             "magpie_conversations": {"config": {
                 "num_conversations": NUM_CONVERSATIONS, "batch_size": NUM_CONVERSATIONS,
-                "instruction": {"max_tokens": 24}, "response": {"max_tokens": 24}}},
+                "instruction": {"max_tokens": 24}, "response": {"max_tokens": 24, "min_p": 0.0}}},
         },
         "resources": {"storage": {"config": {"root": str(tmp_path / "data")}},
                       "engine": {"config": {"max_model_len": 1024, "cpu_kv_cache_gb": 1}}},
@@ -39,8 +45,9 @@ def test_a_scheduled_rebuild_generates_with_the_profiles_model(tiny_model_dir, t
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         auto = Automation(defs, instance)
-        # The teacher, materialized as from the UI (the launchpad's defaults: no run config of its own).
-        assert auto.launch([TEACHER_MODEL]).success
+        # The teacher and the user's SFT sources (none here; the sensor's first observation would build them),
+        # materialized as from the UI (the launchpad's defaults: no run config of their own).
+        assert auto.launch([TEACHER_MODEL, USER_SFT_SOURCES]).success
         assert storage.read_json(TEACHER_MODEL, "manifest")["path"] == str(tiny_model_dir.resolve())
         assert auto.tick() == []  # the automation sensor's tick before the schedule's
 

@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from assets.common.chat_template import read_chat_template
-from assets.common.resources import GENERATION_SHARDS, DataStorage, VLLMEngine
+from assets.common.resources import GENERATION_SHARDS, DataStorage, ExternalInputs, VLLMEngine
 from assets.common.templates import registered_template
 from pipelines.definitions import ASSET_CHECKS, ASSETS, defs
 from tests.test_e2e import tiny_run_config
@@ -21,8 +21,9 @@ from tests.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 SHARD = "00000"
-UP_TO_TRAINING = [key for key in defs.resolve_asset_graph().toposorted_asset_keys
-                  if key.to_user_string() not in ("assistant_evaluation", "promoted_model")]
+GRAPH = defs.resolve_asset_graph()
+UP_TO_TRAINING = [key for key in GRAPH.toposorted_asset_keys if GRAPH.get(key).is_materializable
+                  and key.to_user_string() not in ("assistant_evaluation", "promoted_model")]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def run(tiny_model_dir, student_dir, tmp_path_factory):
         instance.add_dynamic_partitions(GENERATION_SHARDS.name, [SHARD])
         result = dg.materialize(
             [*assets, *checks],
-            resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048, cpu_kv_cache_gb=1)},
+            resources={"storage": storage, "engine": VLLMEngine(max_model_len=2048, cpu_kv_cache_gb=1),
+                       "inputs": ExternalInputs()},
             run_config=config, instance=instance, partition_key=SHARD,
         )
         assert result.success

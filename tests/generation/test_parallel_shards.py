@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARDS = ("00000", "00001")
 STEP = "magpie_conversations"
 GENERATION = {"num_conversations": 12, "num_turns": 1, "batch_size": 12,
-              "instruction": {"max_tokens": 24}, "response": {"max_tokens": 24}}
+              "instruction": {"max_tokens": 24}, "response": {"max_tokens": 24, "min_p": 0.0}}
 
 
 def instance_file(home: Path, pool_limit: int) -> None:

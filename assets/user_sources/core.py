@@ -97,15 +97,23 @@ def sources_hash(sources: list[UserSourceConfig]) -> str:
     return digest.hexdigest()
 
 
-def _dataset_rows(path: Path) -> Iterator[Any]:
+def _no_rows(source: UserSourceConfig) -> str:
+    return (f"{source.path}: user source {source.name!r} has no rows (an empty file, only blank lines, or a table "
+            "of 0 rows); fill it, or remove it from the user_sft_sources sources")
+
+
+def _dataset_rows(source: UserSourceConfig) -> Iterator[Any]:
     """The rows of a dataset saved with ``datasets``' save_to_disk (a DatasetDict: its splits in name order)."""
     import datasets
 
+    path = source.path
     try:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as error:  # not a saved dataset, or its files are damaged
         raise UserSourceError(f"{path}: not a dataset saved with `datasets`' save_to_disk ({error}); point path at "
                               "the folder save_to_disk wrote, or at a .jsonl/.parquet file") from None
+    except IndexError:  # datasets cannot load a saved dataset of 0 rows (it has no data file to concatenate)
+        raise UserSourceError(_no_rows(source)) from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.concatenate_datasets([loaded[k] for k in sorted(loaded)])
     yield from loaded
@@ -120,7 +128,7 @@ def _records(source: UserSourceConfig) -> Iterator[tuple[int, Any]]:
     elif kind == "parquet":
         yield from enumerate(read_user_parquet(path, UserSourceError).iter_rows(named=True), start=1)
     elif kind == "datasets":
-        yield from enumerate(_dataset_rows(path), start=1)
+        yield from enumerate(_dataset_rows(source), start=1)
     else:
         raise UserSourceError(f"{path}: unknown format {kind!r}; expected jsonl, parquet or datasets")
 
@@ -196,8 +204,7 @@ def read_source(source: UserSourceConfig) -> pl.DataFrame:
             "source": source.name, "source_id": original, "source_file": str(source.path),
         })
     if not rows:
-        raise UserSourceError(f"{source.path}: user source {source.name!r} has no rows (an empty file, or only "
-                              "blank lines); fill it, or remove it from the user_sft_sources sources")
+        raise UserSourceError(_no_rows(source))
     return pl.DataFrame(rows, schema={**CONVERSATION_SCHEMA, **EXTRA_SCHEMA})
 
 

@@ -1,9 +1,10 @@
 """Reading a file a user supplies, or raising an error that names it (no Dagster here).
 
-Every reader of user files (SFT sources, eval files, profiles, model directories) reads through these helpers, so a
-file that is not UTF-8, not JSON, not Parquet or unreadable fails with the reader's own error type (passed as
-``error``: a ``ValueError`` subclass such as ``UserSourceError``) and a message of the form
-``<file>:<line>: what is wrong; what to do`` (``<file>: ...`` when there is no line). Nothing here writes.
+Every reader of user files (SFT sources, eval files, profiles, model directories, the training command line) reads
+through these helpers, so a file that is not UTF-8, not JSON, not Parquet or unreadable fails with the reader's own
+error type (passed as ``error``: a ``ValueError`` subclass such as ``UserSourceError``, or ``SystemExit`` for a
+command line) and a message of the form ``<file>:<line>: what is wrong; what to do`` (``<file>: ...`` when there is
+no line). Nothing here writes.
 """
 
 from __future__ import annotations

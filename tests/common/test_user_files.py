@@ -180,3 +180,17 @@ def test_template_and_marker_readers_name_the_file(model_copy, tmp_path):
     markers.write_text('{"template_name": "chatml"}')
     with pytest.raises(TemplateError, match=rf"^{markers}: not a chat-markers record"):
         read_chat_markers(model_copy)
+
+
+def test_the_training_command_line_names_its_files(tmp_path):
+    """`python -m training`: a --config that is not JSON and --data that is not Parquet end the command naming them."""
+    from training.__main__ import main
+
+    config = write(tmp_path / "train.json", b'{"lora_r": 16,\n "epochs": }\n')
+    data = write(tmp_path / "rows.parquet", GOOD_LINE.encode())
+    common = ["--model", str(tmp_path / "model"), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=rf"^{config}:2: not valid JSON"):
+        main([*common, "--data", str(data), "--config", str(config)])
+    with pytest.raises(SystemExit, match=rf"^{data}: cannot read as Parquet"):
+        main([*common, "--data", str(data)])
+    assert not (tmp_path / "out").exists()

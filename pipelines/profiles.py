@@ -19,6 +19,8 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from assets.common.user_files import located, read_user_text
+
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 PROFILE_ENV = "SFT_PROFILE"  # a profile name (demo, gpu-example) or a path to a YAML file
 
@@ -30,14 +32,28 @@ def profile_path(name_or_path: str) -> Path:
     return PROFILES_DIR / f"{name_or_path}.yaml"
 
 
+class ProfileError(ValueError):
+    """A profile file cannot be used: the message names the file, the line where there is one, and the fix."""
+
+
 def load_profile(name_or_path: str) -> dict:
+    """The profile's contents; a file that is not UTF-8 or not YAML, or not run config, fails naming it (and the
+    line)."""
     path = profile_path(name_or_path)
     if not path.exists():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"{path}: no such profile; known profiles: {known} (or give a path to a YAML file)")
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(read_user_text(path, ProfileError)) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = located(path, mark.line + 1 if mark is not None else None)
+        column = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ProfileError(f"{where}: not valid YAML ({problem}{column}); fix that line (indent with spaces, "
+                           f"quote values holding ': ' or '#'), or unset {PROFILE_ENV}") from None
     if not isinstance(config, dict) or not set(config) <= {"ops", "resources"}:
-        raise ValueError(f"{path}: a profile is run config with top-level keys 'ops' and/or 'resources'")
+        raise ProfileError(f"{path}: a profile is run config with top-level keys 'ops' and/or 'resources'")
     return config
 
 

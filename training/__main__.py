@@ -57,13 +57,14 @@ def _read_rows(data_path: str, validation_path: str | None):
     """The data set as one table: split "train" / "validation", a conversation_id on every row."""
     import polars as pl
 
+    from assets.common.user_files import read_user_parquet
     from training.dataset import content_conversation_ids
 
-    data = pl.read_parquet(data_path)
+    data = read_user_parquet(data_path, SystemExit)
     if "messages" not in data.columns:
         raise SystemExit(f"{data_path}: no `messages` column (columns: {data.columns})")
     if validation_path:
-        train_rows, validation_rows = data, pl.read_parquet(validation_path)
+        train_rows, validation_rows = data, read_user_parquet(validation_path, SystemExit)
     elif "split" in data.columns:
         train_rows = data.filter(pl.col("split") == "train")
         validation_rows = data.filter(pl.col("split") == "validation")
@@ -81,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments().parse_args(argv)
 
     from assets.common.models import model_content_hash
+    from assets.common.user_files import read_user_json
     from training.continual import ContinualConfig, ContinualError
     from training.run import run_training
 
-    fields = json.loads(Path(args.config).read_text()) if args.config else {}
+    fields = read_user_json(args.config, SystemExit) if args.config else {}
     config = TrainConfig.from_dict({**fields, **_parse_set(args.set)})
     try:
         continual = ContinualConfig(args.init_from, args.rehearsal_fraction, seed=config.seed)

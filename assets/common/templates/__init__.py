@@ -16,7 +16,6 @@ model pretrained with ``<bos>`` at the start of every text (Gemma) reads text wi
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 from assets.common.chat_template import TemplateError, read_chat_template, render, special_token_strings
 from assets.common.storage import sha256_text
+from assets.common.user_files import read_user_json, read_user_text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 KEEP_TOKENIZER = "tokenizer"  # the choice that keeps the model's own template
@@ -105,7 +105,8 @@ def choose_template(choice: str, model_dir: str | Path, field: str = "base_model
     if choice.endswith(".jinja") or path.is_file():
         if not path.is_file():
             raise TemplateChoiceError(f"{field}: {path}: no such file. {_choices_hint(field)}")
-        return ChosenTemplate(name=path.name, source=f"file:{path.resolve()}", text=path.read_text(encoding="utf-8"))
+        return ChosenTemplate(name=path.name, source=f"file:{path.resolve()}",
+                              text=read_user_text(path, TemplateChoiceError))
     raise TemplateChoiceError(f"{field}: unknown chat template {choice!r}. The registry has: "
                               f"{', '.join(registry_names())}. {_choices_hint(field)}")
 
@@ -220,4 +221,12 @@ class ChatMarkers:
 def read_chat_markers(model_dir: str | Path) -> ChatMarkers | None:
     """The record of a prepared student directory, or None for any other model directory."""
     path = Path(model_dir) / CHAT_MARKERS_FILE
-    return ChatMarkers.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = read_user_json(path, TemplateError)
+    try:
+        return ChatMarkers.from_dict(data)
+    except (TypeError, KeyError, AttributeError) as error:
+        raise TemplateError(f"{path}: not a chat-markers record ({type(error).__name__}: {error}); it is written "
+                            "when base_model prepares the student: delete the directory and materialize base_model "
+                            "again") from None

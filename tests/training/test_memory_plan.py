@@ -5,11 +5,27 @@ Trainer it builds are the real ones."""
 import pytest
 
 from training.config import TrainConfig
+from training.loss import VOCABULARY_CHUNK
 from training.memory import GB, ModelShape, device_memory, plan_memory
 
 GEMMA_270M = ModelShape(parameters=268_098_176, hidden=640, attention=1024, key_value=256, intermediate=2048,
                         layers=18, vocabulary=262_144)
 DEMO_BATCH = 8 * 512  # the demo's batch x max_length: about 14 GB without checkpointing
+
+
+def test_memory_plan_checkpoints_only_what_does_not_fit():
+    small = plan_memory(GEMMA_270M, tokens_per_batch=8 * 128, lora=True, budget_gb=10)
+    assert not small.gradient_checkpointing and "fits" in small.reason
+    demo = plan_memory(GEMMA_270M, tokens_per_batch=8 * 512, lora=True, budget_gb=10,
+                       vocabulary_chunk=VOCABULARY_CHUNK, trained_embedding_rows=True)
+    assert demo.gradient_checkpointing and "exceeds" in demo.reason
+    assert demo.estimate_checkpointed_gb < demo.estimate_gb and demo.estimate_checkpointed_gb < 12
+    assert demo.lm_head_gb < 1.5  # the chunked head: never tokens x 262k logits (4 GB for this batch)
+    roomy = plan_memory(GEMMA_270M, tokens_per_batch=8 * 512, lora=True, budget_gb=64)
+    assert not roomy.gradient_checkpointing
+    assert plan_memory(GEMMA_270M, 8, lora=True, setting="on", budget_gb=64).gradient_checkpointing
+    full = plan_memory(GEMMA_270M, 8 * 128, lora=False, budget_gb=64)
+    assert full.weights_gb == pytest.approx(16 * GEMMA_270M.parameters / 1024**3, abs=0.01)
 
 
 class GpuHost:

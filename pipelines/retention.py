@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,19 +69,27 @@ def active_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def retain(instance: dg.DagsterInstance, root: str | Path, keep_runs: int, dry_run: bool = False) -> RetentionPlan:
-    """Plan retention for ``root`` against the instance's last ``keep_runs`` runs and, unless ``dry_run``, apply it."""
+    """Plan retention for ``root`` against the instance's last ``keep_runs`` runs and, unless ``dry_run``, apply it:
+    only while no run is queued or in progress (checked before planning and again before removing), and never to
+    a file changed after the first check."""
     if keep_runs < 0:
         raise ValueError(f"--keep-runs {keep_runs}: must be 0 or more (the runs whose outputs are kept)")
-    active = active_runs(instance)
-    if active:
-        raise RuntimeError(f"runs {active} are queued or in progress: a version they write is unreferenced until "
-                           "it is made current, so retention would remove it. Run retention when they are done")
+    checked = time.time()
+    _refuse_if_active(instance)
     runs = recent_runs(instance, keep_runs)
     referenced = [(text, f"run {run.run_id}") for run in runs for text in run.texts]
     plan = plan_retention(root, referenced, keep_work_since=min((r.started for r in runs), default=None))
     if not dry_run:
-        apply_retention(plan)
+        _refuse_if_active(instance)
+        apply_retention(plan, unchanged_since=checked)
     return plan
+
+
+def _refuse_if_active(instance: dg.DagsterInstance) -> None:
+    active = active_runs(instance)
+    if active:
+        raise RuntimeError(f"runs {active} are queued or in progress: a version they write is unreferenced until "
+                           "it is made current, so retention would remove it. Run retention when they are done")
 
 
 def _default_root() -> Path:

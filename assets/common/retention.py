@@ -234,11 +234,25 @@ def _bytes_freed(paths: list[Path]) -> int:
     return sum(stats[0].st_size for stats in links.values() if len(stats) >= stats[0].st_nlink)
 
 
-def apply_retention(plan: RetentionPlan) -> int:
-    """Remove the plan's units; returns the bytes freed (as planned)."""
+def apply_retention(plan: RetentionPlan, unchanged_since: float | None = None) -> int:
+    """Remove the plan's units; returns the bytes freed. With ``unchanged_since`` (seconds since the epoch), a unit
+    changed after it is left in place (a write that began after the caller checked that nothing runs) and dropped
+    from ``plan.removed``."""
+    if unchanged_since is not None:
+        changed = [u for u in plan.removed if _newest_change(u.path) > unchanged_since]
+        for unit in changed:
+            plan.kept[unit.path] = "changed while retention ran"
+        plan.removed = [u for u in plan.removed if u not in changed]
+        plan.bytes_freed = _bytes_freed([u.path for u in plan.removed])
     for unit in plan.removed:
         if unit.path.is_dir() and not unit.path.is_symlink():
-            shutil.rmtree(unit.path)
+            shutil.rmtree(unit.path, onerror=_gone_already)
         else:
             unit.path.unlink(missing_ok=True)
     return plan.bytes_freed
+
+
+def _gone_already(function, path, exc_info) -> None:
+    """Removing what another process removed (or renamed) meanwhile is not an error; anything else is."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

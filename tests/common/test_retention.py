@@ -135,3 +135,18 @@ def test_an_unreadable_json_removes_nothing(data_root):
     (models[3] / "lineage.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"tuned-3/lineage.json: unreadable .* removes nothing"):
         plan_retention(storage.root_path)
+
+
+def test_what_changes_after_the_check_is_left_in_place(data_root):
+    """A unit written after the caller checked that nothing runs (a run that started meanwhile) is not removed."""
+    storage, models, _, _, since = data_root
+    root = storage.root_path
+    plan = plan_retention(root, keep_work_since=since)
+    assert models[2] in {u.path for u in plan.removed}
+    checked = (models[2] / "config.json").stat().st_mtime + 1
+    os.utime(models[2] / "config.json", (checked + 5, checked + 5))  # changed after the check
+    before = disk_bytes(root)
+    freed = apply_retention(plan, unchanged_since=checked)
+    assert models[2].is_dir() and plan.kept[models[2]] == "changed while retention ran"
+    assert models[2] not in {u.path for u in plan.removed}
+    assert freed == plan.bytes_freed == before - disk_bytes(root) > 0

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         try:
             plan = retain(instance, root, args.keep_runs, args.dry_run)
-        except (RuntimeError, ValueError) as error:
+        except (RuntimeError, ValueError, FileNotFoundError) as error:
             print(f"retention: {error}", file=sys.stderr)
             return 1
     summary = plan.summary()

@@ -111,3 +111,5 @@ def test_the_command_line_reports_what_a_dry_run_would_free(three_rounds, tmp_pa
     assert disk_bytes(storage.root_path) == before
     assert main(["--keep-runs", "-1", "--root", str(storage.root_path)]) == 1
     assert "--keep-runs -1: must be 0 or more" in capsys.readouterr().err
+    assert main(["--keep-runs", "1", "--root", str(tmp_path / "nowhere")]) == 1
+    assert f"{tmp_path / 'nowhere'}: no such data root" in capsys.readouterr().err

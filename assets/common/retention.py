@@ -186,6 +186,9 @@ def plan_retention(root: str | os.PathLike, referenced: Iterable[tuple[str, str]
     the root (the last runs' metadata); ``keep_work_since``: working files modified after this time (seconds since
     the epoch) are kept; None keeps none that nothing references."""
     root = Path(os.path.normpath(Path(root).resolve()))
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such data root; pass the storage root the assets write to (--root, "
+                                "SFT_DATA_ROOT or the profile's storage.root)")
     plan = RetentionPlan(root=root, units=find_units(root))
     queue: list[tuple[Path, str]] = _current_versions(root)
     queue += [(path, why) for text, why in referenced for path in paths_under(root, [text])]

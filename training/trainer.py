@@ -217,15 +217,17 @@ def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config:
 
 def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig,
                 memory: DeviceMemory | None = None) -> MemoryPlan:
-    """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, the batch
-    and the longest training example (the packed length when packing), against the training device's memory."""
+    """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, this
+    process's batch (its share of the global batch, :mod:`training.distributed`) and the longest training example
+    (the packed length when packing), against the memory of the device this process trains on."""
     from assets.common.templates import read_chat_markers
     from training.loss import VOCABULARY_CHUNK
 
     lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
     longest = config.max_length if config.packing else int(lengths.max() or 0)
     markers = read_chat_markers(model_path)
-    return plan_memory(ModelShape.from_model_dir(model_path), config.per_device_train_batch_size * longest,
+    batch = batch_settings(config.per_device_train_batch_size, config.gradient_accumulation_steps)["per_process_batch"]
+    return plan_memory(ModelShape.from_model_dir(model_path), batch * longest,
                        lora=config.method == "lora", setting=config.gradient_checkpointing,
                        budget_gb=config.memory_budget_gb, memory=memory,
                        bytes_per_value=2 if _precision(config)["bf16"] else 4,

@@ -97,3 +97,24 @@ def test_the_trainer_plans_for_the_device_and_records_it(tiny_model_dir, tmp_pat
     assert plan["device"] == "cuda:0" and plan["budget_gb"] == pytest.approx(1.6) and plan["device_total_gb"] == 2
     assert plan["gradient_checkpointing"] and on_gpu.args.gradient_checkpointing
     assert plan["estimate_gb"] == on_cpu.memory_plan["estimate_gb"]
+
+
+def test_each_process_plans_for_its_share_of_the_global_batch(tiny_model_dir, monkeypatch):
+    """With 4 processes (torchrun), each trains a quarter of the global batch on its own device."""
+    from transformers import AutoTokenizer
+
+    from assets.common.chat_template import read_chat_template
+    from training.dataset import conversation_rows, tokenize_rows
+    from training.trainer import memory_plan
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[{"role": "user", "content": f"Number {i}?"}, {"role": "assistant", "content": f"It is {i}."}]
+                     for i in range(4)]
+    data = tokenize_rows(tokenizer, conversation_rows(conversations), read_chat_template(tiny_model_dir), 256)
+    config = TrainConfig(per_device_train_batch_size=8)
+    alone = memory_plan(tiny_model_dir, data, config, device_memory(GpuHost((8, 8))))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    shared = memory_plan(tiny_model_dir, data, config, device_memory(GpuHost(*[(8, 8)] * 4)))
+    assert alone.tokens_per_batch == 4 * shared.tokens_per_batch > 0
+    assert shared.device == "cuda:3"

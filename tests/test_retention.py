@@ -62,15 +62,18 @@ def test_the_last_runs_the_promoted_model_and_what_they_name_are_kept(three_roun
     assert len(mixture_versions(storage)) == 3
 
     before = disk_bytes(root)
-    dry = retain(instance, root, keep_runs=2, dry_run=True)
+    two = retain(instance, root, keep_runs=2, dry_run=True)
     assert disk_bytes(root) == before  # nothing removed
-    assert {str(u.path) for u in dry.removed if u.kind == "model directory"} == set()  # runs 2, 3 + promoted 1
+    assert {str(u.path) for u in two.removed if u.kind == "model directory"} == set()  # runs 2, 3 + promoted 1
+    dry = retain(instance, root, keep_runs=1, dry_run=True)
+    assert disk_bytes(root) == before and dry.bytes_freed > two.bytes_freed > 0
 
     plan = retain(instance, root, keep_runs=1)
+    assert [u.path for u in plan.removed] == [u.path for u in dry.removed]  # the dry run said what would go
+    assert before - disk_bytes(root) == plan.bytes_freed == dry.bytes_freed
     removed = {str(u.path) for u in plan.removed}
     assert models[1] in removed and models[0] not in removed and models[2] not in removed
     assert plan.kept[Path(models[2])].startswith("run ") and plan.kept[Path(models[0])].startswith("named by")
-    assert before - disk_bytes(root) == plan.bytes_freed > dry.bytes_freed > 0
     kept_mixtures = {json.loads((root / m / "lineage.json").read_text())["assets"][MIXTURE]["tables"]["data"]["path"]
                      for m in (models[0], models[2])}
     assert {str(storage.asset_dir(MIXTURE) / "data" / v) for v in mixture_versions(storage)} == kept_mixtures
@@ -78,29 +81,10 @@ def test_the_last_runs_the_promoted_model_and_what_they_name_are_kept(three_roun
     assert assert_everything_kept_reads(root) >= 4
 
 
-def test_the_bytes_a_dry_run_reports_are_the_bytes_a_run_frees(three_rounds):
+def test_the_command_line_and_its_refusals(three_rounds, tmp_path, capsys, monkeypatch):
+    """The command on another (empty) instance reports what a dry run would free; it refuses a negative N, a missing
+    root, and any run in progress (here: a run its worker marked started)."""
     instance, storage, _ = three_rounds
-    root = storage.root_path
-    before = disk_bytes(root)
-    dry = retain(instance, root, keep_runs=1, dry_run=True)
-    assert dry.bytes_freed > 0 and disk_bytes(root) == before
-    done = retain(instance, root, keep_runs=1)
-    assert [u.path for u in done.removed] == [u.path for u in dry.removed]
-    assert done.bytes_freed == dry.bytes_freed == before - disk_bytes(root)
-
-
-def test_retention_refuses_while_a_run_is_in_progress(three_rounds):
-    instance, storage, _ = three_rounds
-    job = dg.Definitions(assets=[sft_mixture], resources={"storage": storage}).resolve_implicit_global_asset_job_def()
-    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)  # as a run worker marks its run
-    before = disk_bytes(storage.root_path)
-    with pytest.raises(RuntimeError, match="queued or in progress"):
-        retain(instance, storage.root_path, keep_runs=0)
-    assert disk_bytes(storage.root_path) == before
-
-
-def test_the_command_line_reports_what_a_dry_run_would_free(three_rounds, tmp_path, capsys, monkeypatch):
-    _, storage, _ = three_rounds
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "another_instance"))  # no runs there: nothing kept by a run
     (tmp_path / "another_instance").mkdir()
     before = disk_bytes(storage.root_path)
@@ -108,8 +92,13 @@ def test_the_command_line_reports_what_a_dry_run_would_free(three_rounds, tmp_pa
     out = capsys.readouterr().out
     expected = plan_retention(storage.root_path).bytes_freed
     assert f"would free {expected:,} bytes" in out and expected > 0
-    assert disk_bytes(storage.root_path) == before
     assert main(["--keep-runs", "-1", "--root", str(storage.root_path)]) == 1
     assert "--keep-runs -1: must be 0 or more" in capsys.readouterr().err
     assert main(["--keep-runs", "1", "--root", str(tmp_path / "nowhere")]) == 1
     assert f"{tmp_path / 'nowhere'}: no such data root" in capsys.readouterr().err
+
+    job = dg.Definitions(assets=[sft_mixture], resources={"storage": storage}).resolve_implicit_global_asset_job_def()
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)  # as a run worker marks its run
+    with pytest.raises(RuntimeError, match="queued or in progress"):
+        retain(instance, storage.root_path, keep_runs=0)
+    assert disk_bytes(storage.root_path) == before

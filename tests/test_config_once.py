@@ -49,7 +49,7 @@ CORE_ONLY = {
     ("TrainConfig", "logging_steps"): "logging cadence",
     ("TrainConfig", "precision"): "auto: bf16 on a GPU that supports it, fp32 on CPU",
     ("TrainConfig", "extra"): "escape hatch for python -m training",
-    ("TrainConfig", "memory_budget_gb"): "gradient checkpointing budget: half the RAM (training/memory.py)",
+    ("TrainConfig", "memory_budget_gb"): "gradient checkpointing budget: from the training device (training/memory.py)",
 }
 
 

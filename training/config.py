@@ -58,7 +58,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     # auto: only when the run's estimated peak memory without it exceeds the budget (training/memory.py)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    memory_budget_gb: float | None = None  # None: half the machine's memory, or less if less is available
+    memory_budget_gb: float | None = None  # None: from the training device's memory (training/memory.py)
     # TRL's per-token entropy and mean_token_accuracy: a pass over the whole vocabulary per position, off by default
     token_metrics: bool = False
     extra: dict = field(default_factory=dict)  # passed through to SFTConfig (escape hatch, recorded in lineage)

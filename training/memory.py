@@ -21,23 +21,28 @@ before the model is loaded from its ``config.json``, the batch and the longest e
   matrices;
 - a fixed allowance for the framework (Python, torch, tokenizer, data): 2 GB.
 
-The budget is half of the machine's memory (``/proc/meminfo`` ``MemTotal``; 12 GB on a 24 GB machine: the other
-half is left to whatever else runs there, e.g. a vLLM engine), or what is available when training starts if that is
-less (``MemAvailable``), or ``TrainConfig.memory_budget_gb``. It does not depend on the other processes' momentary
-use unless memory is short, so the same run decides the same way.
+The budget is a share of the memory of the device the run trains on (:func:`device_memory`): on a GPU its CUDA
+memory (``torch.cuda.mem_get_info`` of this process's device, ``LOCAL_RANK`` under torchrun), on a CPU the host's RAM
+(``/proc/meminfo``). A CPU run gets half of it (``MemTotal``; 12 GB on a 24 GB machine: the other half is left to
+whatever else runs there, e.g. a vLLM engine); a GPU run 80% of its device (it holds the ``gpu`` pool; the rest
+is for the CUDA context and the caching allocator's fragmentation). Either is capped by what is free when training
+starts (``MemAvailable``, CUDA's free memory), or replaced by ``TrainConfig.memory_budget_gb``. It does not depend
+on the other processes' momentary use unless memory is short, so the same run decides the same way. The plan
+reports the device, its total and free memory and where they were read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 GB = 1024**3
 FRAMEWORK_BYTES = 2 * GB
 LM_HEAD_TOKENS, LM_HEAD_TILES = 4096, 9  # TRL's token chunk; tile-sized temporaries alive at once on CPU
-BUDGET_FRACTION = 0.5
+BUDGET_FRACTION = {"cpu": 0.5, "cuda": 0.8}  # of the training device's total memory (module docstring)
 
 Setting = Literal["auto", "on", "off"]
 
@@ -72,6 +77,38 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class DeviceMemory:
+    """The memory of the device a run trains on, and where it was read."""
+
+    device: str  # "cpu", "cuda:0", ...
+    total_bytes: int
+    free_bytes: int | None  # None: unknown
+    source: str
+
+    @property
+    def kind(self) -> str:
+        return self.device.split(":")[0]
+
+
+def device_memory(cuda: Any = None) -> DeviceMemory:
+    """The memory of the device this process trains on: its CUDA device when there is one (as the trainer decides:
+    ``torch.cuda.is_available()``; the device is ``LOCAL_RANK``'s under torchrun, else the current one), else the
+    host's RAM. ``cuda``: the ``torch.cuda`` module, or a stand-in with ``is_available``, ``current_device`` and
+    ``mem_get_info`` (how a test plays a GPU host)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    if cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", cuda.current_device()))
+        free, total = cuda.mem_get_info(index)
+        return DeviceMemory(f"cuda:{index}", int(total), int(free), "torch.cuda.mem_get_info")
+    total = _meminfo("MemTotal")
+    return DeviceMemory("cpu", total or 32 * GB, _meminfo("MemAvailable"),
+                        "/proc/meminfo" if total else "/proc/meminfo unreadable: 32 GB assumed")
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     gradient_checkpointing: bool
     reason: str
@@ -83,7 +120,11 @@ class MemoryPlan:
     lm_head_gb: float
     weights_gb: float
     budget_gb: float
-    available_gb: float | None
+    available_gb: float | None  # free on the device when the plan was made
+    device: str  # the device the run trains on, whose memory is the budget's
+    device_total_gb: float
+    budget_rule: str  # how the budget was set
+    memory_source: str  # where the device's memory was read
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,14 +138,14 @@ def activation_values_per_token(shape: ModelShape, lora: bool) -> int:
 
 
 def plan_memory(shape: ModelShape, tokens_per_batch: int, lora: bool, setting: Setting = "auto",
-                budget_gb: float | None = None, available_bytes: int | None = None, bytes_per_value: int = 4,
+                budget_gb: float | None = None, memory: DeviceMemory | None = None, bytes_per_value: int = 4,
                 trained_tokens: int | None = None, vocabulary_chunk: int = 32768,
                 trained_embedding_rows: bool = False) -> MemoryPlan:
-    """The estimate and the decision. ``trained_tokens``: tokens of a batch the loss is computed on (the lean head
-    projects only those), default all of them; ``vocabulary_chunk``: the head's tile width."""
-    available = available_bytes if available_bytes is not None else _meminfo("MemAvailable")
-    half = BUDGET_FRACTION * (_meminfo("MemTotal") or 32 * GB)
-    budget = budget_gb * GB if budget_gb is not None else min(half, available or half)
+    """The estimate and the decision. ``memory``: the training device's (default :func:`device_memory`);
+    ``trained_tokens``: tokens of a batch the loss is computed on (the lean head projects only those), default all of
+    them; ``vocabulary_chunk``: the head's tile width."""
+    memory = memory or device_memory()
+    budget, rule = _budget(memory, budget_gb)
     weights = shape.parameters * (bytes_per_value if lora else 16)
     per_layer = activation_values_per_token(shape, lora) * bytes_per_value
     activations = tokens_per_batch * shape.layers * per_layer
@@ -118,7 +159,7 @@ def plan_memory(shape: ModelShape, tokens_per_batch: int, lora: bool, setting: S
     if setting == "auto":
         use = without > budget
         reason = (f"estimated peak {without / GB:.1f} GB without it {'exceeds' if use else 'fits'} the budget "
-                  f"{budget / GB:.1f} GB")
+                  f"{budget / GB:.1f} GB ({rule})")
     else:
         use, reason = setting == "on", f"gradient_checkpointing={setting!r} in the config"
     return MemoryPlan(
@@ -126,8 +167,21 @@ def plan_memory(shape: ModelShape, tokens_per_batch: int, lora: bool, setting: S
         estimate_gb=round(without / GB, 2), estimate_checkpointed_gb=round(with_checkpointing / GB, 2),
         activations_gb=round(activations / GB, 2), lm_head_gb=round(lm_head / GB, 2),
         weights_gb=round(weights / GB, 2), budget_gb=round(budget / GB, 2),
-        available_gb=round(available / GB, 2) if available is not None else None,
+        available_gb=round(memory.free_bytes / GB, 2) if memory.free_bytes is not None else None,
+        device=memory.device, device_total_gb=round(memory.total_bytes / GB, 2), budget_rule=rule,
+        memory_source=memory.source,
     )
+
+
+def _budget(memory: DeviceMemory, budget_gb: float | None) -> tuple[float, str]:
+    """The budget in bytes and how it was set (see the module docstring)."""
+    if budget_gb is not None:
+        return budget_gb * GB, "memory_budget_gb in the config"
+    fraction = BUDGET_FRACTION.get(memory.kind, BUDGET_FRACTION["cpu"])
+    share = fraction * memory.total_bytes
+    if memory.free_bytes is not None and memory.free_bytes < share:
+        return memory.free_bytes, f"free memory of {memory.device} (less than {fraction:.0%} of it)"
+    return share, f"{fraction:.0%} of {memory.device}'s {memory.total_bytes / GB:.1f} GB"
 
 
 def _meminfo(field: str) -> int | None:

@@ -22,7 +22,7 @@ from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprin
 from training.config import TrainConfig
 from training.dataset import TRAINED, TokenizedRows, tokenize_rows
 from training.distributed import batch_settings, process_state
-from training.memory import MemoryPlan, ModelShape, plan_memory
+from training.memory import DeviceMemory, MemoryPlan, ModelShape, plan_memory
 from training.model_dir import TrainedModel, TrainResult, model_dir_result, write_model_dir
 from training.preflight import PreflightError, check_batches, check_template_identity, template_markers
 
@@ -180,17 +180,18 @@ def _peft_config(config: TrainConfig, model: Any = None, marker_rows: list[int] 
 
 
 def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config: TrainConfig, checkpoints: Path,
-                  log: Callable[[str], None], callbacks: Sequence[Any] = ()):
+                  log: Callable[[str], None], callbacks: Sequence[Any] = (), memory: DeviceMemory | None = None):
     """The project's trainer (:func:`_trainer_class`) for ``config`` on ``data``, checkpointing under ``checkpoints``:
     gradient checkpointing as :func:`memory_plan` decides, the lean loss unless ``config.token_metrics``. The plan
-    is ``trainer.memory_plan``; ``callbacks`` are added to the project's own."""
+    is ``trainer.memory_plan``; ``callbacks`` are added to the project's own; ``memory``: the training device's
+    (default: read from the device, :func:`training.memory.device_memory`)."""
     import torch
     from transformers import AutoModelForCausalLM, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
 
     has_eval = len(data.validation) > 0
     dtype = torch.bfloat16 if _precision(config)["bf16"] else torch.float32
-    plan = memory_plan(model_path, data, config)
+    plan = memory_plan(model_path, data, config, memory)
     log(f"gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}: {plan.reason} "
         f"(with it: {plan.estimate_checkpointed_gb} GB)")
     callbacks = [_log_progress(log), *callbacks]
@@ -214,18 +215,22 @@ def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config:
     return trainer
 
 
-def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig) -> MemoryPlan:
-    """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, the batch
-    and the longest training example (the packed length when packing)."""
+def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig,
+                memory: DeviceMemory | None = None) -> MemoryPlan:
+    """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, this
+    process's batch (its share of the global batch, :mod:`training.distributed`) and the longest training example
+    (the packed length when packing), against the memory of the device this process trains on."""
     from assets.common.templates import read_chat_markers
     from training.loss import VOCABULARY_CHUNK
 
     lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
     longest = config.max_length if config.packing else int(lengths.max() or 0)
     markers = read_chat_markers(model_path)
-    return plan_memory(ModelShape.from_model_dir(model_path), config.per_device_train_batch_size * longest,
+    batch = batch_settings(config.per_device_train_batch_size, config.gradient_accumulation_steps)["per_process_batch"]
+    return plan_memory(ModelShape.from_model_dir(model_path), batch * longest,
                        lora=config.method == "lora", setting=config.gradient_checkpointing,
-                       budget_gb=config.memory_budget_gb, bytes_per_value=2 if _precision(config)["bf16"] else 4,
+                       budget_gb=config.memory_budget_gb, memory=memory,
+                       bytes_per_value=2 if _precision(config)["bf16"] else 4,
                        vocabulary_chunk=32768 if config.token_metrics else VOCABULARY_CHUNK,
                        trained_embedding_rows=bool(markers and markers.rows_to_initialise and config.method == "lora"))
 

@@ -13,7 +13,7 @@ import polars as pl
 from assets.common.engine import EngineConfig
 from assets.common.external import combined_hash, content_hash
 from assets.common.schema import SchemaError, validate_conversations
-from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
+from assets.common.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
 TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generation)
@@ -152,7 +152,6 @@ def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
 
 # ---- resources -------------------------------------------------------------------------------------------------
 AssetName = dg.AssetKey | str
-CURRENT = "CURRENT"  # in every table/json folder: the file name of the current version
 
 
 def _name(asset: AssetName) -> str:

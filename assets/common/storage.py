@@ -122,6 +122,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 VERSION_CHARS = 16  # hex digits of the SHA-256 in a version's file name
+CURRENT = "CURRENT"  # in every table/json folder: the file name of the current version
 
 
 def _publish_version(tmp: str, folder: Path, suffix: str, pointer: str) -> tuple[Path, str]:

@@ -16,6 +16,7 @@ from assets.common.resources import (
 )
 from assets.mixture.core import MixtureConfig, build_mixture
 from assets.mixture.manifest import manifest_png, manifest_table
+from assets.mixture.split import MIN_ROWS_FOR_VALIDATION
 from assets.mixture.tokens import student_token_counter
 
 
@@ -44,6 +45,9 @@ class MixtureSettings(dg.Config):
     max_tokens: int | None = None
     """Output size in tokens with unit tokens."""
     validation_fraction: float = 0.1
+    min_rows_for_validation: int = MIN_ROWS_FOR_VALIDATION
+    """A (source, task) stratum with at least this many rows gets a validation row whatever the fraction (0: rounding
+    alone decides); the manifest's validation_strata lists every stratum without one and why."""
     seed: int = 0
     allow_upsampling: bool = False
 
@@ -92,6 +96,7 @@ def sft_mixture(
             **stored.metadata(),
             "train_rows": manifest["train_rows"],
             "validation_rows": manifest["validation_rows"],
+            "validation_strata": dg.MetadataValue.json(manifest["validation_strata"]),
             "train_tokens": manifest["train_tokens"],
             "train_trainable_tokens": manifest["train_trainable_tokens"],
             "manifest_path": dg.MetadataValue.path(str(manifest_path)),

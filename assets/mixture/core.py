@@ -7,7 +7,8 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
    ``instruction_language`` column ("unknown" without one); ``refusal`` (False without one); multi-turn = more
    than one user turn; system prompt = a leading system message. With ``weights``, generated rows of a task with
    no positive weight are excluded (``excluded_rows``).
-2. **Split first** (:mod:`assets.mixture.split`): stratified by (source, task), by each row's seeded hash.
+2. **Split first** (:mod:`assets.mixture.split`): stratified by (source, task), by each row's seeded hash; a
+   stratum of at least ``min_rows_for_validation`` rows has a validation row.
 3. **Plan** (:mod:`assets.mixture.plan`): a share of the *training mix* per cell, measured in ``unit`` ("rows", or
    "tokens": every token of the conversation rendered with the student's chat template, counted by
    ``count_tokens``). A share is always a fraction of the final training mix, never of a source. Constraints, in
@@ -22,9 +23,10 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
    (the manifest names the cells that limit it and the requested size), unless ``allow_upsampling`` repeats rows.
 5. **Draw** (:mod:`assets.mixture.draw`): rows of each cell in hash order to its planned amount. Upsampling is
    explicit (``allow_upsampling``); otherwise a cell short of rows gives all it has and the manifest says so.
-6. **Validation**: from the validation pool, stratified (see :func:`assets.mixture.split.validation_draw`), never
-   upsampled: ``round(max_rows * f)`` rows with ``max_rows``; the whole pool when train took every train-pool row
-   once; otherwise ``round(train rows * f / (1 - f))``.
+6. **Validation**: from the validation pool, stratified, one row of every stratum first (see
+   :func:`assets.mixture.split.validation_draw`; the manifest's ``validation_strata`` lists every stratum left
+   without one and why), never upsampled: ``round(max_rows * f)`` rows with ``max_rows``; the whole pool when
+   train took every train-pool row once; otherwise ``round(train rows * f / (1 - f))``.
 
 Output columns: the input's, plus ``task``/``source`` when missing, ``split``, ``mix_tokens`` and
 ``mix_trainable_tokens`` (null without ``count_tokens``) and ``mix_repeat`` (0 for a row's first copy), sorted by
@@ -45,7 +47,17 @@ from assets.common.taxonomy import classify_task
 from assets.mixture.draw import AMOUNT, CELL, REPEAT, draw
 from assets.mixture.manifest import build_manifest
 from assets.mixture.plan import GENERATED, REFUSAL, Constraint, normalise, plan, prior
-from assets.mixture.split import HASH, IS_VAL, ORDER, assign_split, half_up, split_hash, validation_draw
+from assets.mixture.split import (
+    HASH,
+    IS_VAL,
+    MIN_ROWS_FOR_VALIDATION,
+    ORDER,
+    assign_split,
+    half_up,
+    split_hash,
+    validation_coverage,
+    validation_draw,
+)
 
 __all__ = ["MixtureConfig", "MixtureResult", "build_mixture", "split_hash", "GENERATED"]
 
@@ -93,6 +105,7 @@ class MixtureConfig:
     max_rows: int | None = None
     max_tokens: int | None = None
     validation_fraction: float = 0.1
+    min_rows_for_validation: int = MIN_ROWS_FOR_VALIDATION
     seed: int = 0
     allow_upsampling: bool = False
 
@@ -128,6 +141,9 @@ class MixtureConfig:
             raise ValueError("max_rows needs unit='rows' (with unit='tokens', set max_tokens)")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not (isinstance(self.min_rows_for_validation, int) and self.min_rows_for_validation >= 0):
+            raise ValueError(f"min_rows_for_validation must be an integer >= 0 (0: rounding alone decides), got "
+                             f"{self.min_rows_for_validation!r}")
 
     def constraints(self, source_shares: Mapping[str, float] | None = None,
                     language_targets: Mapping[str, float] | None = None) -> list[Constraint]:
@@ -174,7 +190,7 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
                    REPEAT]
     labelled = _label(df, cfg, count_tokens)
     included = _included(labelled, cfg)
-    pool = assign_split(included, cfg.validation_fraction)
+    pool = assign_split(included, cfg.validation_fraction, cfg.min_rows_for_validation)
     train_pool, val_pool = pool.filter(~pl.col(IS_VAL)), pool.filter(pl.col(IS_VAL))
     cells, train_pool = _cells(train_pool)
     amount = cells[AMOUNT].to_numpy().astype(np.float64)
@@ -196,6 +212,8 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
     manifest = build_manifest(cells.with_columns(pl.Series("planned", q)), train, validation, pool, constraint_report,
                               drawn.short, cfg, n_train, tokens_counted=count_tokens is not None,
                               input_rows=df.height, source_shares=sources, requested=requested)
+    manifest["validation_strata"] = validation_coverage(pool, validation, cfg.validation_fraction,
+                                                        cfg.min_rows_for_validation)
     return MixtureResult(mixture=mixture, manifest=manifest)
 
 

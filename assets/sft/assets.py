@@ -58,7 +58,7 @@ class SFTModelConfig(dg.Config):
     marker_learning_rate: float | None = None
     """Learning rate of those marker rows; unset: the run's learning rate."""
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    """"auto": only when the run's estimated peak memory without it exceeds half the machine's memory (the estimate
+    """"auto": only when the run's estimated peak memory without it exceeds the training device's budget (the estimate
     and the decision are in the metadata, `memory_plan`); it costs about a quarter more time per step."""
     token_metrics: bool = False
     """Log TRL's per-token entropy and mean token accuracy (a pass over the whole vocabulary per position)."""

@@ -43,6 +43,9 @@ def test_every_row_is_tagged_and_split_and_metadata_matches_the_table(filtered):
     manifest = storage.read_json(ASSET, "manifest")
     assert {t: s["available_rows"] + s["validation_rows"] for t, s in manifest["tasks"].items()} == COUNTS
     assert metadata["shortfall"] == manifest["shortfall"] == {}
+    assert metadata["validation_strata"] == manifest["validation_strata"]  # every stratum validates here
+    assert manifest["validation_strata"]["with_validation"] == 3 and not manifest["validation_strata"][
+        "without_validation"]
     assert set(mixture.columns) >= {"task", "split", "messages", "conversation_id"}
 
 

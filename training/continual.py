@@ -135,9 +135,14 @@ def load_previous_model(model_dir: str | Path, base_content_hash: str,
                              "model; retrain from the base model (init_from='base')")
     if not (path / "config.json").exists():
         raise ContinualError(f"{path / 'config.json'}: missing; the previous model directory has no merged weights")
-    if base_chat_template is not None and read_chat_template(path) != base_chat_template:
-        raise ContinualError(f"{path}: its chat template differs from the base model's; continual training must "
-                             "keep the base model's template byte for byte")
+    template = read_chat_template(path)
+    if base_chat_template is not None and template != base_chat_template:
+        at = next((i for i, (a, b) in enumerate(zip(template or "", base_chat_template, strict=False)) if a != b),
+                  min(len(template or ""), len(base_chat_template)))
+        raise ContinualError(f"{path}: its chat template (chat_template.jinja) differs from the base model's, first "
+                             f"at character {at}: {(template or '')[at:at + 40]!r} vs the base's "
+                             f"{base_chat_template[at:at + 40]!r}; continual training must keep the base model's "
+                             "template byte for byte: retrain from the base model (init_from='base')")
     rows_path = path / TRAIN_ROWS_FILE
     if not rows_path.exists():
         raise ContinualError(f"{rows_path}: missing; continual mode rehearses the previous model's training rows "

@@ -45,9 +45,9 @@ ROLES = ("user", "assistant")
 # ``n`` and a lower ``min_words`` (more keys), a higher cut-off ``max_ngram_items`` / ``max_train_rows`` (fewer keys
 # ignored as generic text), 0 (no cut-off) being the strictest of all.
 CHECK_FLOORS = {"n": 13, "min_words": 8, "max_ngram_items": 3, "max_train_rows": 10}
+LEAK_LIMIT = 20  # leaks the check lists (it stops looking after this many)
 # The removal's setting (its report's ``config``) behind each parameter, and the value a report without it stands for
 # (a report from before that cut-off existed: the removal had none).
-LEAK_LIMIT = 20  # leaks the check lists (it stops looking after this many)
 REMOVAL_SETTINGS = {"n": ("ngram", 13), "min_words": ("min_words", 8), "max_ngram_items": ("max_ngram_items", 0),
                     "max_train_rows": ("max_train_rows", 0)}
 

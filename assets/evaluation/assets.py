@@ -44,10 +44,6 @@ from assets.evaluation.summary import (
     source_versions,
 )
 
-# The models evaluated beside the candidate (TUNED, the latest `sft_model`): the base model it was trained from, as its
-# lineage.json records it (`assets/evaluation/base.py`: re-hashed, a mismatch fails), and the teacher, whose
-# `MODEL_MANIFEST` names its directory; a teacher with no manifest in storage is skipped, and the report says why.
-
 
 class EvaluationConfig(dg.Config):
     """What is evaluated and how strictly. The defaults are the production run (all of IFEval, answers up to 1280
@@ -210,8 +206,10 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
 
 def _models_to_evaluate(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
                         candidate: Materialization) -> tuple[dict[str, dict], dict[str, str]]:
-    """name -> {model_dir, content_hash, source} for base (the one in the candidate's lineage.json, re-hashed), tuned
-    and (configured and present) the teacher; and the skipped models with the reason."""
+    """The models evaluated, name -> {model_dir, content_hash, source}: the base the candidate was trained from, as
+    its lineage.json records it (`assets/evaluation/base.py`: re-hashed, a mismatch fails; its directory carries the
+    chat template chosen for it), the candidate (TUNED, the latest `sft_model`) and, when configured and its
+    `MODEL_MANIFEST` is in storage, the teacher; and the skipped models with the reason."""
     tuned_dir = str(candidate.value("model_dir"))
     current = storage.read_json(BASE_MODEL, MODEL_MANIFEST) if storage.has(BASE_MODEL, MODEL_MANIFEST) else None
     try:

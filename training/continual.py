@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from assets.common.chat_template import read_chat_template
+from assets.common.chat_template import read_chat_template, template_difference
 from assets.common.config import config_dict
 from training.dataset import (
     REHEARSAL_SPLIT,
@@ -135,9 +135,14 @@ def load_previous_model(model_dir: str | Path, base_content_hash: str,
                              "model; retrain from the base model (init_from='base')")
     if not (path / "config.json").exists():
         raise ContinualError(f"{path / 'config.json'}: missing; the previous model directory has no merged weights")
-    if base_chat_template is not None and read_chat_template(path) != base_chat_template:
-        raise ContinualError(f"{path}: its chat template differs from the base model's; continual training must "
-                             "keep the base model's template byte for byte")
+    difference = base_chat_template is not None and template_difference(read_chat_template(path),
+                                                                          base_chat_template)
+    if difference:
+        at, previous, base = difference
+        raise ContinualError(f"{path}: its chat template (chat_template.jinja) differs from the base model's, first "
+                             f"at character {at}: {previous!r} vs the base's {base!r}; continual training must keep "
+                             "the base model's template byte for byte: retrain from the base model "
+                             "(init_from='base')")
     rows_path = path / TRAIN_ROWS_FILE
     if not rows_path.exists():
         raise ContinualError(f"{rows_path}: missing; continual mode rehearses the previous model's training rows "

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from assets.common.chat_template import render, special_token_strings
+from assets.common.chat_template import render, special_token_strings, template_difference
 from training.masking import assistant_end_of_turn
 
 
@@ -191,11 +191,10 @@ def check_template_identity(used: str | dict[str, str], shipped: str | None, whe
             raise PreflightError(f"{where}: the tokenizer has named chat templates {sorted(used)} but no 'default' "
                                  "one; save the template to train and serve with as chat_template.jinja")
         used = used["default"]
-    if used != shipped:
-        pairs = enumerate(zip(used, shipped, strict=False))
-        diff_at = next((i for i, (a, b) in pairs if a != b), min(len(used), len(shipped)))
+    difference = template_difference(used, shipped)
+    if difference:
         raise PreflightError(
             f"{where}: the chat template used for training differs from the one saved with the model, first at "
-            f"character {diff_at}: used {used[diff_at:diff_at + 40]!r} vs saved {shipped[diff_at:diff_at + 40]!r}. "
+            f"character {difference[0]}: used {difference[1]!r} vs saved {difference[2]!r}. "
             "Train and serve with the model's own template, byte for byte."
         )

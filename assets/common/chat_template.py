@@ -78,3 +78,13 @@ def read_chat_template(model_dir: str | Path) -> str | None:
         return template if isinstance(template, str) else None
     return None
 
+
+
+def template_difference(first: str | None, second: str | None) -> tuple[int, str, str] | None:
+    """None when the two templates are byte-identical; else where they first differ: the character index and the
+    next 40 characters of each (a missing template reads as empty)."""
+    if first == second:
+        return None
+    a, b = first or "", second or ""
+    at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return at, a[at:at + 40], b[at:at + 40]

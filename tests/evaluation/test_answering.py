@@ -12,10 +12,12 @@ from assets.evaluation.answering import (
     answers_of,
     answers_table,
     chat_prompt_ids,
+    end_of_turn_id,
     end_of_turn_probability,
     load_causal_lm,
     stop_tokens,
     strip_stop_token,
+    turn_finish,
 )
 
 
@@ -68,3 +70,19 @@ def test_end_of_turn_probability_of_a_model_directory(tiny_model_dir):
     result = end_of_turn_probability(model, tokenizer, conversations)
     assert 0 < result.mean < 1
     assert result == end_of_turn_probabilities(model, tokenizer, CHAT_TEMPLATE, conversations, "<|im_end|>")
+
+
+def test_only_the_end_of_turn_token_completes_a_turn(tiny_model_dir):
+    """A model whose EOS is not its end-of-turn token (as a prepared Gemma's original <eos>): an answer that stops on
+    it is "eos", not a completed turn; the last token of the completion (vLLM keeps it) decides."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.eos_token = "<|endoftext|>"  # the template still ends a turn with <|im_end|>
+    stops = stop_tokens(tokenizer)
+    end, other = end_of_turn_id(tokenizer), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert stops == {end: "<|im_end|>", other: "<|endoftext|>"}
+    assert turn_finish(Completion("Paris.", (5, 9, end), "stop"), end).finish_reason == "stop"
+    assert turn_finish(Completion("Paris.", (5, 9, other), "stop"), end).finish_reason == "eos"
+    assert turn_finish(Completion("Paris, the", (5, 9, 11), "length"), end).finish_reason == "length"
+    assert turn_finish(Completion("", (), "stop"), end).finish_reason == "eos"

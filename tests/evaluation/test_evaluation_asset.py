@@ -14,6 +14,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from assets.common.models import model_content_hash
 from assets.common.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
@@ -61,8 +62,8 @@ def general_text_forgetting() -> dg.AssetCheckResult:
 def candidate_copy(tiny_model_dir, out_dir, never_stops: bool = False):
     """A copy of the tiny model with a lineage.json; ``never_stops``: its end-of-turn token is never generated."""
     shutil.copytree(tiny_model_dir, out_dir)
-    (out_dir / "lineage.json").write_text(json.dumps({"base_model": {"path": str(tiny_model_dir),
-                                                                     "content_hash": "base"}}))
+    (out_dir / "lineage.json").write_text(json.dumps({"base_model": {
+        "path": str(tiny_model_dir), "content_hash": model_content_hash(tiny_model_dir)}}))
     if never_stops:
         from safetensors.torch import load_file, save_file
         from transformers import AutoTokenizer
@@ -77,7 +78,8 @@ def candidate_copy(tiny_model_dir, out_dir, never_stops: bool = False):
 @pytest.fixture
 def setup(tmp_path, tiny_model_dir):
     storage = DataStorage(root=str(tmp_path / "data"))
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "content_hash": "base"})
+    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir),
+                                                    "content_hash": model_content_hash(tiny_model_dir)})
     storage.write_table(SFT_MIXTURE, pl.DataFrame({"split": ["validation"] * 3 + ["train"],
                                                    "messages": CONVERSATIONS}))
     (tmp_path / "dagster").mkdir()
@@ -137,7 +139,8 @@ def test_not_worse_than_base_really_fails_and_promotion_refuses(setup, tiny_mode
                      "per_instruction", "prompts", "instructions"):
             assert report["ifeval"]["models"][model][name] == expected["models"][model][name], (model, name)
     assert report["ifeval"]["comparison"] == expected["comparison"]
-    assert report["ifeval"]["models"]["tuned"]["turn_completion"]["rate"] == 1.0
+    assert report["ifeval"]["models"]["tuned"]["turn_completion"]["rate"] == 1.0  # each on its end-of-turn token
+    assert report["models"]["base"]["current_base_model"] == "same"
     assert metadata["prompt_strict_difference"].value == expected["comparison"]["prompt_strict"]["difference"]
     assert "| base |" in metadata["summary"].value and "| tuned |" in metadata["summary"].value
 

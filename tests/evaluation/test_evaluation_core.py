@@ -238,13 +238,21 @@ def test_punkt_instruction_types_score_offline(tmp_path):
 
 
 def test_turn_completion_counts():
-    assert turn_completion(["stop", "length", "stop", "stop"]) == {"answers": 4, "stop": 3, "length": 1,
+    assert turn_completion(["stop", "length", "stop", "stop"]) == {"answers": 4, "stop": 3, "eos": 0, "length": 1,
                                                                     "rate": 0.75}
     assert turn_completion(["length"])["rate"] == 0.0
     with pytest.raises(EvaluationInputError, match=r"\['abort'\] are not one of"):
         turn_completion(["stop", "abort"])
-    with pytest.raises(EvaluationInputError, match="finish_reason 'eos'"):
-        Answer(key=1, response="x", finish_reason="eos")
+    with pytest.raises(EvaluationInputError, match="finish_reason 'abort'"):
+        Answer(key=1, response="x", finish_reason="abort")
+
+
+def test_a_stop_on_another_eos_is_not_a_completed_turn():
+    """Only the end-of-turn token completes a turn; a stop on another EOS (a prepared Gemma's original <eos>) is
+    counted apart, in its own field."""
+    assert turn_completion(["stop", "eos", "eos", "length"]) == {"answers": 4, "stop": 1, "eos": 2, "length": 1,
+                                                                  "rate": 0.25}
+    assert turn_completion(["eos"] * 3)["rate"] == 0.0
 
 
 def _scores(n: int, p: float, seed: int) -> list[float]:
@@ -289,7 +297,8 @@ def test_evaluation_report_assembles_models_and_comparison(items):
                                end_of_turn_probability={"base": 0.02, "tuned": 0.4})
     data = json.loads(json.dumps(report.data))  # JSON-serialisable as it is
     assert data["models"]["base"]["prompt_strict"] == 0.0 and data["models"]["tuned"]["prompt_strict"] == 1.0
-    assert data["models"]["base"]["turn_completion"] == {"answers": 4, "stop": 1, "length": 3, "rate": 0.25}
+    assert data["models"]["base"]["turn_completion"] == {"answers": 4, "stop": 1, "eos": 0, "length": 3,
+                                                         "rate": 0.25}
     assert data["models"]["tuned"]["per_instruction"] == [{"instruction_id": "punctuation:no_comma", "count": 4,
                                                            "strict_passed": 4, "loose_passed": 4, "strict": 1.0,
                                                            "loose": 1.0}]
@@ -302,6 +311,36 @@ def test_evaluation_report_assembles_models_and_comparison(items):
     assert lines[2].startswith("| base | 4 | 0.0% |") and lines[3].startswith("| tuned | 4 | 100.0% |")
     assert "| prompt strict | 0.0% | 100.0% | +100.0 | [+100.0, +100.0] |" in report.markdown
     assert "punctuation:no_comma | 4 | 0.0% | 0.0% | 4 | 100.0% | 100.0% |" in report.per_instruction_markdown
+
+
+def test_answers_that_stop_on_another_eos_are_reported_apart_not_as_completed_turns(items):
+    keys = [32, 1001, 1162, 1187]
+    answers = {"base": [Answer(k, "Day one", "stop") for k in keys],
+               "tuned": [Answer(k, "Day one", r) for k, r in zip(keys, ["stop", "eos", "eos", "length"], strict=True)]}
+    report = evaluation_report(items, answers, base="base", tuned="tuned", n_resamples=50, seed=0)
+    tuned = report.data["models"]["tuned"]["turn_completion"]
+    assert tuned == {"answers": 4, "stop": 1, "eos": 2, "length": 1, "rate": 0.25}
+    assert report.data["comparison"]["turn_completion"]["difference"] == -0.75  # the eos stops are not completions
+    assert report.markdown.splitlines()[0].endswith("| turn completion | stopped on other EOS |")
+    assert report.markdown.splitlines()[3].endswith("| 25.0% | 2 |")
+
+
+@pytest.mark.parametrize(("base", "tuned", "tolerance", "passed", "shown"), [
+    (0.50, 0.49, 2.0, True, "tuned - base -1.0 points"),  # 1 point worse, 2 allowed
+    (0.50, 0.47, 2.0, False, "tuned - base -3.0 points"),  # 3 points worse: a fraction (-0.03) compared with -2 passes
+    (0.50, 0.51, 0.5, True, "tuned - base +1.0 points"),
+    (0.50, 0.505, -1.0, False, "tuned - base +0.5 points"),  # an improvement of 1 point demanded, 0.5 made
+])
+def test_not_worse_than_base_compares_points_with_points(base, tuned, tolerance, passed, shown):
+    """Accuracies are fractions, the tolerance is in percentage points: a units slip either way flips a case."""
+    from assets.evaluation.summary import not_worse_verdict
+
+    comparison = {"base": base, "tuned": tuned, "difference": tuned - base, "low": tuned - base - 0.1,
+                  "high": tuned - base + 0.1, "prompts": 100}
+    verdict = not_worse_verdict(comparison, tolerance)
+    assert verdict["passed"] is passed
+    assert shown in verdict["detail"] and f"required >= {-tolerance:+.1f}" in verdict["detail"]
+    assert verdict["difference_points"] == pytest.approx(100 * (tuned - base))
 
 
 def test_report_refuses_unpaired_or_unknown_answers(items):

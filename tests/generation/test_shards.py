@@ -99,3 +99,23 @@ def test_checkpoints_of_another_model_are_discarded(tokenizer, uninterrupted, tm
 def test_missing_batches_cover_every_uncovered_row_once(covered, expected):
     chunks = [Chunk(start, stop, None, {}) for start, stop in covered]
     assert [(b.start, b.stop) for b in missing_batches(chunks, 20, 8)] == expected
+
+
+def test_a_chunk_whose_file_no_longer_matches_its_hash_is_generated_again(tokenizer, uninterrupted, tmp_path):
+    """A committed chunk's Parquet file changed after its marker recorded its hash (a partial copy, a disk error, an
+    edit): the resume must not trust it. Its rows are generated again, the log names the file, and the shard equals
+    an uninterrupted run."""
+    import polars as pl
+
+    with pytest.raises(CrashedRun):
+        run(tokenizer, tmp_path, 8, FakeGenerator(fail_on_call=2 * CALLS_PER_BATCH + 1))
+    assert committed(tmp_path) == ["rows-0000000-0000008.json", "rows-0000008-0000016.json"]
+    damaged = tmp_path / "rows-0000000-0000008.parquet"
+    pl.read_parquet(damaged).head(1).write_parquet(damaged)  # a readable file, one row short
+    engine, messages = FakeGenerator(), []
+    result = run(tokenizer, tmp_path, 8, engine, log=messages.append)
+    assert result.resumed_batches == 1
+    assert [row for batch in generated_rows(engine) for row in batch] == [*range(8), *range(16, 40)]
+    assert result.table.equals(uninterrupted.table)
+    assert f"{damaged}: does not match the hash recorded in rows-0000000-0000008.json; rows 0..7 are generated again" \
+        in messages

@@ -19,6 +19,7 @@ from training.continual import (
     load_previous_model,
     rehearsal_size,
     select_rehearsal,
+    starting_point,
 )
 from training.dataset import REHEARSAL_SPLIT, content_conversation_ids
 
@@ -202,6 +203,25 @@ def test_an_unusable_previous_model_is_rejected(first_model, tiny_model_dir, tmp
     damage(model)
     with pytest.raises(ContinualError, match=message):
         load_previous_model(model, model_content_hash(tiny_model_dir))
+
+
+def test_a_previous_model_whose_chat_template_differs_from_the_base_is_refused(first_model, tiny_model_dir,
+                                                                              tmp_path):
+    """Continual training starts from the previous model only if it serves the base model's template byte for byte
+    (the run's own start, `starting_point`, reads the base's template)."""
+    model = tmp_path / "round-1"
+    shutil.copytree(first_model, model)
+    jinja = model / "chat_template.jinja"
+    jinja.write_text(jinja.read_text(encoding="utf-8").replace("helpful AI", "helpful  AI"), encoding="utf-8")
+    at = jinja.read_text(encoding="utf-8").index("helpful  AI") + len("helpful ")
+    with pytest.raises(ContinualError, match=rf"round-1: its chat template \(chat_template.jinja\) differs from the "
+                                             rf"base model's, first at character {at}: ' AI"):
+        starting_point(ContinualConfig(init_from="previous", rehearsal_fraction=0.5), tiny_model_dir,
+                       model_content_hash(tiny_model_dir), model, [], 10)
+    jinja.write_text((first_model / "chat_template.jinja").read_text(encoding="utf-8"), encoding="utf-8")
+    start = starting_point(ContinualConfig(init_from="previous", rehearsal_fraction=0.5), tiny_model_dir,
+                           model_content_hash(tiny_model_dir), model, [], 10)
+    assert start.model_path == model  # the same directory with the base's template is accepted
 
 
 def test_the_cli_rejects_continual_mode_without_rehearsal(first_model, tiny_model_dir, tmp_path):

@@ -328,3 +328,26 @@ def test_train_with_disagreeing_template_files_trains_and_ships_the_one_it_used(
     assert (result.model_dir / "chat_template.jinja").read_text(encoding="utf-8") == jinja
     assert "chat_template" not in json.loads((result.model_dir / "tokenizer_config.json").read_text())
     assert result.preflight["assistant_turns"] == ASSISTANT_TURNS
+
+
+def test_a_model_directory_whose_saved_template_differs_from_the_trained_one_is_not_written(tiny_model_dir, tmp_path):
+    """The comparison when the model directory is written (training/model_dir.py): the tokenizer's template changed
+    after the data were rendered, so the directory would ship another template than the one trained. Writing fails,
+    saying where they differ, and leaves no directory (nor a half-written one beside it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.model_dir import TrainedModel, write_model_dir
+
+    template = read_chat_template(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = template.replace("helpful", "harmless")
+    trained = TrainedModel(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer=tokenizer,
+                           chat_template=template, start_path=tiny_model_dir, config=TrainConfig(method="full"),
+                           data=None, metrics={}, preflight={}, early_stopping={}, log_history=[])
+    out = tmp_path / "models" / "sft-model"
+    at = template.index("helpful") + 1  # "h" is common to both
+    with pytest.raises(PreflightError, match=rf"{out} \(saved model\): the chat template used for training differs "
+                                             rf"from the one saved with the model, first at character {at}: used "
+                                             "'elpful AI assistant.*' vs saved 'armless AI assistant"):
+        write_model_dir(trained, out, {})
+    assert list((tmp_path / "models").iterdir()) == []

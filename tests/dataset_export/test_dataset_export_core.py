@@ -5,6 +5,7 @@ import datasets
 import polars as pl
 import pytest
 import yaml
+from huggingface_hub import DatasetCard
 from polars.testing import assert_frame_equal
 
 from assets.common.storage import sha256_dir
@@ -66,6 +67,7 @@ def test_card_yaml_has_the_hubs_fields(mixture):
     assert meta["task_categories"] == ["text-generation", "question-answering"]  # information_seeking rows
     assert meta["license"] == "other"  # two rows come from the user source "mine": their terms are the user's
     assert [f["split"] for f in meta["configs"][0]["data_files"]] == ["train", "validation"]
+    assert DatasetCard(card).data.to_dict() == meta  # the Hub library reads the same metadata
     assert "keep their own terms (license `other` above): mine (2 rows)." in card
     generated = table.filter(pl.col("source") == "generated")
     assert generated.height == table.height - 2

@@ -13,6 +13,7 @@ import os
 import dagster as dg
 
 import assets.base_model.assets
+import assets.dataset_export.assets
 import assets.decontamination.assets
 import assets.dedup.assets
 import assets.eval_sets.assets
@@ -41,6 +42,7 @@ STAGES = [
     assets.filtering.assets,
     assets.tagging.assets,
     assets.mixture.assets,
+    assets.dataset_export.assets,
     assets.sft.assets,
     assets.evaluation.assets,
     assets.promotion.assets,

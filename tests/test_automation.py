@@ -30,6 +30,7 @@ from assets.common.resources import (
     GENERATION_SHARDS,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
+    SFT_DATASET,
     SFT_MODEL,
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
@@ -47,6 +48,8 @@ EVAL_TEXT = " ".join(WORDS[:15])
 PLANTED = " ".join(WORDS[:14])
 DATASET = ["deduplicated_conversations", "decontaminated_conversations", "filtered_conversations",
            "tagged_conversations", "sft_mixture"]
+# What a changed mixture rebuilds: its export and the model
+MIXTURE_CONSUMERS = {"sft_dataset": 1, "sft_model": 1}
 WEAK_DECONTAMINATION = {"ngram": 20, "similarity_threshold": 0.0, "max_train_rows": 0}
 
 
@@ -106,7 +109,8 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file, sft_file), instance)
-        auto.stop_requested = frozenset({SFT_MODEL, ASSISTANT_EVALUATION, PROMOTED_MODEL})  # counted, not run
+        # counted, not run (the export too: tests/dataset_export runs it, and this test's time stays as it was)
+        auto.stop_requested = frozenset({SFT_MODEL, ASSISTANT_EVALUATION, PROMOTED_MODEL, SFT_DATASET})
         storage = DataStorage(root=str(data))
         assert auto.tick() == []  # a fresh instance: nothing changed, nothing requested
 
@@ -116,7 +120,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         observed = auto.launch([TEACHER_MODEL_FILES, BASE_MODEL_FILES, USER_EVAL_FILES, USER_SFT_FILES])
         assert observed.success, failures(observed)
         assert auto.settle() == Counter({"teacher_model": 1, "base_model": 1, "eval_sets": 1, "user_sft_sources": 1,
-                                         **dict.fromkeys(DATASET, 1), "sft_model": 1})
+                                         **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "sft_mixture")["dagster/row_count"] == 2
         assert storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)["path"] == str(tiny_model_dir.resolve())
         assert auto.settle() == Counter()  # observing unchanged inputs again changes nothing
@@ -124,7 +128,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
 
         # A first shard: every dataset asset once, then one retrain request.
         generate_shard(auto, "00000")
-        assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), "sft_model": 1})
+        assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "tagged_conversations")["tagger"] == "fallback"  # the profile's use_judge: false
         for key in ["eval_sets", *DATASET]:  # every table shows its columns in the UI, as written
             metadata = latest(instance, key)
@@ -147,7 +151,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         # A new shard (some rows leak an eval text): every dataset asset once, exactly one retrain request;
         # decontamination removed the leaking rows and its blocking check passed.
         generate_shard(auto, "00001", PlantingGenerator)
-        assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), "sft_model": 1})
+        assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "decontaminated_conversations")["rows_removed"] > 0
 
         # A failing blocking check: decontamination re-run by hand with weakened settings keeps the leaking rows
@@ -171,11 +175,11 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
                       if m["role"] == "assistant" and len(m["content"].split()) >= 8)
         eval_file.write_text(json.dumps({"text": EVAL_TEXT}) + "\n" + json.dumps({"text": leaked}) + "\n")
         assert auto.launch([USER_EVAL_FILES]).success
-        assert auto.settle() == Counter({"eval_sets": 1, **dict.fromkeys(DATASET[1:], 1), "sft_model": 1})
+        assert auto.settle() == Counter({"eval_sets": 1, **dict.fromkeys(DATASET[1:], 1), **MIXTURE_CONSUMERS})
         assert leaked not in str(storage.read_table(FILTERED_CONVERSATIONS)["messages"].to_list())
 
         # A changed user SFT file (observed): the user rows, every dataset asset once, exactly one retrain request.
         sft_file.write_text(user_rows("tides", "glaciers", "volcanoes"))
         assert auto.launch([USER_SFT_FILES]).success
-        assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), "sft_model": 1})
+        assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "user_sft_sources")["dagster/row_count"] == 3

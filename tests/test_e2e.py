@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import dagster as dg
 import polars as pl
@@ -122,7 +123,8 @@ def test_model_directory_has_weights_adapter_template_and_lineage(pipeline_run):
     summary = metadata["lineage"].value  # the lineage summary the UI shows: models and upstream tables' hashes
     for key in ("base_model", "teacher_model", "sft_mixture", "decontaminated_conversations"):
         assert materializations[key].metadata["content_hash"].value in summary, key
-    upstream = ASSETS[:ASSETS.index("sft_model")]
+    ancestors = set(GRAPH.upstream_key_iterator(dg.AssetKey("sft_model")))  # not sft_dataset, a sibling
+    upstream = [key for key in ASSETS if dg.AssetKey(key) in ancestors]
     assert sorted(lineage["assets"]) == sorted(upstream)  # every upstream asset of the graph, none forgotten
     models = {"teacher_model", "base_model"}
     for key in models:  # both models, with their content hashes
@@ -226,6 +228,36 @@ def test_train_rows_trace_back_to_generation(pipeline_run):
     assert (joined["conversation_id"] == joined["conversation_id_gen"]).all()
     assert rows.filter(pl.col("split") == "train").height == materializations["sft_model"].metadata[
         "dagster/row_count"].value
+
+
+def test_the_mixture_is_exported_with_its_card(pipeline_run):
+    """sft_dataset: a `datasets` folder that loads back as the mixture, per split, with a card written from the real
+    stages' reports and carrying the mixture hash the model's lineage records."""
+    from pathlib import Path
+
+    import datasets
+
+    _, materializations, _, _ = pipeline_run
+    metadata, mixture_metadata = materializations["sft_dataset"].metadata, materializations["sft_mixture"].metadata
+    mixture = pl.read_parquet(mixture_metadata["path"].value)
+    loaded = datasets.load_from_disk(metadata["path"].value)
+    assert sorted(loaded) == sorted(mixture["split"].unique().to_list())
+    for split, dataset in loaded.items():
+        expected = mixture.filter(pl.col("split") == split).drop("split")
+        assert dataset.column_names == expected.columns
+        assert dataset["messages"] == expected["messages"].to_list(), split
+        assert metadata[f"{split}_rows"].value == expected.height
+    card = metadata["card"].value
+    assert card == (Path(metadata["path"].value) / "README.md").read_text()
+    lineage = json.loads((Path(materializations["sft_model"].metadata["model_dir"].path) / "lineage.json").read_text())
+    mixture_hash = lineage["assets"]["sft_mixture"]["tables"]["data"]["content_hash"]
+    assert mixture_hash == mixture_metadata["content_hash"].value == metadata["mixture_content_hash"].value
+    assert f"`{mixture_hash}`" in card
+    for stage in ("magpie_conversations", "deduplicated_conversations", "decontaminated_conversations",
+                  "filtered_conversations", "tagged_conversations", "sft_mixture"):
+        assert re.search(rf"\| {stage} \| \d+ \| \d+ \| \d+ \|", card), stage  # its funnel row, from its report
+    assert "rows were removed for overlapping an evaluation set" in card
+    assert metadata["license"].value == "other"  # the tiny teacher's directory states no license
 
 
 def test_trained_model_loads_and_generates(pipeline_run):

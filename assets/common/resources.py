@@ -26,6 +26,7 @@ DECONTAMINATED_CONVERSATIONS = dg.AssetKey("decontaminated_conversations")
 FILTERED_CONVERSATIONS = dg.AssetKey("filtered_conversations")
 TAGGED_CONVERSATIONS = dg.AssetKey("tagged_conversations")
 SFT_MIXTURE = dg.AssetKey("sft_mixture")
+SFT_DATASET = dg.AssetKey("sft_dataset")  # the mixture exported as a `datasets` folder with its card
 SFT_MODEL = dg.AssetKey("sft_model")
 ASSISTANT_EVALUATION = dg.AssetKey("assistant_evaluation")
 PROMOTED_MODEL = dg.AssetKey("promoted_model")

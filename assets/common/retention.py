@@ -8,7 +8,8 @@ decides what may go; :func:`apply_retention` removes it and counts the bytes fre
 What may be removed (the *units*; nothing else under the root is ever touched, e.g. the incremental dedup and
 decontamination ``state`` folders, the ``external_inputs`` hash cache or a Dagster home):
 
-- **versions**: ``<root>/<asset>/<name>/<sha16>.parquet|json`` in a folder with a ``CURRENT`` pointer;
+- **versions**: ``<root>/<asset>/<name>/<sha16>.parquet|json`` in a folder with a ``CURRENT`` pointer, and
+  ``<root>/<asset>/<name>/<sha16>/`` folders there (``sft_dataset``'s exported datasets folders);
 - **model directories**: under ``<root>/models``, every directory that directly holds a file (whatever the naming
   scheme: ``models/sft/<name>-<key>``, ``models/student/...``, ``models/embedded/...``);
 - **working files**: hidden entries beside versions and model directories (``.<dir>.checkpoints`` of an unfinished
@@ -45,7 +46,7 @@ from assets.common.storage import CURRENT, VERSION_CHARS
 MODELS = "models"
 LINEAGE = "lineage.json"
 SCANNED_JSON_BYTES = 1 << 20  # other top-level JSON files of a kept model directory read for paths, up to this size
-VERSION_NAME = re.compile(rf"^[0-9a-f]{{{VERSION_CHARS}}}\.(parquet|json)$")
+VERSION_NAME = re.compile(rf"^[0-9a-f]{{{VERSION_CHARS}}}(\.parquet|\.json)?$")  # no suffix: a folder version
 VERSION, MODEL, WORK = "version", "model directory", "working files"
 
 
@@ -82,7 +83,7 @@ def find_units(root: Path) -> dict[Path, Unit]:
         if MODELS in folder.relative_to(root).parts[:1]:
             continue
         for entry in folder.iterdir():
-            if VERSION_NAME.match(entry.name) and entry.is_file():
+            if VERSION_NAME.match(entry.name) and (entry.is_file() or entry.name.isalnum() and entry.is_dir()):
                 units[entry] = Unit(entry, VERSION)
             elif entry.name.startswith("."):
                 units[entry] = Unit(entry, WORK)

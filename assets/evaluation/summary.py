@@ -15,15 +15,15 @@ from assets.evaluation.answering import (
     load_causal_lm,
     marker_initialised_model,
 )
-from assets.evaluation.core import (
+from assets.evaluation.prompts import (
     DEFAULT_INSTRUCTION_RULES,
     IFEvalItem,
     ifeval_source,
     item_allowed,
     load_ifeval_items,
-    punkt_source,
     select_prompts,
 )
+from assets.evaluation.scoring import punkt_source
 
 BASE, TUNED, TEACHER = "base", "tuned", "teacher"
 IFEVAL, STOP_CHECK = "ifeval", "stop_check"  # the prompt sets every model answers

@@ -62,7 +62,7 @@ def test_a_prompt_set_needs_a_key_per_prompt_and_a_budget():
 
 def test_end_of_turn_probability_of_a_model_directory(tiny_model_dir):
     """Under the directory's own template and end-of-turn token: as the core computes it with them spelled out."""
-    from assets.evaluation.core import end_of_turn_probabilities
+    from assets.evaluation.end_of_turn import end_of_turn_probabilities
     from tests.tiny_model import CHAT_TEMPLATE
 
     conversations = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]]

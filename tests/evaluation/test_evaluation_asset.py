@@ -26,7 +26,8 @@ from assets.common.resources import (
 )
 from assets.evaluation.answering import answers_of
 from assets.evaluation.assets import assistant_evaluation
-from assets.evaluation.core import evaluation_report, load_ifeval_items
+from assets.evaluation.prompts import load_ifeval_items
+from assets.evaluation.report import evaluation_report
 from assets.evaluation.stopping import FIXED_PROMPTS
 from assets.promotion.assets import promoted_model
 from pipelines.report import latest_evaluation

@@ -1,5 +1,6 @@
-"""Tests for assets/evaluation/core.py: IFEval prompts and real verifiers, offline NLTK data, turn completion,
-the paired bootstrap, the report, and P(end-of-turn) on the tiny test model."""
+"""Tests for the evaluation cores (assets/evaluation/: prompts, scoring, statistics, report, end_of_turn): IFEval
+prompts and real verifiers, offline NLTK data, turn completion, the paired bootstrap, the report, and P(end-of-turn)
+on the tiny test model."""
 
 from __future__ import annotations
 
@@ -13,24 +14,20 @@ from pathlib import Path
 import pytest
 
 from assets.common.chat_template import TemplateError
-from assets.evaluation import core
-from assets.evaluation.core import (
+from assets.evaluation import end_of_turn
+from assets.evaluation.prompts import (
     DEFAULT_INSTRUCTION_RULES,
     EXCLUDED_INSTRUCTION_TYPES,
-    Answer,
     EvaluationInputError,
     IFEvalItem,
     InstructionRule,
-    evaluation_report,
-    ifeval_accuracy,
     item_allowed,
     load_ifeval_items,
-    paired_bootstrap,
-    per_instruction_table,
-    score_responses,
     select_prompts,
-    turn_completion,
 )
+from assets.evaluation.report import evaluation_report
+from assets.evaluation.scoring import ifeval_accuracy, per_instruction_table, score_responses
+from assets.evaluation.statistics import Answer, paired_bootstrap, turn_completion
 
 REPO = Path(__file__).resolve().parents[2]
 LOWERCASE_TEXT = "the quick brown fox jumps over the lazy dog and then runs far away into the quiet green forest."
@@ -211,7 +208,8 @@ def test_punkt_instruction_types_score_offline(tmp_path):
             evaluate_output_for_sample("ifeval", sample, "One. Two.")
         except LookupError:
             print("without-core: LookupError")
-        from assets.evaluation.core import IFEvalItem, score_responses
+        from assets.evaluation.prompts import IFEvalItem
+        from assets.evaluation.scoring import score_responses
         items = [IFEvalItem(1, "p", ("length_constraints:number_sentences",),
                             ({"relation": "less than", "num_sentences": 3},)),
                  IFEvalItem(2, "p", ("change_case:capital_word_frequency",),
@@ -379,10 +377,11 @@ def test_end_of_turn_probability_at_the_answer_end(tiny):
     import torch
 
     model, tokenizer, template = tiny
-    result = core.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS, "<|im_end|>", batch_size=2)
+    result = end_of_turn.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS, "<|im_end|>",
+                                                   batch_size=2)
     assert len(result.per_row) == 3 and all(0 < p < 1 for p in result.per_row)
     assert result.mean == pytest.approx(sum(result.per_row) / 3)
-    one_by_one = core.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS, "<|im_end|>",
+    one_by_one = end_of_turn.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS, "<|im_end|>",
                                                 batch_size=1)
     assert one_by_one.per_row == pytest.approx(result.per_row, rel=1e-5)  # right padding leaves rows unchanged
 
@@ -400,6 +399,6 @@ def test_end_of_turn_probability_at_the_answer_end(tiny):
 def test_end_of_turn_probability_rejects_a_token_the_template_does_not_write(tiny):
     model, tokenizer, template = tiny
     with pytest.raises(TemplateError, match="writes no '<\\|endoftext\\|>' after the assistant's answer"):
-        core.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS[:1], "<|endoftext|>")
+        end_of_turn.end_of_turn_probabilities(model, tokenizer, template, CONVERSATIONS[:1], "<|endoftext|>")
     with pytest.raises(EvaluationInputError, match="last message must be the assistant's answer"):
-        core.end_of_turn_probabilities(model, tokenizer, template, [CONVERSATIONS[0][:1]], "<|im_end|>")
+        end_of_turn.end_of_turn_probabilities(model, tokenizer, template, [CONVERSATIONS[0][:1]], "<|im_end|>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import yaml
 
@@ -61,3 +62,28 @@ def planted_pairs(path: Path = PLANTED_PAIRS_PATH, eval_sets: pl.DataFrame | Non
             f"{first['field']!r}), which the eval sets do not hold; fix the record or install the benchmark's release"
         )
     return joined.select(*PLANTED_SCHEMA)
+
+
+def choose_threshold(scores: np.ndarray, kinds: np.ndarray, max_hard: float = 0.05, max_random: float = 0.01) -> float:
+    """The lowest threshold (a pair is flagged when its score >= threshold, so the highest recall) at which at most
+    ``max_hard`` of the hard negatives and ``max_random`` of the random pairs are flagged: with ``k = floor(rate *
+    count)`` allowed, just above the (k+1)-th highest score of each kind. Call it on the ``tune`` split only."""
+    limits = [-1.0]
+    for kind, rate in (("hard_negative", max_hard), ("random", max_random)):
+        negatives = np.sort(np.asarray(scores, dtype=np.float32)[np.asarray(kinds) == kind])[::-1]
+        allowed = int(rate * negatives.size + 1e-9)
+        if allowed < negatives.size:
+            limits.append(float(np.nextafter(negatives[allowed], np.float32(2))))
+    return max(limits)
+
+
+def flag_rates(pairs: pl.DataFrame, flagged: str = "flagged") -> dict[str, float]:
+    """Share of ``pairs`` whose boolean column ``flagged`` is set: per kind, for all positives (paraphrases and
+    translations), and per benchmark for the paraphrases and for all positives."""
+    out = {kind: float(pairs.filter(kind=kind)[flagged].mean() or 0.0) for kind in KINDS}
+    positives = pairs.filter(pl.col("kind").is_in(POSITIVE_KINDS))
+    out["positives"] = float(positives[flagged].mean() or 0.0)
+    for prefix, part in (("paraphrase", pairs.filter(kind="paraphrase")), ("positives", positives)):
+        for (benchmark,), group in part.sort("benchmark").group_by("benchmark", maintain_order=True):
+            out[f"{prefix}_{benchmark}"] = float(group[flagged].mean() or 0.0)
+    return out

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
 
-from assets.eval_sets.planted import PLANTED_PAIRS_PATH, planted_pairs, planted_records
+from assets.eval_sets.planted import PLANTED_PAIRS_PATH, choose_threshold, planted_pairs, planted_records
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,15 @@ def test_a_malformed_record_raises_naming_it(tmp_path: Path, change: dict, messa
 def test_ids_are_unique() -> None:
     ids = [record["id"] for record in yaml.safe_load(PLANTED_PAIRS_PATH.read_text(encoding="utf-8"))]
     assert len(ids) == len(set(ids))
+
+
+def test_the_threshold_is_the_lowest_that_keeps_the_false_positive_limits() -> None:
+    hard = [0.90, 0.80, 0.70] + [0.1] * 17  # 20 hard negatives: one (5%) may be flagged, so just above 0.80
+    random = [0.85] + [0.2] * 99  # 100 random pairs: one (1%) may be flagged; 0.2 binds nothing
+    kinds = np.array(["hard_negative"] * 20 + ["random"] * 100 + ["paraphrase"] * 2)
+    scores = np.array(hard + random + [0.95, 0.5], dtype=np.float32)
+    threshold = choose_threshold(scores, kinds)
+    assert np.float32(0.80) < threshold < 0.8001
+    flagged = scores >= threshold
+    assert flagged[kinds == "hard_negative"].sum() == 1 and flagged[kinds == "random"].sum() == 1
+    assert choose_threshold(scores, kinds, max_hard=0.0) > 0.90  # none allowed: above the highest

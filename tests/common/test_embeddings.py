@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assets.common.embeddings import Embedder, EmbeddingConfig, chunk_text, load_backend, max_chunk_cosine
+from assets.common.embeddings import (
+    Embedder,
+    EmbeddingConfig,
+    chunk_text,
+    load_backend,
+    max_chunk_cosine,
+    top_k_neighbours,
+)
 
 SMALLEST = "wordllama-l2-supercat-256"  # static embeddings: loads in about a second
 
@@ -90,3 +97,23 @@ def test_an_unknown_model_names_the_choices(tmp_path: Path) -> None:
         load_backend(str(tmp_path))
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         EmbeddingConfig(batch_size=0)
+
+
+def test_top_k_neighbours_in_blocks_equal_the_full_matrix(smallest) -> None:
+    embedder = Embedder(EmbeddingConfig(chunk_tokens=16), backend=smallest)
+    topics = ["sorting lists in Python", "baking sourdough bread", "the French revolution", "training a puppy",
+              "solar water heaters", "the rules of chess"]
+    queries = embedder.embed([f"Question {i}: tell me about {topics[i % 6]}, " + "and more detail " * (i % 4)
+                              for i in range(9)])
+    corpus = embedder.embed([f"A long note on {t}. " * 5 for t in topics] + ["short", "Chess: castling rules."])
+    assert np.bincount(queries.owner).max() > 1 and np.bincount(corpus.owner).max() > 1  # several chunks per text
+    full = max_chunk_cosine(queries, corpus)
+    for max_floats in (1, 37, 1 << 25):  # one query text per block, blocks cutting between texts, one block
+        found = top_k_neighbours(queries, corpus, k=3, max_floats=max_floats)
+        assert found["query"].to_list() == [q for q in range(9) for _ in range(3)]
+        for q in range(9):
+            rows = found.filter(query=q)
+            best = sorted(range(full.shape[1]), key=lambda j: (-full[q, j], j))[:3]
+            assert rows["item"].to_list() == best
+            assert np.allclose(rows["score"].to_numpy(), full[q, best])
+    assert top_k_neighbours(queries, corpus, k=50)["query"].value_counts()["count"].max() == corpus.n_texts

@@ -3,7 +3,7 @@ Parquet shards (no Dagster here).
 
 :class:`Embedder` turns texts into chunk vectors. A text longer than the model's maximum length is cut into
 overlapping word windows (a quarter of a window overlaps the next, so a passage up to three quarters of a window long
-lies whole in some chunk); each chunk gets a vector and a match on any chunk counts (:func:`max_chunk_cosine`). The
+lies whole in some chunk); each chunk gets a vector and a match on any chunk counts (:mod:`.similarity`). The
 cache lives under ``<cache_root>/<model hash>/chunks-<length>/``: each call that embeds new texts adds one shard
 named by the hash of its text hashes, never rewritten, so an incremental run embeds only texts it has not seen and a
 model change (new hash, new folder) embeds everything again. Texts are embedded in the order of their hashes and
@@ -176,23 +176,3 @@ def _gather(table_hashes: np.ndarray, hashes: list[str]) -> tuple[np.ndarray, np
     owner = np.repeat(np.arange(len(hashes), dtype=np.int64), counts)
     rows = np.repeat(at, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     return owner, rows.astype(np.int64)
-
-
-def max_chunk_cosine(a: Embeddings, b: Embeddings) -> np.ndarray:
-    """(a.n_texts, b.n_texts): for each pair of texts, the highest cosine between any chunk of one and any chunk of
-    the other."""
-    if a.n_texts == 0 or b.n_texts == 0:
-        return np.zeros((a.n_texts, b.n_texts), np.float32)
-    sims = a.vectors @ b.vectors.T
-    rows = np.maximum.reduceat(sims, a.starts(), axis=0)
-    return np.maximum.reduceat(rows, b.starts(), axis=1)
-
-
-def paired_max_cosine(a: Embeddings, b: Embeddings) -> np.ndarray:
-    """(n,): for aligned texts ``a[i]`` and ``b[i]``, the highest cosine between any chunk of one and of the other."""
-    if a.n_texts != b.n_texts:
-        raise ValueError(f"paired_max_cosine needs as many texts on both sides, got {a.n_texts} and {b.n_texts}")
-    a_bounds = np.append(a.starts(), a.owner.size)
-    b_bounds = np.append(b.starts(), b.owner.size)
-    return np.array([float((a.vectors[a_bounds[i]:a_bounds[i + 1]] @ b.vectors[b_bounds[i]:b_bounds[i + 1]].T).max())
-                     for i in range(a.n_texts)], dtype=np.float32)

@@ -1,0 +1,10 @@
+"""Text embeddings that run offline (no Dagster here): :mod:`.models` (the registry of wheel-shipped models, a local
+sentence-transformers directory, model hashes) and :mod:`.store` (chunking, batching, the (model hash, text hash)
+cache) and :mod:`.similarity` (max-over-chunks cosine, top-k neighbours in blocks)."""
+
+from assets.common.embeddings.models import MODELS, load_backend
+from assets.common.embeddings.similarity import max_chunk_cosine, paired_max_cosine, top_k_neighbours
+from assets.common.embeddings.store import DEFAULT_MODEL, Embedder, EmbeddingConfig, Embeddings, chunk_text
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "Embedder", "EmbeddingConfig", "Embeddings", "chunk_text", "load_backend",
+           "max_chunk_cosine", "paired_max_cosine", "top_k_neighbours"]

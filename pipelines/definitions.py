@@ -28,7 +28,7 @@ import assets.teacher_model.assets
 import assets.user_sources.assets
 from assets.common.resources import DataStorage, ExternalInputs, VLLMEngine
 from pipelines.automation import automation_sensor, jobs, schedules
-from pipelines.metadata import with_stage_metadata
+from pipelines.metadata import stage_of, with_stage_metadata
 from pipelines.profiles import active_profile, apply_profile, external_inputs, resource_config
 
 STAGES = [
@@ -47,7 +47,8 @@ STAGES = [
     assets.evaluation.assets,
     assets.promotion.assets,
 ]
-STAGE_ASSETS = [a.map_asset_specs(with_stage_metadata) for a in dg.load_assets_from_modules(STAGES)]
+STAGE_ASSETS = [a.map_asset_specs(with_stage_metadata(stage_of(module)))
+                for module in STAGES for a in dg.load_assets_from_modules([module])]
 ASSET_CHECKS = dg.load_asset_checks_from_modules(STAGES)
 
 

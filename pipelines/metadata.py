@@ -1,5 +1,7 @@
 """What the UI shows a person about each asset, set in one place for every stage (the stage modules stay thin):
-owners and tags per stage (the asset's group), and a code version per stage.
+owners and tags per stage, and a code version per stage. The stage is the asset's folder (``assets/<stage>/``), read
+from the module that defines it, not from its group: the group is the phase the asset belongs to (``PHASES``: models,
+data, training, evaluation), so the UI's global lineage shows the pipeline in four boxes, the stage as a tag.
 
 Code version = a hash of the stage's source: every file of its folder ``assets/<stage>/`` (and of ``training/`` for
 the `sft` stage), Python files as their token stream without comments and line breaks (so reformatting or a comment
@@ -15,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import io
 import tokenize
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import dagster as dg
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The asset groups: the phases of the pipeline, as the UI's global lineage shows them (STYLE.md: group = phase).
+PHASES = ("models", "data", "training", "evaluation")
 # Owners per stage (Dagster owners: an email or "team:<name>").
 DATA_TEAM, TRAINING_TEAM = "team:sft-data", "team:sft-training"
 STAGE_OWNERS = {
@@ -59,10 +65,24 @@ def stage_code_version(stage: str) -> str:
     return source_version([ROOT / "assets" / stage, *(ROOT / extra for extra in STAGE_EXTRA_SOURCES.get(stage, []))])
 
 
-def with_stage_metadata(spec: dg.AssetSpec) -> dg.AssetSpec:
-    """``spec`` with its stage's owners, tags and code version (the stage = the asset's group; a stage not listed
-    above is owned by the data team)."""
-    stage = spec.group_name
-    return spec.replace_attributes(
-        owners=STAGE_OWNERS.get(stage, [DATA_TEAM]), code_version=stage_code_version(stage),
-    ).merge_attributes(tags={"stage": stage, "layer": STAGE_LAYER.get(stage, "data")})
+def stage_of(module: ModuleType) -> str:
+    """The stage of a stage's ``assets.py`` module: its folder (``assets.<stage>.assets`` -> ``<stage>``)."""
+    parts = module.__name__.split(".")
+    if len(parts) < 3 or parts[0] != "assets":
+        raise ValueError(f"{module.__name__}: not a stage module (expected assets.<stage>.assets)")
+    return parts[1]
+
+
+def with_stage_metadata(stage: str) -> Callable[[dg.AssetSpec], dg.AssetSpec]:
+    """A spec mapper giving every asset of ``stage`` (its folder) that stage's owners, tags and code version (a stage
+    not listed above is owned by the data team). The asset's group must be one of ``PHASES``."""
+
+    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.group_name not in PHASES:
+            raise ValueError(f"asset {spec.key.to_user_string()} (assets/{stage}/): group_name "
+                             f"{spec.group_name!r} is not a phase; use one of {list(PHASES)}")
+        return spec.replace_attributes(
+            owners=STAGE_OWNERS.get(stage, [DATA_TEAM]), code_version=stage_code_version(stage),
+        ).merge_attributes(tags={"stage": stage, "layer": STAGE_LAYER.get(stage, "data")})
+
+    return apply

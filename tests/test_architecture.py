@@ -32,8 +32,13 @@ def test_promotion_checks_are_checks_of_the_definitions():
     assert set(keys.PROMOTION_CHECKS) <= set(defs.resolve_asset_graph().asset_check_keys)
 
 
-def test_group_name_is_the_stage_folder():
+def test_stage_is_the_folder_and_group_is_the_phase():
+    from pipelines.metadata import PHASES
+
+    groups = set()
     for key in defs.resolve_all_asset_keys():
         assets_def = defs.resolve_assets_def(key)
         folder = assets_def.op.compute_fn.decorated_fn.__module__.split(".")[1]
-        assert assets_def.group_names_by_key[key] == folder, key
+        assert assets_def.specs_by_key[key].tags["stage"] == folder, key
+        groups.add(assets_def.group_names_by_key[key])
+    assert groups == set(PHASES)  # every phase has assets, no asset is outside them

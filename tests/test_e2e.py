@@ -91,6 +91,9 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key
         assert pl.read_parquet(metadata["path"].value).height == metadata["dagster/row_count"].value, key
+        columns = metadata["dagster/column_schema"].value.columns  # the UI's columns: every one described
+        assert [c.name for c in columns] == pl.read_parquet_schema(metadata["path"].value).names(), key
+        assert not [c.name for c in columns if not c.description], key
 
 
 def test_generation_rows_carry_provenance(pipeline_run, tiny_model_dir):

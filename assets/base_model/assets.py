@@ -32,14 +32,14 @@ class BaseModelConfig(dg.Config):
 
 
 @dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    BASE_MODEL_FILES, group_name="base_model", kinds={"huggingface"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    BASE_MODEL_FILES, group_name="models", kinds={"huggingface"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
     description="The local base model directory the profile names (`base_model.path`), observed: its data version "
     "is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
 def base_model_files(inputs: ExternalInputs, storage: DataStorage):
     yield observe_external([inputs.base_model_path] if inputs.base_model_path else [], storage, "embedded")
 
 
-@dg.asset(group_name="base_model", kinds={"huggingface", "safetensors"}, deps=[BASE_MODEL_FILES],
+@dg.asset(group_name="models", kinds={"huggingface", "safetensors"}, deps=[BASE_MODEL_FILES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def base_model(
     context: dg.AssetExecutionContext, config: BaseModelConfig, storage: DataStorage

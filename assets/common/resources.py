@@ -12,7 +12,7 @@ import polars as pl
 
 from assets.common.engine import EngineConfig
 from assets.common.external import combined_hash, content_hash
-from assets.common.schema import SchemaError, validate_conversations
+from assets.common.schema import COLUMN_DESCRIPTIONS, SchemaError, validate_conversations
 from assets.common.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
@@ -159,9 +159,12 @@ def _name(asset: AssetName) -> str:
     return asset.to_user_string() if isinstance(asset, dg.AssetKey) else asset
 
 
-def column_schema(schema: dict) -> dg.TableSchema:
-    """A Polars schema as the `dagster/column_schema` the UI shows (column names and types)."""
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in schema.items()])
+def column_schema(schema: dict, descriptions: dict[str, str] | None = None) -> dg.TableSchema:
+    """A Polars schema as the `dagster/column_schema` the UI shows: column names, types and descriptions (from
+    ``descriptions``, else the shared ones declared with the conversation schema, `COLUMN_DESCRIPTIONS`)."""
+    described = {**COLUMN_DESCRIPTIONS, **(descriptions or {})}
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype), description=described.get(name))
+                                   for name, dtype in schema.items()])
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class StoredTable:
     content_hash: str
     row_count: int
     columns: dict | None = None  # column name -> Polars type
+    descriptions: dict | None = None  # column name -> description, where the table's own schema declares them
 
     def metadata(self) -> dict:
         metadata = {
@@ -178,7 +182,7 @@ class StoredTable:
             "content_hash": self.content_hash,
         }
         if self.columns is not None:
-            metadata["dagster/column_schema"] = column_schema(self.columns)
+            metadata["dagster/column_schema"] = column_schema(self.columns, self.descriptions)
         return metadata
 
     def to_dict(self) -> dict:
@@ -219,9 +223,13 @@ class DataStorage(dg.ConfigurableResource):
         """The current version of a table."""
         return self._current(asset, name)
 
-    def write_table(self, asset: AssetName, df: pl.DataFrame, name: str = "data") -> StoredTable:
+    def write_table(self, asset: AssetName, df: pl.DataFrame, name: str = "data",
+                    descriptions: dict[str, str] | None = None) -> StoredTable:
+        """Write a new version of a table; ``descriptions``: its columns' descriptions where its own schema declares
+        them (a conversation table's come from `COLUMN_DESCRIPTIONS`)."""
         path, content_hash = write_parquet_versioned(df, self.asset_dir(asset) / name, CURRENT)
-        return StoredTable(path=path, content_hash=content_hash, row_count=df.height, columns=dict(df.schema))
+        return StoredTable(path=path, content_hash=content_hash, row_count=df.height, columns=dict(df.schema),
+                           descriptions=descriptions)
 
     def read_table(self, asset: AssetName, name: str = "data") -> pl.DataFrame:
         return read_parquet(self.table_path(asset, name))

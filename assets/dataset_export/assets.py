@@ -44,7 +44,7 @@ def _card_inputs(context: dg.AssetExecutionContext, storage: DataStorage) -> Car
                       datasets_version=datasets.__version__)
 
 
-@dg.asset(group_name="dataset_export", kinds={"huggingface", "polars"}, deps=[SFT_MIXTURE],
+@dg.asset(group_name="data", kinds={"huggingface", "polars"}, deps=[SFT_MIXTURE],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def sft_dataset(context: dg.AssetExecutionContext, storage: DataStorage) -> dg.MaterializeResult:
     """The current SFT mixture as a Hugging Face `datasets` folder (`DatasetDict.save_to_disk`: `train` and

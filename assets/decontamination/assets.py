@@ -38,7 +38,7 @@ class DecontamSettings(dg.Config):
 
 
 @dg.asset(
-    group_name="decontamination",
+    group_name="data",
     kinds={"polars", "parquet"},
     deps=[DEDUPLICATED_CONVERSATIONS, EVAL_SETS],
     automation_condition=REBUILD_ON_UPSTREAM_CHANGE,

@@ -24,7 +24,7 @@ class DedupSettings(dg.Config):
                              seed=self.seed)
 
 
-@dg.asset(group_name="dedup", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS, USER_SFT_SOURCES],
+@dg.asset(group_name="data", kinds={"polars", "parquet"}, deps=[MAGPIE_CONVERSATIONS, USER_SFT_SOURCES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def deduplicated_conversations(
     context: dg.AssetExecutionContext, config: DedupSettings, storage: DataStorage

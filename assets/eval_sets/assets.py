@@ -14,7 +14,13 @@ from assets.common.resources import (
     ExternalInputs,
     observe_external,
 )
-from assets.eval_sets.core import BUNDLED_BENCHMARKS, bundled_sources, load_bundled_eval_sets, load_user_eval_file
+from assets.eval_sets.core import (
+    BUNDLED_BENCHMARKS,
+    EVAL_SET_DESCRIPTIONS,
+    bundled_sources,
+    load_bundled_eval_sets,
+    load_user_eval_file,
+)
 
 
 class UserEvalFile(dg.Config):
@@ -33,14 +39,14 @@ class EvalSetsConfig(dg.Config):
 
 
 @dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    USER_EVAL_FILES, group_name="eval_sets", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    USER_EVAL_FILES, group_name="data", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
     description="The user's eval files the profile names (`eval_sets.user_files`), observed: their data version is "
     "the hash of their contents (`none` when there are none).")])
 def user_eval_files(inputs: ExternalInputs, storage: DataStorage):
     yield observe_external(inputs.user_eval_files, storage, "none")
 
 
-@dg.asset(group_name="eval_sets", kinds={"parquet"}, deps=[USER_EVAL_FILES],
+@dg.asset(group_name="data", kinds={"parquet"}, deps=[USER_EVAL_FILES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def eval_sets(
     context: dg.AssetExecutionContext, config: EvalSetsConfig, storage: DataStorage
@@ -52,7 +58,7 @@ def eval_sets(
     for user in config.user_files:
         frames.append(load_user_eval_file(user.path, user.text_field, user.id_field, user.benchmark))
     df = pl.concat(frames).sort("benchmark", "item_id", "field")
-    stored = storage.write_table(EVAL_SETS, df)
+    stored = storage.write_table(EVAL_SETS, df, descriptions=EVAL_SET_DESCRIPTIONS)
     counts = df.group_by("benchmark").agg(items=pl.col("item_id").n_unique(), texts=pl.len()).sort("benchmark")
     sources = {**{b: s for b, s in bundled_sources().items() if b in config.benchmarks},
                **{u.benchmark or u.path: u.path for u in config.user_files}}

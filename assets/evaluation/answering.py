@@ -136,15 +136,18 @@ def answer_prompt_sets(model: str, model_dir: str | Path, prompt_sets: Sequence[
                         startup_seconds=startup_seconds, generation_seconds=generation_seconds, engine=engine)
 
 
-ANSWER_SCHEMA: dict[str, pl.DataType] = {
-    "model": pl.Utf8,  # "base", "tuned", "teacher"
-    "prompt_set": pl.Utf8,  # "ifeval" or "stop_check"
-    "key": pl.Int64,  # IFEval key, or the index in the stop-check prompts
-    "prompt": pl.Utf8,
-    "response": pl.Utf8,  # without the trailing stop token
-    "finish_reason": pl.Utf8,  # "stop" (ended on its end-of-turn token), "eos" (on another stop token), "length"
-    "completion_tokens": pl.Int64,
+ANSWER_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
+    "model": (pl.Utf8, "Which model answered: base, tuned or teacher"),
+    "prompt_set": (pl.Utf8, "ifeval or stop_check"),
+    "key": (pl.Int64, "IFEval key, or the index in the stop-check prompts"),
+    "prompt": (pl.Utf8, "The prompt as the user's message"),
+    "response": (pl.Utf8, "The answer, without its trailing stop token"),
+    "finish_reason": (pl.Utf8, "stop (ended on its end-of-turn token), eos (on another stop token) or length "
+                      "(max_tokens reached)"),
+    "completion_tokens": (pl.Int64, "Tokens generated for the answer"),
 }
+ANSWER_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in ANSWER_COLUMNS.items()}
+ANSWER_DESCRIPTIONS: dict[str, str] = {name: description for name, (_, description) in ANSWER_COLUMNS.items()}
 
 
 def answers_table(results: Sequence[ModelAnswers], prompt_sets: Sequence[PromptSet]) -> pl.DataFrame:

@@ -24,7 +24,14 @@ from assets.common.resources import (
     latest_materialization,
 )
 from assets.common.storage import sha256_file
-from assets.evaluation.answering import ModelAnswers, PromptSet, answer_prompt_sets, answers_of, answers_table
+from assets.evaluation.answering import (
+    ANSWER_DESCRIPTIONS,
+    ModelAnswers,
+    PromptSet,
+    answer_prompt_sets,
+    answers_of,
+    answers_table,
+)
 from assets.evaluation.base import BaseModelError, lineage_base
 from assets.evaluation.prompts import IFEvalItem
 from assets.evaluation.report import evaluation_report
@@ -134,7 +141,7 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         context.log.info(f"{name}: engine start {row['startup_s']} s, {row['completion_tokens']} tokens in "
                          f"{row['generation_s']} s ({row['tok_per_s']} tok/s)")
     table = answers_table(list(results.values()), prompt_sets)
-    stored = storage.write_table(ASSISTANT_EVALUATION, table, "answers")
+    stored = storage.write_table(ASSISTANT_EVALUATION, table, "answers", descriptions=ANSWER_DESCRIPTIONS)
 
     end_of_turn = _end_of_turn_probabilities(context, config, storage, models)
     report = evaluation_report(

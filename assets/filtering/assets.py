@@ -38,7 +38,7 @@ class FilterSettings(dg.Config):
                             template_markers=tuple(sorted(markers)))
 
 
-@dg.asset(group_name="filtering", kinds={"polars", "parquet"},
+@dg.asset(group_name="data", kinds={"polars", "parquet"},
           deps=[DECONTAMINATED_CONVERSATIONS, TEACHER_MODEL, BASE_MODEL],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def filtered_conversations(

@@ -78,7 +78,7 @@ class MagpieGenerationConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="generation", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS,
+@dg.asset(group_name="data", kinds={"vllm", "parquet"}, deps=[TEACHER_MODEL], partitions_def=GENERATION_SHARDS,
           pool=GPU_POOL, retry_policy=ENGINE_RETRY)
 def magpie_conversations(
     context: dg.AssetExecutionContext, config: MagpieGenerationConfig, storage: DataStorage, engine: VLLMEngine

@@ -63,7 +63,7 @@ def _png(data: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
 
-@dg.asset(group_name="mixture", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS, BASE_MODEL],
+@dg.asset(group_name="data", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS, BASE_MODEL],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage

@@ -19,7 +19,7 @@ from assets.common.resources import (
 from assets.promotion.core import CheckVerdict, check_verdict, decide, promotion_record
 
 
-@dg.asset(group_name="promotion", kinds={"huggingface"}, deps=[SFT_MODEL, ASSISTANT_EVALUATION],
+@dg.asset(group_name="evaluation", kinds={"huggingface"}, deps=[SFT_MODEL, ASSISTANT_EVALUATION],
           automation_condition=PROMOTE_NEW_MODELS)
 def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> dg.MaterializeResult:
     """The model that passed its checks: the post-training checks (`PROMOTION_CHECKS`: forgetting on `sft_model`;

@@ -81,7 +81,7 @@ class SFTModelConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="sft",
+    group_name="training",
     kinds={"pytorch", "huggingface"},
     deps=[BASE_MODEL, SFT_MIXTURE],
     pool=GPU_POOL,

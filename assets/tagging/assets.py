@@ -99,7 +99,7 @@ def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
     return storage.read_json(JUDGE_MODEL_SOURCE, MODEL_MANIFEST)
 
 
-@dg.asset(group_name="tagging", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],
+@dg.asset(group_name="data", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],
           pool=GPU_POOL, automation_condition=REBUILD_ON_UPSTREAM_CHANGE, retry_policy=ENGINE_RETRY)
 def tagged_conversations(
     context: dg.AssetExecutionContext, config: TaggingSettings, storage: DataStorage, engine: VLLMEngine

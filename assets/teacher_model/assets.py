@@ -25,7 +25,7 @@ class TeacherModelConfig(dg.Config):
 
 
 @dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    TEACHER_MODEL_FILES, group_name="teacher_model", kinds={"huggingface"},
+    TEACHER_MODEL_FILES, group_name="models", kinds={"huggingface"},
     automation_condition=OBSERVE_EXTERNAL_INPUTS,
     description="The local teacher model directory the profile names (`teacher_model.path`), observed: its data "
     "version is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
@@ -33,7 +33,7 @@ def teacher_model_files(inputs: ExternalInputs, storage: DataStorage):
     yield observe_external([inputs.teacher_model_path] if inputs.teacher_model_path else [], storage, "embedded")
 
 
-@dg.asset(group_name="teacher_model", kinds={"huggingface", "safetensors"}, deps=[TEACHER_MODEL_FILES],
+@dg.asset(group_name="models", kinds={"huggingface", "safetensors"}, deps=[TEACHER_MODEL_FILES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def teacher_model(
     context: dg.AssetExecutionContext, config: TeacherModelConfig, storage: DataStorage

@@ -43,14 +43,14 @@ class UserSourcesSettings(dg.Config):
 
 
 @dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    USER_SFT_FILES, group_name="user_sources", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+    USER_SFT_FILES, group_name="data", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
     description="The user's SFT files the profile names (`user_sft_sources.sources`), observed: their data version "
     "is the hash of their contents (`none` when there are none), so a changed file rebuilds `user_sft_sources`.")])
 def user_sft_files(inputs: ExternalInputs, storage: DataStorage):
     yield observe_external(inputs.user_sft_files, storage, "none")
 
 
-@dg.asset(group_name="user_sources", kinds={"polars", "parquet"}, deps=[USER_SFT_FILES],
+@dg.asset(group_name="data", kinds={"polars", "parquet"}, deps=[USER_SFT_FILES],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def user_sft_sources(
     context: dg.AssetExecutionContext, config: UserSourcesSettings, storage: DataStorage

@@ -104,3 +104,23 @@ def test_storage_reads_conversations_through_the_check(tmp_path):
     assert str(error.value).startswith(
         f"asset 'filtered_conversations', table 'data' ({bad.path}): row 3 (conversation_id '00000-0000003'): "
         "messages[1].role: 'bot' is not one of system/user/assistant")
+
+
+def test_a_written_table_describes_its_columns(tmp_path):
+    """The UI's column descriptions come from where the schema is declared: the conversation columns (and those stages
+    add) from `COLUMN_DESCRIPTIONS`, another table's from the descriptions its writer passes."""
+    import polars as pl
+
+    from assets.common.resources import DataStorage
+    from assets.common.schema import COLUMN_DESCRIPTIONS, CONVERSATION_SCHEMA
+
+    storage = DataStorage(root=str(tmp_path))
+    df = pl.DataFrame({"conversation_id": ["0-0"], "split": ["train"], "text": ["x"]})
+    columns = storage.write_table("t", df, descriptions={"text": "an eval text"}).metadata()[
+        "dagster/column_schema"].columns
+    assert [(c.name, c.type, c.description) for c in columns] == [
+        ("conversation_id", "String", COLUMN_DESCRIPTIONS["conversation_id"]),
+        ("split", "String", COLUMN_DESCRIPTIONS["split"]),
+        ("text", "String", "an eval text")]
+    assert set(CONVERSATION_SCHEMA) <= set(COLUMN_DESCRIPTIONS)
+    assert all(COLUMN_DESCRIPTIONS.values())

@@ -15,6 +15,8 @@ import polars as pl
 import pytest
 import yaml
 
+from assets.eval_sets.core import EVAL_SET_DESCRIPTIONS
+from pipelines.metadata import PHASES
 from tests.ops.servers import (
     REPO,
     Stopped,
@@ -117,6 +119,10 @@ def test_materialize_from_the_asset_graph_and_read_the_row_count(tmp_path):
                     dismissed = False
                 # Should it come back later, dismiss it before any other action.
                 page.add_locator_handler(dialog, lambda: page.get_by_role("button", name="Skip").click())
+                # The global lineage shows the pipeline's phases (the asset groups), not one box per stage.
+                for phase in PHASES:
+                    ui.step(f"see the {phase} group", lambda phase=phase: expect(
+                        page.locator("foreignObject").get_by_text(phase, exact=True).first).to_be_visible())
                 ui.shot("asset-graph")
 
                 # Filter the graph to the asset, select its node, materialize it.
@@ -158,6 +164,11 @@ def test_materialize_from_the_asset_graph_and_read_the_row_count(tmp_path):
                 ui.step("read the row count", lambda: expect(row_count.locator("xpath=..")).to_contain_text(
                     re.compile(r"Row count\s*[\d,]+")))
                 ui.shot("asset-page")
+                # Its columns, each with the description declared with its schema (assets/eval_sets/core.py).
+                description = page.get_by_text(EVAL_SET_DESCRIPTIONS["text"], exact=True).first
+                ui.step("read a column's description", lambda: expect(description).to_be_visible())
+                description.scroll_into_view_if_needed()
+                ui.shot("asset-columns")
                 shown = row_count.locator("xpath=..").inner_text()
                 ui_rows = int(re.search(r"Row count\s*([\d,]+)", shown).group(1).replace(",", ""))
             finally:

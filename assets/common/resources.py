@@ -12,6 +12,7 @@ import polars as pl
 
 from assets.common.engine import EngineConfig
 from assets.common.external import combined_hash, content_hash
+from assets.common.models import ModelChangedError, verified_model_dir
 from assets.common.schema import SchemaError, validate_conversations
 from assets.common.storage import read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
@@ -136,6 +137,18 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> Ma
                          allow_retries=False)
     record = records[0]
     return Materialization(key, record.storage_id, record.run_id, dict(record.asset_materialization.metadata))
+
+
+def verified_model(materialization: Materialization) -> str:
+    """The model directory a model materialization recorded (``model_dir``), re-hashed against the ``content_hash`` it
+    recorded (``verified_model_dir``): a directory changed since fails the step, without retries."""
+    recorded_by = (f"the {materialization.asset_key.to_user_string()} materialization of run {materialization.run_id} "
+                   "(metadata content_hash)")
+    try:
+        return str(verified_model_dir(materialization.value("model_dir"), materialization.value("content_hash"),
+                                      recorded_by))
+    except ModelChangedError as error:
+        raise input_error(error) from error
 
 
 def _lineage_graph(context: dg.AssetExecutionContext):

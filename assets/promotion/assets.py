@@ -15,6 +15,7 @@ from assets.common.resources import (
     DataStorage,
     Materialization,
     latest_materialization,
+    verified_model,
 )
 from assets.promotion.core import CheckVerdict, check_verdict, decide, promotion_record
 
@@ -43,6 +44,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     if not decision.promote:
         raise dg.Failure(description=f"{model_dir} not promoted: {decision.reason}",
                          metadata={"candidate": dg.MetadataValue.path(model_dir), "checks": dg.MetadataValue.md(table)})
+    verified_model(candidate)  # its directory still holds the model that was checked (re-hashed)
     record = promotion_record(model_dir, candidate.value("content_hash"), candidate.run_id, decision)
     path = storage.write_json(PROMOTED_MODEL, CURRENT_MODEL, record)
     context.log.info(f"promoted {model_dir}: {decision.reason}")

@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 
 from assets.common.chat_template import read_chat_template
-from assets.common.models import model_content_hash
+from assets.common.models import model_content_hash, verified_model_dir
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
@@ -104,11 +104,11 @@ def sft_model(
         base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
         mixture = storage.read_conversations(SFT_MIXTURE)
         core = config.to_core()
+        previous_dir, no_previous_reason = _previous_model(storage, continual)
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise input_error(error) from error
     snapshots = {name: storage.snapshot(name) for name in upstream_assets(context)}
     external = external_inputs(context)  # not snapshotted: the assets reading them record their hashes
-    previous_dir, no_previous_reason = _previous_model(storage, continual)
     run = run_training(
         base, mixture, core, continual, storage.root_path / "models" / "sft", config.model_name,
         data_hash=storage.describe_table(SFT_MIXTURE).content_hash,
@@ -164,11 +164,14 @@ def sft_model(
 
 def _previous_model(storage: DataStorage, continual: ContinualConfig) -> tuple[str | None, str]:
     """Continual mode: the project's current model, the last one promoted after its checks passed, or None and
-    why (then training starts from the base model and the lineage says so). Base mode: (None, "")."""
+    why (then training starts from the base model and the lineage says so). Base mode: (None, ""). A promoted directory
+    whose files no longer hash to the pointer's content hash is refused (``ModelChangedError``)."""
     if not continual.continual:
         return None, ""
-    if storage.has(PROMOTED_MODEL, CURRENT_MODEL):
-        return storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"], ""
+    if storage.has(PROMOTED_MODEL, CURRENT_MODEL):  # re-hashed: it must still be the model that was promoted
+        pointer = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
+        recorded_by = f"the promoted-model pointer ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL})"
+        return str(verified_model_dir(pointer["model_dir"], pointer["content_hash"], recorded_by)), ""
     return None, (f"no previous sft_model yet: none promoted ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL} "
                   "does not exist)")
 

@@ -83,7 +83,7 @@ def train(
     if state.is_main_process:  # one writer (rank 0); the other processes of a multi-process run wait for it
         written = write_model_dir(trained, output_dir, lineage)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        log(f"model directory published by process {state.process_index} of {state.num_processes}: "
+        log(f"model directory written by process {state.process_index} of {state.num_processes}: "
             f"{written.model_dir}" + ("" if written.model_dir == output_dir else f" (not {output_dir}: see "
                                       "training.model_dir)"))
     state.wait_for_everyone()

@@ -151,8 +151,8 @@ def verified_model(materialization: Materialization) -> str:
         raise input_error(error) from error
 
 
-def _lineage_graph(context: dg.AssetExecutionContext):
-    """The asset graph a lineage is read from: the run's job, or the parent job of a run of a selection (how the
+def job_asset_graph(context: dg.AssetExecutionContext):
+    """The asset graph of the run's job, or of the parent job of a run of a selection (how the
     automation sensor, `dagster asset materialize --select` and the UI's "Materialize selected" launch a run). In a
     run of a selection the assets outside it are stand-ins; the parent job has them as they are."""
     job = context.job_def
@@ -171,9 +171,9 @@ def _is_external_input(context: dg.AssetExecutionContext, graph, key: dg.AssetKe
 
 def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
     """Every asset upstream of the running one that stores data (see ``external_inputs`` for the others), in
-    topological order, from the whole graph whichever of them this run materializes (``_lineage_graph``): a stage
+    topological order, from the whole graph whichever of them this run materializes (``job_asset_graph``): a stage
     added to the Definitions appears without an edit here. One never materialized is listed too (with no tables)."""
-    graph = _lineage_graph(context)
+    graph = job_asset_graph(context)
     ancestors = set(graph.upstream_key_iterator(context.asset_key))
     return [key.to_user_string() for key in graph.toposorted_asset_keys
             if key in ancestors and not _is_external_input(context, graph, key)]
@@ -183,7 +183,7 @@ def external_inputs(context: dg.AssetExecutionContext) -> dict[str, list[str]]:
     """The observed external inputs upstream of the running asset (teacher_model_files, user_sft_files, ...), each
     with the assets that read it. They are not in the data root, so a lineage does not snapshot them: the assets
     that read them record their content hashes (the model manifests, the eval sets' and user sources' reports)."""
-    graph = _lineage_graph(context)
+    graph = job_asset_graph(context)
     ancestors = set(graph.upstream_key_iterator(context.asset_key))
     scope = ancestors | {context.asset_key}
     return {key.to_user_string(): sorted(child.to_user_string() for child in graph.get(key).child_keys

@@ -14,6 +14,7 @@ from assets.common.resources import (
     SFT_MODEL,
     DataStorage,
     Materialization,
+    job_asset_graph,
     latest_materialization,
     verified_model,
 )
@@ -28,7 +29,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     check on an upstream asset must have run on the candidate's materialization (for the evaluation: on an evaluation
     of the candidate) and passed. Otherwise the run fails, the previous current model stays current, and the
     candidate stays on disk with its report."""
-    graph = context.job_def.asset_layer.asset_graph  # (a run of promoted_model alone sees no upstream checks here)
+    graph = job_asset_graph(context)  # (the parent job's: a run of promoted_model alone sees the upstream checks too)
     candidate = latest_materialization(context.instance, SFT_MODEL)
     checks = {*PROMOTION_CHECKS, *(key for parent in graph.get(context.asset_key).parent_keys
                                   for key in graph.get(parent).check_keys)}

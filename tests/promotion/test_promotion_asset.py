@@ -133,3 +133,24 @@ def test_a_model_whose_directory_changed_after_its_checks_is_refused(setup):
     assert (f"{model_dir}: content hash {model_content_hash(model_dir)}, but the sft_model materialization of run "
             f"{first['dagster_run_id']} (metadata content_hash) records {first['content_hash']}") in error
     assert storage.read_json(PROMOTED_MODEL, CURRENT_MODEL) == first
+
+
+def test_promoted_alone_counts_every_check_of_its_upstream_assets(setup):
+    """Launched alone as the automation sensor does (a selection of the code location's job), promotion still sees
+    the checks on its upstream assets besides `PROMOTION_CHECKS`: here a failing one."""
+    storage, instance, assets, _ = setup
+
+    @dg.asset_check(asset="assistant_evaluation", blocking=True)
+    def answers_are_polite() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False)
+
+    defs = dg.Definitions(assets=assets, asset_checks=[answers_are_polite], resources={"storage": storage})
+    job = defs.resolve_implicit_global_asset_job_def()
+    upstream = job.execute_in_process(instance=instance, asset_selection=[SFT_MODEL, dg.AssetKey(
+        "assistant_evaluation")], raise_on_error=False)
+    assert not upstream.success  # the extra check failed
+    alone = job.execute_in_process(instance=instance, asset_selection=[PROMOTED_MODEL], raise_on_error=False)
+    assert not alone.success
+    error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
+    assert "refused: assistant_evaluation:answers_are_polite (failed)" in error
+    assert not storage.has(PROMOTED_MODEL, CURRENT_MODEL)

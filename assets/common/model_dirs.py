@@ -16,7 +16,7 @@ from pathlib import Path
 
 from assets.common.chat_template import read_chat_template
 from assets.common.models import model_content_hash
-from assets.common.storage import sha256_file, write_directory
+from assets.common.storage import sha256_file, sha256_text, write_directory
 
 SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory: conversion is complete
 
@@ -52,7 +52,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
     architecture is rebuilt from the config (without ``quantization_config``) and the state dict loaded into it.
     The directory is written beside ``out_dir`` and renamed into place, never over an existing directory (a model's
     manifest or lineage may name it): returns where it went, ``out_dir`` or, when that holds another model,
-    ``<out_dir>-<content hash[:16]>`` (:func:`assets.common.storage.write_directory`).
+    ``<out_dir>-<hash[:16]>`` of its files and source marker (:func:`assets.common.storage.write_directory`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -89,12 +89,18 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_MARKER).write_text((source_hash or sha256_file(gguf_path)) + "\n")
 
-    return write_directory(out_dir, fill, model_content_hash)
+    return write_directory(out_dir, fill, _conversion_identity)
+
+
+def _conversion_identity(root: Path) -> str:
+    """A converted directory is the same as another when its model files and its source marker are."""
+    marker = root / SOURCE_MARKER
+    return sha256_text(model_content_hash(root) + (marker.read_text() if marker.is_file() else ""))
 
 
 def converted_dir(out_dir: str | Path, source_hash: str) -> Path | None:
     """A complete conversion whose source marker is ``source_hash``: ``out_dir``, or beside it where a conversion
-    goes when ``out_dir`` holds another model (``<out_dir>-<content hash[:16]>``: see ``convert_gguf``)."""
+    goes when ``out_dir`` holds another one (``<out_dir>-<hash[:16]>``: see ``convert_gguf``)."""
     out_dir = Path(out_dir)
     for candidate in [out_dir, *sorted(out_dir.parent.glob(f"{out_dir.name}-*"))]:
         marker = candidate / SOURCE_MARKER

@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,24 +194,49 @@ def write_directory(out_dir: str | os.PathLike, fill: Callable[[Path], None], id
         shutil.rmtree(tmp, ignore_errors=True)  # (already gone when it was published)
 
 
+@contextmanager
+def directory_written_whole(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """:func:`write_directory` as a ``with`` block, for a caller that names ``out_dir`` after its content: the block
+    assembles the yielded temporary directory, which is then published at ``out_dir`` by one rename, or dropped when
+    ``out_dir`` already holds the same files (:func:`sha256_dir`). Never replaced: other files under that name raise
+    ``FileExistsError`` and leave it as it is."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        make_tree_readable(tmp)
+        if not _published_at(tmp, out_dir, sha256_dir(tmp), sha256_dir):
+            raise FileExistsError(f"{out_dir}: exists with other files than the ones written for it; it is kept as "
+                                  "it is. Move it away if it is damaged, and write it again.")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _publish_directory(tmp: Path, out_dir: Path, identity: Callable[[Path], str]) -> Path:
     new = identity(tmp)
     named = out_dir.with_name(f"{out_dir.name}-{new[:VERSION_CHARS]}")
     for target in (out_dir, named):
-        if not target.exists():
-            try:
-                os.rename(tmp, target)  # fails when another writer has just published a (non-empty) target
-            except OSError:
-                if not target.exists():
-                    raise
-            else:
-                _sync_dir(target.parent)
-                return target
-        if identity(target) == new:
+        if _published_at(tmp, target, new, identity):
             return target
     raise FileExistsError(f"{named}: exists, but its content does not match its name ({new[:VERSION_CHARS]}): it "
                           f"was changed after it was written. Move it away (do not delete it if a lineage or the "
                           f"promoted model names it) and write {out_dir} again.")
+
+
+def _published_at(tmp: Path, target: Path, new: str, identity: Callable[[Path], str]) -> bool:
+    """Whether ``target`` now holds what ``tmp`` holds (identity ``new``): renamed there if it did not exist, or
+    already there; False when another directory is there (left as it is)."""
+    if not target.exists():
+        try:
+            os.rename(tmp, target)  # fails when another writer has just published a (non-empty) target
+        except OSError:
+            if not target.exists():
+                raise
+        else:
+            _sync_dir(target.parent)
+            return True
+    return identity(target) == new
 
 
 def make_tree_readable(root: str | os.PathLike) -> None:

@@ -114,3 +114,17 @@ def test_a_write_killed_while_publishing_leaves_the_existing_directory(tmp_path,
     assert files(first) == before and sha256_dir(first) == tree
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "model")
     assert all(name.startswith(".model.") for name in leftovers)  # at most a hidden temporary directory
+
+
+def test_the_with_block_form_publishes_once_and_never_replaces(tmp_path):
+    from assets.common.storage import directory_written_whole
+
+    out = tmp_path / "export-0123"
+    with directory_written_whole(out) as tmp:
+        (tmp / "data.txt").write_text("v1")
+    before = files(out)
+    with directory_written_whole(out) as tmp:  # the same files: kept
+        (tmp / "data.txt").write_text("v1")
+    with pytest.raises(FileExistsError, match="exists with other files"), directory_written_whole(out) as tmp:
+        (tmp / "data.txt").write_text("v2")
+    assert files(out) == before and [p.name for p in tmp_path.iterdir()] == [out.name]

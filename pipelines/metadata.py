@@ -14,15 +14,14 @@ leaf, rematerialize what it affects.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tokenize
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 import dagster as dg
+
+from assets.common.code_version import source_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,22 +40,6 @@ STAGE_LAYER = {"teacher_model": "model", "base_model": "model", "eval_sets": "re
                "evaluation": "evaluation", "promotion": "model"}  # every other stage: "data"
 # Folders besides assets/<stage>/ whose code a stage runs.
 STAGE_EXTRA_SOURCES = {"sft": ["training"]}
-
-
-def _python_tokens(text: str) -> str:
-    """The token stream of Python source without comments and non-logical line breaks."""
-    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
-    return "\x00".join(f"{t.type}:{t.string}" for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL))
-
-
-def source_version(folders: list[Path]) -> str:
-    """16 hex digits of SHA-256 over every file under ``folders`` (relative path + content; Python as its tokens)."""
-    digest = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            content = (_python_tokens(path.read_text()).encode() if path.suffix == ".py" else path.read_bytes())
-            digest.update(f"{path.relative_to(folder.parent)}\x00".encode() + hashlib.sha256(content).digest())
-    return digest.hexdigest()[:16]
 
 
 @cache

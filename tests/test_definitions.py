@@ -99,7 +99,7 @@ def test_every_asset_has_owners_tags_and_a_code_version():
 
 
 def test_code_version_follows_the_code_not_comments_or_layout(tmp_path):
-    from pipelines.metadata import source_version
+    from assets.common.code_version import source_version
 
     stage = tmp_path / "stage"
     stage.mkdir()

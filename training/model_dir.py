@@ -10,7 +10,10 @@
     <out>/README.md           model card
     <out>/loss_curve.png      train and validation loss against step
 
-The directory is assembled beside ``<out>`` and renamed into place.
+The directory is assembled beside ``<out>`` and renamed into place, never over an existing one
+(:func:`assets.common.storage.write_directory`): a model identical to the one already at ``<out>`` (same content hash)
+keeps that directory, a different one goes to ``<out>-<content hash[:16]>``. The caller's ``<out>`` names the run's
+inputs, the training code and the libraries (:func:`training_code_version`, ``training.run.run_key``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Any
 import polars as pl
 
 from assets.common.chat_template import read_chat_template
+from assets.common.code_version import imported_sources, source_version
+from assets.common.models import model_content_hash
 from assets.common.storage import (
-    directory_written_whole,
     sha256_text,
     write_bytes_atomic,
+    write_directory,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -70,8 +75,10 @@ class TrainResult:
 
 
 def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, Any]) -> TrainResult:
-    """Assemble merged weights, adapter, tokenizer + template, lineage, rows and card beside ``output_dir``; rename."""
-    with directory_written_whole(output_dir) as tmp:
+    """Assemble merged weights, adapter, tokenizer + template, lineage, rows and card beside ``output_dir`` and
+    publish it (see the module docstring: the result names where it went)."""
+
+    def fill(tmp: Path) -> None:
         _save_weights(trained, tmp)
         check_template_identity(trained.chat_template, read_chat_template(tmp), f"{output_dir} (saved model)")
         full_lineage = model_lineage(trained, lineage)
@@ -81,7 +88,8 @@ def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, 
         png = loss_curve_png(trained.log_history)
         if png:
             write_bytes_atomic(png, tmp / "loss_curve.png")
-    return model_dir_result(trained, output_dir)
+
+    return model_dir_result(trained, write_directory(output_dir, fill, model_content_hash))
 
 
 def model_dir_result(trained: TrainedModel, output_dir: Path) -> TrainResult:
@@ -167,7 +175,33 @@ def code_version() -> dict[str, Any]:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             continue
-    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None, "packages": versions}
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None, "packages": versions,
+            "training_code": training_code_version()}
+
+
+# The libraries whose versions can change a trained model's bytes (numerics, serialization, tokenizer files).
+TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "safetensors", "tokenizers")
+
+
+def training_sources_hash() -> str:
+    """16 hex digits over the training code: ``training/`` and the shared modules it runs (``assets.common``'s
+    chat templates, storage, ...; found from its imports), comments and layout aside."""
+    training = Path(__file__).resolve().parent
+    return source_version([training, *imported_sources([training], "assets.common")])
+
+
+def training_code_version() -> dict[str, Any]:
+    """What besides the inputs and the config decides a trained model's bytes: the training sources and the
+    libraries' versions. Part of the model directory's key (``training.run.run_key``) and of its lineage."""
+    import importlib.metadata as md
+
+    libraries = {}
+    for dist in TRAINING_LIBRARIES:
+        try:
+            libraries[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            libraries[dist] = None
+    return {"sources": training_sources_hash(), "libraries": libraries}
 
 
 def model_card(lineage: dict[str, Any]) -> str:

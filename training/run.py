@@ -18,7 +18,7 @@ from assets.common.storage import sha256_text
 from training.config import TrainConfig
 from training.continual import ContinualConfig, StartingPoint, starting_point
 from training.dataset import TRAIN_SPLIT, VALIDATION_SPLIT, check_rows, train_rows_table
-from training.model_dir import TrainResult
+from training.model_dir import TrainResult, training_code_version
 from training.trainer import train
 
 Log = Callable[[str], None]
@@ -61,8 +61,9 @@ def run_training(
     - ``continual`` with ``previous_model_dir``: continual mode starts from that model with rehearsal of its rows;
       without a previous model it trains from the base model and records ``no_previous_reason``.
     - The model directory: ``<output_root>/<model_name>-<run key>`` when ``data_hash`` (the data set's content hash)
-      is given, the run key hashing base model, data, config and continual settings (so the same inputs write, and
-      resume, the same directory); else ``<output_root>/<model_name>``.
+      is given, the run key hashing base model, data, config, continual settings, training code and library versions
+      (so the same inputs resume the same checkpoints); else ``<output_root>/<model_name>``. An existing directory
+      is never replaced: see :mod:`training.model_dir` (``result.model_dir`` says where the model went).
     - ``lineage_extras``: what the caller adds to lineage.json (upstream assets, run id, data path).
     """
     check_rows(mixture, splits=(TRAIN_SPLIT, VALIDATION_SPLIT), what="training data")
@@ -90,8 +91,12 @@ def run_training(
 
 def run_key(base_hash: str, data_hash: str, config: TrainConfig, continual: ContinualConfig,
             start: StartingPoint) -> str:
-    """16 hex digits naming a run's inputs: base model, data, config (and continual settings + previous model)."""
-    key = f"{base_hash}|{data_hash}|{sorted(config.to_dict().items())}"
+    """16 hex digits naming everything that decides a run's model: base model, data, config (and continual settings
+    + previous model), the training code and the libraries' versions (``training_code_version``). A change to any of
+    them names a new directory; the directory a lineage or the promoted model names is never written again."""
+    code = training_code_version()
+    key = (f"{base_hash}|{data_hash}|{sorted(config.to_dict().items())}|{code['sources']}|"
+           f"{sorted(code['libraries'].items())}")
     if continual.continual:  # (base mode keeps the key it always had)
         key += f"|{sorted(continual.to_dict().items())}|{start.previous.content_hash if start.previous else ''}"
     return sha256_text(key)[:16]

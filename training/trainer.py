@@ -38,7 +38,7 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Fine-tune ``model_path`` on ``rows`` (split train/rehearsal: trained; validation: validated); write the model
-    directory at ``output_dir``.
+    directory at ``output_dir`` (or, when ``output_dir`` holds another model, beside it: the result says where).
 
     ``model_path`` is the model training starts from: the base model, or in continual mode the previous fine-tune
     (then ``lineage["base_model"]`` names the base model). Every row is listed in the directory's
@@ -79,12 +79,15 @@ def train(
                            early_stopping=early_stopping, log_history=trainer.state.log_history,
                            marker_init=trainer.marker_report)
     state = process_state()
+    written = None
     if state.is_main_process:  # one writer (rank 0); the other processes of a multi-process run wait for it
-        write_model_dir(trained, output_dir, lineage)
+        written = write_model_dir(trained, output_dir, lineage)
         shutil.rmtree(checkpoints, ignore_errors=True)
-        log(f"model directory written by process {state.process_index} of {state.num_processes}: {output_dir}")
+        log(f"model directory written by process {state.process_index} of {state.num_processes}: "
+            f"{written.model_dir}" + ("" if written.model_dir == output_dir else f" (not {output_dir}: see "
+                                      "training.model_dir)"))
     state.wait_for_everyone()
-    return model_dir_result(trained, output_dir)
+    return written or model_dir_result(trained, output_dir)  # (the other processes: the requested name)
 
 
 def peak_rss_gb() -> float:

@@ -25,7 +25,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.model_dirs import SOURCE_MARKER, ModelDirectoryError, PreparedModel, convert_gguf, describe_model
+from assets.common.model_dirs import (
+    ModelDirectoryError,
+    PreparedModel,
+    convert_gguf,
+    converted_dir,
+    describe_model,
+)
 from assets.common.storage import sha256_file
 
 GEMMA_NAME = "gemma-3-270m"
@@ -227,7 +233,8 @@ def _bos_eos_processor(vocab: GGUFVocabulary, tokens: list[str]):
 
 
 def convert_gemma(gguf_path: str | Path, out_dir: str | Path, source_hash: str | None = None) -> Path:
-    """Convert the Gemma GGUF to a Hugging Face directory, atomically (complete or absent).
+    """Convert the Gemma GGUF to a Hugging Face directory, atomically (complete or absent); returns where it went
+    (``convert_gguf``).
 
     fp32 safetensors, ``config.json`` without ``quantization_config``, ``generation_config.json`` (bos, eos =
     ``<eos>``, pad), the BPE tokenizer of :func:`gemma_bpe_tokenizer` and no chat template, then the source
@@ -251,10 +258,9 @@ def prepare_embedded_gemma(out_root: str | Path, cache_dir: str | Path | None = 
     except (ImportError, importlib.metadata.PackageNotFoundError) as error:
         raise ModelDirectoryError(f"The embedded Gemma base model needs the packages "
                                   f"{', '.join(GEMMA_DISTRIBUTIONS)} ({error}): {_install_hint()}.") from error
-    out_dir = Path(out_root) / GEMMA_NAME
     expected = f"{package.EXPECTED_SHA256} {GEMMA_CONVERSION}"
-    marker = out_dir / SOURCE_MARKER
-    if not (marker.is_file() and marker.read_text().strip() == expected):
+    out_dir = converted_dir(Path(out_root) / GEMMA_NAME, expected)
+    if out_dir is None:
         gguf = embedded_gemma_gguf(cache_dir if cache_dir is not None else Path(out_root) / "gguf")
-        convert_gemma(gguf, out_dir, source_hash=expected)  # embedded_gemma_gguf verified the SHA-256
+        out_dir = convert_gemma(gguf, Path(out_root) / GEMMA_NAME, source_hash=expected)  # SHA-256 verified there
     return describe_model(out_dir, GEMMA_NAME, f"embedded:{GEMMA_DISTRIBUTION}=={version}:{package.MODEL_NAME}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from assets.common.chat_template import read_chat_template
 from assets.common.models import model_content_hash
-from assets.common.storage import directory_written_whole, sha256_file
+from assets.common.storage import sha256_file, sha256_text, write_directory
 from assets.common.templates import CHAT_MARKERS_FILE
 from assets.common.user_files import json_type, read_user_json, read_user_text
 
@@ -57,7 +57,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
 
     transformers de-quantizes GGUF on load but refuses ``save_pretrained`` on a GGUF-loaded model, so the
     architecture is rebuilt from the config (without ``quantization_config``) and the state dict loaded into it.
-    The directory is written beside ``out_dir`` and renamed into place: ``out_dir`` is either complete or absent.
+    The directory is written beside ``out_dir`` and renamed into place, never over an existing directory (a model's
+    manifest or lineage may name it): returns where it went, ``out_dir`` or, when that holds another model,
+    ``<out_dir>-<hash[:16]>`` of its files and source marker (:func:`assets.common.storage.write_directory`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -89,11 +91,29 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    with directory_written_whole(out_dir) as tmp:
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_MARKER).write_text((source_hash or sha256_file(gguf_path)) + "\n")
-    return out_dir
+
+    return write_directory(out_dir, fill, _conversion_identity)
+
+
+def _conversion_identity(root: Path) -> str:
+    """A converted directory is the same as another when its model files and its source marker are."""
+    marker = root / SOURCE_MARKER
+    return sha256_text(model_content_hash(root) + (marker.read_text() if marker.is_file() else ""))
+
+
+def converted_dir(out_dir: str | Path, source_hash: str) -> Path | None:
+    """A complete conversion whose source marker is ``source_hash``: ``out_dir``, or beside it where a conversion
+    goes when ``out_dir`` holds another one (``<out_dir>-<hash[:16]>``: see ``convert_gguf``)."""
+    out_dir = Path(out_dir)
+    for candidate in [out_dir, *sorted(out_dir.parent.glob(f"{out_dir.name}-*"))]:
+        marker = candidate / SOURCE_MARKER
+        if marker.is_file() and marker.read_text().strip() == source_hash.strip():
+            return candidate
+    return None
 
 
 def validate_model_dir(model_dir: str | Path, allow_remote_code: bool = False, require_chat_template: bool = True,
@@ -226,10 +246,9 @@ def prepare_embedded_smollm2(out_root: str | Path) -> PreparedModel:
     converted (its source marker names the packaged GGUF's SHA-256)."""
     gguf = smollm2_gguf_path()
     version = importlib.metadata.version(SMOLLM2_DISTRIBUTION)
-    out_dir = Path(out_root) / SMOLLM2_NAME
-    marker = out_dir / SOURCE_MARKER
     gguf_hash = sha256_file(gguf)
-    if not (marker.exists() and marker.read_text().strip() == gguf_hash):
-        convert_gguf(gguf, out_dir, source_hash=gguf_hash)
+    out_dir = converted_dir(Path(out_root) / SMOLLM2_NAME, gguf_hash)
+    if out_dir is None:
+        out_dir = convert_gguf(gguf, Path(out_root) / SMOLLM2_NAME, source_hash=gguf_hash)
     validate_model_dir(out_dir)
     return describe_model(out_dir, SMOLLM2_NAME, f"embedded:{SMOLLM2_DISTRIBUTION}=={version}:{gguf.name}")

@@ -12,6 +12,7 @@ import polars as pl
 
 from assets.common.engine import EngineConfig
 from assets.common.external import combined_hash, content_hash
+from assets.common.models import ModelChangedError, verified_model_dir
 from assets.common.schema import COLUMN_DESCRIPTIONS, SchemaError, validate_conversations
 from assets.common.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 
@@ -139,16 +140,56 @@ def latest_materialization(instance: dg.DagsterInstance, key: dg.AssetKey) -> Ma
     return Materialization(key, record.storage_id, record.run_id, dict(record.asset_materialization.metadata))
 
 
-def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
-    """Every asset upstream of the running one in its job's asset graph (the whole code location's graph when launched
-    from its Definitions), in topological order, whichever of them the run materializes (a run of a selection is a
-    subset of its parent job: the parent's graph is used): a stage added to the Definitions appears without an edit."""
+def verified_model(materialization: Materialization) -> str:
+    """The model directory a model materialization recorded (``model_dir``), re-hashed against the ``content_hash`` it
+    recorded (``verified_model_dir``): a directory changed since fails the step, without retries."""
+    recorded_by = (f"the {materialization.asset_key.to_user_string()} materialization of run {materialization.run_id} "
+                   "(metadata content_hash)")
+    try:
+        return str(verified_model_dir(materialization.value("model_dir"), materialization.value("content_hash"),
+                                      recorded_by))
+    except ModelChangedError as error:
+        raise input_error(error) from error
+
+
+def job_asset_graph(context: dg.AssetExecutionContext):
+    """The asset graph of the run's job, or of the parent job of a run of a selection (how the
+    automation sensor, `dagster asset materialize --select` and the UI's "Materialize selected" launch a run). In a
+    run of a selection the assets outside it are stand-ins; the parent job has them as they are."""
     job = context.job_def
     while job.asset_selection_data is not None:
         job = job.asset_selection_data.parent_job_def
-    graph = job.asset_layer.asset_graph
+    return job.asset_layer.asset_graph
+
+
+def _is_external_input(context: dg.AssetExecutionContext, graph, key: dg.AssetKey) -> bool:
+    """An observed external input (a file outside the data root): not materializable in the graph and never
+    materialized in this instance (a named job that leaves an upstream asset out has a stand-in for it)."""
+    if graph.get(key).is_materializable:
+        return False
+    return context.instance.get_latest_materialization_event(key) is None
+
+
+def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
+    """Every asset upstream of the running one that stores data (see ``external_inputs`` for the others), in
+    topological order, from the whole graph whichever of them this run materializes (``job_asset_graph``): a stage
+    added to the Definitions appears without an edit here. One never materialized is listed too (with no tables)."""
+    graph = job_asset_graph(context)
     ancestors = set(graph.upstream_key_iterator(context.asset_key))
-    return [key.to_user_string() for key in graph.toposorted_asset_keys if key in ancestors]
+    return [key.to_user_string() for key in graph.toposorted_asset_keys
+            if key in ancestors and not _is_external_input(context, graph, key)]
+
+
+def external_inputs(context: dg.AssetExecutionContext) -> dict[str, list[str]]:
+    """The observed external inputs upstream of the running asset (teacher_model_files, user_sft_files, ...), each
+    with the assets that read it. They are not in the data root, so a lineage does not snapshot them: the assets
+    that read them record their content hashes (the model manifests, the eval sets' and user sources' reports)."""
+    graph = job_asset_graph(context)
+    ancestors = set(graph.upstream_key_iterator(context.asset_key))
+    scope = ancestors | {context.asset_key}
+    return {key.to_user_string(): sorted(child.to_user_string() for child in graph.get(key).child_keys
+                                         if child in scope)
+            for key in graph.toposorted_asset_keys if key in ancestors and _is_external_input(context, graph, key)}
 
 
 # ---- resources -------------------------------------------------------------------------------------------------

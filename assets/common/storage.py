@@ -2,7 +2,8 @@
 
 Every artifact is written to a temporary file beside its destination and renamed into place, so a crash
 never leaves a half-written file where a reader would find it, and an existing file is only replaced by a
-complete one. A data version is the SHA-256 of the bytes written.
+complete one. Versions and directories (:func:`write_directory`) are never replaced at all. A data version is
+the SHA-256 of the bytes written.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,12 @@ def _atomic_target(path: Path) -> tuple[int, str]:
 
 def _replace(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
-    # Make the rename durable before anyone is told the file exists.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable before anyone is told the file exists."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -167,22 +172,72 @@ def write_json_versioned(obj: Any, folder: str | os.PathLike, pointer: str) -> t
         raise
 
 
+def write_directory(out_dir: str | os.PathLike, fill: Callable[[Path], None], identity: Callable[[Path], str]) -> Path:
+    """Assemble a directory with ``fill(tmp)`` in a temporary directory beside ``out_dir``, publish it with one atomic
+    rename, and return where it was published. An existing directory is never written into, deleted or replaced (a
+    lineage file or the promoted-model pointer may name it, with its hash):
+
+    - ``out_dir`` absent: the new directory becomes ``out_dir``;
+    - ``out_dir`` present with the same ``identity`` (e.g. a model's content hash): it is kept as it is and the new
+      one discarded;
+    - else the new directory goes to ``<out_dir>-<identity[:16]>``, named after its content (same two rules).
+
+    A failure or a kill before the rename leaves every existing directory as it was and at most a hidden
+    ``.<name>.*`` temporary directory beside it (a failure removes it)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        fill(tmp)
+        make_tree_readable(tmp)
+        return _publish_directory(tmp, out_dir, identity)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # (already gone when it was published)
+
+
 @contextmanager
 def directory_written_whole(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out_dir`` to assemble it in; on success it is made readable and renamed
-    into place (replacing an older ``out_dir``), on failure deleted: ``out_dir`` is complete or as it was."""
+    """:func:`write_directory` as a ``with`` block, for a caller that names ``out_dir`` after its content: the block
+    assembles the yielded temporary directory, which is then published at ``out_dir`` by one rename, or dropped when
+    ``out_dir`` already holds the same files (:func:`sha256_dir`). Never replaced: other files under that name raise
+    ``FileExistsError`` and leave it as it is."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         yield tmp
         make_tree_readable(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
+        if not _published_at(tmp, out_dir, sha256_dir(tmp), sha256_dir):
+            raise FileExistsError(f"{out_dir}: exists with other files than the ones written for it; it is kept as "
+                                  "it is. Move it away if it is damaged, and write it again.")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _publish_directory(tmp: Path, out_dir: Path, identity: Callable[[Path], str]) -> Path:
+    new = identity(tmp)
+    named = out_dir.with_name(f"{out_dir.name}-{new[:VERSION_CHARS]}")
+    for target in (out_dir, named):
+        if _published_at(tmp, target, new, identity):
+            return target
+    raise FileExistsError(f"{named}: exists, but its content does not match its name ({new[:VERSION_CHARS]}): it "
+                          f"was changed after it was written. Move it away (do not delete it if a lineage or the "
+                          f"promoted model names it) and write {out_dir} again.")
+
+
+def _published_at(tmp: Path, target: Path, new: str, identity: Callable[[Path], str]) -> bool:
+    """Whether ``target`` now holds what ``tmp`` holds (identity ``new``): renamed there if it did not exist, or
+    already there; False when another directory is there (left as it is)."""
+    if not target.exists():
+        try:
+            os.rename(tmp, target)  # fails when another writer has just published a (non-empty) target
+        except OSError:
+            if not target.exists():
+                raise
+        else:
+            _sync_dir(target.parent)
+            return True
+    return identity(target) == new
 
 
 def make_tree_readable(root: str | os.PathLike) -> None:

@@ -22,6 +22,7 @@ from assets.common.resources import (
     Materialization,
     VLLMEngine,
     latest_materialization,
+    verified_model,
 )
 from assets.common.storage import sha256_file
 from assets.evaluation.answering import (
@@ -124,6 +125,7 @@ def assistant_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     its blocking checks gate promotion."""
     config.validate_values()
     candidate = latest_materialization(context.instance, SFT_MODEL)
+    verified_model(candidate)  # its directory still holds the model trained (re-hashed)
     models, skipped = _models_to_evaluate(context, config, storage, candidate)
     items = _prompts(config)
     prompt_sets = [

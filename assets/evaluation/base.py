@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from assets.common.models import model_content_hash
+from assets.common.models import ModelChangedError, verified_model_dir
 
 
 class BaseModelError(ValueError):
@@ -31,15 +31,11 @@ def lineage_base(tuned_dir: str | Path, current: dict[str, Any] | None) -> dict[
     if not path or not recorded:
         raise BaseModelError(f"{lineage_path}: no base_model.path and base_model.content_hash, so the base model "
                              f"this model was trained from is unknown. {retrain}")
-    if not Path(path).is_dir():
-        raise BaseModelError(f"{lineage_path}: base_model.path {path} does not exist: the base this model was "
-                             f"trained from is gone and the model cannot be compared with it. Restore that "
-                             f"directory, or: {retrain}")
-    actual = model_content_hash(path)
-    if actual != recorded:
-        raise BaseModelError(f"{path}: content hash {actual} differs from base_model.content_hash {recorded} in "
-                             f"{lineage_path}: the base model's directory changed since this model was trained. "
-                             f"Restore it, or: {retrain}")
+    try:
+        verified_model_dir(path, recorded, f"base_model.content_hash in {lineage_path}")
+    except ModelChangedError as error:
+        raise BaseModelError(f"{error} This is the base the candidate was trained from, so it cannot be compared "
+                             f"with another one. Restore that directory, or: {retrain}") from None
     if current is None:
         relation = "none"
     elif current.get("content_hash") == recorded:

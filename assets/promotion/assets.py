@@ -14,7 +14,9 @@ from assets.common.resources import (
     SFT_MODEL,
     DataStorage,
     Materialization,
+    job_asset_graph,
     latest_materialization,
+    verified_model,
 )
 from assets.promotion.core import CheckVerdict, check_verdict, decide, promotion_record
 
@@ -27,7 +29,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     check on an upstream asset must have run on the candidate's materialization (for the evaluation: on an evaluation
     of the candidate) and passed. Otherwise the run fails, the previous current model stays current, and the
     candidate stays on disk with its report."""
-    graph = context.job_def.asset_layer.asset_graph  # (a run of promoted_model alone sees no upstream checks here)
+    graph = job_asset_graph(context)  # (the parent job's: a run of promoted_model alone sees the upstream checks too)
     candidate = latest_materialization(context.instance, SFT_MODEL)
     checks = {*PROMOTION_CHECKS, *(key for parent in graph.get(context.asset_key).parent_keys
                                   for key in graph.get(parent).check_keys)}
@@ -43,6 +45,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: DataStorage) -> d
     if not decision.promote:
         raise dg.Failure(description=f"{model_dir} not promoted: {decision.reason}",
                          metadata={"candidate": dg.MetadataValue.path(model_dir), "checks": dg.MetadataValue.md(table)})
+    verified_model(candidate)  # its directory still holds the model that was checked (re-hashed)
     record = promotion_record(model_dir, candidate.value("content_hash"), candidate.run_id, decision)
     path = storage.write_json(PROMOTED_MODEL, CURRENT_MODEL, record)
     context.log.info(f"promoted {model_dir}: {decision.reason}")

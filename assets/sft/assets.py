@@ -5,6 +5,7 @@ from typing import Literal
 
 import dagster as dg
 
+from assets.common.models import model_content_hash, verified_model_dir
 from assets.common.report import markdown_table
 from assets.common.resources import (
     BASE_MODEL,
@@ -17,8 +18,10 @@ from assets.common.resources import (
     SFT_MIXTURE,
     SFT_MODEL,
     DataStorage,
+    external_inputs,
     input_error,
     latest_materialization,
+    upstream_assets,
 )
 from assets.sft.checks import MAX_PERPLEXITY_INCREASE, forgetting_verdict, served_format_verdict
 from assets.sft.lineage import lineage_summary
@@ -101,23 +104,24 @@ def sft_model(
         base = storage.read_json(BASE_MODEL, MODEL_MANIFEST)
         mixture = storage.read_conversations(SFT_MIXTURE)
         core = config.to_core()
+        previous_dir, no_previous_reason = _previous_model(storage, continual)
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise input_error(error) from error
     snapshots = {name: storage.snapshot(name) for name in upstream_assets(context)}
-    previous_dir, no_previous_reason = _previous_model(storage, continual)
+    external = external_inputs(context)  # not snapshotted: the assets reading them record their hashes
     run = run_training(
         base, mixture, core, continual, storage.root_path / "models" / "sft", config.model_name,
         data_hash=storage.describe_table(SFT_MIXTURE).content_hash,
         previous_model_dir=previous_dir,
         no_previous_reason=no_previous_reason,
-        lineage_extras={"dagster_run_id": context.run.run_id,
-                        "assets": snapshots},
+        lineage_extras={"dagster_run_id": context.run.run_id, "assets": snapshots,
+                        "external_inputs": external},
         log=context.log.info,
         warn=context.log.warning,
     )
     result, start = run.result, run.start
     rows_path = result.train_rows_path
-    model_hash = _model_hash(result.model_dir)
+    model_hash = model_content_hash(result.model_dir)
     context.log.info(f"model written to {result.model_dir}; lineage at {result.lineage_path}")
     retrained_from = start.retrained_from
     return dg.MaterializeResult(
@@ -152,7 +156,7 @@ def sft_model(
             "peak_rss_gb": result.metrics["peak_rss_gb"],
             "training_config": dg.MetadataValue.json(core.to_dict()),
             "loss_curve": dg.MetadataValue.md(_png_markdown(result.model_dir / "loss_curve.png")),
-            "lineage": dg.MetadataValue.md(lineage_summary(snapshots, base)),
+            "lineage": dg.MetadataValue.md(lineage_summary(snapshots, base, external)),
         },
         data_version=dg.DataVersion(model_hash),
     )
@@ -160,24 +164,16 @@ def sft_model(
 
 def _previous_model(storage: DataStorage, continual: ContinualConfig) -> tuple[str | None, str]:
     """Continual mode: the project's current model, the last one promoted after its checks passed, or None and
-    why (then training starts from the base model and the lineage says so). Base mode: (None, "")."""
+    why (then training starts from the base model and the lineage says so). Base mode: (None, ""). A promoted directory
+    whose files no longer hash to the pointer's content hash is refused (``ModelChangedError``)."""
     if not continual.continual:
         return None, ""
-    if storage.has(PROMOTED_MODEL, CURRENT_MODEL):
-        return storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)["model_dir"], ""
+    if storage.has(PROMOTED_MODEL, CURRENT_MODEL):  # re-hashed: it must still be the model that was promoted
+        pointer = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
+        recorded_by = f"the promoted-model pointer ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL})"
+        return str(verified_model_dir(pointer["model_dir"], pointer["content_hash"], recorded_by)), ""
     return None, (f"no previous sft_model yet: none promoted ({storage.asset_dir(PROMOTED_MODEL) / CURRENT_MODEL} "
                   "does not exist)")
-
-
-def upstream_assets(context: dg.AssetExecutionContext) -> list[str]:
-    """Every asset upstream of this one in the run's asset graph (the whole code location's graph when launched from
-    its Definitions), in topological order: a stage added to the Definitions appears in the lineage without an edit
-    here. Upstream assets that were never materialized into storage are listed with no tables. External inputs
-    (observed, not materialized) are left out: the model assets that read them record their hashes."""
-    graph = context.job_def.asset_layer.asset_graph
-    ancestors = set(graph.upstream_key_iterator(context.asset_key))
-    return [key.to_user_string() for key in graph.toposorted_asset_keys
-            if key in ancestors and graph.get(key).is_materializable]
 
 
 def _png_markdown(path) -> str:
@@ -186,12 +182,6 @@ def _png_markdown(path) -> str:
     if not path.exists():
         return "(no losses logged)"
     return f"![loss curve](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-
-def _model_hash(model_dir) -> str:
-    from assets.common.models import model_content_hash
-
-    return model_content_hash(model_dir)
 
 
 def _candidate(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from assets.common.report import markdown_table
 
 
-def lineage_summary(snapshots: dict[str, dict], base_manifest: dict) -> str:
+def lineage_summary(snapshots: dict[str, dict], base_manifest: dict,
+                    external_inputs: dict[str, list[str]] | None = None) -> str:
     """Markdown: the base model (path, content hash, chat template), then every upstream asset's tables (rows, content
-    hash = data version) and model manifests (content hash), in the order given (upstream first). ``snapshots`` are
-    ``DataStorage.snapshot`` results by asset name, as in lineage.json."""
+    hash = data version) and model manifests (content hash), in the order given (upstream first), then the observed
+    external inputs and the assets that record their hashes. ``snapshots`` are ``DataStorage.snapshot`` results by
+    asset name and ``external_inputs`` input -> reading assets, as in lineage.json."""
     template = base_manifest.get("template") or {}
     lines = [f"**Base model** `{base_manifest.get('path')}`, content hash `{base_manifest.get('content_hash')}`, "
              f"chat template {template.get('name', '?')}", ""]
@@ -23,4 +25,8 @@ def lineage_summary(snapshots: dict[str, dict], base_manifest: dict) -> str:
             rows.append({"asset": asset, "item": f"table {name}", "rows": table["row_count"],
                          "content hash": table["content_hash"]})
     lines.append(markdown_table(rows, max_rows=200) if rows else "(no upstream tables in storage)")
+    if external_inputs:
+        readers = "; ".join(f"`{name}` (hash recorded by {', '.join(assets) or 'no upstream asset'})"
+                            for name, assets in external_inputs.items())
+        lines += ["", f"External inputs (observed, not stored here): {readers}"]
     return "\n".join(lines)

@@ -72,3 +72,17 @@ def test_remote_code_is_allowed_only_when_asked(model_copy):
 def test_not_a_directory(tmp_path):
     with pytest.raises(ModelDirectoryError, match="not a directory"):
         validate_model_dir(tmp_path / "missing")
+
+
+def test_a_conversion_is_found_where_it_went(tmp_path):
+    """`convert_gguf` never replaces a converted directory: a conversion of another source goes beside it, named after
+    its content, and `converted_dir` finds each by its source marker."""
+    from assets.common.model_dirs import SOURCE_MARKER, converted_dir
+
+    first, other = tmp_path / "model", tmp_path / "model-0123456789abcdef"
+    for directory, source in ((first, "gguf-1 v1"), (other, "gguf-1 v2")):
+        directory.mkdir()
+        (directory / SOURCE_MARKER).write_text(source + "\n")
+    assert converted_dir(first, "gguf-1 v1") == first
+    assert converted_dir(first, "gguf-1 v2") == other
+    assert converted_dir(first, "gguf-1 v3") is None

@@ -52,7 +52,7 @@ class Candidate(dg.Config):
 @dg.asset(name="sft_model")
 def stand_in_model(config: Candidate) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(config.model_dir),
-                                          "content_hash": "c0ffee"})
+                                          "content_hash": model_content_hash(config.model_dir)})
 
 
 @dg.asset_check(asset=stand_in_model, blocking=True)

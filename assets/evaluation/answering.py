@@ -25,6 +25,7 @@ import polars as pl
 
 from assets.common.chat_template import TemplateError, render
 from assets.common.engine import Completion, EngineConfig, SamplingConfig, VLLMGenerator
+from assets.common.schema import declared_schema
 from assets.evaluation.end_of_turn import EndOfTurnProbabilities, end_of_turn_probabilities
 from training.masking import assistant_end_of_turn
 
@@ -146,8 +147,7 @@ ANSWER_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
                       "(max_tokens reached)"),
     "completion_tokens": (pl.Int64, "Tokens generated for the answer"),
 }
-ANSWER_SCHEMA: dict[str, pl.DataType] = {name: dtype for name, (dtype, _) in ANSWER_COLUMNS.items()}
-ANSWER_DESCRIPTIONS: dict[str, str] = {name: description for name, (_, description) in ANSWER_COLUMNS.items()}
+ANSWER_SCHEMA, ANSWER_DESCRIPTIONS = declared_schema(ANSWER_COLUMNS)
 
 
 def answers_table(results: Sequence[ModelAnswers], prompt_sets: Sequence[PromptSet]) -> pl.DataFrame:

@@ -31,6 +31,7 @@ from assets.evaluation.report import evaluation_report
 from assets.evaluation.stopping import FIXED_PROMPTS
 from assets.promotion.assets import promoted_model
 from pipelines.report import latest_evaluation
+from tests.stand_ins import stand_in_model
 
 pytestmark = pytest.mark.vllm
 
@@ -43,16 +44,6 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "Hi."}],
     [{"role": "user", "content": "Training row."}, {"role": "assistant", "content": "Not used for P(end-of-turn)."}],
 ]
-
-
-class Candidate(dg.Config):
-    model_dir: str
-
-
-@dg.asset(name="sft_model")
-def stand_in_model(config: Candidate) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(config.model_dir),
-                                          "content_hash": model_content_hash(config.model_dir)})
 
 
 @dg.asset_check(asset=stand_in_model, blocking=True)

@@ -13,6 +13,7 @@ from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, DataStorage, VLL
 from assets.evaluation.assets import assistant_evaluation
 from assets.evaluation.base import BaseModelError, lineage_base
 from tests.asset_runs import failure_text
+from tests.stand_ins import stand_in_model
 
 
 @pytest.fixture
@@ -65,16 +66,6 @@ def test_a_missing_base_directory_or_lineage_fails(models):
     (tuned / "lineage.json").write_text(json.dumps({"base_model": {"path": str(base)}}))
     with pytest.raises(BaseModelError, match="no base_model.path and base_model.content_hash"):
         lineage_base(tuned, None)
-
-
-class Candidate(dg.Config):
-    model_dir: str
-
-
-@dg.asset(name="sft_model")
-def stand_in_model(config: Candidate) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(config.model_dir),
-                                          "content_hash": model_content_hash(config.model_dir)})
 
 
 def test_the_evaluation_refuses_a_candidate_whose_base_changed_before_any_engine_starts(models, tmp_path,

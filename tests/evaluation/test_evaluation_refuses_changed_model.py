@@ -11,16 +11,7 @@ from assets.common.models import model_content_hash
 from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, SFT_MIXTURE, DataStorage, VLLMEngine
 from assets.evaluation.assets import assistant_evaluation
 from tests.asset_runs import failure_text
-
-
-class Candidate(dg.Config):
-    model_dir: str
-
-
-@dg.asset(name="sft_model")
-def stand_in_model(config: Candidate) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"model_dir": dg.MetadataValue.path(config.model_dir),
-                                          "content_hash": model_content_hash(config.model_dir)})
+from tests.stand_ins import stand_in_model
 
 
 def test_a_candidate_whose_directory_changed_is_refused_before_evaluation(tmp_path, tiny_model_dir):

@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(PROFILE)
 # The instance config: this folder's dagster.yaml (SQLite under .dagster/) unless DAGSTER_HOME is set, e.g. to
-# deploy/postgres for a shared Postgres instance (README, "Shared deployments"). Dagster wants an absolute path.
+# deploy/postgres for a shared Postgres instance (docs/scaling-and-deployments.md, "Shared deployments"). Dagster wants an absolute path.
 DAGSTER_HOME ?= $(CURDIR)
 export DAGSTER_HOME := $(abspath $(DAGSTER_HOME))
 export PYTHONUNBUFFERED := 1

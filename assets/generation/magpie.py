@@ -32,7 +32,8 @@ class MagpieConfig:
     num_conversations: int = 1000
     num_turns: int = 1
     instruction: SamplingConfig = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=256)
-    # min-p, not top-p: on a CPU top-p sorts the vocabulary at every step (chosen by the filters' keep rate: docs/generation.md)
+    # min-p, not top-p: on a CPU top-p sorts the vocabulary at every step (chosen by the filters' keep rate:
+    # docs/generation.md)
     response: SamplingConfig = SamplingConfig(temperature=0.7, min_p=0.05, max_tokens=1024)
     # (system prompt, weight); the empty string means "no system message" (the template's default applies).
     system_prompts: tuple[tuple[str, float], ...] = (("", 1.0),)

@@ -97,7 +97,8 @@ def trained_on_latest(instance: dg.DagsterInstance, storage_root: Path) -> dict:
         current = latest_tags(instance, key)["dagster/data_version"]
         assert tags[f"dagster/input_data_version/{key.to_user_string()}"] == current, key
     storage = DataStorage(root=str(storage_root))
-    assert latest_tags(instance, SFT_MIXTURE)["dagster/data_version"] == storage.describe_table(SFT_MIXTURE).content_hash
+    mixture_hash = storage.describe_table(SFT_MIXTURE).content_hash
+    assert latest_tags(instance, SFT_MIXTURE)["dagster/data_version"] == mixture_hash
     metadata = instance.get_latest_materialization_event(SFT_MODEL).asset_materialization.metadata
     model_dir = Path(metadata["model_dir"].value)
     trained = set(pl.read_parquet(model_dir / "train_rows.parquet")["conversation_id"].to_list())

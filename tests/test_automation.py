@@ -8,9 +8,10 @@ here (vLLM): tests/test_automation_faults.py runs them.
 One story, in order: first inputs observed -> the models and eval sets are prepared; a first shard -> every dataset
 asset once and one retrain; a byte-identical rebuild (dedup re-run, the shard regenerated) -> nothing; a changed
 code version -> that asset alone; a new shard -> every dataset asset once and exactly one retrain; a failing
-blocking check -> nothing downstream, no retrain; a changed user eval file -> the eval sets, everything after them
-once, exactly one retrain; a decontamination re-run that restores the table the last retrain saw -> nothing; a changed user SFT file -> the user rows and every dataset asset once, exactly one
-retrain."""
+blocking check -> nothing downstream, no retrain; decontamination restored to the table filtering was built from ->
+nothing; a changed user eval file -> the eval sets, everything after them once, exactly one retrain; a changed user
+SFT file -> the user rows and every dataset asset once, exactly one retrain. After each retrain, the model's recorded
+inputs are the current ones and it trained on exactly the current mixture's rows."""
 
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from assets.common.resources import (
     GENERATION_SHARDS,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
-    SFT_MODEL,
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
     USER_EVAL_FILES,

@@ -61,6 +61,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(include_sources=True),  # the external inputs (observable) too
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    # the conditions include Python ones (BuiltFromOldInputs, AnyAncestorPending in assets/common/resources.py),
+    # which the daemon cannot deserialize: they are evaluated in the code location's server
+    use_user_code_server=True,
     description="Rebuilds assets built from old upstream data versions (REBUILD_ON_UPSTREAM_CHANGE in "
     "assets/common/resources.py) and observes the external inputs; on by default.",
 )

@@ -3,8 +3,9 @@
 Runs of every kind read the same configuration: the profile named by SFT_PROFILE is the assets' config defaults and
 the resources (pipelines/profiles.py), so no job, schedule or sensor passes run config of its own (`sft_demo` pins
 the demo profile for `make demo`). The schedule only adds a generation shard and generates it; everything downstream
-is rebuilt by the assets' automation conditions (`REBUILD_ON_UPSTREAM_CHANGE`: when an asset was built from
-input data versions that are no longer current), evaluated by the automation sensor, which is on by default: one mechanism, so nothing is rebuilt twice.
+is rebuilt by the assets' automation conditions (`REBUILD_ON_UPSTREAM_CHANGE`: when an asset was built from input
+data versions that are no longer current), evaluated by the automation sensor, which is on by default: one mechanism,
+so nothing is rebuilt twice.
 """
 
 from __future__ import annotations

@@ -75,18 +75,18 @@ def shard_index(key: str) -> int:
 
 
 # ---- automation ------------------------------------------------------------------------------------------------
-# One rule for every automated asset, on what the instance recorded rather than on events seen between two ticks:
-# an asset is rebuilt when it is missing or *built from old inputs* -- its latest materialization recorded input data
-# versions (Dagster records them on every materialization, `dagster/input_data_version/<key>`) or a code version
-# that are no longer current: Dagster's own staleness, as the UI shows it. Every data version is a content hash, so
-# a byte-identical rebuild upstream changes nothing here. Being a state, not an event, nothing is lost: a change
-# that lands while the asset runs leaves the result built from the old input, so it is rebuilt once more after
-# that run, and a change seen by the run that rebuilt it is not rebuilt again. It waits while any ancestor is
-# built from old inputs, requested on this tick or running (a change travels the whole graph first, so an asset
-# reached by several paths, e.g. `sft_model` from `base_model` directly and through filtering, is rebuilt once, on
-# the fully updated inputs), while an upstream is missing or an upstream blocking check has not passed
-# (decontamination's `no_eval_overlap`), and after a failed execution (its step retries, ENGINE_RETRY, spent) until
-# an input or its code changes again: a failure is retried on the next change, never every tick.
+# One rule for every automated asset, on what the instance recorded rather than on events seen between two ticks: an
+# asset is built when its first inputs appear, and rebuilt when it is *built from old inputs* -- its latest
+# materialization recorded input data versions (Dagster records them on every materialization,
+# `dagster/input_data_version/<key>`) or a code version that are no longer current: Dagster's own staleness, as the UI
+# shows it. Every data version is a content hash, so a byte-identical rebuild upstream changes nothing here. Being a
+# state, not an event, nothing is lost: a change that lands while the asset runs leaves the result built from the old
+# input, so it is rebuilt once more after that run, and a change seen by the run that rebuilt it is not rebuilt again.
+# It waits while any ancestor is built from old inputs, requested on this tick or running (a change travels the whole
+# graph first, so an asset reached by several paths, e.g. `sft_model` from `base_model` directly and through filtering,
+# is rebuilt once, on the fully updated inputs), while an upstream is missing or an upstream blocking check has not
+# passed (decontamination's `no_eval_overlap`), and after a failed execution (its step retries, ENGINE_RETRY, spent)
+# until an input or its code changes again: a failure is retried on the next change, never every tick.
 _RESOLVER: dict = {}  # the asset graph view of the current evaluation -> its staleness resolver (one per tick)
 
 
@@ -181,6 +181,14 @@ class AnyAncestorPending(dg.AutomationCondition):
         return dg.AutomationResult(context, context.candidate_subset if pending else context.get_empty_subset())
 
 
+# A first build: an asset never built is built once an upstream data version changed (as its inputs appear), not
+# merely because it is missing (a fresh instance builds nothing before its inputs are observed), and not for an
+# upstream updated in a run that also built this asset.
+FIRST_BUILD = dg.AutomationCondition.missing() & (
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target())
+    | dg.AutomationCondition.code_version_changed()
+).since_last_handled().with_label("upstream_changed_since_handled")
 # An input or the code changed since the asset was last requested: what lets a failed asset be tried again.
 INPUT_OR_CODE_CHANGED_SINCE_REQUESTED = (
     dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
@@ -190,7 +198,7 @@ FAILED_WITHOUT_NEWS = (
     dg.AutomationCondition.execution_failed() & ~INPUT_OR_CODE_CHANGED_SINCE_REQUESTED
 ).with_label("failed_and_nothing_changed_since")
 REBUILD_ON_UPSTREAM_CHANGE = (
-    (dg.AutomationCondition.missing() | BuiltFromOldInputs())
+    (FIRST_BUILD | BuiltFromOldInputs())
     & ~FAILED_WITHOUT_NEWS
     & ~dg.AutomationCondition.newly_requested()
     & ~dg.AutomationCondition.in_progress()

@@ -74,6 +74,7 @@ def world(tiny_model_dir, tmp_path_factory):
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         auto = Automation.from_profile(config, instance, skip=NOT_AUTOMATED_HERE)
+        assert auto.tick() == []  # the sensor's first tick, before the inputs are first observed
         assert auto.launch([TEACHER_MODEL_FILES, BASE_MODEL_FILES, USER_EVAL_FILES, USER_SFT_FILES]).success
         assert auto.settle()["sft_model"] == 1  # the models, the eval sets, the user rows alone: a first model
         generate_shard(auto, "00000")

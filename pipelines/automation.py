@@ -3,8 +3,9 @@
 Runs of every kind read the same configuration: the profile named by SFT_PROFILE is the assets' config defaults and
 the resources (pipelines/profiles.py), so no job, schedule or sensor passes run config of its own (`sft_demo` pins
 the demo profile for `make demo`). The schedule only adds a generation shard and generates it; everything downstream
-is rebuilt by the assets' automation conditions (`REBUILD_ON_UPSTREAM_CHANGE`: when an upstream data version
-changed), evaluated by the automation sensor, which is on by default: one mechanism, so nothing is rebuilt twice.
+is rebuilt by the assets' automation conditions (`REBUILD_ON_UPSTREAM_CHANGE`: when an asset was built from input
+data versions that are no longer current), evaluated by the automation sensor, which is on by default: one mechanism,
+so nothing is rebuilt twice.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(include_sources=True),  # the external inputs (observable) too
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    description="Rebuilds assets whose upstream data versions changed (REBUILD_ON_UPSTREAM_CHANGE in "
+    # the conditions include Python ones (BuiltFromOldInputs, AnyAncestorPending in assets/common/resources.py),
+    # which the daemon cannot deserialize: they are evaluated in the code location's server
+    use_user_code_server=True,
+    description="Rebuilds assets built from old upstream data versions (REBUILD_ON_UPSTREAM_CHANGE in "
     "assets/common/resources.py) and observes the external inputs; on by default.",
 )
 

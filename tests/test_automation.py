@@ -1,15 +1,17 @@
 """Retrain from base exactly once per real change, through a real Dagster instance: the project's automation
 conditions evaluated as the automation sensor evaluates them, the runs they request launched with no run config
 (the profile's defaults apply), on the real dataset assets over small inputs. Generation runs the real asset with
-the deterministic fake engine in place of vLLM; `sft_model` is counted when requested, not trained (its request is
-what this proves; training is tested elsewhere).
+the deterministic fake engine in place of vLLM; `sft_model` really trains (TRL, on the tiny model), so a request
+that did not happen, or one that happened twice, shows in the counts. The evaluation and promotion are not evaluated
+here (vLLM): tests/test_automation_faults.py runs them.
 
 One story, in order: first inputs observed -> the models and eval sets are prepared; a first shard -> every dataset
 asset once and one retrain; a byte-identical rebuild (dedup re-run, the shard regenerated) -> nothing; a changed
 code version -> that asset alone; a new shard -> every dataset asset once and exactly one retrain; a failing
-blocking check -> nothing downstream, no retrain; a changed user eval file -> the eval sets, everything after them
-once, exactly one retrain; a changed user SFT file -> the user rows and every dataset asset once, exactly one
-retrain."""
+blocking check -> nothing downstream, no retrain; decontamination restored to the table filtering was built from ->
+nothing; a changed user eval file -> the eval sets, everything after them once, exactly one retrain; a changed user
+SFT file -> the user rows and every dataset asset once, exactly one retrain. After each retrain, the model's recorded
+inputs are the current ones and it trained on exactly the current mixture's rows."""
 
 from __future__ import annotations
 
@@ -30,8 +32,6 @@ from assets.common.resources import (
     GENERATION_SHARDS,
     MODEL_MANIFEST,
     PROMOTED_MODEL,
-    SFT_DATASET,
-    SFT_MODEL,
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
     USER_EVAL_FILES,
@@ -39,7 +39,7 @@ from assets.common.resources import (
     DataStorage,
 )
 from assets.generation import assets as generation_assets
-from tests.automation_runs import Automation, failures
+from tests.automation_runs import Automation, failures, trained_on_latest
 from tests.fake_generator import WORDS, FakeGenerator
 
 # A 15-word eval text; planted rows hold its first 14 words: the default decontamination (13-grams) removes them,
@@ -50,6 +50,9 @@ DATASET = ["deduplicated_conversations", "decontaminated_conversations", "filter
            "tagged_conversations", "sft_mixture"]
 # What a changed mixture rebuilds: its export and the model
 MIXTURE_CONSUMERS = {"sft_dataset": 1, "sft_model": 1}
+TINY_TRAINING = {"model_name": "tiny-sft", "num_train_epochs": 1, "max_steps": 2, "per_device_train_batch_size": 8,
+                 "max_length": 128, "early_stopping_patience": 0}
+NOT_AUTOMATED_HERE = frozenset({ASSISTANT_EVALUATION, PROMOTED_MODEL})  # vLLM: run in tests/test_automation_faults.py
 WEAK_DECONTAMINATION = {"ngram": 20, "similarity_threshold": 0.0, "max_train_rows": 0}
 
 
@@ -80,6 +83,7 @@ def profile(tiny_model_dir, data, eval_file, sft_file) -> dict:
             "tagged_conversations": {"config": {"use_judge": False, "calibrate": False}},
             "user_sft_sources": {"config": {"sources": [{"name": "mine", "path": str(sft_file)}]}},
             "sft_mixture": {"config": {"validation_fraction": 0.2}},
+            "sft_model": {"config": TINY_TRAINING},
         },
         "resources": {"storage": {"config": {"root": str(data)}}},
     }
@@ -108,9 +112,8 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
     sft_file.write_text(user_rows("tides", "glaciers"))
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file, sft_file), instance)
-        # counted, not run (the export too: tests/dataset_export runs it, and this test's time stays as it was)
-        auto.stop_requested = frozenset({SFT_MODEL, ASSISTANT_EVALUATION, PROMOTED_MODEL, SFT_DATASET})
+        auto = Automation.from_profile(profile(tiny_model_dir, data, eval_file, sft_file), instance,
+                                       skip=NOT_AUTOMATED_HERE)
         storage = DataStorage(root=str(data))
         assert auto.tick() == []  # a fresh instance: nothing changed, nothing requested
 
@@ -122,6 +125,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         assert auto.settle() == Counter({"teacher_model": 1, "base_model": 1, "eval_sets": 1, "user_sft_sources": 1,
                                          **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "sft_mixture")["dagster/row_count"] == 2
+        trained_on_latest(instance, data)
         assert storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)["path"] == str(tiny_model_dir.resolve())
         assert auto.settle() == Counter()  # observing unchanged inputs again changes nothing
         assert auto.launch([TEACHER_MODEL_FILES, USER_EVAL_FILES]).success and auto.settle() == Counter()
@@ -153,6 +157,7 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         generate_shard(auto, "00001", PlantingGenerator)
         assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "decontaminated_conversations")["rows_removed"] > 0
+        trained_on_latest(instance, data)
 
         # A failing blocking check: decontamination re-run by hand with weakened settings keeps the leaking rows
         # (a new data version), `no_eval_overlap` fails: nothing downstream is requested, no retrain.
@@ -163,10 +168,10 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         assert latest(instance, "decontaminated_conversations")["rows_removed"] == 0
         assert auto.settle() == Counter()
 
-        # Decontamination re-run with the profile's settings: the check passes, the table is the one the last
-        # retrain saw (same data version downstream of filtering): filtering runs once, nothing further.
+        # Decontamination re-run with the profile's settings: the check passes, and the table is the very one
+        # filtering was built from (same data version): nothing is rebuilt.
         assert auto.launch([DECONTAMINATED_CONVERSATIONS]).success
-        assert auto.settle() == Counter({"filtered_conversations": 1})
+        assert auto.settle() == Counter()
 
         # A changed user eval file (observed by the sensor): a new text that one kept conversation contains. The eval
         # sets, everything downstream of them once, and exactly one retrain request.
@@ -183,3 +188,4 @@ def test_retrain_exactly_once_per_real_change(tiny_model_dir, tmp_path, monkeypa
         assert auto.launch([USER_SFT_FILES]).success
         assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
         assert latest(instance, "user_sft_sources")["dagster/row_count"] == 3
+        trained_on_latest(instance, data)

@@ -3,12 +3,15 @@ automation conditions. Only stage ``assets.py`` modules import it (an import con
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION  # Dagster's own tags
+from dagster._core.events import DagsterEventType
 
 from assets.common.engine import EngineConfig
 from assets.common.external import combined_hash, content_hash
@@ -74,23 +77,135 @@ def shard_index(key: str) -> int:
 
 
 # ---- automation ------------------------------------------------------------------------------------------------
-# One rule for every automated asset: rebuild when an upstream *data version* changed (a new shard, a changed eval
-# set, model or user file; never a byte-identical rebuild, whose data version, its content hash, is unchanged), or
-# when the asset's own code version changed; only once every upstream blocking check passed (decontamination's
-# `no_eval_overlap`), and not while an upstream is missing or running. An upstream updated in a run that also
-# rebuilt this asset (a whole-graph job) does not count: nothing is rebuilt twice. Changes travel one asset per
-# evaluation, each step only when its input really changed. The automation sensor (pipelines/definitions.py) is
-# on by default.
-DEP_DATA_VERSION_CHANGED = (
-    dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target()
-).with_label("data_version_changed_without_root")
-ANY_DEP_DATA_VERSION_CHANGED = dg.AutomationCondition.any_deps_match(DEP_DATA_VERSION_CHANGED).with_label(
-    "any_deps_data_version_changed")
+# One rule for every automated asset, on what the instance recorded rather than on events seen between two ticks: an
+# asset is built when its first inputs appear, and rebuilt when it is *built from old inputs* -- its latest
+# materialization recorded input data versions (Dagster records them on every materialization,
+# `dagster/input_data_version/<key>`) or a code version that are no longer current: Dagster's own staleness, as the UI
+# shows it. Every data version is a content hash, so a byte-identical rebuild upstream changes nothing here. Being a
+# state, not an event, nothing is lost: a change that lands while the asset runs leaves the result built from the old
+# input, so it is rebuilt once more after that run, and a change seen by the run that rebuilt it is not rebuilt again.
+# It waits while any ancestor is built from old inputs, requested on this tick or running (a change travels the whole
+# graph first, so an asset reached by several paths, e.g. `sft_model` from `base_model` directly and through filtering,
+# is rebuilt once, on the fully updated inputs), while an upstream is missing or an upstream blocking check has not
+# passed (decontamination's `no_eval_overlap`), and after a failed execution (its step retries, ENGINE_RETRY, spent)
+# until an input or its code changes again: a failure is retried on the next change, never every tick.
+_RESOLVER: dict = {}  # the asset graph view of the current evaluation -> its staleness resolver (one per tick)
+
+
+def _staleness(context: dg.AutomationContext):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver  # Dagster's staleness (UI)
+
+    view = context.asset_graph_view
+    if _RESOLVER.get("view") is not view:
+        queryer = view.get_inner_queryer_for_back_compat()
+        _RESOLVER.update(view=view, resolver=CachingStaleStatusResolver(
+            view.instance, context.asset_graph, loading_context=view, instance_queryer=queryer))
+    return _RESOLVER["resolver"]
+
+
+def _partitioned_inputs_changed(context: dg.AutomationContext, key: dg.AssetKey) -> bool:
+    """Whether a partitioned input (the generation shards) differs from the one the asset was built from. The
+    staleness resolver misses a shard added after the asset was first built, so this compares the input data version
+    Dagster recorded with the one it would record now (the hash of every shard's data version, as Dagster's
+    `_get_partitions_data_version_from_keys` computes it; from 100 shards on, the latest shard's data version)."""
+    event = context.asset_graph_view.instance.get_latest_materialization_event(key)
+    tags = (event.asset_materialization.tags or {}) if event and event.asset_materialization else {}
+    storage = context.asset_graph_view.instance.event_log_storage
+    for dep in context.asset_graph.get(key).parent_keys:
+        if not context.asset_graph.get(dep).is_partitioned:
+            continue
+        by_partition = storage.get_latest_tags_by_partition(
+            dep, DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG])
+        if not by_partition:  # no shard yet: Dagster records its default version
+            current = DEFAULT_DATA_VERSION.value
+        elif len(by_partition) >= 100:
+            latest = context.asset_graph_view.instance.get_latest_materialization_event(dep)
+            current = (latest.asset_materialization.tags or {}).get(DATA_VERSION_TAG) if latest else None
+        else:
+            versions = "".join(tags_[DATA_VERSION_TAG] for _, tags_ in sorted(by_partition.items()))
+            current = hashlib.sha256(versions.encode()).hexdigest()
+        if tags.get(f"dagster/input_data_version/{dep.to_user_string()}") != current:
+            return True
+    return False
+
+
+def _built_from_old_inputs(context: dg.AutomationContext, key: dg.AssetKey) -> bool:
+    from dagster._core.definitions.data_version import StaleStatus
+
+    node = context.asset_graph.get(key)
+    if node.is_partitioned or not node.is_materializable:
+        return False  # shards are generated by the schedule or a person, not rebuilt
+    status = _staleness(context).get_status(key)
+    return status == StaleStatus.STALE or (status == StaleStatus.FRESH and _partitioned_inputs_changed(context, key))
+
+
+class BuiltFromOldInputs(dg.AutomationCondition):
+    """The asset's latest materialization was built from inputs (data versions) or code no longer current."""
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    @property
+    def name(self) -> str:
+        return "built_from_old_inputs"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        stale = _built_from_old_inputs(context, context.key)
+        return dg.AutomationResult(context, context.candidate_subset if stale else context.get_empty_subset())
+
+
+class AnyAncestorPending(dg.AutomationCondition):
+    """Some ancestor that automation rebuilds is built from old inputs, requested on this tick, or in a run in
+    progress (shard generation included): what it feeds would otherwise be rebuilt from a half-updated graph."""
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    @property
+    def name(self) -> str:
+        return "any_ancestor_pending"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        queryer = context.asset_graph_view.get_inner_queryer_for_back_compat()
+        pending = False
+        for key in context.asset_graph.get_ancestor_asset_keys(context.key):
+            node = context.asset_graph.get(key)
+            if not node.is_materializable:
+                continue
+            requested = context.request_subsets_by_key.get(key)
+            pending = ((requested is not None and not requested.is_empty)
+                       or not queryer.get_in_progress_asset_subset(asset_key=key).is_empty
+                       or (node.automation_condition is not None and _built_from_old_inputs(context, key)))
+            if pending:
+                break
+        return dg.AutomationResult(context, context.candidate_subset if pending else context.get_empty_subset())
+
+
+# A first build: an asset never built is built once an upstream data version changed (as its inputs appear), not
+# merely because it is missing (a fresh instance builds nothing before its inputs are observed), and not for an
+# upstream updated in a run that also built this asset.
+FIRST_BUILD = dg.AutomationCondition.missing() & (
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target())
+    | dg.AutomationCondition.code_version_changed()
+).since_last_handled().with_label("upstream_changed_since_handled")
+# An input or the code changed since the asset was last requested: what lets a failed asset be tried again.
+INPUT_OR_CODE_CHANGED_SINCE_REQUESTED = (
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    | dg.AutomationCondition.code_version_changed()
+).since(dg.AutomationCondition.newly_requested()).with_label("input_or_code_changed_since_requested")
+FAILED_WITHOUT_NEWS = (
+    dg.AutomationCondition.execution_failed() & ~INPUT_OR_CODE_CHANGED_SINCE_REQUESTED
+).with_label("failed_and_nothing_changed_since")
 REBUILD_ON_UPSTREAM_CHANGE = (
-    (ANY_DEP_DATA_VERSION_CHANGED | dg.AutomationCondition.code_version_changed()).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
+    (FIRST_BUILD | BuiltFromOldInputs())
+    & ~FAILED_WITHOUT_NEWS
+    & ~dg.AutomationCondition.newly_requested()
     & ~dg.AutomationCondition.in_progress()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~AnyAncestorPending()
     & dg.AutomationCondition.all_deps_blocking_checks_passed()
 ).with_label("rebuild_on_upstream_data_change")
 # sft_model retrains from base under that rule; a new model is then evaluated, then promoted (promotion refuses

@@ -10,6 +10,7 @@ is tests/ops/held_gpu_location.py: one asset in the `gpu` pool whose step waits 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -92,9 +93,10 @@ def test_a_sigkilled_run_worker_fails_its_run_frees_its_gpu_slot_and_is_rebuilt_
            "PYTHONUNBUFFERED": "1"}
     dagster = Path(sys.executable).parent / "dagster"
     print(f"\ndagster dev log: {log}")
-    with process_group([str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-f", str(LOCATION)],
-                       env=env, cwd=REPO, log=log, stopped=stopped) as server, \
-            DagsterInstance.from_config(str(home)) as instance:
+    # The instance's SQLite storage is created here first: created by two processes at once, it can fail to start.
+    with DagsterInstance.from_config(str(home)) as instance, \
+            process_group([str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-f", str(LOCATION)],
+                          env=env, cwd=REPO, log=log, stopped=stopped) as server:
         wait_for_http(f"http://127.0.0.1:{port}/server_info", server, log, timeout=WAIT_S)
         first = DagsterGraphQLClient("127.0.0.1", port_number=port).submit_job_execution(HELD_JOB)
 
@@ -113,7 +115,8 @@ def test_a_sigkilled_run_worker_fails_its_run_frees_its_gpu_slot_and_is_rebuilt_
         assert step_pid in orphans
         os.kill(worker, signal.SIGKILL)
         for pid in orphans:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # e.g. a helper that ended with its parent
+                os.kill(pid, signal.SIGKILL)
         (held / "release").touch()  # from now on a step runs through; the retry still needs the slot
 
         wait_until("the first run to be marked FAILURE",
@@ -128,7 +131,7 @@ def test_a_sigkilled_run_worker_fails_its_run_frees_its_gpu_slot_and_is_rebuilt_
         # Only run monitoring frees a finished run's slots (its log line says nothing: Dagster 1.13's SQL storage
         # returns no count); with `free_slots_after_run_end_seconds` unset this wait times out.
         wait_until("the dead run's gpu slot to be freed", lambda: first not in dict(held_slots(instance)), log, server)
-        retry = wait_until("the retry run to succeed", lambda: [
+        retry = wait_until("the retry run to finish", lambda: [
             r for r in instance.get_runs() if r.tags.get(PARENT_RUN_ID_TAG) == first
             and r.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)], log, server)
         retries = [r for r in instance.get_runs() if r.tags.get(PARENT_RUN_ID_TAG) == first]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "`make test-deps` installs it as root (apt-get install --no-install-recommends {package})"
@@ -42,6 +43,17 @@ def postgres_bindir() -> Path | None:
             return bindir
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
+
+
+def instance_dir(home: Path) -> Path:
+    """This project's dagster.yaml, with everything it stores moved under `home`."""
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
+    config["local_artifact_storage"]["config"]["base_dir"] = str(home / "artifacts")
+    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return home
 
 
 def free_port() -> int:

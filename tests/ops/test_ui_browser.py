@@ -13,7 +13,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 from assets.eval_sets.core import EVAL_SET_DESCRIPTIONS
 from pipelines.metadata import PHASES
@@ -21,6 +20,7 @@ from tests.ops.servers import (
     REPO,
     Stopped,
     free_port,
+    instance_dir,
     listening,
     log_tail,
     process_group,
@@ -38,17 +38,6 @@ ARTIFACTS = REPO / "tests" / "ops" / "artifacts"
 ASSET = "eval_sets"  # a table asset with no upstream: reads the bundled benchmark files (a few seconds)
 UI_TIMEOUT_MS = 120_000  # the code location loads the whole project; the machine may be busy
 RUN_TIMEOUT_MS = 300_000
-
-
-def instance_dir(home: Path) -> Path:
-    """This project's dagster.yaml, with everything it stores moved under `home`."""
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home / "artifacts")
-    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return home
 
 
 class Browser:

@@ -39,7 +39,15 @@ from assets.decontamination import assets as decontamination_assets
 from assets.mixture import assets as mixture_assets
 from assets.sft import assets as sft_assets
 from tests.automation_runs import Automation, trained_on_latest
-from tests.test_automation import DATASET, EVAL_TEXT, NOT_AUTOMATED_HERE, generate_shard, profile, user_rows
+from tests.test_automation import (
+    DATASET,
+    EVAL_TEXT,
+    MIXTURE_CONSUMERS,
+    NOT_AUTOMATED_HERE,
+    generate_shard,
+    profile,
+    user_rows,
+)
 
 pytestmark = pytest.mark.vllm  # the base-model scenario runs the evaluation
 SMALL_EVALUATION = {"num_prompts": 2, "short_answers_only": True, "max_tokens": 16, "stop_check_max_tokens": 16,
@@ -123,7 +131,7 @@ def test_eval_file_edited_while_decontamination_runs(world, monkeypatch):
         world.eval_file.write_text(json.dumps({"text": EVAL_TEXT}) + "\n" + json.dumps({"text": leaked}) + "\n")
         assert auto.launch([USER_EVAL_FILES]).success
         assert auto.settle() == Counter({"eval_sets": 1})  # the eval sets are rebuilt; the rest waits
-    assert auto.settle() == Counter({**dict.fromkeys(DATASET[1:], 1), "sft_model": 1})
+    assert auto.settle() == Counter({**dict.fromkeys(DATASET[1:], 1), **MIXTURE_CONSUMERS})
     trained_on_latest(instance, world.data)
     assert leaked not in trained_rows_text(instance)
 
@@ -145,12 +153,12 @@ def test_training_fails_on_every_attempt(world, monkeypatch):
                                                             backoff=dg.Backoff.EXPONENTIAL))
     world.add_user_row("volcanoes")
     assert auto.settle(may_fail=frozenset({SFT_MODEL})) == Counter(
-        {"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), "sft_model": 1})
+        {"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
     assert len(attempts) == 1 + ENGINE_RETRY.max_retries
     monkeypatch.undo()  # the fault is gone
     assert auto.settle() == Counter()  # nothing changed since: not retried every tick
     world.add_user_row("deserts")
-    assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), "sft_model": 1})
+    assert auto.settle() == Counter({"user_sft_sources": 1, **dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
     trained_on_latest(instance, world.data)
 
 
@@ -163,7 +171,7 @@ def test_shard_added_while_the_mixture_is_built(world, monkeypatch):
         generate_shard(auto, "00001")
         assert auto.settle() == Counter(dict.fromkeys(DATASET[:-1], 1))  # the mixture is running: training waits
     assert results[0].success
-    assert auto.settle() == Counter({"sft_mixture": 1, "sft_model": 1})
+    assert auto.settle() == Counter({"sft_mixture": 1, **MIXTURE_CONSUMERS})
     trained_on_latest(instance, world.data)
 
 
@@ -173,7 +181,7 @@ def test_two_shards_in_quick_succession(world):
     assert auto.settle() == Counter()
     generate_shard(auto, "00002")
     generate_shard(auto, "00003")
-    assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), "sft_model": 1})
+    assert auto.settle() == Counter({**dict.fromkeys(DATASET, 1), **MIXTURE_CONSUMERS})
     trained_on_latest(instance, world.data)
 
 
@@ -197,15 +205,19 @@ def test_base_model_change_retrains_once_and_evaluates_the_final_model(world):
     auto.skip = frozenset()
     build_tiny_model(world.base_dir, seed=1)  # same tokenizer and template, other weights
     assert auto.launch([BASE_MODEL_FILES]).success
-    filtered_before = instance.get_latest_materialization_event(dg.AssetKey("filtered_conversations"))
+    def versions() -> dict[str, str]:
+        return {name: instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.tags[
+            "dagster/data_version"] for name in ("filtered_conversations", "sft_mixture")}
+
+    before = versions()
     requested = auto.settle(may_fail=frozenset({PROMOTED_MODEL}))
-    filtered_after = instance.get_latest_materialization_event(dg.AssetKey("filtered_conversations"))
-    changed = (filtered_after.asset_materialization.tags["dagster/data_version"]
-               != filtered_before.asset_materialization.tags["dagster/data_version"])
+    after = versions()
     expected = {"base_model": 1, "filtered_conversations": 1, "sft_mixture": 1, "sft_model": 1,
                 "assistant_evaluation": 1, "promoted_model": 1}
-    if changed:
+    if after["filtered_conversations"] != before["filtered_conversations"]:
         expected["tagged_conversations"] = 1
+    if after["sft_mixture"] != before["sft_mixture"]:
+        expected["sft_dataset"] = 1  # the export follows the mixture's data, not the base model
     assert requested == Counter(expected)
     trained_on_latest(instance, world.data)
     (model,) = instance.fetch_materializations(SFT_MODEL, limit=1).records

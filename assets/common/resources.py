@@ -139,8 +139,10 @@ def _built_from_old_inputs(context: dg.AutomationContext, key: dg.AssetKey) -> b
     return status == StaleStatus.STALE or (status == StaleStatus.FRESH and _partitioned_inputs_changed(context, key))
 
 
-class BuiltFromOldInputs(dg.AutomationCondition):
-    """The asset's latest materialization was built from inputs (data versions) or code no longer current."""
+class _InstanceStateCondition(dg.AutomationCondition):
+    """A condition read from what the instance recorded now (no cursor of its own), named by ``label``."""
+
+    label = ""
 
     @property
     def requires_cursor(self) -> bool:
@@ -148,24 +150,24 @@ class BuiltFromOldInputs(dg.AutomationCondition):
 
     @property
     def name(self) -> str:
-        return "built_from_old_inputs"
+        return self.label
+
+
+class BuiltFromOldInputs(_InstanceStateCondition):
+    """The asset's latest materialization was built from inputs (data versions) or code no longer current."""
+
+    label = "built_from_old_inputs"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         stale = _built_from_old_inputs(context, context.key)
         return dg.AutomationResult(context, context.candidate_subset if stale else context.get_empty_subset())
 
 
-class AnyAncestorPending(dg.AutomationCondition):
+class AnyAncestorPending(_InstanceStateCondition):
     """Some ancestor that automation rebuilds is built from old inputs, requested on this tick, or in a run in
     progress (shard generation included): what it feeds would otherwise be rebuilt from a half-updated graph."""
 
-    @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    @property
-    def name(self) -> str:
-        return "any_ancestor_pending"
+    label = "any_ancestor_pending"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         queryer = context.asset_graph_view.get_inner_queryer_for_back_compat()

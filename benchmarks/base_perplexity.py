@@ -21,7 +21,8 @@ Measured:
   against ``gemma_bpe_tokens`` says whether it cuts words differently;
 * ``gguf_vs_converted_max_logit_diff``: the model transformers loads straight from the GGUF against the converted
   directory on the first text (0 means the conversion kept the de-quantized weights exactly);
-* ``smollm2_ppl``: the existing embedded default (``assets.common.model_dirs.prepare_embedded_smollm2``), for scale.
+* ``smollm2_ppl``: the existing embedded default (``assets.common.models.directories.prepare_embedded_smollm2``), for
+scale.
   Perplexities over different tokenizers are not strictly comparable (per token, not per character).
 
 The last line is ``gemma_bpe_ppl=... gemma_bpe_nobos_ppl=... gemma_gguf_tokenizer_ppl=... smollm2_ppl=...
@@ -170,7 +171,7 @@ def main() -> None:
         del direct, model
 
     if not args.no_smollm2:
-        from assets.common.model_dirs import prepare_embedded_smollm2
+        from assets.common.models.directories import prepare_embedded_smollm2
 
         prepared = prepare_embedded_smollm2(args.smollm2_root)
         smol = AutoModelForCausalLM.from_pretrained(prepared.path, dtype=torch.float32).eval()

@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model(args: argparse.Namespace):
     """The model of ``--model`` / ``--model-root`` (see :func:`add_model_arguments`), prepared as the pipeline does."""
-    from assets.common.model_dirs import prepare_embedded_smollm2, prepare_local
+    from assets.common.models.directories import prepare_embedded_smollm2, prepare_local
 
     return prepare_local(args.model) if args.model else prepare_embedded_smollm2(args.model_root)
 

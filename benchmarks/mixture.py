@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 
-from assets.common.schema import CONVERSATION_SCHEMA  # noqa: E402
+from assets.common.data.schema import CONVERSATION_SCHEMA  # noqa: E402
 from assets.mixture.core import MixtureConfig, build_mixture  # noqa: E402
 from benchmarks.common import load_average  # noqa: E402
 

@@ -91,7 +91,7 @@ def trainer_side(model_path: str, conversations: list, args: dict) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_utils import SaveStrategy
 
-    from assets.common.chat_template import read_chat_template
+    from assets.common.models.chat_template import read_chat_template
     from training.config import TrainConfig
     from training.dataset import conversation_rows, tokenize_rows
     from training.trainer import build_trainer
@@ -155,7 +155,7 @@ def run_in_process(function, *arguments):
 
 def resolve(args: argparse.Namespace) -> tuple[str, str]:
     """(name, path) of the model to train."""
-    from assets.common.model_dirs import prepare_embedded_smollm2, prepare_local
+    from assets.common.models.directories import prepare_embedded_smollm2, prepare_local
 
     if args.model == "smollm2":
         model = prepare_embedded_smollm2(args.model_root)

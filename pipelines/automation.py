@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.common.resources import GENERATION_SHARDS, MAGPIE_CONVERSATIONS, SFT_MODEL
+from assets.common.orchestration.resources import GENERATION_SHARDS, MAGPIE_CONVERSATIONS, SFT_MODEL
 from pipelines.profiles import load_profile
 from pipelines.shards import next_shard
 
@@ -62,11 +62,12 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(include_sources=True),  # the external inputs (observable) too
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
-    # the conditions include Python ones (BuiltFromOldInputs, AnyAncestorPending in assets/common/resources.py),
+    # the conditions include Python ones (BuiltFromOldInputs, AnyAncestorPending in
+    # assets/common/orchestration/resources.py),
     # which the daemon cannot deserialize: they are evaluated in the code location's server
     use_user_code_server=True,
     description="Rebuilds assets built from old upstream data versions (REBUILD_ON_UPSTREAM_CHANGE in "
-    "assets/common/resources.py) and observes the external inputs; on by default.",
+    "assets/common/orchestration/resources.py) and observes the external inputs; on by default.",
 )
 
 jobs = [sft_pipeline, sft_demo, dataset_rebuild, shard_generation]

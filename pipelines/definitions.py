@@ -26,7 +26,7 @@ import assets.sft.assets
 import assets.tagging.assets
 import assets.teacher_model.assets
 import assets.user_sources.assets
-from assets.common.resources import DataStorage, ExternalInputs, VLLMEngine
+from assets.common.orchestration.resources import DataStorage, ExternalInputs, VLLMEngine
 from pipelines.automation import automation_sensor, jobs, schedules
 from pipelines.metadata import stage_of, with_stage_metadata
 from pipelines.profiles import active_profile, apply_profile, external_inputs, resource_config

@@ -21,7 +21,7 @@ from types import ModuleType
 
 import dagster as dg
 
-from assets.common.code_version import source_version
+from assets.common.models.code_version import source_version
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from assets.common.user_files import located, read_user_text
+from assets.common.data.user_files import located, read_user_text
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 PROFILE_ENV = "SFT_PROFILE"  # a profile name (demo, gpu-example) or a path to a YAML file

@@ -7,7 +7,7 @@ import sys
 
 import dagster as dg
 
-from assets.common.resources import ASSISTANT_EVALUATION, JUDGED_MODEL, PROMOTION_CHECKS, SFT_MODEL
+from assets.common.orchestration.resources import ASSISTANT_EVALUATION, JUDGED_MODEL, PROMOTION_CHECKS, SFT_MODEL
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey):

@@ -3,7 +3,8 @@
 Removed: table and report versions, model directories and working files (checkpoints, temporary files) that nothing
 kept references; kept: every current version (``CURRENT``), the promoted model, every model directory the last N
 runs' ``sft_model`` materializations name (with every path in their metadata), and everything a kept JSON version or
-a kept model's ``lineage.json`` names, transitively (the rules: ``assets/common/retention.py``). A run counts when it
+a kept model's ``lineage.json`` names, transitively (the rules: ``assets/common/data/retention.py``). A run counts
+when it
 materialized an asset (observation-only runs do not). Prints the bytes freed (with ``--dry-run``: what would be
 freed, nothing removed). Refuses while a run is queued or in progress: a version written but not yet made current
 would look unreferenced. The instance is ``DAGSTER_HOME``'s; the data root the Definitions' (``SFT_DATA_ROOT`` or the
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.common.retention import RetentionPlan, apply_retention, path_strings, plan_retention
+from assets.common.data.retention import RetentionPlan, apply_retention, path_strings, plan_retention
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
           dg.DagsterRunStatus.CANCELING]

@@ -4,7 +4,7 @@ import sys
 
 import dagster as dg
 
-from assets.common.resources import GENERATION_SHARDS, shard_index, shard_key
+from assets.common.orchestration.resources import GENERATION_SHARDS, shard_index, shard_key
 
 
 def next_shard(instance: dg.DagsterInstance) -> str:

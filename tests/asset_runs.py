@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from assets.common.resources import DataStorage
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.orchestration.resources import DataStorage
 
 
 def conversation(row: int, user: str, assistant: str, shard: int = 0, system: str | None = None) -> dict:

@@ -91,7 +91,7 @@ def trained_on_latest(instance: dg.DagsterInstance, storage_root: Path) -> dict:
 
     import polars as pl
 
-    from assets.common.resources import BASE_MODEL, SFT_MIXTURE, SFT_MODEL, DataStorage
+    from assets.common.orchestration.resources import BASE_MODEL, SFT_MIXTURE, SFT_MODEL, DataStorage
 
     tags = latest_tags(instance, SFT_MODEL)
     for key in (SFT_MIXTURE, BASE_MODEL):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from assets.common.engine import Completion, SamplingConfig
+from assets.common.models.engine import Completion, SamplingConfig
 
 WORDS = ("river stone lantern meadow copper violin harbor orchard thunder saffron glacier pepper marble falcon "
          "velvet canyon ember willow quartz tundra pebble cobalt nectar prairie").split()

@@ -1,6 +1,6 @@
 """Generation settings shared by the generation tests and their worker process."""
 
-from assets.common.engine import SamplingConfig
+from assets.common.models.engine import SamplingConfig
 from assets.generation.magpie import MagpieConfig
 
 

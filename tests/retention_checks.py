@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from assets.common.models import model_content_hash
-from assets.common.storage import CURRENT, sha256_file
+from assets.common.data.storage import CURRENT, sha256_file
+from assets.common.models.integrity import model_content_hash
 
 
 def disk_bytes(root: Path) -> int:

@@ -8,7 +8,7 @@ import time
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from assets.common.engine import EngineConfig, VLLMGenerator
+    from assets.common.models.engine import EngineConfig, VLLMGenerator
     from assets.generation.shards import run_shard
     from tests.generation_config import tiny_magpie_config
 

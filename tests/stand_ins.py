@@ -3,7 +3,7 @@ annotations` here: Dagster reads the config class from the function's annotation
 
 import dagster as dg
 
-from assets.common.models import model_content_hash
+from assets.common.models.integrity import model_content_hash
 
 
 class Candidate(dg.Config):

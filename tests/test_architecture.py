@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-import assets.common.resources as keys
+import assets.common.orchestration.resources as keys
 from pipelines.definitions import defs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.resources import (
+from assets.common.orchestration.resources import (
     ASSISTANT_EVALUATION,
     BASE_MODEL_FILES,
     DECONTAMINATED_CONVERSATIONS,

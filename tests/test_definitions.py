@@ -3,7 +3,7 @@
 import dagster as dg
 import pytest
 
-from assets.common.resources import GPU_POOL
+from assets.common.orchestration.resources import GPU_POOL
 from pipelines.definitions import defs
 from pipelines.profiles import PROFILES_DIR, load_profile
 
@@ -99,7 +99,7 @@ def test_every_asset_has_owners_tags_and_a_code_version():
 
 
 def test_code_version_follows_the_code_not_comments_or_layout(tmp_path):
-    from assets.common.code_version import source_version
+    from assets.common.models.code_version import source_version
 
     stage = tmp_path / "stage"
     stage.mkdir()

@@ -9,8 +9,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.chat_template import read_chat_template
-from assets.common.resources import (
+from assets.common.data.storage import sha256_file
+from assets.common.models.chat_template import read_chat_template
+from assets.common.orchestration.resources import (
     CURRENT_MODEL,
     GENERATION_SHARDS,
     PROMOTED_MODEL,
@@ -18,7 +19,6 @@ from assets.common.resources import (
     ExternalInputs,
     VLLMEngine,
 )
-from assets.common.storage import sha256_file
 from pipelines.definitions import ASSET_CHECKS, defs
 from pipelines.definitions import ASSETS as ALL_ASSETS
 

@@ -4,7 +4,7 @@ function.
 A function's length runs from its ``def`` line to the last line of its body, docstring and comments included
 (decorators not counted); methods and nested functions count on their own. Every ``assets/**/*.py``,
 ``training/*.py`` and ``pipelines/*.py`` is checked except the Dagster modules: each stage's ``assets.py`` and
-``assets/common/resources.py``.
+``assets/common/orchestration/resources.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 60
 CHECKED = ("assets", "training", "pipelines")
-EXEMPT = {"assets/common/resources.py"}  # and every assets.py
+EXEMPT = {"assets/common/orchestration/resources.py"}  # and every assets.py
 
 
 def _functions() -> list[tuple[str, int, str, int]]:

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.resources import EVAL_SETS, DataStorage
+from assets.common.orchestration.resources import EVAL_SETS, DataStorage
 from pipelines.definitions import build_definitions
 from pipelines.profiles import PROFILE_ENV, PROFILES_DIR, active_profile, load_profile
 from tests.automation_runs import write_profile

@@ -9,8 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.common.resources import CURRENT, PROMOTED_MODEL, SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
-from assets.common.retention import plan_retention
+from assets.common.data.retention import plan_retention
+from assets.common.orchestration.resources import (
+    CURRENT,
+    PROMOTED_MODEL,
+    SFT_MIXTURE,
+    TAGGED_CONVERSATIONS,
+    DataStorage,
+)
 from assets.mixture.assets import sft_mixture
 from pipelines.retention import main, retain
 from tests.asset_runs import conversation, frame

@@ -10,8 +10,8 @@ import datetime
 import dagster as dg
 import pytest
 
-from assets.common.models import model_content_hash
-from assets.common.resources import (
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import (
     GENERATION_SHARDS,
     MAGPIE_CONVERSATIONS,
     TEACHER_MODEL,

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from assets.common.chat_template import read_chat_template
-from assets.common.resources import GENERATION_SHARDS, DataStorage, ExternalInputs, VLLMEngine
-from assets.common.templates import registered_template
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.templates import registered_template
+from assets.common.orchestration.resources import GENERATION_SHARDS, DataStorage, ExternalInputs, VLLMEngine
 from pipelines.definitions import ASSET_CHECKS, ASSETS, defs
 from tests.test_e2e import tiny_run_config
 from tests.tiny_model import build_tiny_model

@@ -57,7 +57,7 @@ def _read_rows(data_path: str, validation_path: str | None):
     """The data set as one table: split "train" / "validation", a conversation_id on every row."""
     import polars as pl
 
-    from assets.common.user_files import read_user_parquet
+    from assets.common.data.user_files import read_user_parquet
     from training.dataset import content_conversation_ids
 
     data = read_user_parquet(data_path, SystemExit)
@@ -81,8 +81,8 @@ def _read_rows(data_path: str, validation_path: str | None):
 def main(argv: list[str] | None = None) -> int:
     args = _arguments().parse_args(argv)
 
-    from assets.common.models import model_content_hash
-    from assets.common.user_files import read_user_json
+    from assets.common.data.user_files import read_user_json
+    from assets.common.models.integrity import model_content_hash
     from training.continual import ContinualConfig, ContinualError
     from training.run import run_training
 

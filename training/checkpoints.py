@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from assets.common.storage import write_json_atomic
+from assets.common.data.storage import write_json_atomic
 from training.config import TrainConfig
 
 FINGERPRINT_FILE = "fingerprint.json"

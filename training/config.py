@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from assets.common.config import config_dict
+from assets.common.data.config import config_dict
 
 LORA_DEFAULT_LR = 2e-4
 FULL_DEFAULT_LR = 1e-5

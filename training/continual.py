@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import polars as pl
 
-from assets.common.chat_template import read_chat_template, template_difference
-from assets.common.config import config_dict
+from assets.common.data.config import config_dict
+from assets.common.models.chat_template import read_chat_template, template_difference
 from training.dataset import (
     REHEARSAL_SPLIT,
     REQUIRED_ROW_COLUMNS,
@@ -111,7 +111,7 @@ class StartingPoint:
 def load_previous_model(model_dir: str | Path, base_content_hash: str,
                         base_chat_template: str | None = None) -> PreviousModel:
     """Validate a previous model directory for continual training from it; raise ContinualError naming the file."""
-    from assets.common.models import model_content_hash
+    from assets.common.models.integrity import model_content_hash
 
     path = Path(model_dir)
     if not path.is_dir():

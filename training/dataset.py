@@ -109,7 +109,7 @@ def token_mismatches(model_dir: str | Path, limit: int = 5) -> TokenCheck:
     Any mismatch means the shipped tokenizer or template does not format conversations as they were trained."""
     from transformers import AutoTokenizer
 
-    from assets.common.chat_template import read_chat_template
+    from assets.common.models.chat_template import read_chat_template
 
     model_dir = Path(model_dir)
     rows = pl.read_parquet(model_dir / TRAIN_ROWS_FILE).filter(pl.col("status") != DROPPED)

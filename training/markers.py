@@ -21,7 +21,7 @@ So, before the PEFT model is built (PEFT copies the rows it trains when it wraps
   no weight decay (PEFT trains the rows' values, not a delta: decay would pull them towards zero).
 
 The ids come from the prepared student directory's ``chat_markers.json``
-(``assets.common.templates.read_chat_markers``: ``rows_to_initialise``, ``end_of_turn_id``, ``text_end_id``).
+(``assets.common.models.templates.read_chat_markers``: ``rows_to_initialise``, ``end_of_turn_id``, ``text_end_id``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from assets.common.chat_template import TemplateError, end_of_turn_after, render
+from assets.common.models.chat_template import TemplateError, end_of_turn_after, render
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@
     <out>/loss_curve.png      train and validation loss against step
 
 The directory is assembled beside ``<out>`` and renamed into place, never over an existing one
-(:func:`assets.common.storage.write_directory`): a model identical to the one already at ``<out>`` (same content hash)
+(:func:`assets.common.data.storage.write_directory`): a model identical to the one already at ``<out>`` (same content
+hash)
 keeps that directory, a different one goes to ``<out>-<content hash[:16]>``. The caller's ``<out>`` names the run's
 inputs, the training code and the libraries (:func:`training_code_version`, ``training.run.run_key``).
 """
@@ -26,16 +27,16 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.chat_template import read_chat_template
-from assets.common.code_version import imported_sources, source_version
-from assets.common.models import model_content_hash
-from assets.common.storage import (
+from assets.common.data.storage import (
     sha256_text,
     write_bytes_atomic,
     write_directory,
     write_json_atomic,
     write_parquet_atomic,
 )
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.code_version import imported_sources, source_version
+from assets.common.models.integrity import model_content_hash
 from training.config import TrainConfig
 from training.continual import describe_start
 from training.dataset import TRAIN_ROWS_FILE, TRAINED_SPLITS, VALIDATION_SPLIT, TokenizedRows

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from assets.common.chat_template import render, special_token_strings, template_difference
+from assets.common.models.chat_template import render, special_token_strings, template_difference
 from training.masking import assistant_end_of_turn
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.storage import sha256_text
+from assets.common.data.storage import sha256_text
 from training.config import TrainConfig
 from training.continual import ContinualConfig, StartingPoint, starting_point
 from training.dataset import TRAIN_SPLIT, VALIDATION_SPLIT, check_rows, train_rows_table

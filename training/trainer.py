@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.chat_template import read_chat_template
+from assets.common.models.chat_template import read_chat_template
 from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprint, step_of
 from training.config import TrainConfig
 from training.dataset import TRAINED, TokenizedRows, tokenize_rows
@@ -223,7 +223,7 @@ def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig,
     """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, this
     process's batch (its share of the global batch, :mod:`training.distributed`) and the longest training example
     (the packed length when packing), against the memory of the device this process trains on."""
-    from assets.common.templates import read_chat_markers
+    from assets.common.models.templates import read_chat_markers
     from training.loss import VOCABULARY_CHUNK
 
     lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
@@ -242,7 +242,7 @@ def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: Tr
                         log: Callable[[str], None]) -> tuple[list[int], dict[str, Any] | None]:
     """A prepared student's never-trained chat-marker rows (its chat_markers.json) get a deliberate start
     (:mod:`training.markers`); returns their ids (trained besides LoRA) and the report for the lineage."""
-    from assets.common.templates import read_chat_markers
+    from assets.common.models.templates import read_chat_markers
     from training.markers import initialise_marker_rows
 
     record = read_chat_markers(model_path)

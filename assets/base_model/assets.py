@@ -5,9 +5,9 @@ import dagster as dg
 
 from assets.base_model.core import prepare_student, template_choice
 from assets.base_model.gemma import prepare_embedded_gemma
-from assets.common.model_dirs import prepare_local
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.models.directories import prepare_local
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     BASE_MODEL_FILES,
     MODEL_MANIFEST,

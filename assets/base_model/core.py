@@ -29,10 +29,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.chat_template import special_token_strings
-from assets.common.model_dirs import PreparedModel, describe_model
-from assets.common.storage import make_tree_readable, sha256_text
-from assets.common.templates import (
+from assets.common.data.storage import make_tree_readable, sha256_text
+from assets.common.models.chat_template import special_token_strings
+from assets.common.models.directories import PreparedModel, describe_model
+from assets.common.models.templates import (
     CHAT_MARKERS_FILE,
     KEEP_TOKENIZER,
     ChatMarkers,

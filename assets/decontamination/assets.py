@@ -3,9 +3,14 @@ independently before training may use it."""
 
 import dagster as dg
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.report import markdown_table
-from assets.common.resources import DEDUPLICATED_CONVERSATIONS, EVAL_SETS, REBUILD_ON_UPSTREAM_CHANGE, DataStorage
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
+    DEDUPLICATED_CONVERSATIONS,
+    EVAL_SETS,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    DataStorage,
+)
+from assets.common.text.minhash.config import MinHashConfig
 from assets.decontamination.config import DEFAULT_MINHASH, DecontamConfig
 from assets.decontamination.incremental import decontaminate_shards
 from assets.decontamination.index import EvalIndex

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from assets.common.config import config_dict
-from assets.common.minhash.config import MinHashConfig
+from assets.common.data.config import config_dict
+from assets.common.text.minhash.config import MinHashConfig
 
 EVAL_COLUMNS = ("benchmark", "item_id", "field", "text")
 SIDES = {"user": "prompt", "assistant": "response"}

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.storage import write_json_atomic
+from assets.common.data.storage import write_json_atomic
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, matches_from, sort_matches
 from assets.decontamination.removal import removal_outputs
@@ -43,7 +43,8 @@ from assets.decontamination.train_frequency import frequent_keys, frequent_owner
 
 STATE_VERSION = 2  # bump when what the state files hold changes
 MANIFEST = "manifest.json"
-_CODE_MODULES = ("assets/common/text.py", "assets/common/minhash", "assets/decontamination")  # what matches depend on
+# what matches depend on
+_CODE_MODULES = ("assets/common/text/normalize.py", "assets/common/text/minhash", "assets/decontamination")
 _KEYS_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, "key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64}
 _MATCHES_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, **MATCHES_SCHEMA}
 

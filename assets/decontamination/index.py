@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.lsh import band_hashes, sorted_bands
-from assets.common.minhash.signatures import signatures_from_normalized
-from assets.common.text import normalize_expr, utf8_buffer
+from assets.common.text.minhash.lsh import band_hashes, sorted_bands
+from assets.common.text.minhash.signatures import signatures_from_normalized
+from assets.common.text.normalize import normalize_expr, utf8_buffer
 from assets.decontamination.config import EVAL_COLUMNS, DecontamConfig
 from assets.decontamination.kernels import (
     base_powers,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from assets.common.text import fmix64, token_spans, xxh64
+from assets.common.text.normalize import fmix64, token_spans, xxh64
 
 _U64 = np.uint64
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial rolling hash over word hashes

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.lsh import band_hashes, cross_candidates
-from assets.common.minhash.signatures import equal_counts
+from assets.common.text.minhash.lsh import band_hashes, cross_candidates
+from assets.common.text.minhash.signatures import equal_counts
 from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits

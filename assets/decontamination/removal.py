@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
+from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON
 from assets.decontamination.config import REASON_CONTAMINATION, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.matching import find_matches

@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.signatures import signatures_from_buffer, word_hashes_signature
-from assets.common.text import (
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.signatures import signatures_from_buffer, word_hashes_signature
+from assets.common.text.normalize import (
     ASCII_CLASSES,
     ascii_word_hashes,
     fmix64,
@@ -235,7 +235,7 @@ class MessageTexts:
 
     def signatures(self, rows: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
         """(rows, num_perm) MinHash signatures of messages ``rows``, as
-        :func:`assets.common.minhash.signatures.signatures_from_normalized` of their normalized texts."""
+        :func:`assets.common.text.minhash.signatures.signatures_from_normalized` of their normalized texts."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if cfg.unit != "word" or cfg.hash != "xxh64":
             return signatures_from_buffer(*self.normalized_rows(rows), cfg)

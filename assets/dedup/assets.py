@@ -4,9 +4,14 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.report import markdown_table
-from assets.common.resources import MAGPIE_CONVERSATIONS, REBUILD_ON_UPSTREAM_CHANGE, USER_SFT_SOURCES, DataStorage
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
+    MAGPIE_CONVERSATIONS,
+    REBUILD_ON_UPSTREAM_CHANGE,
+    USER_SFT_SOURCES,
+    DataStorage,
+)
+from assets.common.text.minhash.config import MinHashConfig
 from assets.dedup.incremental import deduplicate_shards
 
 

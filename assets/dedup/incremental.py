@@ -18,8 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.storage import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from assets.common.data.storage import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from assets.common.text.minhash.config import MinHashConfig
 from assets.dedup.index import LSHIndex
 from assets.dedup.near_duplicates import deduplicate
 

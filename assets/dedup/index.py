@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.lsh import sorted_bands
-from assets.common.storage import write_bytes_atomic
-from assets.common.text import NORMALIZATION_VERSION, utf8_buffer
+from assets.common.data.storage import write_bytes_atomic
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.lsh import sorted_bands
+from assets.common.text.normalize import NORMALIZATION_VERSION, utf8_buffer
 
 INDEX_FORMAT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """MinHash-LSH near-duplicate removal over conversation text (no Dagster here).
 
-Signatures, band hashes and candidate pairs come from the shared :mod:`assets.common.minhash` (steps 1-3 of its
+Signatures, band hashes and candidate pairs come from the shared :mod:`assets.common.text.minhash` (steps 1-3 of its
 pipeline); :func:`deduplicate` then
 
 4. verifies candidate pairs: a pair is an edge when its estimated Jaccard (fraction of equal signature values)
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.lsh import band_hashes, cross_candidates, within_pairs
-from assets.common.minhash.signatures import compute_signatures, equal_counts
-from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON, conversation_text
+from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON, conversation_text
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.lsh import band_hashes, cross_candidates, within_pairs
+from assets.common.text.minhash.signatures import compute_signatures, equal_counts
 from assets.dedup.clusters import Clusters, assign_clusters
 from assets.dedup.index import LSHIndex
 

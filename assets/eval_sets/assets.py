@@ -4,8 +4,8 @@
 import dagster as dg
 import polars as pl
 
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
     EVAL_SETS,
     OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,

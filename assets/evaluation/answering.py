@@ -1,6 +1,7 @@
 """Running the evaluated models (no Dagster here).
 
-- **Answers**: each model is served by the shared vLLM engine (:mod:`assets.common.engine`), started once per model
+- **Answers**: each model is served by the shared vLLM engine (:mod:`assets.common.models.engine`), started once per
+model
   and shut down after its last prompt set. Prompts are rendered with the model's own chat template (the one in its
   directory) and generation stops on its own stop tokens: the token its template writes after an assistant message
   (the token training teaches it to end a turn with, :func:`training.masking.assistant_end_of_turn`) and its EOS
@@ -23,9 +24,9 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.chat_template import TemplateError, render
-from assets.common.engine import Completion, EngineConfig, SamplingConfig, VLLMGenerator
-from assets.common.schema import declared_schema
+from assets.common.data.schema import declared_schema
+from assets.common.models.chat_template import TemplateError, render
+from assets.common.models.engine import Completion, EngineConfig, SamplingConfig, VLLMGenerator
 from assets.evaluation.end_of_turn import EndOfTurnProbabilities, end_of_turn_probabilities
 from training.masking import assistant_end_of_turn
 
@@ -207,7 +208,7 @@ def marker_initialised_model(base_dir: str | Path, tuned_dir: str | Path) -> tup
     initialisation gives before any training."""
     import json
 
-    from assets.common.templates import read_chat_markers
+    from assets.common.models.templates import read_chat_markers
     from training.markers import initialise_marker_rows
 
     record = read_chat_markers(base_dir)

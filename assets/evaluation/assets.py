@@ -6,8 +6,9 @@ than the base)."""
 import dagster as dg
 import polars as pl
 
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.data.storage import sha256_file
+from assets.common.orchestration.resources import (
     ASSISTANT_EVALUATION,
     BASE_MODEL,
     ENGINE_RETRY,
@@ -24,7 +25,6 @@ from assets.common.resources import (
     latest_materialization,
     verified_model,
 )
-from assets.common.storage import sha256_file
 from assets.evaluation.answering import (
     ANSWER_DESCRIPTIONS,
     ModelAnswers,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from assets.common.models import ModelChangedError, verified_model_dir
+from assets.common.models.integrity import ModelChangedError, verified_model_dir
 
 
 class BaseModelError(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from assets.common.chat_template import TemplateError, render
+from assets.common.models.chat_template import TemplateError, render
 from assets.evaluation.prompts import EvaluationInputError
 
 # --------------------------------------------------------------------------------------------------------

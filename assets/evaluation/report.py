@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.report import markdown_table
+from assets.common.data.report import markdown_table
 from assets.evaluation.prompts import EvaluationInputError, IFEvalItem, ifeval_source
 from assets.evaluation.scoring import (
     ifeval_accuracy,

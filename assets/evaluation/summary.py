@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
-from assets.common.report import markdown_table
+from assets.common.data.report import markdown_table
 from assets.evaluation.answering import (
     ModelAnswers,
     end_of_turn_probability,

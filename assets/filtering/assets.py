@@ -3,9 +3,9 @@
 
 import dagster as dg
 
-from assets.common.config import config_dict
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.config import config_dict
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,

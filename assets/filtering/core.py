@@ -53,8 +53,8 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.rules import ROW as _ROW
-from assets.common.rules import index_rows, no_failures, split_by_rules
+from assets.common.data.rules import ROW as _ROW
+from assets.common.data.rules import index_rows, no_failures, split_by_rules
 
 _MSG = "__filter_msg"
 _ROLE = "__filter_role"

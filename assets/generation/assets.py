@@ -5,9 +5,9 @@ import shutil
 
 import dagster as dg
 
-from assets.common.config import config_dict
-from assets.common.engine import SamplingConfig, VLLMGenerator, engine_distribution
-from assets.common.resources import (
+from assets.common.data.config import config_dict
+from assets.common.models.engine import SamplingConfig, VLLMGenerator, engine_distribution
+from assets.common.orchestration.resources import (
     ENGINE_RETRY,
     GENERATION_SHARDS,
     GPU_POOL,

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assets.common.chat_template import TemplateError, render, special_token_strings
-from assets.common.engine import Completion, SamplingConfig, TextGenerator
-from assets.common.schema import CONVERSATION_SCHEMA
-from assets.common.storage import sha256_text
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.data.storage import sha256_text
+from assets.common.models.chat_template import TemplateError, render, special_token_strings
+from assets.common.models.engine import Completion, SamplingConfig, TextGenerator
 from assets.generation.templates import PreQuery, derive_pre_query, stop_token_ids
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.engine import TextGenerator
-from assets.common.schema import CONVERSATION_SCHEMA
-from assets.common.storage import sha256_file, sha256_text, write_json_atomic, write_parquet_atomic
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.data.storage import sha256_file, sha256_text, write_json_atomic, write_parquet_atomic
+from assets.common.models.engine import TextGenerator
 from assets.generation.magpie import MagpieConfig, MagpieStats, generate_conversations
 
 CHECKPOINT_LAYOUT = 2  # 2: chunks named by row range (1 named them by batch number, which ties them to batch_size)

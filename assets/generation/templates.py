@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from assets.common.chat_template import SENTINEL, TemplateError, first_special_token, render
+from assets.common.models.chat_template import SENTINEL, TemplateError, first_special_token, render
 
 SENTINEL_ALT = "MagpieSentinelOther51d2e8"
 

@@ -5,8 +5,8 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from assets.common.taxonomy import classify_task
+from assets.common.data.taxonomy import classify_task
 from assets.mixture.draw import AMOUNT, CELL, REPEAT, draw
 from assets.mixture.manifest import build_manifest
 from assets.mixture.plan import GENERATED, REFUSAL, Constraint, normalise, plan, prior

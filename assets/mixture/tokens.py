@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from assets.common.chat_template import read_chat_template
+from assets.common.models.chat_template import read_chat_template
 from training.masking import assistant_end_of_turn, tokenize_conversation
 
 

@@ -3,8 +3,8 @@ only when every check on it (and on the other assets promotion depends on) passe
 
 import dagster as dg
 
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.orchestration.resources import (
     ASSISTANT_EVALUATION,
     CURRENT_MODEL,
     JUDGED_MODEL,

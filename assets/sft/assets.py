@@ -5,9 +5,9 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.models import model_content_hash, verified_model_dir
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.models.integrity import model_content_hash, verified_model_dir
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
     ENGINE_RETRY,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assets.common.chat_template import read_chat_template, template_difference
+from assets.common.models.chat_template import read_chat_template, template_difference
 
 MAX_PERPLEXITY_INCREASE = 0.25  # general-text perplexity may rise at most 25% over the base model's
 

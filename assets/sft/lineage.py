@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from assets.common.report import markdown_table
+from assets.common.data.report import markdown_table
 
 
 def lineage_summary(snapshots: dict[str, dict], base_manifest: dict,

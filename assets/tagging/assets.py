@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from assets.common.engine import VLLMGenerator
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.models.engine import VLLMGenerator
+from assets.common.orchestration.resources import (
     ENGINE_RETRY,
     FILTERED_CONVERSATIONS,
     GPU_POOL,
@@ -92,7 +92,7 @@ class TaggingSettings(dg.Config):
 def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
     """Path, name and content hash of the judge's model: ``judge_model_path``, else the teacher's manifest."""
     if config.judge_model_path:
-        from assets.common.models import model_content_hash
+        from assets.common.models.integrity import model_content_hash
 
         path = Path(config.judge_model_path).expanduser().resolve()
         return {"path": str(path), "name": path.name, "content_hash": model_content_hash(path)}
@@ -104,7 +104,8 @@ def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
 def tagged_conversations(
     context: dg.AssetExecutionContext, config: TaggingSettings, storage: DataStorage, engine: VLLMEngine
 ) -> dg.MaterializeResult:
-    """Filtered conversations with labels: the LLM judge's task category (the taxonomy of assets/common/taxonomy.py),
+    """Filtered conversations with labels: the LLM judge's task category (the taxonomy of
+    assets/common/data/taxonomy.py),
     difficulty, instruction and response quality (1-5), refusal and reason, decoded under a JSON schema (unparsed
     answers are counted and fall back to the regex tagger's category); instruction and response language (fastText
     or lingua); a refusal flag (judge or phrase rule; flagged, not dropped). Rows failing the label rules (off by

@@ -21,8 +21,8 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.rules import RuleSplit
-from assets.common.taxonomy import TASKS, first_instruction, task_expr
+from assets.common.data.rules import RuleSplit
+from assets.common.data.taxonomy import TASKS, first_instruction, task_expr
 from assets.tagging.config import TaggingConfig
 from assets.tagging.judge import JUDGE_COLUMNS, PARSED, SCORES
 from assets.tagging.labels import filter_on_labels

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.lsh import band_hashes, within_pairs
-from assets.common.minhash.signatures import compute_signatures
-from assets.common.schema import role_texts
-from assets.common.taxonomy import TASKS
+from assets.common.data.schema import role_texts
+from assets.common.data.taxonomy import TASKS
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.lsh import band_hashes, within_pairs
+from assets.common.text.minhash.signatures import compute_signatures
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from assets.common.taxonomy import TASKS
+from assets.common.data.taxonomy import TASKS
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _png(fig) -> bytes:
 def stage_from_tables(name: str, outputs: Sequence, rejected: pl.DataFrame | None, reports: Sequence[dict]) -> Stage:
     """A stage from what it stored: its output tables (paths), its ``rejected`` table (or None) and its reports
     (a generation report's ``stats`` give the rows attempted and dropped before any table was written)."""
-    from assets.common.taxonomy import classify_task
+    from assets.common.data.taxonomy import classify_task
 
     rows_out = sum(pl.scan_parquet(path).select(pl.len()).collect().item() for path in outputs)
     by_reason: dict[str, int] = {}

@@ -23,9 +23,9 @@ from typing import Any
 import polars as pl
 import yaml
 
-from assets.common.chat_template import TemplateError, render
-from assets.common.engine import SamplingConfig, TextGenerator
-from assets.common.taxonomy import CATEGORIES
+from assets.common.data.taxonomy import CATEGORIES
+from assets.common.models.chat_template import TemplateError, render
+from assets.common.models.engine import SamplingConfig, TextGenerator
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -236,7 +236,7 @@ def run_judge(generator: TextGenerator, tokenizer: Any, df: pl.DataFrame, cfg: J
 
 def judge_stop_token_ids(tokenizer: Any) -> list[int]:
     """Token ids that end the judge's turn: the tokenizer's EOS and the token its template closes a turn with."""
-    from assets.common.chat_template import end_of_turn_after
+    from assets.common.models.chat_template import end_of_turn_after
 
     ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     try:

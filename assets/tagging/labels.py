@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from assets.common.rules import ROW, RuleSplit, index_rows, no_failures, split_by_rules
+from assets.common.data.rules import ROW, RuleSplit, index_rows, no_failures, split_by_rules
 from assets.tagging.config import TaggingConfig
 from assets.tagging.judge import UNPARSED
 from assets.tagging.language import UNDETERMINED

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.data.schema import CONVERSATION_SCHEMA
 from assets.tagging.judge import PARSED
 
 PLANTED_PATH = Path(__file__).parent / "planted.yaml"

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from assets.common.resources import (
+from assets.common.orchestration.resources import (
     MODEL_MANIFEST,
     OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,

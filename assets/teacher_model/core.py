@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.model_dirs import PreparedModel, prepare_embedded_smollm2, prepare_local, tokenizer_tokens
-from assets.common.storage import sha256_text
+from assets.common.data.storage import sha256_text
+from assets.common.models.directories import PreparedModel, prepare_embedded_smollm2, prepare_local, tokenizer_tokens
 
 
 @dataclass(frozen=True)

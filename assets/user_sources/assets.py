@@ -5,8 +5,9 @@ from typing import Literal
 
 import dagster as dg
 
-from assets.common.report import markdown_table
-from assets.common.resources import (
+from assets.common.data.report import markdown_table
+from assets.common.data.storage import sha256_file
+from assets.common.orchestration.resources import (
     OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,
     USER_SFT_FILES,
@@ -15,7 +16,6 @@ from assets.common.resources import (
     ExternalInputs,
     observe_external,
 )
-from assets.common.storage import sha256_file
 from assets.user_sources.core import SHARD_KEY, UserSourceConfig, read_sources, sources_hash
 
 

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import polars as pl
 
-from assets.common.schema import CONVERSATION_SCHEMA, ROLES
-from assets.common.storage import sha256_dir, sha256_file
-from assets.common.user_files import jsonl_objects, located, read_user_parquet
+from assets.common.data.schema import CONVERSATION_SCHEMA, ROLES
+from assets.common.data.storage import sha256_dir, sha256_file
+from assets.common.data.user_files import jsonl_objects, located, read_user_parquet
 
 USER_SHARD = -1
 SHARD_KEY = "user"  # the table `shard-user` the dedup stage reads beside the generation shards

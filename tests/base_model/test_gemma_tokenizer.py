@@ -19,8 +19,8 @@ from assets.base_model.gemma import (
     gemma_bpe_tokenizer,
     read_gguf_vocabulary,
 )
-from assets.common.model_dirs import ModelDirectoryError
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.models.directories import ModelDirectoryError
 
 needs_gemma = pytest.mark.skipif(
     importlib.util.find_spec(gemma.GEMMA_PACKAGE) is None,

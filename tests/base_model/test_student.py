@@ -12,10 +12,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from assets.base_model.core import prepare_student, template_choice
-from assets.common.chat_template import read_chat_template
-from assets.common.model_dirs import prepare_local
-from assets.common.models import model_content_hash
-from assets.common.templates import (
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.directories import prepare_local
+from assets.common.models.integrity import model_content_hash
+from assets.common.models.templates import (
     REGISTRY,
     TEMPLATE_DIR,
     ChosenTemplate,

@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.base_model.core import prepare_student
-from assets.common.engine import EngineConfig, SamplingConfig, VLLMGenerator
-from assets.common.model_dirs import prepare_local
-from assets.common.templates import read_chat_markers
+from assets.common.models.directories import prepare_local
+from assets.common.models.engine import EngineConfig, SamplingConfig, VLLMGenerator
+from assets.common.models.templates import read_chat_markers
 from training.markers import initialise_marker_rows
 
 pytestmark = pytest.mark.vllm

@@ -1,4 +1,4 @@
-"""Tests for assets/common/embeddings: the offline models, the (model hash, text hash) cache, chunking, and the
+"""Tests for assets/common/text/embeddings: the offline models, the (model hash, text hash) cache, chunking, and the
 planted-pairs goal of issue 20 for the default model. Real models from their wheels; nothing is downloaded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assets.common.embeddings import (
+from assets.common.text.embeddings import (
     Embedder,
     EmbeddingConfig,
     chunk_text,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from assets.common.embeddings import DEFAULT_MODEL, MODELS, Embedder, EmbeddingConfig, paired_max_cosine
+from assets.common.text.embeddings import DEFAULT_MODEL, MODELS, Embedder, EmbeddingConfig, paired_max_cosine
 from assets.eval_sets.planted import flag_rates, planted_pairs
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from assets.common.engine import EngineConfig, EngineSlot, bind_devices, slot_share
+from assets.common.models.engine import EngineConfig, EngineSlot, bind_devices, slot_share
 
 
 @pytest.mark.parametrize(("devices", "slots", "per_engine", "expected"), [
@@ -42,7 +42,7 @@ def test_two_engines_get_two_slots_and_a_third_waits(tmp_path):
 
 def test_a_slot_held_by_another_process_is_not_taken(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from assets.common.engine import EngineSlot; "
+        "import sys, time; from pathlib import Path; from assets.common.models.engine import EngineSlot; "
         f"s = EngineSlot(2, Path({str(tmp_path)!r})); print(s.index, flush=True); time.sleep(30)")],
         stdout=subprocess.PIPE, text=True)
     try:

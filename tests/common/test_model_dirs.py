@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from assets.common.chat_template import read_chat_template
-from assets.common.model_dirs import ModelDirectoryError, prepare_local, validate_model_dir
-from assets.common.models import model_content_hash
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.directories import ModelDirectoryError, prepare_local, validate_model_dir
+from assets.common.models.integrity import model_content_hash
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_not_a_directory(tmp_path):
 def test_a_conversion_is_found_where_it_went(tmp_path):
     """`convert_gguf` never replaces a converted directory: a conversion of another source goes beside it, named after
     its content, and `converted_dir` finds each by its source marker."""
-    from assets.common.model_dirs import SOURCE_MARKER, converted_dir
+    from assets.common.models.directories import SOURCE_MARKER, converted_dir
 
     first, other = tmp_path / "model", tmp_path / "model-0123456789abcdef"
     for directory, source in ((first, "gguf-1 v1"), (other, "gguf-1 v2")):

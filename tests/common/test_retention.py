@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assets.common.models import model_content_hash
-from assets.common.resources import CURRENT, PROMOTED_MODEL, SFT_MIXTURE, DataStorage
-from assets.common.retention import MODEL, VERSION, WORK, apply_retention, plan_retention
+from assets.common.data.retention import MODEL, VERSION, WORK, apply_retention, plan_retention
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import CURRENT, PROMOTED_MODEL, SFT_MIXTURE, DataStorage
 from tests.retention_checks import assert_everything_kept_reads, disk_bytes
 
 MIXTURE = SFT_MIXTURE.to_user_string()

@@ -7,7 +7,7 @@ import time
 import polars as pl
 import pytest
 
-from assets.common.schema import CONVERSATION_SCHEMA, SchemaError, validate_conversations
+from assets.common.data.schema import CONVERSATION_SCHEMA, SchemaError, validate_conversations
 
 SOURCE = "asset 'filtered_conversations', table 'data' (/data/x.parquet)"
 
@@ -92,7 +92,7 @@ def test_a_large_table_is_checked_quickly():
 
 def test_storage_reads_conversations_through_the_check(tmp_path):
     """DataStorage.read_conversations, the one way stages read their input, names the asset and the file."""
-    from assets.common.resources import DataStorage
+    from assets.common.orchestration.resources import DataStorage
 
     storage = DataStorage(root=str(tmp_path))
     good = storage.write_table("filtered_conversations", table())
@@ -111,8 +111,8 @@ def test_a_written_table_describes_its_columns(tmp_path):
     add) from `COLUMN_DESCRIPTIONS`, another table's from the descriptions its writer passes."""
     import polars as pl
 
-    from assets.common.resources import DataStorage
-    from assets.common.schema import COLUMN_DESCRIPTIONS, CONVERSATION_SCHEMA
+    from assets.common.data.schema import COLUMN_DESCRIPTIONS, CONVERSATION_SCHEMA
+    from assets.common.orchestration.resources import DataStorage
 
     storage = DataStorage(root=str(tmp_path))
     df = pl.DataFrame({"conversation_id": ["0-0"], "split": ["train"], "text": ["x"]})

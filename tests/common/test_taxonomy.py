@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from assets.common.taxonomy import CATEGORIES, JUDGE_ONLY, TASK_PATTERNS, TASKS, classify_text
+from assets.common.data.taxonomy import CATEGORIES, JUDGE_ONLY, TASK_PATTERNS, TASKS, classify_text
 
 
 def test_taxonomy_is_magpies_twelve_plus_the_chapters_task_types():

@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assets.common.chat_template import TemplateError, read_chat_template
-from assets.common.model_dirs import ModelDirectoryError, validate_model_dir
-from assets.common.templates import TemplateChoiceError, choose_template, read_chat_markers
+from assets.common.models.chat_template import TemplateError, read_chat_template
+from assets.common.models.directories import ModelDirectoryError, validate_model_dir
+from assets.common.models.templates import TemplateChoiceError, choose_template, read_chat_markers
 from assets.eval_sets.core import EvalSetError, load_user_eval_file
 from assets.user_sources.core import UserSourceConfig, UserSourceError, read_source
 from pipelines.profiles import ProfileError, load_profile

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.common.storage import sha256_dir, sha256_file, write_directory
+from assets.common.data.storage import sha256_dir, sha256_file, write_directory
 
 
 def files(root: Path) -> dict[str, str]:
@@ -82,7 +82,7 @@ def test_a_write_that_fails_while_publishing_leaves_the_existing_directory(tmp_p
 WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from assets.common.storage import sha256_file, write_directory
+    from assets.common.data.storage import sha256_file, write_directory
 
     def publishing(src, dst):  # the moment a write is most fragile: everything assembled, about to publish
         print("publishing", flush=True)
@@ -117,7 +117,7 @@ def test_a_write_killed_while_publishing_leaves_the_existing_directory(tmp_path,
 
 
 def test_the_with_block_form_publishes_once_and_never_replaces(tmp_path):
-    from assets.common.storage import directory_written_whole
+    from assets.common.data.storage import directory_written_whole
 
     out = tmp_path / "export-0123"
     with directory_written_whole(out) as tmp:

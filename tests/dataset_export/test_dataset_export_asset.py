@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from assets.common.resources import (
+from assets.common.data.storage import sha256_dir
+from assets.common.orchestration.resources import (
     CURRENT,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
@@ -18,7 +19,6 @@ from assets.common.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.common.storage import sha256_dir
 from tests.asset_runs import failure_text, materialization
 from tests.automation_runs import Automation
 from tests.dataset_export.conftest import DECONTAMINATION, EMBEDDED_TEACHER, FILTERING, generation_report

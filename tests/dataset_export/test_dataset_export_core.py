@@ -8,7 +8,7 @@ import yaml
 from huggingface_hub import DatasetCard
 from polars.testing import assert_frame_equal
 
-from assets.common.storage import sha256_dir
+from assets.common.data.storage import sha256_dir
 from assets.dataset_export.card import CardInputs, funnel_row, render_card, size_category
 from assets.dataset_export.core import CARD, ExportError, folder_name, split_frames, write_dataset
 from assets.dataset_export.license import model_card_license, teacher_license

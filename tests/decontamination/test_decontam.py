@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
+from assets.common.data.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
 from assets.decontamination.config import DecontamConfig
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCH_SCHEMA, find_contamination

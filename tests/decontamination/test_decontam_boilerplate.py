@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.schema import MESSAGE
+from assets.common.data.schema import MESSAGE
 from assets.decontamination.config import DecontamConfig
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.removal import decontaminate

@@ -7,8 +7,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.resources import DataStorage
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.orchestration.resources import DataStorage
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
 from assets.decontamination.verify import CHECK_FLOORS, find_leaks
 from assets.eval_sets.assets import eval_sets

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.data.schema import CONVERSATION_SCHEMA
 from assets.decontamination.config import DecontamConfig
 from assets.decontamination.incremental import decontaminate_shards
 from assets.decontamination.index import EvalIndex

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.lsh import _band_ranges_kernel, sorted_bands
-from assets.common.schema import MESSAGE
-from assets.common.text import normalize, utf8_buffer
+from assets.common.data.schema import MESSAGE
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.lsh import _band_ranges_kernel, sorted_bands
+from assets.common.text.normalize import normalize, utf8_buffer
 from assets.decontamination.config import DecontamConfig
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.kernels import probe_hits
@@ -117,7 +117,7 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_band_ranges_equal_numpy_searchsorted(seed: int) -> None:
-    """The MinHash detector's LSH probe (assets/common/minhash/lsh.py, branch-free searches over all bands at
+    """The MinHash detector's LSH probe (assets/common/text/minhash/lsh.py, branch-free searches over all bands at
     once) finds the ranges numpy's searchsorted finds, with long runs of equal band hashes too."""
     rng = np.random.default_rng(seed)
     for _ in range(20):

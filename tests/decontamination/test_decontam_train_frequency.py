@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.schema import MESSAGE
+from assets.common.data.schema import MESSAGE
 from assets.decontamination.assets import DecontamSettings
 from assets.decontamination.config import DecontamConfig
 from assets.decontamination.matching import find_contamination

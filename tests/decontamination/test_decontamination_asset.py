@@ -5,8 +5,13 @@ versus the blocking check, with the bundled eval sets, is tests/decontamination/
 import polars as pl
 import pytest
 
-from assets.common.resources import DECONTAMINATED_CONVERSATIONS, DEDUPLICATED_CONVERSATIONS, EVAL_SETS, DataStorage
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.orchestration.resources import (
+    DECONTAMINATED_CONVERSATIONS,
+    DEDUPLICATED_CONVERSATIONS,
+    EVAL_SETS,
+    DataStorage,
+)
 from assets.decontamination.assets import decontaminated_conversations
 from assets.decontamination.config import REASON_CONTAMINATION
 from assets.eval_sets.core import EVAL_SET_SCHEMA

@@ -5,8 +5,8 @@ import random
 import polars as pl
 import pytest
 
-from assets.common.resources import DEDUPLICATED_CONVERSATIONS, MAGPIE_CONVERSATIONS, DataStorage
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.orchestration.resources import DEDUPLICATED_CONVERSATIONS, MAGPIE_CONVERSATIONS, DataStorage
 from assets.dedup.assets import deduplicated_conversations
 from assets.dedup.near_duplicates import REASON_NEAR_DUPLICATE
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize, with_bad_role

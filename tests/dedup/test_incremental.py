@@ -5,9 +5,9 @@ import random
 import polars as pl
 import pytest
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.schema import CONVERSATION_SCHEMA
-from assets.common.storage import write_parquet_atomic
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.data.storage import write_parquet_atomic
+from assets.common.text.minhash.config import MinHashConfig
 from assets.dedup.incremental import deduplicate_shards
 
 WORDS = ("river stone lantern meadow copper violin harbor orchard thunder saffron glacier pepper marble "

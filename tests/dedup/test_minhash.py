@@ -12,10 +12,10 @@ from datasketch import MinHash, MinHashLSH
 from datasketch.lsh import _optimal_param
 
 import assets.dedup.near_duplicates as near_duplicates
-from assets.common.minhash.config import MinHashConfig, optimal_param
-from assets.common.minhash.signatures import compute_signatures, estimated_jaccard
-from assets.common.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
-from assets.common.text import normalize, sha1_hash32_bytes, shingles, xxh64_bytes
+from assets.common.data.schema import MESSAGE, REJECTED_DETAIL, REJECTED_REASON
+from assets.common.text.minhash.config import MinHashConfig, optimal_param
+from assets.common.text.minhash.signatures import compute_signatures, estimated_jaccard
+from assets.common.text.normalize import normalize, sha1_hash32_bytes, shingles, xxh64_bytes
 from assets.dedup.index import LSHIndex
 from assets.dedup.near_duplicates import deduplicate
 

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.minhash.signatures import compute_signatures, signatures_from_normalized
-from assets.common.text import normalize, normalized_spans, utf8_buffer
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.minhash.signatures import compute_signatures, signatures_from_normalized
+from assets.common.text.normalize import normalize, normalized_spans, utf8_buffer
 
 
 def _rows(texts) -> list[bytes]:

@@ -4,7 +4,7 @@ P(end-of-turn) of a model directory (tiny model)."""
 import polars as pl
 import pytest
 
-from assets.common.engine import Completion
+from assets.common.models.engine import Completion
 from assets.evaluation.answering import (
     ANSWER_SCHEMA,
     ModelAnswers,

@@ -14,8 +14,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.models import model_content_hash
-from assets.common.resources import (
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
     MODEL_MANIFEST,

@@ -8,8 +8,8 @@ import shutil
 import dagster as dg
 import pytest
 
-from assets.common.models import model_content_hash
-from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, DataStorage, VLLMEngine
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import BASE_MODEL, MODEL_MANIFEST, DataStorage, VLLMEngine
 from assets.evaluation.assets import assistant_evaluation
 from assets.evaluation.base import BaseModelError, lineage_base
 from tests.asset_runs import failure_text

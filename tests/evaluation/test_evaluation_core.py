@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.common.chat_template import TemplateError
+from assets.common.models.chat_template import TemplateError
 from assets.evaluation import end_of_turn
 from assets.evaluation.prompts import (
     DEFAULT_INSTRUCTION_RULES,

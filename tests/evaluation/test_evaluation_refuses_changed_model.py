@@ -7,8 +7,8 @@ import shutil
 import dagster as dg
 import polars as pl
 
-from assets.common.models import model_content_hash
-from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, SFT_MIXTURE, DataStorage, VLLMEngine
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import BASE_MODEL, MODEL_MANIFEST, SFT_MIXTURE, DataStorage, VLLMEngine
 from assets.evaluation.assets import assistant_evaluation
 from tests.asset_runs import failure_text
 from tests.stand_ins import stand_in_model

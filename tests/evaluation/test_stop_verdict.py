@@ -3,7 +3,7 @@ stops, and at least 4 of its 5 answers must end on the end-of-turn token (a stop
 
 import pytest
 
-from assets.common.engine import Completion
+from assets.common.models.engine import Completion
 from assets.evaluation.stopping import FIXED_PROMPTS, MIN_STOPPED, stop_verdict
 
 PROMPTS = list(FIXED_PROMPTS)

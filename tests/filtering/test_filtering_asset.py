@@ -3,8 +3,9 @@ tiny model as teacher and student (their special tokens are the template-leak ru
 
 import pytest
 
-from assets.common.chat_template import special_token_strings
-from assets.common.resources import (
+from assets.common.data.storage import sha256_file
+from assets.common.models.chat_template import special_token_strings
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
@@ -12,7 +13,6 @@ from assets.common.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.common.storage import sha256_file
 from assets.filtering.assets import filtered_conversations
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
 

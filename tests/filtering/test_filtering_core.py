@@ -7,7 +7,7 @@ import itertools
 import polars as pl
 import pytest
 
-from assets.common.schema import CONVERSATION_SCHEMA, REJECTED_DETAIL, REJECTED_REASON
+from assets.common.data.schema import CONVERSATION_SCHEMA, REJECTED_DETAIL, REJECTED_REASON
 from assets.filtering.core import (
     RULES,
     FilterConfig,
@@ -411,7 +411,7 @@ def test_template_leak_checks_the_students_markers_too() -> None:
 
 
 def test_a_rule_is_one_function_plus_one_registry_line(monkeypatch) -> None:
-    from assets.common.rules import ROW
+    from assets.common.data.rules import ROW
 
     def shouting(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
         loud = long.filter(pl.col("__filter_content").str.contains(r"^[A-Z !]+$"))

@@ -4,8 +4,14 @@ report agree on which pre-query prefix each row used."""
 import dagster as dg
 import pytest
 
-from assets.common.resources import GENERATION_SHARDS, MODEL_MANIFEST, TEACHER_MODEL, DataStorage, VLLMEngine
-from assets.common.storage import sha256_text
+from assets.common.data.storage import sha256_text
+from assets.common.orchestration.resources import (
+    GENERATION_SHARDS,
+    MODEL_MANIFEST,
+    TEACHER_MODEL,
+    DataStorage,
+    VLLMEngine,
+)
 from assets.generation import assets as generation_assets
 from tests.fake_generator import FakeGenerator
 

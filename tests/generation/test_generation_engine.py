@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from assets.common.engine import EngineConfig, VLLMGenerator
-from assets.common.schema import CONVERSATION_SCHEMA, validate_conversations
+from assets.common.data.schema import CONVERSATION_SCHEMA, validate_conversations
+from assets.common.models.engine import EngineConfig, VLLMGenerator
 from assets.generation.magpie import generate_conversations
 from assets.generation.shards import run_shard
 from tests.generation_config import tiny_magpie_config
@@ -122,7 +122,7 @@ def test_fully_committed_shard_needs_no_engine(engine, reference, tiny_model_dir
 def test_min_p_and_top_k_reach_the_engine(engine, tiny_model_dir, knob):
     """min_p=1 (only tokens as likely as the top one) and top_k=1 both leave the arg-max: sampling at a high
     temperature then gives the greedy answer, which plain sampling at that temperature does not."""
-    from assets.common.engine import SamplingConfig
+    from assets.common.models.engine import SamplingConfig
 
     prompts = [[1, 5 + i, 9, 17 + i] for i in range(8)]
     seeds = list(range(8))

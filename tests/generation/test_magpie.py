@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from transformers import AutoTokenizer
 
-from assets.common.storage import sha256_text
+from assets.common.data.storage import sha256_text
 from assets.generation.magpie import first_turn_prefixes, generate_conversations, pre_query_report, row_seed
 from assets.generation.templates import derive_pre_query
 from tests.fake_generator import FakeGenerator

@@ -16,8 +16,14 @@ import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from assets.common.resources import GENERATION_SHARDS, MAGPIE_CONVERSATIONS, MODEL_MANIFEST, TEACHER_MODEL, DataStorage
-from assets.common.schema import validate_conversations
+from assets.common.data.schema import validate_conversations
+from assets.common.orchestration.resources import (
+    GENERATION_SHARDS,
+    MAGPIE_CONVERSATIONS,
+    MODEL_MANIFEST,
+    TEACHER_MODEL,
+    DataStorage,
+)
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]

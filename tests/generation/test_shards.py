@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from assets.common.schema import validate_conversations
+from assets.common.data.schema import validate_conversations
 from assets.generation.magpie import row_seed
 from assets.generation.shards import Chunk, missing_batches, run_shard
 from tests.fake_generator import CrashedRun, FakeGenerator

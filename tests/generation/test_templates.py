@@ -19,7 +19,7 @@ from datetime import datetime
 import pytest
 from transformers.utils import chat_template_utils
 
-from assets.common.chat_template import SENTINEL, TemplateError
+from assets.common.models.chat_template import SENTINEL, TemplateError
 from assets.generation.templates import SENTINEL_ALT, derive_pre_query, stop_token_ids
 from tests.tiny_model import CHAT_TEMPLATE as SMOLLM2_TEMPLATE
 

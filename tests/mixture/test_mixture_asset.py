@@ -3,8 +3,8 @@
 import polars as pl
 import pytest
 
-from assets.common.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.orchestration.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
 from assets.mixture.assets import sft_mixture
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
 
@@ -95,7 +95,7 @@ def test_token_mix_with_the_students_tokenizer_manifest_json_table_and_chart(fil
     """With a base_model manifest the mixture counts the student's tokens; the manifest is written as JSON beside the
     table (so sft_model's lineage.json, which snapshots every upstream JSON document, includes it), its realized
     shares equal shares recomputed here from the written Parquet, and the metadata has the table and the PNG."""
-    from assets.common.resources import BASE_MODEL, MODEL_MANIFEST
+    from assets.common.orchestration.resources import BASE_MODEL, MODEL_MANIFEST
 
     storage, tmp_path = filtered
     storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "content_hash": "h"})

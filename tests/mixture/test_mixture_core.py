@@ -9,8 +9,8 @@ import json
 import polars as pl
 import pytest
 
-from assets.common.schema import CONVERSATION_SCHEMA
-from assets.common.taxonomy import classify_task, classify_text
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.data.taxonomy import classify_task, classify_text
 from assets.mixture.core import MixtureConfig, build_mixture, split_hash
 
 MIX_COLUMNS = ["source", "split", "mix_tokens", "mix_trainable_tokens", "mix_repeat"]

@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from assets.common.chat_template import read_chat_template
-from assets.common.schema import CONVERSATION_SCHEMA
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.models.chat_template import read_chat_template
 from assets.mixture.core import MixtureConfig, build_mixture
 from assets.mixture.tokens import student_token_counter
 from assets.user_sources.core import UserSourceConfig, read_sources

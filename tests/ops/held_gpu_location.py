@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from assets.common.resources import GPU_POOL, DataStorage
+from assets.common.orchestration.resources import GPU_POOL, DataStorage
 
 HELD_ASSET = "held_gpu_step"
 HELD_JOB = "held_gpu_job"

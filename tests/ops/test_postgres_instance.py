@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
-from assets.common.resources import EVAL_SETS, DataStorage
+from assets.common.orchestration.resources import EVAL_SETS, DataStorage
 from assets.eval_sets.assets import eval_sets
 from tests.ops.servers import REPO, free_port, listening, postgres_bindir, require_binary
 

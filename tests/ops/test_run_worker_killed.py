@@ -23,7 +23,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 from dagster_graphql import DagsterGraphQLClient
 
-from assets.common.resources import GPU_POOL
+from assets.common.orchestration.resources import GPU_POOL
 from tests.ops.held_gpu_location import HELD_ASSET, HELD_JOB
 from tests.ops.servers import REPO, Stopped, free_port, instance_dir, log_tail, process_group, wait_for_http
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.common.resources import GENERATION_SHARDS, SFT_MODEL
+from assets.common.orchestration.resources import GENERATION_SHARDS, SFT_MODEL
 from assets.generation import assets as generation_assets
 from pipelines.definitions import build_definitions
 from tests.automation_runs import failures

@@ -12,9 +12,16 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.models import model_content_hash
-from assets.common.resources import BASE_MODEL, CURRENT_MODEL, MODEL_MANIFEST, PROMOTED_MODEL, SFT_MIXTURE, DataStorage
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.models.integrity import model_content_hash
+from assets.common.orchestration.resources import (
+    BASE_MODEL,
+    CURRENT_MODEL,
+    MODEL_MANIFEST,
+    PROMOTED_MODEL,
+    SFT_MIXTURE,
+    DataStorage,
+)
 from assets.promotion.core import Decision, promotion_record
 from assets.sft.assets import sft_model
 from tests.asset_runs import conversation, failure_text, frame, materialization

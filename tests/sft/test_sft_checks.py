@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.common.chat_template import read_chat_template
-from assets.common.resources import DataStorage
+from assets.common.models.chat_template import read_chat_template
+from assets.common.orchestration.resources import DataStorage
 from assets.sft.assets import general_text_forgetting, served_format_matches_training, sft_model
 from assets.sft.checks import MAX_PERPLEXITY_INCREASE, general_text_passages
 from tests.training_worker import conversations

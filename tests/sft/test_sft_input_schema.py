@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from assets.common.resources import BASE_MODEL, MODEL_MANIFEST, SFT_MIXTURE, DataStorage
+from assets.common.orchestration.resources import BASE_MODEL, MODEL_MANIFEST, SFT_MIXTURE, DataStorage
 from assets.sft.assets import sft_model
 from tests.asset_runs import conversation, failure_text, frame, materialize, with_bad_role
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from assets.common.engine import Completion, SamplingConfig
+from assets.common.models.engine import Completion, SamplingConfig
 
 
 def answer(category="information_seeking", difficulty=2, instruction_quality=4, response_quality=4,

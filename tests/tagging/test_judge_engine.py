@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from assets.common.engine import EngineConfig, VLLMGenerator
-from assets.common.taxonomy import TASKS
+from assets.common.data.taxonomy import TASKS
+from assets.common.models.engine import EngineConfig, VLLMGenerator
 from assets.tagging.judge import (
     PARSED,
     UNPARSED,

@@ -5,7 +5,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.resources import (
+from assets.common.data.storage import sha256_file
+from assets.common.data.taxonomy import TASKS
+from assets.common.orchestration.resources import (
     DEDUPLICATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
     MAGPIE_CONVERSATIONS,
@@ -16,8 +18,6 @@ from assets.common.resources import (
     ExternalInputs,
     VLLMEngine,
 )
-from assets.common.storage import sha256_file
-from assets.common.taxonomy import TASKS
 from pipelines.definitions import ASSETS
 from tests.asset_runs import conversation, failure_text, frame, materialization
 

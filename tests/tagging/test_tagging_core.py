@@ -8,9 +8,9 @@ import json
 import polars as pl
 import pytest
 
-from assets.common.rules import ROW
-from assets.common.schema import CONVERSATION_SCHEMA, REJECTED_DETAIL, REJECTED_REASON
-from assets.common.taxonomy import TASKS
+from assets.common.data.rules import ROW
+from assets.common.data.schema import CONVERSATION_SCHEMA, REJECTED_DETAIL, REJECTED_REASON
+from assets.common.data.taxonomy import TASKS
 from assets.tagging.config import TaggingConfig
 from assets.tagging.core import JudgeProvenance, refusal_rates, tag_and_filter, tag_rows
 from assets.tagging.diversity import distinct_n, diversity_report, near_duplicate_rate

@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from assets.base_model.assets import base_model
-from assets.common.resources import (
+from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     DECONTAMINATED_CONVERSATIONS,
     FILTERED_CONVERSATIONS,
@@ -19,7 +20,6 @@ from assets.common.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.common.schema import CONVERSATION_SCHEMA
 from assets.filtering.assets import filtered_conversations
 from assets.teacher_model.assets import teacher_model
 

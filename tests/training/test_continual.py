@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from assets.common.models import model_content_hash
+from assets.common.models.integrity import model_content_hash
 from tests.training_worker import conversations
 from training.__main__ import main as cli
 from training.continual import (

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from assets.base_model.core import prepare_student
-from assets.common.chat_template import read_chat_template
-from assets.common.model_dirs import prepare_local
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.directories import prepare_local
 from training.config import TrainConfig
 from training.dataset import conversation_rows, tokenize_rows
 from training.memory import ModelShape

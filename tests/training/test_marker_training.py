@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from assets.base_model.core import prepare_student
-from assets.common.model_dirs import prepare_local
-from assets.common.templates import read_chat_markers
+from assets.common.models.directories import prepare_local
+from assets.common.models.templates import read_chat_markers
 from training.config import TrainConfig
 from training.dataset import conversation_rows
 from training.trainer import train

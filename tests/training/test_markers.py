@@ -8,8 +8,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from assets.base_model.core import prepare_student
-from assets.common.model_dirs import prepare_local
-from assets.common.templates import read_chat_markers
+from assets.common.models.directories import prepare_local
+from assets.common.models.templates import read_chat_markers
 from training.markers import (
     MarkerInitError,
     initialise_marker_rows,

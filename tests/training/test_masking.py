@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from assets.common.chat_template import TemplateError, read_chat_template
+from assets.common.models.chat_template import TemplateError, read_chat_template
 from training.masking import assistant_end_of_turn, tokenize_conversation
 
 SYSTEM = "You answer in one short sentence."

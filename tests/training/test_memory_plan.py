@@ -80,7 +80,7 @@ def test_the_trainer_plans_for_the_device_and_records_it(tiny_model_dir, tmp_pat
     and the Trainer is built with it; device and budget are in ``memory_plan`` (sft_model metadata, lineage)."""
     from transformers import AutoTokenizer
 
-    from assets.common.chat_template import read_chat_template
+    from assets.common.models.chat_template import read_chat_template
     from training.dataset import conversation_rows, tokenize_rows
     from training.trainer import build_trainer
 
@@ -103,7 +103,7 @@ def test_each_process_plans_for_its_share_of_the_global_batch(tiny_model_dir, mo
     """With 4 processes (torchrun), each trains a quarter of the global batch on its own device."""
     from transformers import AutoTokenizer
 
-    from assets.common.chat_template import read_chat_template
+    from assets.common.models.chat_template import read_chat_template
     from training.dataset import conversation_rows, tokenize_rows
     from training.trainer import memory_plan
 

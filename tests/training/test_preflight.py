@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from assets.common.chat_template import read_chat_template
+from assets.common.models.chat_template import read_chat_template
 from training.config import TrainConfig
 from training.dataset import conversation_rows
 from training.masking import tokenize_conversation

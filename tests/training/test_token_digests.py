@@ -6,7 +6,7 @@ import shutil
 import polars as pl
 from transformers import AutoTokenizer
 
-from assets.common.chat_template import read_chat_template
+from assets.common.models.chat_template import read_chat_template
 from training.dataset import TRAIN_ROWS_FILE, conversation_rows, token_mismatches, tokenize_rows
 
 CONVERSATIONS = [

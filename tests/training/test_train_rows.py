@@ -51,7 +51,7 @@ def mixture(n_train: int = 12, n_validation: int = 4) -> pl.DataFrame:
 
 
 def test_tokenized_examples_keep_their_ids_and_long_rows_are_listed_as_dropped(tokenizer, tiny_model_dir):
-    from assets.common.chat_template import read_chat_template
+    from assets.common.models.chat_template import read_chat_template
 
     rows = mixture().drop("quality_score")
     rows = pl.concat([rows, rows.head(2).with_columns(split=pl.lit("rehearsal"), conversation_id=pl.lit("old-1"))])

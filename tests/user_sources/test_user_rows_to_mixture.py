@@ -8,8 +8,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.chat_template import special_token_strings
-from assets.common.resources import (
+from assets.common.models.chat_template import special_token_strings
+from assets.common.orchestration.resources import (
     BASE_MODEL,
     MAGPIE_CONVERSATIONS,
     MODEL_MANIFEST,

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.resources import MAGPIE_CONVERSATIONS, DataStorage
+from assets.common.orchestration.resources import MAGPIE_CONVERSATIONS, DataStorage
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
 from assets.dedup.assets import deduplicated_conversations
 from assets.eval_sets.assets import eval_sets

@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from assets.common.schema import validate_conversations
+from assets.common.data.schema import validate_conversations
 from assets.user_sources.core import (
     USER_SHARD,
     UserSourceConfig,

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.schema import REJECTED_DETAIL, REJECTED_REASON
+from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON
 
 ROW = "__rule_row"  # the input row's position, the join key between the input and the rules' failures
 

@@ -9,7 +9,7 @@
 
 Pipeline (all vectorized; no per-document or per-shingle Python loop):
 
-1. normalize the text with polars (:func:`assets.common.text.normalize_expr`) and take its UTF-8 buffer;
+1. normalize the text with polars (:func:`assets.common.text.normalize.normalize_expr`) and take its UTF-8 buffer;
 2. one parallel numba kernel splits every document into shingles (word or char n-grams), hashes each
    shingle (XXH64 by default, or SHA-1 exactly like datasketch) and takes the min over ``num_perm`` affine
    permutations -> a ``(rows, num_perm)`` uint32 signature matrix;

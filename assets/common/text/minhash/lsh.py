@@ -2,7 +2,7 @@
 hash, within one set of rows (:func:`within_pairs`) or between an old and a new set (:func:`cross_candidates`).
 
 Candidates are not verified here: callers compare their signatures
-(:func:`assets.common.minhash.signatures.equal_counts`).
+(:func:`assets.common.text.minhash.signatures.equal_counts`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.text import fmix64
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.normalize import fmix64
 
 _U64 = np.uint64
 _BAND_SEED = np.uint64(2870177450012600261)

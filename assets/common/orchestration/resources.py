@@ -13,11 +13,11 @@ import polars as pl
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION  # Dagster's own tags
 from dagster._core.events import DagsterEventType
 
-from assets.common.engine import EngineConfig
-from assets.common.external import combined_hash, content_hash
-from assets.common.models import ModelChangedError, verified_model_dir
-from assets.common.schema import COLUMN_DESCRIPTIONS, SchemaError, validate_conversations
-from assets.common.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
+from assets.common.data.schema import COLUMN_DESCRIPTIONS, SchemaError, validate_conversations
+from assets.common.data.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
+from assets.common.models.engine import EngineConfig
+from assets.common.models.external import combined_hash, content_hash
+from assets.common.models.integrity import ModelChangedError, verified_model_dir
 
 # ---- the graph, named once: every stage refers to another stage's asset by these keys ----------------------
 TEACHER_MODEL = dg.AssetKey("teacher_model")  # writes the data (Magpie generation)

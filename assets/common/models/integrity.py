@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
 
 # Files whose bytes define a model: weights, config, tokenizer, chat template.
 MODEL_FILE_PATTERNS = (

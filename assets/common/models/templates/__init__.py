@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from assets.common.chat_template import TemplateError, read_chat_template, render, special_token_strings
-from assets.common.storage import sha256_text
-from assets.common.user_files import read_user_json, read_user_text
+from assets.common.data.storage import sha256_text
+from assets.common.data.user_files import read_user_json, read_user_text
+from assets.common.models.chat_template import TemplateError, read_chat_template, render, special_token_strings
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 KEEP_TOKENIZER = "tokenizer"  # the choice that keeps the model's own template

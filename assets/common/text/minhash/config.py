@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from assets.common.config import config_dict
+from assets.common.data.config import config_dict
 
 
 def _fp_fn_errors(threshold: float, num_perm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from assets.common.config import config_dict
+from assets.common.data.config import config_dict
 
 
 @dataclass(frozen=True)

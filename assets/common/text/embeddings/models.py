@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from assets.common.storage import sha256_dir, sha256_file
+from assets.common.data.storage import sha256_dir, sha256_file
 
 
 class EmbeddingBackend(Protocol):

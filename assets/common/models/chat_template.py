@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from assets.common.user_files import read_user_json, read_user_text
+from assets.common.data.user_files import read_user_json, read_user_text
 
 SENTINEL = "MagpieSentinelQuery7f3a9c"  # plain ASCII: survives templates that trim or escape content
 

@@ -8,8 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from assets.common.models import MODEL_FILE_PATTERNS, model_content_hash
-from assets.common.storage import sha256_file
+from assets.common.data.storage import sha256_file
+from assets.common.models.integrity import MODEL_FILE_PATTERNS, model_content_hash
 
 
 def _is_model_dir(path: Path) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from assets.common.schema import role_texts
+from assets.common.data.schema import role_texts
 
 # slug -> one-line description (the judge's prompt lists these; the order is the order shown to the judge)
 CATEGORIES: dict[str, str] = {

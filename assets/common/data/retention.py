@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assets.common.storage import CURRENT, VERSION_CHARS
+from assets.common.data.storage import CURRENT, VERSION_CHARS
 
 MODELS = "models"
 LINEAGE = "lineage.json"

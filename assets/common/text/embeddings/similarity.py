@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from assets.common.embeddings.store import Embeddings
+from assets.common.text.embeddings.store import Embeddings
 
 NEIGHBOUR_SCHEMA: dict[str, pl.DataType] = {"query": pl.Int64, "item": pl.Int64, "score": pl.Float32}
 

@@ -2,9 +2,9 @@
 sentence-transformers directory, model hashes) and :mod:`.store` (chunking, batching, the (model hash, text hash)
 cache) and :mod:`.similarity` (max-over-chunks cosine, top-k neighbours in blocks)."""
 
-from assets.common.embeddings.models import MODELS, load_backend
-from assets.common.embeddings.similarity import max_chunk_cosine, paired_max_cosine, top_k_neighbours
-from assets.common.embeddings.store import DEFAULT_MODEL, Embedder, EmbeddingConfig, Embeddings, chunk_text
+from assets.common.text.embeddings.models import MODELS, load_backend
+from assets.common.text.embeddings.similarity import max_chunk_cosine, paired_max_cosine, top_k_neighbours
+from assets.common.text.embeddings.store import DEFAULT_MODEL, Embedder, EmbeddingConfig, Embeddings, chunk_text
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "Embedder", "EmbeddingConfig", "Embeddings", "chunk_text", "load_backend",
            "max_chunk_cosine", "paired_max_cosine", "top_k_neighbours"]

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from assets.common.embeddings.models import EmbeddingBackend, load_backend
-from assets.common.storage import sha256_text, write_parquet_atomic
+from assets.common.data.storage import sha256_text, write_parquet_atomic
+from assets.common.text.embeddings.models import EmbeddingBackend, load_backend
 
 DEFAULT_MODEL = "multilingual-e5-small-q4"
 _PIECE = re.compile(r"\s*\S+\s*")

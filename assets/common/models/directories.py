@@ -14,11 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from assets.common.chat_template import read_chat_template
-from assets.common.models import model_content_hash
-from assets.common.storage import sha256_file, sha256_text, write_directory
-from assets.common.templates import CHAT_MARKERS_FILE
-from assets.common.user_files import json_type, read_user_json, read_user_text
+from assets.common.data.storage import sha256_file, sha256_text, write_directory
+from assets.common.data.user_files import json_type, read_user_json, read_user_text
+from assets.common.models.chat_template import read_chat_template
+from assets.common.models.integrity import model_content_hash
+from assets.common.models.templates import CHAT_MARKERS_FILE
 
 SOURCE_MARKER = "source_gguf.sha256"  # written last into a converted directory: conversion is complete
 
@@ -59,7 +59,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source_hash: str | 
     architecture is rebuilt from the config (without ``quantization_config``) and the state dict loaded into it.
     The directory is written beside ``out_dir`` and renamed into place, never over an existing directory (a model's
     manifest or lineage may name it): returns where it went, ``out_dir`` or, when that holds another model,
-    ``<out_dir>-<hash[:16]>`` of its files and source marker (:func:`assets.common.storage.write_directory`).
+    ``<out_dir>-<hash[:16]>`` of its files and source marker (:func:`assets.common.data.storage.write_directory`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -210,7 +210,7 @@ def tokenizer_tokens(model_dir: str | Path) -> dict:
     """The tokenizer's bos/eos/pad tokens and its special token strings (see ``special_token_strings``)."""
     from transformers import AutoTokenizer
 
-    from assets.common.chat_template import special_token_strings
+    from assets.common.models.chat_template import special_token_strings
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,

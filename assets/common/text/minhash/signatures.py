@@ -1,6 +1,6 @@
 """MinHash signatures of a batch of texts (numba kernels) and their comparison.
 
-See :mod:`assets.common.minhash` for the hashing scheme and its datasketch compatibility.
+See :mod:`assets.common.text.minhash` for the hashing scheme and its datasketch compatibility.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.minhash.config import MinHashConfig
-from assets.common.text import (
+from assets.common.text.minhash.config import MinHashConfig
+from assets.common.text.normalize import (
     ASCII_CLASSES,
     HASH_SHA1,
     HASH_XXH64,
@@ -103,7 +103,7 @@ def _raw_word_signature_kernel(data, offsets, classes, n, perm_a, perm_b, out, a
     words and its words hashed in one pass (same words, same hashes, same signature as normalizing first); a row
     with a non-ASCII byte is flagged (``ascii_row[i] = 0``) and left to the caller.
 
-    The words are hashed by :func:`assets.common.text.ascii_word_hashes` as the bytes are read."""
+    The words are hashed by :func:`assets.common.text.normalize.ascii_word_hashes` as the bytes are read."""
     for i in numba.prange(offsets.size - 1):
         start = offsets[i]
         end = offsets[i + 1]

@@ -11,11 +11,9 @@ from assets.common.orchestration.resources import (
     BASE_MODEL,
     BASE_MODEL_FILES,
     MODEL_MANIFEST,
-    OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,
     DataStorage,
-    ExternalInputs,
-    observe_external,
+    observed_external_inputs,
 )
 
 
@@ -31,12 +29,11 @@ class BaseModelConfig(dg.Config):
     embedded Gemma base, the model's own for a local model that has one (a base model without one must choose)."""
 
 
-@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    BASE_MODEL_FILES, group_name="models", kinds={"huggingface"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+base_model_files = observed_external_inputs(
+    BASE_MODEL_FILES, "base_model_files", lambda inputs: [inputs.base_model_path], "embedded",
+    group="models", kinds={"huggingface"},
     description="The local base model directory the profile names (`base_model.path`), observed: its data version "
-    "is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
-def base_model_files(inputs: ExternalInputs, storage: DataStorage):
-    yield observe_external([inputs.base_model_path] if inputs.base_model_path else [], storage, "embedded")
+    "is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")
 
 
 @dg.asset(group_name="models", kinds={"huggingface", "safetensors"}, deps=[BASE_MODEL_FILES],

@@ -7,12 +7,10 @@ import polars as pl
 from assets.common.data.report import markdown_table
 from assets.common.orchestration.resources import (
     EVAL_SETS,
-    OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,
     USER_EVAL_FILES,
     DataStorage,
-    ExternalInputs,
-    observe_external,
+    observed_external_inputs,
 )
 from assets.eval_sets.core import (
     BUNDLED_BENCHMARKS,
@@ -38,12 +36,10 @@ class EvalSetsConfig(dg.Config):
     user_files: list[UserEvalFile] = []
 
 
-@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    USER_EVAL_FILES, group_name="data", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+user_eval_files = observed_external_inputs(
+    USER_EVAL_FILES, "user_eval_files", lambda inputs: inputs.user_eval_files, "none", group="data", kinds={"parquet"},
     description="The user's eval files the profile names (`eval_sets.user_files`), observed: their data version is "
-    "the hash of their contents (`none` when there are none).")])
-def user_eval_files(inputs: ExternalInputs, storage: DataStorage):
-    yield observe_external(inputs.user_eval_files, storage, "none")
+    "the hash of their contents (`none` when there are none).")
 
 
 @dg.asset(group_name="data", kinds={"parquet"}, deps=[USER_EVAL_FILES],

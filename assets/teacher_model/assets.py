@@ -5,13 +5,11 @@ import dagster as dg
 
 from assets.common.orchestration.resources import (
     MODEL_MANIFEST,
-    OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,
     TEACHER_MODEL,
     TEACHER_MODEL_FILES,
     DataStorage,
-    ExternalInputs,
-    observe_external,
+    observed_external_inputs,
 )
 from assets.teacher_model.core import prepare_teacher
 
@@ -24,13 +22,11 @@ class TeacherModelConfig(dg.Config):
     """Accept a model whose config asks for custom code (`auto_map`). Only for code you have reviewed."""
 
 
-@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    TEACHER_MODEL_FILES, group_name="models", kinds={"huggingface"},
-    automation_condition=OBSERVE_EXTERNAL_INPUTS,
+teacher_model_files = observed_external_inputs(
+    TEACHER_MODEL_FILES, "teacher_model_files", lambda inputs: [inputs.teacher_model_path], "embedded",
+    group="models", kinds={"huggingface"},
     description="The local teacher model directory the profile names (`teacher_model.path`), observed: its data "
-    "version is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")])
-def teacher_model_files(inputs: ExternalInputs, storage: DataStorage):
-    yield observe_external([inputs.teacher_model_path] if inputs.teacher_model_path else [], storage, "embedded")
+    "version is the content hash of its weights, config, tokenizer and template (`embedded` when unset).")
 
 
 @dg.asset(group_name="models", kinds={"huggingface", "safetensors"}, deps=[TEACHER_MODEL_FILES],

@@ -8,13 +8,11 @@ import dagster as dg
 from assets.common.data.report import markdown_table
 from assets.common.data.storage import sha256_file
 from assets.common.orchestration.resources import (
-    OBSERVE_EXTERNAL_INPUTS,
     REBUILD_ON_UPSTREAM_CHANGE,
     USER_SFT_FILES,
     USER_SFT_SOURCES,
     DataStorage,
-    ExternalInputs,
-    observe_external,
+    observed_external_inputs,
 )
 from assets.user_sources.core import SHARD_KEY, UserSourceConfig, read_sources, sources_hash
 
@@ -42,12 +40,10 @@ class UserSourcesSettings(dg.Config):
     """User SFT files to mix in; empty (the default) = only generated data."""
 
 
-@dg.multi_observable_source_asset(specs=[dg.AssetSpec(
-    USER_SFT_FILES, group_name="data", kinds={"parquet"}, automation_condition=OBSERVE_EXTERNAL_INPUTS,
+user_sft_files = observed_external_inputs(
+    USER_SFT_FILES, "user_sft_files", lambda inputs: inputs.user_sft_files, "none", group="data", kinds={"parquet"},
     description="The user's SFT files the profile names (`user_sft_sources.sources`), observed: their data version "
-    "is the hash of their contents (`none` when there are none), so a changed file rebuilds `user_sft_sources`.")])
-def user_sft_files(inputs: ExternalInputs, storage: DataStorage):
-    yield observe_external(inputs.user_sft_files, storage, "none")
+    "is the hash of their contents (`none` when there are none), so a changed file rebuilds `user_sft_sources`.")
 
 
 @dg.asset(group_name="data", kinds={"polars", "parquet"}, deps=[USER_SFT_FILES],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -473,14 +474,25 @@ class ExternalInputs(dg.ConfigurableResource):
     user_sft_files: list[str] = []
 
 
-def observe_external(paths: list[str], storage: DataStorage, unset: str) -> dg.ObserveResult:
-    """An observation of external inputs: data version = their content hash (one path) or the hash of their
-    (path, hash) pairs; ``unset`` (e.g. "embedded") when none is configured."""
-    if not paths:
-        return dg.ObserveResult(data_version=dg.DataVersion(unset), metadata={"paths": f"none ({unset})"})
-    hashes = {str(path): content_hash(path, storage.root_path / "external_inputs") for path in paths}
-    version = next(iter(hashes.values())) if len(hashes) == 1 else combined_hash(hashes)
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(version),
-        metadata={"paths": dg.MetadataValue.json(hashes), "content_hash": version},
-    )
+def observed_external_inputs(key: dg.AssetKey, name: str, paths: Callable[[ExternalInputs], list[str]], unset: str,
+                             group: str, kinds: set[str], description: str) -> dg.AssetsDefinition:
+    """The observable source asset of one kind of external input (a model directory, the user's eval or SFT files),
+    observed by the automation sensor (``OBSERVE_EXTERNAL_INPUTS``): data version = the content hash of the one path
+    ``paths(inputs)`` names, or the hash of its (path, hash) pairs; ``unset`` (e.g. "embedded") when none is
+    configured. Every stage that takes an external input declares it through this one function."""
+
+    @dg.multi_observable_source_asset(name=name, specs=[dg.AssetSpec(
+        key, group_name=group, kinds=kinds, automation_condition=OBSERVE_EXTERNAL_INPUTS, description=description)])
+    def observe(inputs: ExternalInputs, storage: DataStorage):
+        configured = [path for path in paths(inputs) if path]
+        if not configured:
+            yield dg.ObserveResult(data_version=dg.DataVersion(unset), metadata={"paths": f"none ({unset})"})
+            return
+        hashes = {str(path): content_hash(path, storage.root_path / "external_inputs") for path in configured}
+        version = next(iter(hashes.values())) if len(hashes) == 1 else combined_hash(hashes)
+        yield dg.ObserveResult(
+            data_version=dg.DataVersion(version),
+            metadata={"paths": dg.MetadataValue.json(hashes), "content_hash": version},
+        )
+
+    return observe

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common.data.schema import CONVERSATION_SCHEMA
+from assets.common.data.storage import sha256_file
 from assets.common.orchestration.resources import DataStorage
 
 
@@ -58,3 +59,13 @@ def materialization(result: dg.ExecuteInProcessResult, key: str) -> dict:
     """The metadata of ``key``'s materialization in ``result``, values unwrapped."""
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
     return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def assert_names_its_tables(metadata: dict, storage: DataStorage, key: str, rows: int, rejected: bool = True) -> None:
+    """``key``'s materialization metadata names its current table (path and content hash), counts its ``rows`` and,
+    for a stage that removes rows, names its ``rejected`` table."""
+    assert metadata["path"] == str(storage.table_path(key))
+    assert metadata["dagster/row_count"] == rows
+    assert metadata["content_hash"] == sha256_file(metadata["path"])
+    if rejected:
+        assert metadata["rejected_path"] == str(storage.table_path(key, "rejected"))

@@ -15,7 +15,7 @@ from assets.common.orchestration.resources import (
 from assets.decontamination.assets import decontaminated_conversations
 from assets.decontamination.config import REASON_CONTAMINATION
 from assets.eval_sets.core import EVAL_SET_SCHEMA
-from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
+from tests.asset_runs import assert_names_its_tables, conversation, failure_text, frame, materialization, materialize
 
 ASSET = DECONTAMINATED_CONVERSATIONS.to_user_string()
 EVAL_TEXT = ("A farmer has seventeen sheep and all but nine run away through the broken gate at dawn; how many sheep "
@@ -43,11 +43,8 @@ def test_contaminated_rows_are_rejected_with_reasons_and_metadata_matches_the_ta
     assert result.success
     metadata = materialization(result, ASSET)
     kept, rejected = storage.read_table(ASSET), storage.read_table(ASSET, "rejected")
-    assert metadata["path"] == str(storage.table_path(ASSET))
-    assert metadata["dagster/row_count"] == kept.height == 4
-    assert metadata["content_hash"] == sha256_file(metadata["path"])
-    assert metadata["rows_in"] == 6 and metadata["rows_removed"] == rejected.height == 2
-    assert metadata["rejected_path"] == str(storage.table_path(ASSET, "rejected"))
+    assert_names_its_tables(metadata, storage, ASSET, rows=kept.height)
+    assert kept.height == 4 and metadata["rows_in"] == 6 and metadata["rows_removed"] == rejected.height == 2
     assert rejected["conversation_id"].to_list() == ["00000-0000002", "00000-0000004"]
     assert rejected["reason"].unique().to_list() == [REASON_CONTAMINATION]
     assert all("riddles" in detail and "r-1" in detail for detail in rejected["detail"])

@@ -3,7 +3,6 @@ tiny model as teacher and student (their special tokens are the template-leak ru
 
 import pytest
 
-from assets.common.data.storage import sha256_file
 from assets.common.models.chat_template import special_token_strings
 from assets.common.orchestration.resources import (
     BASE_MODEL,
@@ -14,7 +13,7 @@ from assets.common.orchestration.resources import (
     DataStorage,
 )
 from assets.filtering.assets import filtered_conversations
-from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
+from tests.asset_runs import assert_names_its_tables, conversation, failure_text, frame, materialization, materialize
 
 ASSET = FILTERED_CONVERSATIONS.to_user_string()
 QUESTION = "Could you explain how tides work, please?"
@@ -52,11 +51,8 @@ def test_failing_rows_are_rejected_with_reasons_and_metadata_matches_the_table(t
     assert result.success
     metadata = materialization(result, ASSET)
     kept, rejected = storage.read_table(ASSET), storage.read_table(ASSET, "rejected")
-    assert metadata["path"] == str(storage.table_path(ASSET))
-    assert metadata["dagster/row_count"] == kept.height == 3
-    assert metadata["content_hash"] == sha256_file(metadata["path"])
-    assert metadata["rows_in"] == 7 and metadata["rows_rejected"] == rejected.height == 4
-    assert metadata["rejected_path"] == str(storage.table_path(ASSET, "rejected"))
+    assert_names_its_tables(metadata, storage, ASSET, rows=kept.height)
+    assert kept.height == 3 and metadata["rows_in"] == 7 and metadata["rows_rejected"] == rejected.height == 4
     assert kept["row_index"].to_list() == [0, 4, 6]
     assert {r["row_index"]: r["reason"] for r in rejected.iter_rows(named=True)} == {
         row: reason for row, (reason, _) in REJECTED.items()}

@@ -3,10 +3,9 @@
 import polars as pl
 import pytest
 
-from assets.common.data.storage import sha256_file
 from assets.common.orchestration.resources import SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
 from assets.mixture.assets import sft_mixture
-from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
+from tests.asset_runs import assert_names_its_tables, conversation, failure_text, frame, materialization, materialize
 
 ASSET = SFT_MIXTURE.to_user_string()
 PROMPTS = {
@@ -33,9 +32,8 @@ def test_every_row_is_tagged_and_split_and_metadata_matches_the_table(filtered):
     assert result.success
     metadata = materialization(result, ASSET)
     mixture = storage.read_table(ASSET)
-    assert metadata["path"] == str(storage.table_path(ASSET))
-    assert metadata["dagster/row_count"] == mixture.height == 24  # natural distribution: every row, once
-    assert metadata["content_hash"] == sha256_file(metadata["path"])
+    assert_names_its_tables(metadata, storage, ASSET, rows=mixture.height, rejected=False)
+    assert mixture.height == 24  # natural distribution: every row, once
     splits = dict(mixture.group_by("split").len().iter_rows())
     assert (metadata["train_rows"], metadata["validation_rows"]) == (splits["train"], splits["validation"])
     assert splits["validation"] >= 1 and mixture["conversation_id"].is_unique().all()

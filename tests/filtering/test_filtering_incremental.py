@@ -86,16 +86,15 @@ def test_a_table_without_shards_is_refused(tmp_path) -> None:
 
 
 def test_the_asset_reuses_shards_and_writes_what_a_full_check_writes(tmp_path) -> None:
+    """Three shards checked before (by the core, into the asset's folder), the fourth new: one run checks only it."""
     asset = FILTERED_CONVERSATIONS.to_user_string()
     storage = DataStorage(root=str(tmp_path / "data"))
     # the template-leak rule reads only their special tokens: the teacher's are CFG's, the student has none
     storage.write_json(TEACHER_MODEL, MODEL_MANIFEST, {"special_tokens": ["<|im_start|>"]})
     storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"special_tokens": []})
-    storage.write_table(DECONTAMINATED_CONVERSATIONS, _table(3))
-    first = materialization(materialize([filtered_conversations], storage, tmp_path / "d1"), asset)
-    assert (first["shards_computed"], first["shards_reused"]) == (3, 0)
+    filter_shards(_table(3), CFG, storage.asset_dir(FILTERED_CONVERSATIONS) / "shard_results")  # checked before
     storage.write_table(DECONTAMINATED_CONVERSATIONS, _table(4))
-    grown = materialization(materialize([filtered_conversations], storage, tmp_path / "d2"), asset)
+    grown = materialization(materialize([filtered_conversations], storage, tmp_path / "d"), asset)
     assert (grown["shards_computed"], grown["shards_reused"]) == (1, 3)
     full = apply_filters(_table(4), CFG)  # a full check, written as the asset writes its tables
     fresh = DataStorage(root=str(tmp_path / "fresh"))

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from assets.common.data.shards import shard_hashes, shard_positions
+from assets.common.data.shards import shard_hashes, shard_positions, shard_rows
 from assets.common.data.storage import write_json_atomic
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, matches_from, sort_matches
@@ -241,7 +241,7 @@ def _delete_files(state_dir: Path, keep: set[str]) -> None:
 
 def _rows_of(df: pl.DataFrame, positions: np.ndarray) -> pl.DataFrame:
     """The columns the detectors read, for the rows ``positions`` of ``df``."""
-    return df.select("conversation_id", "messages")[pl.Series(positions, dtype=pl.Int64)]
+    return shard_rows(df.select("conversation_id", "messages"), positions)
 
 
 def _add_shards(df: pl.DataFrame, index: EvalIndex, positions: dict[str, np.ndarray], state: _State,

@@ -19,7 +19,7 @@ import polars as pl
 from assets.common.data.config import config_dict
 from assets.common.data.rules import ROW, split_by_verdicts
 from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON
-from assets.common.data.shards import ShardResults, shard_hashes, shard_positions, table_order
+from assets.common.data.shards import ShardResults, shard_hashes, shard_positions, shard_rows, table_order
 from assets.common.models.code_version import source_version
 from assets.filtering.core import RULES, FilterConfig, FilterResult, filter_verdicts
 
@@ -46,7 +46,7 @@ def filter_shards(df: pl.DataFrame, cfg: FilterConfig, results_dir: str | Path) 
     for key, rows in positions.items():
         kept = results.read(key, hashes[key])
         if kept is None:  # only rejected rows are kept: (row in the shard, reason, detail)
-            shard = df.select(INPUT_COLUMNS)[pl.Series(rows, dtype=pl.Int64)]
+            shard = shard_rows(df.select(INPUT_COLUMNS), rows)
             kept = filter_verdicts(shard, cfg).filter(pl.col(REJECTED_REASON).is_not_null())
             results.write(key, hashes[key], kept)
         verdicts[key] = _every_row(kept, rows.size)

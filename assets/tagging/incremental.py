@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.common.data.shards import ShardResults, shard_hashes, shard_positions, table_order
+from assets.common.data.shards import ShardResults, shard_hashes, shard_positions, shard_rows, table_order
 from assets.common.models.code_version import source_version
 from assets.tagging.config import TaggingConfig
 from assets.tagging.core import JudgeProvenance, check_untagged, tag_rows
@@ -49,7 +49,7 @@ def tag_shards(df: pl.DataFrame, cfg: TaggingConfig, results_dir: str | Path) ->
     for key, rows in positions.items():
         tags[key] = results.read(key, hashes[key])
         if tags[key] is None:
-            shard = df.select(INPUT_COLUMNS)[pl.Series(rows, dtype=pl.Int64)]
+            shard = shard_rows(df.select(INPUT_COLUMNS), rows)
             tags[key] = tag_rows(shard, no_judge_labels(shard.height), JudgeProvenance(), cfg).drop(INPUT_COLUMNS)
             results.write(key, hashes[key], tags[key])
     if not positions:

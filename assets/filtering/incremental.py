@@ -12,6 +12,7 @@ hashes and the split itself (vectorized, no rule is evaluated on a reused row).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import polars as pl
@@ -40,7 +41,7 @@ def filter_shards(df: pl.DataFrame, cfg: FilterConfig, results_dir: str | Path) 
     ``results_dir`` for shards whose content was already checked under these thresholds and this code."""
     positions = shard_positions(df)
     hashes = shard_hashes(df, positions, INPUT_COLUMNS)
-    results = ShardResults(results_dir, {"stage": "filtering", "code": source_version(_CODE),
+    results = ShardResults(results_dir, {"stage": "filtering", "code": _code_version(),
                                          "config": config_dict(cfg), "polars": pl.__version__})
     verdicts = {}
     for key, rows in positions.items():
@@ -61,3 +62,8 @@ def _every_row(rejected: pl.DataFrame, rows: int) -> pl.DataFrame:
     every = pl.DataFrame({ROW: pl.int_range(rows, eager=True, dtype=pl.UInt32)})
     return every.join(rejected.select(pl.col(ROW).cast(pl.UInt32), REJECTED_REASON, REJECTED_DETAIL), on=ROW,
                       how="left", maintain_order="left").select(REJECTED_REASON, REJECTED_DETAIL)
+
+
+@cache
+def _code_version() -> str:
+    return source_version(_CODE)

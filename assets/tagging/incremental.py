@@ -13,6 +13,7 @@ row-against-row measures over a bounded sample). With the judge on, the asset ta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def tag_shards(df: pl.DataFrame, cfg: TaggingConfig, results_dir: str | Path) ->
     check_untagged(df)
     positions = shard_positions(df)
     hashes = shard_hashes(df, positions, INPUT_COLUMNS)
-    results = ShardResults(results_dir, {"stage": "tagging", "code": source_version(_CODE),
+    results = ShardResults(results_dir, {"stage": "tagging", "code": _code_version(),
                                          "language_detector": cfg.language_detector, "min_letters": cfg.min_letters,
                                          "libraries": _versions()})
     tags = {}
@@ -69,3 +70,8 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+@cache
+def _code_version() -> str:
+    return source_version(_CODE)

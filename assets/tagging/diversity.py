@@ -48,12 +48,22 @@ class DiversityConfig:
 
 def distinct_n(texts: pl.Series, n: int) -> float | None:
     """Distinct word n-grams / all word n-grams over ``texts`` (None when there is no n-gram)."""
+    return distinct_ns(texts, n)[n]
+
+
+def distinct_ns(texts: pl.Series, max_n: int) -> dict[int, float | None]:
+    """:func:`distinct_n` for n = 1..``max_n``, the words split once; an n-gram is n consecutive words of one text
+    (frame-wide shifts, kept where all n words come from the same text: no per-text window)."""
     words = pl.DataFrame({"t": texts.cast(pl.Utf8)}).with_row_index("doc").select(
         "doc", pl.col("t").str.to_lowercase().str.extract_all(r"\w+").alias("w")).explode("w").drop_nulls("w")
-    grams = words.with_columns(
-        pl.concat_str([pl.col("w").shift(-k).over("doc") for k in range(n)], separator=" ").alias("g")
-    ).drop_nulls("g")
-    return grams["g"].n_unique() / grams.height if grams.height else None
+    found: dict[int, float | None] = {}
+    for n in range(1, max_n + 1):
+        same = pl.all_horizontal([pl.lit(True), *((pl.col("doc").shift(-k) == pl.col("doc")).fill_null(False)
+                                                 for k in range(1, n))])
+        grams = words.select(pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ").filter(same)
+                             .alias("g"))["g"]
+        found[n] = grams.n_unique() / grams.len() if grams.len() else None
+    return found
 
 
 def top_openings(texts: pl.Series, words: int, top: int) -> list[dict]:
@@ -113,7 +123,7 @@ def diversity_report(df: pl.DataFrame, cfg: DiversityConfig = DiversityConfig())
     return {
         "rows": df.height,
         "sample_rows": sample.height,
-        "distinct_n": {role: {str(n): _round(distinct_n(texts, n)) for n in range(1, cfg.max_n + 1)}
+        "distinct_n": {role: {str(n): _round(value) for n, value in distinct_ns(texts, cfg.max_n).items()}
                        for role, texts in every.items()},
         "top_openings": {"instructions": top_openings(firsts["instruction"], cfg.opening_words, cfg.top_openings),
                          "responses": top_openings(firsts["response"], cfg.opening_words, cfg.top_openings)},

@@ -1,5 +1,6 @@
 """Filtering shard by shard: the verdicts of shards already seen are reused, and the output equals a full check of
-the table byte for byte (core on a table with interleaved shards; the asset through Dagster)."""
+the table byte for byte (core, on a table with interleaved shards; the asset reusing a shard through Dagster:
+test_filtering_asset.py::test_rerun_writes_the_same_bytes)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,9 @@ import io
 import polars as pl
 import pytest
 
-from assets.common.orchestration.resources import (
-    BASE_MODEL,
-    DECONTAMINATED_CONVERSATIONS,
-    FILTERED_CONVERSATIONS,
-    MODEL_MANIFEST,
-    TEACHER_MODEL,
-    DataStorage,
-)
-from assets.filtering.assets import filtered_conversations
 from assets.filtering.core import FilterConfig, apply_filters
 from assets.filtering.incremental import filter_shards
-from tests.asset_runs import conversation, frame, materialization, materialize
+from tests.asset_runs import conversation, frame
 
 CFG = FilterConfig(special_tokens=("<|im_start|>",))
 QUESTION = "Could you explain how tides work, please?"
@@ -83,22 +75,3 @@ def test_a_changed_shard_or_threshold_is_checked_again(tmp_path) -> None:
 def test_a_table_without_shards_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs a `shard` column"):
         filter_shards(_table(2).drop("shard"), CFG, tmp_path)
-
-
-def test_the_asset_reuses_shards_and_writes_what_a_full_check_writes(tmp_path) -> None:
-    """Three shards checked before (by the core, into the asset's folder), the fourth new: one run checks only it."""
-    asset = FILTERED_CONVERSATIONS.to_user_string()
-    storage = DataStorage(root=str(tmp_path / "data"))
-    # the template-leak rule reads only their special tokens: the teacher's are CFG's, the student has none
-    storage.write_json(TEACHER_MODEL, MODEL_MANIFEST, {"special_tokens": ["<|im_start|>"]})
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"special_tokens": []})
-    filter_shards(_table(3), CFG, storage.asset_dir(FILTERED_CONVERSATIONS) / "shard_results")  # checked before
-    storage.write_table(DECONTAMINATED_CONVERSATIONS, _table(4))
-    grown = materialization(materialize([filtered_conversations], storage, tmp_path / "d"), asset)
-    assert (grown["shards_computed"], grown["shards_reused"]) == (1, 3)
-    full = apply_filters(_table(4), CFG)  # a full check, written as the asset writes its tables
-    fresh = DataStorage(root=str(tmp_path / "fresh"))
-    assert grown["content_hash"] == fresh.write_table(asset, full.kept).content_hash
-    assert (storage.describe_table(asset, "rejected").content_hash
-            == fresh.write_table(asset, full.rejected, name="rejected").content_hash)
-    assert storage.read_json(asset, "report")["funnel"] == full.funnel

@@ -94,10 +94,11 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
 
 
 def shard_rows(df: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
-    """The rows ``rows`` (ascending positions, as :func:`shard_positions` gives them) of ``df``: a slice, no copy,
-    when they are contiguous (a table written shard after shard), else a gather."""
+    """The rows ``rows`` (ascending positions, as :func:`shard_positions` gives them) of ``df``, in one chunk of their
+    own: a slice copied out when they are contiguous (a table written shard after shard), else a gather (which
+    costs more on a table read from Parquet in several chunks)."""
     if rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size:
-        return df.slice(int(rows[0]), rows.size)
+        return df.slice(int(rows[0]), rows.size).rechunk()
     return df[pl.Series(rows, dtype=pl.Int64)]
 
 

@@ -35,6 +35,7 @@ import numba
 import numpy as np
 import polars as pl
 
+from assets.common.data.shards import shard_hashes, shard_positions, shard_rows
 from assets.common.data.storage import write_json_atomic
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, matches_from, sort_matches
@@ -90,8 +91,8 @@ def decontaminate_shards(
     clock = _Clock()
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    positions = _shard_positions(df)
-    hashes = _shard_hashes(df, positions)
+    positions = shard_positions(df)
+    hashes = shard_hashes(df, positions)
     fingerprint = _fingerprint(index)
     clock.lap("hash")
     state, reason = _load_state(state_dir, fingerprint, hashes)
@@ -127,60 +128,6 @@ class _Clock:
 
 # --------------------------------------------------------------------------------------------------------
 # shards and their identity, and what a state is valid for
-
-
-def _shard_positions(df: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Shard key (the ``shard`` value as text) -> positions of its rows in ``df``, in table order; by shard value."""
-    if "shard" not in df.columns or df["shard"].null_count():
-        raise ValueError("incremental decontamination needs a `shard` column without nulls (deduplicated_conversations"
-                         f" has one); columns are {df.columns}")
-    shard = df["shard"].to_numpy()
-    order = np.argsort(shard, kind="stable")
-    values, starts = np.unique(shard[order], return_index=True)
-    parts = np.split(order, starts[1:]) if values.size else []
-    return {str(v): part for v, part in zip(values.tolist(), parts, strict=True)}
-
-
-def _shard_hashes(df: pl.DataFrame, positions: dict[str, np.ndarray]) -> dict[str, str]:
-    """Per shard, a content hash of its rows in table order: conversation ids, and each message's role and content
-    with its position (one 64-bit hash per row from polars' hashes, the shard's row hashes then SHA-256'd; the
-    polars version is part of the state's fingerprint)."""
-    if df.height == 0:
-        return {}
-    messages = df["messages"]
-    lengths = messages.list.len().fill_null(0).to_numpy().astype(np.int64)
-    exploded = messages.explode()  # one (null) element for an empty or null list
-    count = np.maximum(lengths, 1)
-    first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-    position = (np.arange(int(count.sum())) - np.repeat(first, count)).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        mixed = _fmix64(_hash_in_parallel(exploded.struct.field("content"), seed=1)
-                        ^ (exploded.struct.field("role").hash(seed=2).to_numpy() * _K1) ^ (position * _K2))
-        row = np.add.reduceat(mixed, first)
-        row = _fmix64(row ^ (lengths.astype(np.uint64) * _K1)) ^ df["conversation_id"].hash(seed=3).to_numpy()
-    return {key: hashlib.sha256(np.ascontiguousarray(row[rows]).tobytes()).hexdigest()
-            for key, rows in positions.items()}
-
-
-_K1, _K2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
-
-
-def _hash_in_parallel(series: pl.Series, seed: int) -> np.ndarray:
-    """``series.hash(seed)`` computed in slices on polars' threads (one hash pass is bound to one core)."""
-    n, parts = series.len(), max(1, min(pl.thread_pool_size(), series.len() // 4096))
-    frame = series.to_frame("s").lazy()
-    queries = [frame.slice(k * n // parts, (k + 1) * n // parts - k * n // parts).select(pl.col("s").hash(seed=seed))
-               for k in range(parts)]
-    return np.concatenate([part.to_series().to_numpy() for part in pl.collect_all(queries)])
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer, vectorized (wrapping uint64 arithmetic)."""
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
 
 
 def _fingerprint(index: EvalIndex) -> dict[str, Any]:
@@ -294,7 +241,7 @@ def _delete_files(state_dir: Path, keep: set[str]) -> None:
 
 def _rows_of(df: pl.DataFrame, positions: np.ndarray) -> pl.DataFrame:
     """The columns the detectors read, for the rows ``positions`` of ``df``."""
-    return df.select("conversation_id", "messages")[pl.Series(positions, dtype=pl.Int64)]
+    return shard_rows(df.select("conversation_id", "messages"), positions)
 
 
 def _add_shards(df: pl.DataFrame, index: EvalIndex, positions: dict[str, np.ndarray], state: _State,

@@ -14,7 +14,8 @@ from assets.common.orchestration.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.filtering.core import FilterConfig, apply_filters
+from assets.filtering.core import FilterConfig
+from assets.filtering.incremental import filter_shards
 
 
 class FilterSettings(dg.Config):
@@ -45,12 +46,15 @@ def filtered_conversations(
     context: dg.AssetExecutionContext, config: FilterSettings, storage: DataStorage
 ) -> dg.MaterializeResult:
     """Conversations that pass the quality rules, in order: empty, truncated (no end-of-turn), template-token leak,
-    length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule."""
+    length bounds, Gopher repetition. Rejected rows are kept in `rejected.parquet` with the first failed rule.
+    Incremental over shards: each rule judges a row alone, so every shard's verdicts are kept with the asset (named by
+    the shard's content, the thresholds and the code) and only shards not seen before are checked."""
     teacher = storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)  # its special tokens and the student's template
     student = storage.read_json(BASE_MODEL, MODEL_MANIFEST)  # markers: text the student would read as structure
     core = config.to_core(teacher["special_tokens"], student["special_tokens"])  # template_leak names which matched
     df = storage.read_conversations(DECONTAMINATED_CONVERSATIONS)
-    result = apply_filters(df, core)
+    incremental = filter_shards(df, core, storage.asset_dir(FILTERED_CONVERSATIONS) / "shard_results")
+    result = incremental.result
     stored = storage.write_table(FILTERED_CONVERSATIONS, result.kept)
     rejected = storage.write_table(FILTERED_CONVERSATIONS, result.rejected, name="rejected")
     reasons = result.rejected.group_by("reason").len().sort("reason")
@@ -59,14 +63,17 @@ def filtered_conversations(
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
     }
+    shards = {"shards_computed": len(incremental.computed_shards), "shards_reused": len(incremental.reused_shards)}
     storage.write_json(FILTERED_CONVERSATIONS, "report", report)
-    context.log.info(f"kept {result.kept.height} of {df.height}; rejected {dict(reasons.iter_rows())}")
+    context.log.info(f"kept {result.kept.height} of {df.height}; rejected {dict(reasons.iter_rows())}; shards "
+                     f"checked {incremental.computed_shards}, reused {len(incremental.reused_shards)}")
     examples = result.rejected.group_by("reason", maintain_order=True).first().select("reason", "detail")
     return dg.MaterializeResult(
         metadata={
             **stored.metadata(),
             "rows_in": df.height,
             "rows_rejected": result.rejected.height,
+            **shards,
             "rejected_path": dg.MetadataValue.path(str(rejected.path)),
             "rejected_by_reason": dg.MetadataValue.json(report["rejected_by_reason"]),
             "funnel": dg.MetadataValue.md(markdown_table(result.funnel)),

@@ -54,7 +54,7 @@ from typing import Any
 import polars as pl
 
 from assets.common.data.rules import ROW as _ROW
-from assets.common.data.rules import index_rows, no_failures, split_by_rules
+from assets.common.data.rules import index_rows, no_failures, rule_verdicts, split_by_verdicts
 
 _MSG = "__filter_msg"
 _ROLE = "__filter_role"
@@ -391,13 +391,19 @@ RULES: dict[str, Rule] = {
 
 def apply_filters(df: pl.DataFrame, cfg: FilterConfig | None = None) -> FilterResult:
     """Split ``df`` into kept and rejected rows by the rules of :data:`RULES`, in order (see module docstring)."""
+    split = split_by_verdicts(df, filter_verdicts(df, cfg), list(RULES))
+    return FilterResult(kept=split.kept, rejected=split.rejected, funnel=split.funnel)
+
+
+def filter_verdicts(df: pl.DataFrame, cfg: FilterConfig | None = None) -> pl.DataFrame:
+    """Every row's verdict (:func:`~assets.common.data.rules.rule_verdicts`): its first failed rule and why. A row's
+    verdict depends on its ``messages`` and ``finish_reasons`` alone."""
     cfg = cfg or FilterConfig()
     for column in ("messages", "finish_reasons"):
         if column not in df.columns:
             raise ValueError(f"apply_filters: missing column '{column}'; columns are {df.columns}")
     indexed = index_rows(df, "apply_filters")
     long = _explode_messages(indexed)
-    # Every rule is evaluated on every row (cheap, vectorized); "first failing rule" is resolved by the split,
+    # Every rule is evaluated on every row (cheap, vectorized); "first failing rule" is resolved by the verdicts,
     # and the funnel counts each rule on the rows that survived the rules before it.
-    split = split_by_rules(df, {name: rule(indexed, long, cfg) for name, rule in RULES.items()})
-    return FilterResult(kept=split.kept, rejected=split.rejected, funnel=split.funnel)
+    return rule_verdicts(df.height, {name: rule(indexed, long, cfg) for name, rule in RULES.items()})

@@ -17,7 +17,7 @@ from assets.common.orchestration.resources import (
 from assets.mixture.core import MixtureConfig, build_mixture
 from assets.mixture.manifest import manifest_png, manifest_table
 from assets.mixture.split import MIN_ROWS_FOR_VALIDATION
-from assets.mixture.tokens import student_token_counter
+from assets.mixture.tokens import CachedTokenCounts
 
 
 class MixtureSettings(dg.Config):
@@ -72,11 +72,13 @@ def sft_mixture(
     training mix in rows or student tokens, temperature-scaled categories, caps and floors, language, refusal,
     multi-turn and system-prompt targets (one documented order decides conflicts), split train/validation
     stratified by source and category by a seeded hash of each row. The manifest (target vs realized share per
-    source × category × language in rows and tokens, constraints, repeats) is written as JSON beside the table."""
+    source × category × language in rows and tokens, constraints, repeats) is written as JSON beside the table.
+    Token counts are kept by row content and tokenizer (`token_counts/`): a rebuild counts only rows not seen."""
     df = storage.read_conversations(TAGGED_CONVERSATIONS)
     counter = None
     if storage.has(BASE_MODEL, MODEL_MANIFEST):
-        counter = student_token_counter(storage.read_json(BASE_MODEL, MODEL_MANIFEST)["path"])
+        counter = CachedTokenCounts(storage.read_json(BASE_MODEL, MODEL_MANIFEST)["path"],
+                                    storage.asset_dir(SFT_MIXTURE) / "token_counts")
     else:
         context.log.warning("no base_model manifest: tokens are not counted (unit rows only)")
     result = build_mixture(df, config.to_core(), count_tokens=counter)
@@ -99,6 +101,8 @@ def sft_mixture(
             "validation_strata": dg.MetadataValue.json(manifest["validation_strata"]),
             "train_tokens": manifest["train_tokens"],
             "train_trainable_tokens": manifest["train_trainable_tokens"],
+            "token_rows_counted": counter.rows_counted if counter else 0,
+            "token_rows_reused": counter.rows_reused if counter else 0,
             "manifest_path": dg.MetadataValue.path(str(manifest_path)),
             "manifest": dg.MetadataValue.md(markdown_table(manifest_table(manifest)) + "\n\n"
                                             + _png(manifest_png(manifest), "target vs realized")),

@@ -248,13 +248,22 @@ def _label(df: pl.DataFrame, cfg: MixtureConfig, count_tokens: TokenCounter | No
         pl.int_range(pl.len()).alias(ORDER),
     )
     if count_tokens is not None:
-        counts = [count_tokens(messages) for messages in df["messages"].to_list()]
-        tokens = pl.Series(TOKENS, [c[0] for c in counts], dtype=pl.Int64)
-        trainable = pl.Series(TRAINABLE, [c[1] for c in counts], dtype=pl.Int64)
+        tokens, trainable = _token_counts(df["messages"], count_tokens)
     else:
         tokens, trainable = pl.lit(None, pl.Int64).alias(TOKENS), pl.lit(None, pl.Int64).alias(TRAINABLE)
     amount = pl.lit(1, pl.Int64) if cfg.unit == "rows" else pl.col(TOKENS)
     return labelled.with_columns(tokens, trainable).with_columns(amount.alias(AMOUNT))
+
+
+def _token_counts(messages: pl.Series, count_tokens: TokenCounter) -> tuple[pl.Series, pl.Series]:
+    """Every row's tokens and trainable tokens: by the counter's ``table`` when it has one (a cache of earlier
+    counts, :class:`~assets.mixture.tokens.CachedTokenCounts`), else row by row."""
+    if hasattr(count_tokens, "table"):
+        counts = count_tokens.table(messages)
+        return counts["tokens"].cast(pl.Int64).alias(TOKENS), counts["trainable"].cast(pl.Int64).alias(TRAINABLE)
+    counts = [count_tokens(row) for row in messages.to_list()]
+    return (pl.Series(TOKENS, [c[0] for c in counts], dtype=pl.Int64),
+            pl.Series(TRAINABLE, [c[1] for c in counts], dtype=pl.Int64))
 
 
 def _included(labelled: pl.DataFrame, cfg: MixtureConfig) -> pl.DataFrame:

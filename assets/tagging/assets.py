@@ -34,6 +34,7 @@ from assets.tagging.funnel import (
     stage_from_tables,
     stage_table,
 )
+from assets.tagging.incremental import tag_shards
 from assets.tagging.judge import (
     JudgeConfig,
     JudgeStats,
@@ -43,6 +44,7 @@ from assets.tagging.judge import (
     no_judge_labels,
     run_judge,
 )
+from assets.tagging.labels import filter_on_labels
 from assets.tagging.planted import agreement, disagreements, planted_table
 
 # The judge's default model: the teacher (its manifest); `judge_model_path` overrides it.
@@ -111,11 +113,20 @@ def tagged_conversations(
     or lingua); a refusal flag (judge or phrase rule; flagged, not dropped). Rows failing the label rules (off by
     default) go to `rejected.parquet` with the rule. Reports label distributions, refusal rates per task, the kept
     set's diversity, the judge's throughput and planted-set agreement, and the funnel of every stage, per category
-    from here on."""
+    from here on. Without the judge, incremental over shards: every tag is per row, so each shard's tags are kept
+    with the asset (named by its content, the language settings and the code) and only new shards are tagged."""
     df = storage.read_conversations(FILTERED_CONVERSATIONS)
     core = config.to_core()
     judged = _judge(context, config, storage, engine, df)
-    tagged, split = tag_and_filter(df, judged["labels"], judged["provenance"], core)
+    shards = {}
+    if config.use_judge:
+        tagged, split = tag_and_filter(df, judged["labels"], judged["provenance"], core)
+    else:  # without the judge every tag is per row: tagged shard by shard, shards seen before reused
+        incremental = tag_shards(df, core, storage.asset_dir(TAGGED_CONVERSATIONS) / "shard_results")
+        tagged, split = incremental.tagged, filter_on_labels(incremental.tagged, core)
+        shards = {"shards_computed": len(incremental.computed_shards),
+                  "shards_reused": len(incremental.reused_shards)}
+        context.log.info(f"shards tagged {incremental.computed_shards}, reused {len(incremental.reused_shards)}")
     stored = storage.write_table(TAGGED_CONVERSATIONS, split.kept)
     rejected = storage.write_table(TAGGED_CONVERSATIONS, split.rejected, name="rejected")
     this = Stage(TAGGED_CONVERSATIONS.to_user_string(), df.height, split.kept.height,
@@ -126,7 +137,7 @@ def tagged_conversations(
     report = _report(config, core, judged, tagged, split, stages, kept_by_category)
     storage.write_json(TAGGED_CONVERSATIONS, "report", report)
     context.log.info(f"tagged {df.height} rows with the {report['tagger']} tagger; kept {split.kept.height}")
-    return dg.MaterializeResult(metadata=_metadata(stored, rejected, report, stages),
+    return dg.MaterializeResult(metadata={**_metadata(stored, rejected, report, stages), **shards},
                                 data_version=dg.DataVersion(stored.content_hash))
 
 

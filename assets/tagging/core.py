@@ -46,9 +46,7 @@ def tag_rows(df: pl.DataFrame, judge_labels: pl.DataFrame, provenance: JudgeProv
     """``df`` with the judge's labels (one row per row of ``df``, same order) and every tag column."""
     if judge_labels.height != df.height:
         raise ValueError(f"tag_rows: {judge_labels.height} judge labels for {df.height} rows")
-    clash = [c for c in (*JUDGE_COLUMNS, *PROVENANCE_COLUMNS, *TAG_COLUMNS) if c in df.columns and c != "task"]
-    if clash:
-        raise ValueError(f"tag_rows: the input already has tagging columns {clash}; tag the untagged table")
+    check_untagged(df)
     parsed = pl.col("judge_status") == PARSED
     tagged = pl.concat([df.drop("task", strict=False), judge_labels.select(list(JUDGE_COLUMNS)),
                         language_columns(df, cfg.min_letters, cfg.language_detector)], how="horizontal")
@@ -61,6 +59,12 @@ def tag_rows(df: pl.DataFrame, judge_labels: pl.DataFrame, provenance: JudgeProv
         refusal_phrase_expr().alias("refusal_phrase"),
     ).with_columns(
         (pl.col("judge_refusal").fill_null(False) | pl.col("refusal_phrase").is_not_null()).alias("refusal"))
+
+
+def check_untagged(df: pl.DataFrame) -> None:
+    clash = [c for c in (*JUDGE_COLUMNS, *PROVENANCE_COLUMNS, *TAG_COLUMNS) if c in df.columns and c != "task"]
+    if clash:
+        raise ValueError(f"tag_rows: the input already has tagging columns {clash}; tag the untagged table")
 
 
 def tag_and_filter(df: pl.DataFrame, judge_labels: pl.DataFrame, provenance: JudgeProvenance,

@@ -10,6 +10,13 @@
 * near-duplicate instruction rate: the share of rows whose first instruction is a near-duplicate (MinHash estimated
   Jaccard >= ``near_duplicate_threshold`` over word ``near_duplicate_ngram``-grams) of an earlier row's. Dedup
   compares whole conversations; this shows prompts that repeat with different answers.
+
+distinct-n and the near-duplicate rate compare rows with each other, so over a whole table they cost more than the
+table's size (and distinct-n falls as a table grows); they are taken over a sample of at most
+``DiversityConfig.sample_rows`` rows (10,000) chosen by a hash of ``conversation_id``: every row of a smaller table,
+the same rows whichever build computes them, a figure comparable across table sizes. The openings read only the start
+of each text. So the report costs about the same for a million rows as for ten thousand, and adding a shard changes
+it without re-reading every text.
 """
 
 from __future__ import annotations
@@ -34,23 +41,39 @@ class DiversityConfig:
     opening_words: int = 3
     near_duplicate_threshold: float = 0.7
     near_duplicate_ngram: int = 2
+    sample_rows: int = 10_000
+    """distinct-n and the near-duplicate rate compare rows with each other: over at most this many rows (the ones
+    with the smallest hash of their ``conversation_id``, in table order; every row of a smaller table)."""
 
 
 def distinct_n(texts: pl.Series, n: int) -> float | None:
     """Distinct word n-grams / all word n-grams over ``texts`` (None when there is no n-gram)."""
+    return distinct_ns(texts, n)[n]
+
+
+def distinct_ns(texts: pl.Series, max_n: int) -> dict[int, float | None]:
+    """:func:`distinct_n` for n = 1..``max_n``, the words split once; an n-gram is n consecutive words of one text
+    (frame-wide shifts, kept where all n words come from the same text: no per-text window)."""
     words = pl.DataFrame({"t": texts.cast(pl.Utf8)}).with_row_index("doc").select(
         "doc", pl.col("t").str.to_lowercase().str.extract_all(r"\w+").alias("w")).explode("w").drop_nulls("w")
-    grams = words.with_columns(
-        pl.concat_str([pl.col("w").shift(-k).over("doc") for k in range(n)], separator=" ").alias("g")
-    ).drop_nulls("g")
-    return grams["g"].n_unique() / grams.height if grams.height else None
+    found: dict[int, float | None] = {}
+    for n in range(1, max_n + 1):
+        same = pl.all_horizontal([pl.lit(True), *((pl.col("doc").shift(-k) == pl.col("doc")).fill_null(False)
+                                                 for k in range(1, n))])
+        grams = words.select(pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ").filter(same)
+                             .alias("g"))["g"]
+        found[n] = grams.n_unique() / grams.len() if grams.len() else None
+    return found
 
 
 def top_openings(texts: pl.Series, words: int, top: int) -> list[dict]:
-    """The ``top`` most frequent first-``words``-word openings (lowercased), with count and share."""
+    """The ``top`` most frequent first-``words``-word openings (lowercased), with count and share. Only the start of
+    each text is read (one anchored match), so this costs the same for long texts as for short ones."""
+    pattern = r"^\W*(\w+)" + r"(?:\W+(\w+))?" * (words - 1)
+    found = pl.col("t").str.extract_groups(pattern)
     openings = (pl.DataFrame({"t": texts.cast(pl.Utf8)})
-                .select(pl.col("t").str.to_lowercase().str.extract_all(r"\w+").list.head(words).list.join(" ")
-                        .alias("opening"))
+                .select(pl.concat_list([found.struct[k] for k in range(words)]).list.drop_nulls().list.join(" ")
+                        .str.to_lowercase().fill_null("").alias("opening"))
                 .filter(pl.col("opening").str.len_chars() > 0))
     total = openings.height
     counts = openings.group_by("opening").len().sort(["len", "opening"], descending=[True, False]).head(top)
@@ -79,23 +102,38 @@ def near_duplicate_rate(texts: pl.Series, threshold: float, ngram: int) -> float
     return round(duplicates.size / texts.len(), 4)
 
 
+def comparison_sample(df: pl.DataFrame, rows: int) -> pl.DataFrame:
+    """At most ``rows`` rows of ``df``: those with the smallest hash of ``conversation_id`` (ties by position), in
+    table order; all of ``df`` when it is not larger."""
+    if df.height <= rows:
+        return df
+    order = pl.DataFrame({"h": df["conversation_id"].hash(seed=0), "i": pl.int_range(df.height, eager=True)})
+    return df[order.sort("h", "i").head(rows)["i"].sort()]
+
+
 def diversity_report(df: pl.DataFrame, cfg: DiversityConfig = DiversityConfig()) -> dict:
-    """The diversity measures of a conversation table with a ``task`` column (see the module docstring)."""
+    """The diversity measures of a conversation table with a ``task`` column (see the module docstring): openings
+    and category entropy over every row; distinct-n and the near-duplicate rate, which compare rows with each other,
+    over :func:`comparison_sample` (``cfg.sample_rows``), so their cost does not grow with the table."""
     firsts = df.select(role_texts("user").list.first().alias("instruction"),
                        role_texts("assistant").list.first().alias("response"))
-    every = {role: df.select(role_texts(r).alias("t")).explode("t")["t"]
+    sample = comparison_sample(df, cfg.sample_rows)
+    every = {role: sample.select(role_texts(r).alias("t")).explode("t")["t"]
              for role, r in (("instructions", "user"), ("responses", "assistant"))}
     return {
         "rows": df.height,
-        "distinct_n": {role: {str(n): _round(distinct_n(texts, n)) for n in range(1, cfg.max_n + 1)}
+        "sample_rows": sample.height,
+        "distinct_n": {role: {str(n): _round(value) for n, value in distinct_ns(texts, cfg.max_n).items()}
                        for role, texts in every.items()},
         "top_openings": {"instructions": top_openings(firsts["instruction"], cfg.opening_words, cfg.top_openings),
                          "responses": top_openings(firsts["response"], cfg.opening_words, cfg.top_openings)},
         "category_entropy": category_entropy(df["task"]) if "task" in df.columns else None,
         "near_duplicate_instruction_rate": near_duplicate_rate(
-            firsts["instruction"], cfg.near_duplicate_threshold, cfg.near_duplicate_ngram),
+            sample.select(role_texts("user").list.first().alias("i"))["i"], cfg.near_duplicate_threshold,
+            cfg.near_duplicate_ngram),
         "config": {"near_duplicate_threshold": cfg.near_duplicate_threshold,
-                   "near_duplicate_ngram": cfg.near_duplicate_ngram, "opening_words": cfg.opening_words},
+                   "near_duplicate_ngram": cfg.near_duplicate_ngram, "opening_words": cfg.opening_words,
+                   "sample_rows": cfg.sample_rows},
     }
 
 

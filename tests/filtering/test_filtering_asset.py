@@ -71,6 +71,9 @@ def test_rerun_writes_the_same_bytes(tables):
     rejected = storage.table_path(ASSET, "rejected")
     second = materialization(materialize([filtered_conversations], storage, tmp_path / "dagster2"), ASSET)
     assert (second["path"], second["content_hash"]) == (first["path"], first["content_hash"])
+    # the second run reuses the shard's verdicts (a new shard into a kept state: test_filtering_incremental.py)
+    assert (first["shards_computed"], first["shards_reused"], second["shards_computed"], second["shards_reused"]) == (
+        1, 0, 0, 1)
     assert storage.table_path(ASSET, "rejected") == rejected
 
 

@@ -118,3 +118,7 @@ def test_token_mix_with_the_students_tokenizer_manifest_json_table_and_chart(fil
     for name, entry in manifest["sources"].items():
         assert entry["realized_share"] == pytest.approx(by_source[name] / total, rel=1e-12)
     assert manifest["train_tokens"] == total == metadata["train_tokens"]
+    # every row counted once and kept for the next build (tests/mixture/test_mixture_tokens.py: the cache hit)
+    assert (metadata["token_rows_counted"], metadata["token_rows_reused"]) == (df["messages"].n_unique(),
+                                                                              df.height - df["messages"].n_unique())
+    assert list((storage.asset_dir(ASSET) / "token_counts").glob("*/*.parquet"))

@@ -44,3 +44,45 @@ def test_a_user_jsonl_source_at_25_percent_of_tokens_lands_within_1_percent(tiny
     assert train.filter(pl.col("source") == "mine").height < 80  # the share binds: not simply every user row
     assert result.manifest["sources"]["mine"]["tokens_share"] == pytest.approx(mine / sum(tokens))
     assert 0 < result.manifest["train_trainable_tokens"] < result.manifest["train_tokens"] == sum(tokens)
+
+
+def _frame_bytes(df: pl.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    df.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def test_cached_counts_equal_counting_every_row_and_a_rebuild_counts_only_new_rows(tiny_model_dir, tmp_path) -> None:
+    from assets.mixture.tokens import CachedTokenCounts
+
+    pool = _pool(tmp_path)
+    cfg = MixtureConfig(unit="tokens", source_shares={"mine": 0.25})
+    cached = CachedTokenCounts(tiny_model_dir, tmp_path / "cache")
+    first = build_mixture(pool, cfg, count_tokens=cached)
+    plain = build_mixture(pool, cfg, count_tokens=student_token_counter(tiny_model_dir))
+    assert _frame_bytes(first.mixture) == _frame_bytes(plain.mixture) and first.manifest == plain.manifest
+    distinct = pool["messages"].n_unique()
+    assert (cached.rows_counted, cached.rows_reused) == (distinct, pool.height - distinct)
+    grown = pl.concat([pool, pool.head(5).with_columns(  # five new rows: same prompts, other answers
+        pl.format("new-{}", "conversation_id").alias("conversation_id"),
+        pl.col("messages").list.eval(pl.struct(pl.element().struct.field("role"),
+                                               pl.element().struct.field("content") + " More.")))])
+    rebuild = CachedTokenCounts(tiny_model_dir, tmp_path / "cache")
+    again = build_mixture(grown, cfg, count_tokens=rebuild)
+    assert (rebuild.rows_counted, rebuild.rows_reused) == (5, pool.height)
+    assert _frame_bytes(again.mixture) == _frame_bytes(
+        build_mixture(grown, cfg, count_tokens=student_token_counter(tiny_model_dir)).mixture)
+
+
+def test_counts_are_kept_per_tokenizer(tiny_model_dir, tmp_path) -> None:
+    import shutil
+
+    from assets.mixture.tokens import tokenizer_identity
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other, ignore=shutil.ignore_patterns("*.safetensors"))
+    assert tokenizer_identity(other) == tokenizer_identity(tiny_model_dir)  # the weights do not count
+    (other / "chat_template.jinja").write_text((other / "chat_template.jinja").read_text() + "\n")
+    assert tokenizer_identity(other) != tokenizer_identity(tiny_model_dir)

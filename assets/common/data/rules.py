@@ -9,7 +9,7 @@ Adding a rule is one function plus one line in the registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,14 @@ def no_failures(frame: pl.DataFrame) -> pl.DataFrame:
 
 def split_by_rules(df: pl.DataFrame, failures: Mapping[str, pl.DataFrame]) -> RuleSplit:
     """Split ``df`` by ``failures`` (rule name -> ``(ROW, detail)`` of the rows it fails, in registry order)."""
-    verdict = pl.DataFrame({ROW: pl.int_range(df.height, eager=True, dtype=pl.UInt32)})
+    return split_by_verdicts(df, rule_verdicts(df.height, failures), list(failures))
+
+
+def rule_verdicts(height: int, failures: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Per row of a ``height``-row table, in order: ``ROW`` and the first failed rule (``reason``, null when it
+    passed every rule) with its ``detail``; what :func:`split_by_verdicts` splits a table by. A row's verdict
+    depends on that row alone, so a table's verdicts may be computed in parts (shards) and put together."""
+    verdict = pl.DataFrame({ROW: pl.int_range(height, eager=True, dtype=pl.UInt32)})
     for rule, failed in failures.items():
         verdict = verdict.join(failed.select(pl.col(ROW).cast(pl.UInt32), pl.col("detail").alias(f"__detail_{rule}")),
                                on=ROW, how="left", maintain_order="left")
@@ -56,16 +63,20 @@ def split_by_rules(df: pl.DataFrame, failures: Mapping[str, pl.DataFrame]) -> Ru
     for rule in reversed(list(failures)):
         reason = pl.when(pl.col(f"__detail_{rule}").is_not_null()).then(pl.lit(rule)).otherwise(reason)
     detail = pl.coalesce([pl.col(f"__detail_{rule}") for rule in failures]) if failures else pl.lit(None, pl.Utf8)
-    verdict = verdict.select(ROW, reason.alias(REJECTED_REASON), detail.alias(REJECTED_DETAIL)).sort(ROW)
+    return verdict.select(ROW, reason.alias(REJECTED_REASON), detail.alias(REJECTED_DETAIL)).sort(ROW)
 
-    labelled = pl.concat([df, verdict.drop(ROW)], how="horizontal")
+
+def split_by_verdicts(df: pl.DataFrame, verdict: pl.DataFrame, rules: Sequence[str]) -> RuleSplit:
+    """Split ``df`` by its rows' verdicts (:func:`rule_verdicts`, one per row in order); ``rules``: the registry's
+    names, in order, for the funnel."""
+    labelled = pl.concat([df, verdict.select(REJECTED_REASON, REJECTED_DETAIL)], how="horizontal")
     kept = labelled.filter(pl.col(REJECTED_REASON).is_null()).select(df.columns)
     rejected = labelled.filter(pl.col(REJECTED_REASON).is_not_null())
 
     counts = dict(verdict.group_by(REJECTED_REASON).len().drop_nulls(REJECTED_REASON).iter_rows())
     funnel: list[dict[str, Any]] = []
     rows_in = df.height
-    for rule in failures:
+    for rule in rules:
         removed = int(counts.get(rule, 0))
         funnel.append({"rule": rule, "rows_in": rows_in, "rows_removed": removed, "rows_out": rows_in - removed})
         rows_in -= removed

@@ -39,11 +39,12 @@ _POS = "__semantic_pos"
 
 @dataclass(frozen=True)
 class SemanticDedupConfig:
-    """enabled: run the semantic pass after MinHash. model: an embedding model of
+    """enabled: run the semantic pass after MinHash (off in code so string-level tests and deployments opt in; on in
+    the demo and GPU profiles). model: an embedding model of
     :data:`~assets.common.text.embeddings.MODELS` or a local sentence-transformers directory. threshold: the cosine
     at or above which an instruction duplicates an earlier kept one (docs/semantic.md: how it was chosen)."""
 
-    enabled: bool = True
+    enabled: bool = False
     model: str = DEFAULT_DEDUP_MODEL
     threshold: float = DEFAULT_DEDUP_THRESHOLD
 

@@ -55,7 +55,7 @@ def write_shard(folder: Path, key: int, instructions: list[str]) -> Path:
     return path
 
 
-def run(paths: dict, state: Path, backend, cfg=SemanticDedupConfig()):
+def run(paths: dict, state: Path, backend, cfg=SemanticDedupConfig(enabled=True)):
     stage = SemanticStage(cfg, Embedder(EmbeddingConfig(model=MODEL), cache_root=None, backend=backend))
     return deduplicate_shards(paths, state, MinHashConfig(), semantic=stage)
 
@@ -73,7 +73,7 @@ def test_a_reworded_instruction_is_removed_naming_the_kept_row_and_a_different_o
     assert result.stats_by_shard["00000"] == {"rows_in": 4, "rows_removed": 1, "rows_removed_minhash": 0,
                                               "rows_removed_semantic": 1, "texts_embedded": 4}
     # a threshold above the pair's cosine keeps it; MinHash alone never saw it (different words)
-    assert run(paths, tmp_path / "strict", backend, SemanticDedupConfig(threshold=0.95)).removed.height == 0
+    assert run(paths, tmp_path / "strict", backend, SemanticDedupConfig(enabled=True, threshold=0.95)).removed.height == 0
 
 
 def test_earlier_kept_rows_win_across_shards_and_incremental_equals_a_full_rebuild(tmp_path, backend):
@@ -105,7 +105,7 @@ def test_the_persisted_index_holds_the_kept_rows_and_a_settings_change_rebuilds(
     stored = index.vectors(np.arange(3))
     assert np.allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
     assert index.search(stored, 1)[:, 0].tolist() == [0, 1, 2]
-    again = run(paths, tmp_path / "state", backend, SemanticDedupConfig(threshold=0.95))
+    again = run(paths, tmp_path / "state", backend, SemanticDedupConfig(enabled=True, threshold=0.95))
     assert again.rebuilt and again.rebuild_reason == "semantic settings or embedding model changed"
     assert len(list((tmp_path / "state").glob("semantic_index-*.npz"))) == 1  # the previous one removed after
 
@@ -126,3 +126,29 @@ def _hash(text: str) -> str:
     from assets.common.data.storage import sha256_text
 
     return sha256_text(text)
+
+
+def instructions(seed: int, n: int) -> list[str]:
+    """``n`` distinct made-up instructions (random words of the bundled eval sets)."""
+    import random
+    import re
+
+    from assets.eval_sets.core import load_bundled_eval_sets
+
+    words = sorted({w.lower() for t in load_bundled_eval_sets()["text"] for w in re.findall(r"[A-Za-z]{4,10}", t)})
+    rng = random.Random(seed)
+    return [f"Write {rng.choice(['a poem', 'an essay', 'a plan'])} about {' '.join(rng.sample(words, 4))}."
+            for _ in range(n)]
+
+
+def test_incremental_equals_a_full_rebuild_on_an_index_with_several_hnsw_levels(tmp_path, backend):
+    """HNSW levels come from a generator the index file does not keep: without reading the index back after every
+    shard, the incremental and the full graphs differ once nodes reach level 1 (hundreds of rows)."""
+    paths = {"00000": write_shard(tmp_path, 0, instructions(0, 250))}
+    run(paths, tmp_path / "incremental", backend)
+    paths["00001"] = write_shard(tmp_path, 1, instructions(1, 250))
+    incremental, full = run(paths, tmp_path / "incremental", backend), run(paths, tmp_path / "full", backend)
+    assert incremental.semantic_index_rows > 400  # mostly distinct: a graph with upper levels
+    assert full.kept.equals(incremental.kept) and full.removed.equals(incremental.removed)
+    names = [sorted(p.name for p in (tmp_path / d).glob("semantic_index-*.npz")) for d in ("full", "incremental")]
+    assert names[0] == names[1] and len(names[0]) == 1

@@ -94,7 +94,10 @@ def deduplicated_conversations(
     Incremental: the LSH index is kept with the asset, and a new shard is compared only against it, so the cost
     grows with the new shard. Rows kept earlier stay kept; within new rows the first by (shard, row_index) wins.
     Removed rows go to `rejected.parquet` with their cluster and the id of the row they duplicate. User SFT rows
-    (`user_sft_sources`' pseudo-shard) are one more shard."""
+    (`user_sft_sources`' pseudo-shard) are one more shard. With `semantic.enabled`, MinHash's survivors then go
+    through semantic dedup: an instruction (first user message) within `semantic.threshold` cosine of an earlier
+    kept one is removed (`reason` semantic_duplicate, `duplicate_of`, `similarity` = cosine), found through a
+    persisted HNSW index kept beside the LSH index; reported apart from MinHash's removals (docs/semantic.md)."""
     owner = {key: asset for asset in (MAGPIE_CONVERSATIONS, USER_SFT_SOURCES) for key in storage.shard_tables(asset)}
     shards = {**storage.shard_tables(MAGPIE_CONVERSATIONS), **storage.shard_tables(USER_SFT_SOURCES)}
     core = config.to_core()

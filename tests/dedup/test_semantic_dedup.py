@@ -73,7 +73,8 @@ def test_a_reworded_instruction_is_removed_naming_the_kept_row_and_a_different_o
     assert result.stats_by_shard["00000"] == {"rows_in": 4, "rows_removed": 1, "rows_removed_minhash": 0,
                                               "rows_removed_semantic": 1, "texts_embedded": 4}
     # a threshold above the pair's cosine keeps it; MinHash alone never saw it (different words)
-    assert run(paths, tmp_path / "strict", backend, SemanticDedupConfig(enabled=True, threshold=0.95)).removed.height == 0
+    strict = SemanticDedupConfig(enabled=True, threshold=0.95)
+    assert run(paths, tmp_path / "strict", backend, strict).removed.height == 0
 
 
 def test_earlier_kept_rows_win_across_shards_and_incremental_equals_a_full_rebuild(tmp_path, backend):

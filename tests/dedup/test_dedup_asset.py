@@ -9,12 +9,12 @@ from assets.common.data.storage import sha256_file
 from assets.common.orchestration.resources import DEDUPLICATED_CONVERSATIONS, MAGPIE_CONVERSATIONS, DataStorage
 from assets.dedup.assets import deduplicated_conversations
 from assets.dedup.near_duplicates import REASON_NEAR_DUPLICATE
-from assets.dedup.semantic import REASON_SEMANTIC_DUPLICATE
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize, with_bad_role
 
 WORDS = ("river stone lantern meadow copper violin harbor orchard thunder saffron glacier pepper marble falcon "
          "velvet canyon ember willow quartz tundra pebble cobalt nectar prairie").split()
 ASSET = DEDUPLICATED_CONVERSATIONS.to_user_string()
+SEMANTIC = "semantic_duplicate"  # the rejected reason of semantic dedup (assets/dedup/semantic.py)
 
 
 def text(seed: int) -> str:
@@ -107,9 +107,9 @@ def test_semantic_duplicates_go_to_rejected_and_are_reported_apart_from_minhash(
     rejected = storage.read_table(ASSET, "rejected")
     assert rejected.select("conversation_id", "duplicate_of", "reason").rows() == [
         ("00000-0000004", "00000-0000003", REASON_NEAR_DUPLICATE),
-        ("00000-0000002", "00000-0000000", REASON_SEMANTIC_DUPLICATE),
-        ("00001-0000000", "00000-0000001", REASON_SEMANTIC_DUPLICATE)]
-    assert rejected.filter(reason=REASON_SEMANTIC_DUPLICATE)["similarity"].round(2).to_list() == [0.93, 0.9]
+        ("00000-0000002", "00000-0000000", SEMANTIC),
+        ("00001-0000000", "00000-0000001", SEMANTIC)]
+    assert rejected.filter(reason=SEMANTIC)["similarity"].round(2).to_list() == [0.93, 0.9]
     assert metadata["dagster/row_count"] == 4 and metadata["rows_in"] == 7
     assert (metadata["rows_removed_minhash"], metadata["rows_removed_semantic"]) == (1, 2)
     semantic = metadata["semantic"]
@@ -118,6 +118,6 @@ def test_semantic_duplicates_go_to_rejected_and_are_reported_apart_from_minhash(
     assert "| 00001-0000000 | 00000-0000001 | 0.89" in metadata["semantic_examples"]
     assert "checks whether a number is prime" in metadata["semantic_examples"]
     report = storage.read_json(ASSET, "report")
-    assert report["removed_by_reason"] == {REASON_NEAR_DUPLICATE: 1, REASON_SEMANTIC_DUPLICATE: 2}
+    assert report["removed_by_reason"] == {REASON_NEAR_DUPLICATE: 1, SEMANTIC: 2}
     assert report["semantic"]["rows_removed"] == 2 and report["shards"]["00001"]["rows_removed_semantic"] == 1
     assert list((tmp_path / "data" / "embeddings").rglob("*.parquet"))  # the (model hash, text hash) cache

@@ -17,6 +17,7 @@ from pipelines.definitions import defs
 
 # (Dagster config class, field) -> why it has no field of that name in the core config
 DAGSTER_ONLY = {
+    ("DedupSettings", "semantic"): "nested SemanticSettings, paired with SemanticDedupConfig on its own",
     ("DecontamSettings", "similarity_threshold"): "becomes minhash.threshold (0 disables the MinHash detector)",
     ("FilterSettings", "extra_special_tokens"): "merged with the models' special tokens into special_tokens",
     ("MagpieGenerationConfig", "batch_size"): "checkpointing granularity, not what is generated",

@@ -192,7 +192,8 @@ def funnel_row(name: str, documents: dict[str, dict]) -> dict | None:
                     sum(int(r["stats"]["kept"]) for r in reports), dropped)
     report = reports[0]
     if "rows_in" in report and "rows_removed" in report:
-        return _row(name, int(report["rows_in"]), int(report["rows_in"]) - int(report["rows_removed"]), {})
+        return _row(name, int(report["rows_in"]), int(report["rows_in"]) - int(report["rows_removed"]),
+                    report.get("removed_by_reason") or {})
     if report.get("funnel"):
         rules = report["funnel"]
         return _row(name, int(rules[0]["rows_in"]), int(rules[-1]["rows_out"]),

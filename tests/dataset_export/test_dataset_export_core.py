@@ -137,6 +137,8 @@ def test_funnel_rows_from_each_stages_report_form():
 
     assert funnel_row("dedup", documents({"rows_in": 9, "rows_removed": 2})) == {
         "stage": "dedup", "rows in": 9, "rows out": 7, "removed": 2, "removed by reason": "-"}
+    by_reason = {"rows_in": 9, "rows_removed": 3, "removed_by_reason": {"near_duplicate": 1, "semantic_duplicate": 2}}
+    assert funnel_row("dedup", documents(by_reason))["removed by reason"] == "semantic_duplicate: 2, near_duplicate: 1"
     assert funnel_row("user", documents({"rows": 4, "sources": {}}))["rows out"] == 4
     assert funnel_row("eval_sets", documents({"benchmarks": [], "sources": []})) is None
     assert funnel_row("teacher_model", documents({"name": "x"}, "manifest")) is None

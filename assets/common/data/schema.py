@@ -53,9 +53,11 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     REJECTED_REASON: "Why the row was removed (the rule or detector)",
     REJECTED_DETAIL: "Details of the removal: the duplicate's id, the matched n-gram or eval item, the value tested",
     # dedup (rejected rows)
-    "cluster_id": "Near-duplicate cluster of the row (row number of the kept representative in the LSH index)",
+    "cluster_id": "Near-duplicate cluster of the row (row number of the kept representative in the LSH index; "
+                  "null for semantic duplicates)",
     "duplicate_of": "conversation_id of the kept row this one duplicates",
-    "similarity": "Estimated Jaccard similarity (MinHash) to the kept row",
+    "similarity": "Similarity to the kept row: estimated Jaccard (reason near_duplicate, MinHash) or cosine of the "
+                  "instructions' embeddings (reason semantic_duplicate)",
     # user sources
     "source": "Where the row comes from: 'generated' or the user source's name",
     "source_id": "The row's id in its user source file (line or row number when it had none)",

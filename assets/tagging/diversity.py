@@ -33,6 +33,8 @@ from assets.common.text.minhash.config import MinHashConfig
 from assets.common.text.minhash.lsh import band_hashes, within_pairs
 from assets.common.text.minhash.signatures import compute_signatures
 
+_HEAD = 64  # characters of a text that :func:`top_openings` reads first
+
 
 @dataclass(frozen=True)
 class DiversityConfig:
@@ -67,13 +69,18 @@ def distinct_ns(texts: pl.Series, max_n: int) -> dict[int, float | None]:
 
 
 def top_openings(texts: pl.Series, words: int, top: int) -> list[dict]:
-    """The ``top`` most frequent first-``words``-word openings (lowercased), with count and share. Only the start of
-    each text is read (one anchored match), so this costs the same for long texts as for short ones."""
-    pattern = r"^\W*(\w+)" + r"(?:\W+(\w+))?" * (words - 1)
-    found = pl.col("t").str.extract_groups(pattern)
-    openings = (pl.DataFrame({"t": texts.cast(pl.Utf8)})
-                .select(pl.concat_list([found.struct[k] for k in range(words)]).list.drop_nulls().list.join(" ")
-                        .str.to_lowercase().fill_null("").alias("opening"))
+    """The ``top`` most frequent first-``words``-word openings (lowercased), with count and share. Words are read from
+    the first ``_HEAD`` characters of each text; only a longer text with no more than ``words`` words there (the last
+    may be cut) is read whole, so the cost does not grow with the length of the texts."""
+    def first_words(column: pl.Expr) -> pl.Expr:
+        return column.str.to_lowercase().str.extract_all(r"\w+").list.head(words + 1)
+
+    frame = pl.DataFrame({"t": texts.cast(pl.Utf8)}).with_row_index("i").with_columns(
+        first_words(pl.col("t").str.slice(0, _HEAD)).alias("w"))
+    redo = (frame.filter((pl.col("t").str.len_chars() > _HEAD) & (pl.col("w").list.len() <= words))
+            .select("i", first_words(pl.col("t")).alias("whole")))
+    openings = (frame.join(redo, on="i", how="left", maintain_order="left")
+                .select(pl.coalesce("whole", "w").list.head(words).list.join(" ").alias("opening"))
                 .filter(pl.col("opening").str.len_chars() > 0))
     total = openings.height
     counts = openings.group_by("opening").len().sort(["len", "opening"], descending=[True, False]).head(top)

@@ -118,7 +118,9 @@ def sft_mixture(
     else:
         context.log.warning("no base_model manifest: tokens are not counted (unit rows only)")
     core = config.to_core()
-    if storage.has(INSTRUCTION_DIFFICULTY, "data"):  # the IFD columns travel with the rows (null: not scored)
+    # the IFD columns travel with the rows only when they select them: without selection, a new student (new scores)
+    # leaves the mixture's bytes, hence the training data, unchanged
+    if core.select is not None and storage.has(INSTRUCTION_DIFFICULTY, "data"):
         scores = storage.read_table(INSTRUCTION_DIFFICULTY).select("conversation_id", *DIFFICULTY_COLUMNS)
         df = df.join(scores, on="conversation_id", how="left")
     embed = None

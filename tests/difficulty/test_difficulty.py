@@ -24,8 +24,8 @@ ASSET = INSTRUCTION_DIFFICULTY.to_user_string()
 
 
 def _rows() -> pl.DataFrame:
-    rows = [conversation(i, f"Explain the item number {i} " * (i + 1), f"The item {i} is " + "quite long " * (2 * i + 1))
-            for i in range(4)]
+    rows = [conversation(i, f"Explain the item number {i} " * (i + 1),
+                         f"The item {i} is " + "quite long " * (2 * i + 1)) for i in range(4)]
     rows.append(conversation(4, "Short question?", "Short answer.", system="Be brief."))
     return frame(rows)
 

@@ -102,10 +102,3 @@ def test_asset_scores_every_row_and_reports_the_distribution(tmp_path, tiny_mode
 
     off = materialize([instruction_difficulty], storage, tmp_path / "dagster-off", {ASSET: {"enabled": False}})
     assert off.success and storage.read_table(ASSET)["ifd_status"].to_list() == ["off"] * 5
-
-
-def test_asset_refuses_a_changed_model_directory(tmp_path, tiny_model_dir):
-    storage = _storage_with_inputs(tmp_path, tiny_model_dir)
-    storage.write_json(BASE_MODEL, MODEL_MANIFEST, {"path": str(tiny_model_dir), "content_hash": "0" * 64})
-    result = materialize([instruction_difficulty], storage, tmp_path / "dagster", {})
-    assert not result.success and "content hash" in failure_text(result)

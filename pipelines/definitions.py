@@ -16,6 +16,7 @@ import assets.base_model.assets
 import assets.dataset_export.assets
 import assets.decontamination.assets
 import assets.dedup.assets
+import assets.difficulty.assets
 import assets.eval_sets.assets
 import assets.evaluation.assets
 import assets.filtering.assets
@@ -41,6 +42,7 @@ STAGES = [
     assets.decontamination.assets,
     assets.filtering.assets,
     assets.tagging.assets,
+    assets.difficulty.assets,
     assets.mixture.assets,
     assets.dataset_export.assets,
     assets.sft.assets,

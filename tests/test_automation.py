@@ -47,7 +47,7 @@ from tests.fake_generator import WORDS, FakeGenerator
 EVAL_TEXT = " ".join(WORDS[:15])
 PLANTED = " ".join(WORDS[:14])
 DATASET = ["deduplicated_conversations", "decontaminated_conversations", "filtered_conversations",
-           "tagged_conversations", "sft_mixture"]
+           "tagged_conversations", "instruction_difficulty", "sft_mixture"]
 # What a changed mixture rebuilds: its export and the model
 MIXTURE_CONSUMERS = {"sft_dataset": 1, "sft_model": 1}
 TINY_TRAINING = {"model_name": "tiny-sft", "num_train_epochs": 1, "max_steps": 2, "per_device_train_batch_size": 8,

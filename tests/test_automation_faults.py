@@ -212,8 +212,8 @@ def test_base_model_change_retrains_once_and_evaluates_the_final_model(world):
     before = versions()
     requested = auto.settle(may_fail=frozenset({PROMOTED_MODEL}))
     after = versions()
-    expected = {"base_model": 1, "filtered_conversations": 1, "sft_mixture": 1, "sft_model": 1,
-                "assistant_evaluation": 1, "promoted_model": 1}
+    expected = {"base_model": 1, "filtered_conversations": 1, "instruction_difficulty": 1, "sft_mixture": 1,
+                "sft_model": 1, "assistant_evaluation": 1, "promoted_model": 1}  # the student scores the rows again
     if after["filtered_conversations"] != before["filtered_conversations"]:
         expected["tagged_conversations"] = 1
     if after["sft_mixture"] != before["sft_mixture"]:

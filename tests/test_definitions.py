@@ -52,14 +52,18 @@ def test_training_is_gated_by_a_blocking_contamination_check():
 
 
 TRAINS = {"sft_model"}  # the steps that train a model (the others that need a GPU start vLLM: the `engine` resource)
+FORWARD_PASSES = {"instruction_difficulty"}  # the steps that run the student's forward passes (torch, no vLLM)
 
 
 def test_exactly_the_steps_that_start_vllm_or_train_sit_in_the_gpu_pool():
-    """Every step that starts a vLLM engine (it needs the `engine` resource) or trains is in the `gpu` pool, whose
-    limit is the deployment's GPUs; no other step is, so CPU stages never wait for a GPU slot."""
+    """Every step that starts a vLLM engine (it needs the `engine` resource), trains or runs the student's forward
+    passes is in the `gpu` pool, whose limit is the deployment's GPUs; no other step is, so CPU stages never wait
+    for a GPU slot."""
     nodes = {a.node_def.name: a for a in defs.resolve_asset_graph().assets_defs}  # assets and asset checks
-    needs_gpu = {name for name, a in nodes.items() if "engine" in a.required_resource_keys or name in TRAINS}
-    assert needs_gpu == {"magpie_conversations", "tagged_conversations", "sft_model", "assistant_evaluation"}
+    needs_gpu = {name for name, a in nodes.items() if "engine" in a.required_resource_keys
+                 or name in TRAINS | FORWARD_PASSES}
+    assert needs_gpu == {"magpie_conversations", "tagged_conversations", "instruction_difficulty", "sft_model",
+                         "assistant_evaluation"}
     in_pool = {name for name, a in nodes.items() if a.node_def.pool is not None}
     assert in_pool == needs_gpu
     assert {nodes[name].node_def.pool for name in in_pool} == {GPU_POOL}
@@ -86,7 +90,8 @@ def test_unknown_profile_names_the_known_ones():
         load_profile("no-such-profile")
 
 
-ENGINE_STEPS = ["magpie_conversations", "tagged_conversations", "sft_model", "assistant_evaluation"]
+ENGINE_STEPS = ["magpie_conversations", "tagged_conversations", "instruction_difficulty", "sft_model",
+                "assistant_evaluation"]
 
 
 def test_every_asset_has_owners_tags_and_a_code_version():

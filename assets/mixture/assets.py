@@ -6,18 +6,41 @@ from typing import Literal
 import dagster as dg
 
 from assets.common.data.report import markdown_table
+from assets.common.data.schema import DIFFICULTY_COLUMNS
 from assets.common.orchestration.resources import (
     BASE_MODEL,
+    INSTRUCTION_DIFFICULTY,
     MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,
     SFT_MIXTURE,
     TAGGED_CONVERSATIONS,
     DataStorage,
+    input_error,
 )
+from assets.common.text.embeddings import DEFAULT_MODEL, Embedder, EmbeddingConfig
 from assets.mixture.core import MixtureConfig, build_mixture
 from assets.mixture.manifest import manifest_png, manifest_table
+from assets.mixture.select import SelectionConfig
 from assets.mixture.split import MIN_ROWS_FOR_VALIDATION
 from assets.mixture.tokens import CachedTokenCounts
+
+
+class SelectSettings(dg.Config):
+    by: Literal["ifd"] = "ifd"
+    """The score to select by: the student's Instruction-Following Difficulty (instruction_difficulty)."""
+    keep: float = 0.5
+    """Share of each (source, task)'s train-pool rows to keep: the highest-IFD ones."""
+    max_ifd: float = 1.0
+    """Rows at or above are dropped (1: the answer is no easier with its instruction than without)."""
+    diversity: bool = True
+    """Skip a row whose instruction is too close to one already selected in its (source, task)."""
+    diversity_threshold: float | None = None
+    """The cosine that is too close; unset: the embedding model's paraphrase threshold."""
+    embedding_model: str = DEFAULT_MODEL
+    """A registered embedding model (assets/common/text/embeddings) or a local sentence-transformers directory."""
+
+    def to_core(self) -> SelectionConfig:
+        return SelectionConfig(**self.model_dump())
 
 
 class MixtureSettings(dg.Config):
@@ -50,6 +73,8 @@ class MixtureSettings(dg.Config):
     alone decides); the manifest's validation_strata lists every stratum without one and why."""
     seed: int = 0
     allow_upsampling: bool = False
+    select: SelectSettings | None = None
+    """Keep the highest-IFD rows of each category of the train pool (e.g. {by: ifd, keep: 0.5}); unset: all rows."""
 
     def to_core(self) -> MixtureConfig:
         return MixtureConfig(**self.model_dump())
@@ -63,7 +88,20 @@ def _png(data: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
 
-@dg.asset(group_name="data", kinds={"polars", "parquet"}, deps=[TAGGED_CONVERSATIONS, BASE_MODEL],
+def _selection_md(selection: dict | None) -> str:
+    if selection is None:
+        return "(no selection: every train-pool row is drawn from)"
+    totals = selection["totals"]
+    head = (f"by **{selection['by']}**, keep {selection['keep']} of each (source, task), IFD >= {selection['max_ifd']}"
+            f" dropped ({totals['dropped_ifd_at_least_max']}), not scored {totals['not_scored']}, diversity floor "
+            f"cosine {selection['diversity_threshold']} ({selection['embedding_model']}): "
+            f"{totals['skipped_by_diversity']} skipped; {totals['selected']} of {totals['rows']} selected")
+    skips = markdown_table(selection["diversity_skips"]) if selection["diversity_skips"] else ""
+    return "\n\n".join(p for p in (head, markdown_table(_rounded(selection["per_group"])), skips) if p)
+
+
+@dg.asset(group_name="data", kinds={"polars", "parquet"},
+          deps=[TAGGED_CONVERSATIONS, INSTRUCTION_DIFFICULTY, BASE_MODEL],
           automation_condition=REBUILD_ON_UPSTREAM_CHANGE)
 def sft_mixture(
     context: dg.AssetExecutionContext, config: MixtureSettings, storage: DataStorage
@@ -81,7 +119,20 @@ def sft_mixture(
                                     storage.asset_dir(SFT_MIXTURE) / "token_counts")
     else:
         context.log.warning("no base_model manifest: tokens are not counted (unit rows only)")
-    result = build_mixture(df, config.to_core(), count_tokens=counter)
+    core = config.to_core()
+    # the IFD columns travel with the rows only when they select them: without selection, a new student (new scores)
+    # leaves the mixture's bytes, hence the training data, unchanged
+    if core.select is not None and storage.has(INSTRUCTION_DIFFICULTY, "data"):
+        scores = storage.read_table(INSTRUCTION_DIFFICULTY).select("conversation_id", *DIFFICULTY_COLUMNS)
+        df = df.join(scores, on="conversation_id", how="left")
+    embed = None
+    if core.select is not None and core.select.threshold is not None:
+        embedder = Embedder(EmbeddingConfig(model=core.select.embedding_model), storage.root_path / "embeddings")
+        embed = embedder.embed
+    try:
+        result = build_mixture(df, core, count_tokens=counter, embed=embed)
+    except ValueError as error:
+        raise input_error(error) from error
     manifest = result.manifest
     if manifest["train_rows"] == 0:
         raise ValueError(f"sft_mixture: no training rows from {df.height} tagged conversations; generate more "
@@ -111,6 +162,7 @@ def sft_mixture(
                                                if manifest["constraints"] else "(none configured)"),
             "constraint_order": manifest["order"],
             "shortfall": dg.MetadataValue.json(manifest["shortfall"]),
+            "selection": dg.MetadataValue.md(_selection_md(manifest["selection"])),
             "parameters": dg.MetadataValue.json(config.model_dump()),
         },
         data_version=dg.DataVersion(stored.content_hash),

@@ -21,6 +21,8 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
    the largest mix that takes every cell to its planned share without repeating a row. A requested size the rows
    cannot fill without repeats is an upper bound: the mix shrinks to the largest size at which every share holds
    (the manifest names the cells that limit it and the requested size), unless ``allow_upsampling`` repeats rows.
+   With ``select`` (:mod:`assets.mixture.select`), the train pool is first cut to the highest-IFD rows of each
+   (source, task), rows at IFD >= 1 dropped, with a diversity floor; the plan is then made over the selected rows.
 5. **Draw** (:mod:`assets.mixture.draw`): rows of each cell in hash order to its planned amount. Upsampling is
    explicit (``allow_upsampling``); otherwise a cell short of rows gives all it has and the manifest says so.
 6. **Validation**: from the validation pool, stratified, one row of every stratum first (see
@@ -29,7 +31,8 @@ rows without one are the generated pool, ``"generated"``) into the training mixt
    train took every train-pool row once; otherwise ``round(train rows * f / (1 - f))``.
 
 Output columns: the input's, plus ``task``/``source`` when missing, ``split``, ``mix_tokens`` and
-``mix_trainable_tokens`` (null without ``count_tokens``) and ``mix_repeat`` (0 for a row's first copy), sorted by
+``mix_trainable_tokens`` (null without ``count_tokens``), ``mix_repeat`` (0 for a row's first copy) and
+``mix_selected_by`` ("all", or the selection's score for train rows it chose), sorted by
 split, conversation_id, repeat: the same input and seed give the same frame whatever the input order.
 """
 
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +50,7 @@ from assets.common.data.taxonomy import classify_task
 from assets.mixture.draw import AMOUNT, CELL, REPEAT, draw
 from assets.mixture.manifest import build_manifest
 from assets.mixture.plan import GENERATED, REFUSAL, Constraint, normalise, plan, prior
+from assets.mixture.select import SELECTED_BY, Embed, SelectionConfig, check_scores, select_pool
 from assets.mixture.split import (
     HASH,
     IS_VAL,
@@ -90,6 +94,7 @@ class MixtureConfig:
     share per instruction language (unlisted languages split the rest). ``refusal_share``: share of rows flagged
     ``refusal``. ``multi_turn_floor`` / ``system_prompt_floor``: at least this share of multi-turn / system-prompt
     conversations (when any exist). ``max_rows`` / ``max_tokens``: output size (train + validation) in the unit.
+    ``select``: keep the highest-IFD rows of each (source, task) of the train pool (:class:`SelectionConfig`).
     """
 
     unit: Literal["rows", "tokens"] = "rows"
@@ -108,8 +113,11 @@ class MixtureConfig:
     min_rows_for_validation: int = MIN_ROWS_FOR_VALIDATION
     seed: int = 0
     allow_upsampling: bool = False
+    select: SelectionConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.select, Mapping):
+            object.__setattr__(self, "select", SelectionConfig(**self.select))
         if self.unit not in ("rows", "tokens"):
             raise ValueError(f"unit must be 'rows' or 'tokens', got {self.unit!r}")
         if self.weights is not None:
@@ -165,7 +173,8 @@ class MixtureConfig:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
+        return {k: (dict(v) if isinstance(v, Mapping) else asdict(v) if is_dataclass(v) else v)
+                for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -181,17 +190,21 @@ class MixtureResult:
         return self.manifest
 
 
-def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
-                  count_tokens: TokenCounter | None = None) -> MixtureResult:
-    """Label, split, plan and draw ``df`` into the SFT mixture (see the module docstring)."""
+def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None, count_tokens: TokenCounter | None = None,
+                  embed: Embed | None = None) -> MixtureResult:
+    """Label, split, plan and draw ``df`` into the SFT mixture (see the module docstring); ``embed``: the
+    embedding function of ``select``'s diversity floor."""
     cfg = cfg or MixtureConfig()
     _check_input(df, cfg, count_tokens)
     out_columns = [*df.columns, *[c for c in ("task", "source") if c not in df.columns], "split", TOKENS, TRAINABLE,
-                   REPEAT]
-    labelled = _label(df, cfg, count_tokens)
+                   REPEAT, SELECTED_BY]
+    labelled = _label(df, cfg, count_tokens).with_columns(pl.lit("all").alias(SELECTED_BY))
     included = _included(labelled, cfg)
     pool = assign_split(included, cfg.validation_fraction, cfg.min_rows_for_validation)
     train_pool, val_pool = pool.filter(~pl.col(IS_VAL)), pool.filter(pl.col(IS_VAL))
+    selection = None
+    if cfg.select is not None:
+        train_pool, selection = select_pool(train_pool, cfg.select, embed)
     cells, train_pool = _cells(train_pool)
     amount = cells[AMOUNT].to_numpy().astype(np.float64)
     columns = {k: cells[k].to_numpy() for k in CELL_KEYS}
@@ -212,6 +225,7 @@ def build_mixture(df: pl.DataFrame, cfg: MixtureConfig | None = None,
     manifest = build_manifest(cells.with_columns(pl.Series("planned", q)), train, validation, pool, constraint_report,
                               drawn.short, cfg, n_train, tokens_counted=count_tokens is not None,
                               input_rows=df.height, source_shares=sources, requested=requested)
+    manifest["selection"] = selection
     manifest["validation_strata"] = validation_coverage(pool, validation, cfg.validation_fraction,
                                                         cfg.min_rows_for_validation)
     return MixtureResult(mixture=mixture, manifest=manifest)
@@ -222,9 +236,11 @@ def _check_input(df: pl.DataFrame, cfg: MixtureConfig, count_tokens: TokenCounte
         raise ValueError(f"build_mixture: missing column 'conversation_id'; columns are {df.columns}")
     if df["conversation_id"].null_count():
         raise ValueError("build_mixture: conversation_id has null values; every row needs an id to be split")
-    for column in ("split", HASH, ORDER, IS_VAL, CELL, AMOUNT, REPEAT, TOKENS, TRAINABLE, *_INTERNAL):
+    for column in ("split", HASH, ORDER, IS_VAL, CELL, AMOUNT, REPEAT, TOKENS, TRAINABLE, SELECTED_BY, *_INTERNAL):
         if column in df.columns:
             raise ValueError(f"build_mixture: input already has a column named '{column}'")
+    if cfg.select is not None:
+        check_scores(df)
     if cfg.unit == "tokens" and count_tokens is None:
         raise ValueError("build_mixture: unit='tokens' needs count_tokens (the student's tokenizer and chat template:"
                          " materialize base_model first)")

@@ -13,7 +13,7 @@ from assets.common.data.schema import CONVERSATION_SCHEMA
 from assets.common.data.taxonomy import classify_task, classify_text
 from assets.mixture.core import MixtureConfig, build_mixture, split_hash
 
-MIX_COLUMNS = ["source", "split", "mix_tokens", "mix_trainable_tokens", "mix_repeat"]
+MIX_COLUMNS = ["source", "split", "mix_tokens", "mix_trainable_tokens", "mix_repeat", "mix_selected_by"]
 
 PROMPTS = {
     "coding": "Write a Python function that returns the {i}th Fibonacci number.",
@@ -378,7 +378,7 @@ def test_tokens_need_a_counter_and_ids_must_be_set() -> None:
 
 def test_empty_input() -> None:
     empty = build_mixture(pool({}))
-    assert empty.mixture.height == 0 and empty.mixture.columns[-5:] == MIX_COLUMNS
+    assert empty.mixture.height == 0 and empty.mixture.columns[-6:] == MIX_COLUMNS
 
 
 def test_a_weighted_task_without_rows_is_reported() -> None:

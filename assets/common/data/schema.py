@@ -88,7 +88,19 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "mix_tokens": "Tokens of the conversation under the student's chat template (null when rows are counted)",
     "mix_trainable_tokens": "Of those, the tokens the loss is computed on (assistant turns)",
     "mix_repeat": "0 for a row's first copy in the mix, n for its n-th repeat (upsampling)",
+    # difficulty (instruction_difficulty; the mixture joins them onto its rows: DIFFICULTY_COLUMNS)
+    "ifd": "Instruction-Following Difficulty: exp(ifd_loss_conditioned - ifd_loss_unconditioned), the student's "
+           "perplexity on the first answer with its instruction over without it (null: not scored)",
+    "ifd_loss_conditioned": "The student's mean NLL (nats/token) of the first answer's words given its instruction "
+                            "(system prompt and first user message), under its chat template",
+    "ifd_loss_unconditioned": "The student's mean NLL (nats/token) of the same answer's words with the instruction "
+                              "left out (an empty user turn)",
+    "ifd_answer_tokens": "Answer tokens scored (the first assistant turn's words, end-of-turn excluded)",
+    "ifd_status": "'scored', 'too_long' (longer than max_length tokens), 'no_answer' or 'off' (scoring disabled)",
+    "mix_selected_by": "How the row entered the mix: 'all' (no selection) or the selection, e.g. 'ifd'",
 }
+# The columns instruction_difficulty writes beside conversation_id, which sft_mixture joins onto its rows.
+DIFFICULTY_COLUMNS = ("ifd", "ifd_loss_conditioned", "ifd_loss_unconditioned", "ifd_answer_tokens", "ifd_status")
 
 
 ROLES = ("system", "user", "assistant")

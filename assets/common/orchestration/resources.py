@@ -30,6 +30,7 @@ DEDUPLICATED_CONVERSATIONS = dg.AssetKey("deduplicated_conversations")
 DECONTAMINATED_CONVERSATIONS = dg.AssetKey("decontaminated_conversations")
 FILTERED_CONVERSATIONS = dg.AssetKey("filtered_conversations")
 TAGGED_CONVERSATIONS = dg.AssetKey("tagged_conversations")
+INSTRUCTION_DIFFICULTY = dg.AssetKey("instruction_difficulty")  # the student's IFD of every tagged row
 SFT_MIXTURE = dg.AssetKey("sft_mixture")
 SFT_DATASET = dg.AssetKey("sft_dataset")  # the mixture exported as a `datasets` folder with its card
 SFT_MODEL = dg.AssetKey("sft_model")

@@ -27,7 +27,7 @@ Both are reported on the holdout half: recall per benchmark and on translations,
 flag rates with their own item, and the whole-corpus per-row rate: the share of unique hard-negative / random
 candidates flagged with ANY of the eval prompts, and of the arena-hard and IFBench prompts (``--no-extra`` skips
 them: real instructions from benchmarks outside the corpus, so each flag is a false positive unless it is a true
-rephrasing of a corpus prompt; the top ones are printed to judge).
+rephrasing of a corpus prompt; the top ones are printed to judge; ``--extra N``: the first N of each by hash).
 
 Speed: ``--texts`` eval prompts of the four benchmarks (a fixed sample), batch ``--batch-size``, ``--threads``
 threads, through the Embedder (cold cache in a temp dir: chunking, hashing, Parquet shard) and through the library's
@@ -132,13 +132,16 @@ def _timed(call) -> float:
     return time.perf_counter() - start
 
 
-def _extra_prompts() -> tuple[list[str], list[str]]:
-    """The unique prompts of arena-hard and IFBench (outside the corpus), ordered by hash, and their benchmark."""
+def _extra_prompts(limit: int) -> tuple[list[str], list[str]]:
+    """The unique prompts of arena-hard and IFBench (outside the corpus), ordered by hash, the first ``limit`` of each
+    (0: all), and their benchmark."""
     from assets.common.data.storage import sha256_text
     from assets.eval_sets.core import load_bundled_eval_sets
 
     frame = load_bundled_eval_sets(["arena_hard", "ifbench"]).filter(field="prompt").unique("text")
     frame = frame.with_columns(pl.col("text").map_elements(sha256_text, return_dtype=pl.Utf8).alias("h")).sort("h")
+    if limit:
+        frame = frame.filter(pl.int_range(pl.len()).over("benchmark") < limit)
     return frame["text"].to_list(), frame["benchmark"].to_list()
 
 
@@ -283,7 +286,7 @@ def _scorings(m: dict, pairs: pl.DataFrame, prompts: list[str], extra: list[str]
     return out
 
 
-def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds: int, with_extra: bool,
+def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds: int, extra_limit: int | None,
                   cache: str | None) -> dict:
     """Everything for one model, run in its own process (see :func:`main`)."""
     import os
@@ -292,7 +295,7 @@ def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds
     from assets.common.text.embeddings import MODELS, Embedder, EmbeddingConfig
 
     pairs, prompts = planted_pairs(), _eval_prompts()  # the harness's own memory, before the model's
-    extra, extra_bench = _extra_prompts() if with_extra else ([], [])
+    extra, extra_bench = _extra_prompts(extra_limit) if extra_limit is not None else ([], [])
     rss_before = _rss_mb()
     config = EmbeddingConfig(model=model, batch_size=batch, threads=threads)
     start = time.perf_counter()
@@ -347,6 +350,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", "multilingual-e5-small-q4",
                                                          "wordllama-l2-supercat-256"])
     parser.add_argument("--texts", type=int, default=400, help="eval prompts timed (0: all of them)")
+    parser.add_argument("--extra", type=int, default=0, help="arena-hard and IFBench prompts scored, the first N "
+                        "of each by hash (0: all of them, 750 + 300)")
     parser.add_argument("--no-extra", action="store_true", help="skip the arena-hard and IFBench prompts")
     parser.add_argument("--cache", default=None, help="embedding cache to reuse for the scores (speed stays cold)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -357,13 +362,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_model(args.one, args.texts, args.batch_size, args.threads, args.rounds,
-                                       not args.no_extra, args.cache)))
+                                       None if args.no_extra else args.extra, args.cache)))
         return
     figures = {} if args.skip_baseline else run_baseline()
     for model in args.models:
         command = [sys.executable, __file__, "--one", model, "--texts", str(args.texts), "--batch-size",
                    str(args.batch_size), "--threads", str(args.threads), "--rounds", str(args.rounds)]
-        command += (["--no-extra"] if args.no_extra else []) + (["--cache", args.cache] if args.cache else [])
+        command += ["--no-extra"] if args.no_extra else ["--extra", str(args.extra)]
+        command += ["--cache", args.cache] if args.cache else []
         output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         result = json.loads(output.splitlines()[-1])
         Path(tempfile.gettempdir(), f"embeddings-{model}.json").write_text(output.splitlines()[-1])

@@ -71,6 +71,8 @@ def corpus_twins(corpus: Embeddings, threshold: float, max_floats: int = 1 << 25
     """Pairs of distinct corpus texts scoring at least ``threshold`` with each other (each a rephrasing of the other,
     by the detector's own measure): columns ``item``, ``twin`` (positions in ``corpus``), both directions."""
     schema = {"item": pl.Int64, "twin": pl.Int64}
+    if corpus.n_texts == 0:
+        return pl.DataFrame(schema=schema)
     width = min(corpus.n_texts, 16)
     while True:
         found = top_k_neighbours(corpus, corpus, width, max_floats).filter(
@@ -93,6 +95,8 @@ def distinct_neighbours(queries: Embeddings, corpus: Embeddings, k: int, thresho
     (:data:`~.models.MODELS`)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if queries.n_texts == 0 or corpus.n_texts == 0:
+        return pl.DataFrame(schema=NEIGHBOUR_SCHEMA)
     twins = corpus_twins(corpus, threshold, max_floats)
     most = int(twins.group_by("item").len()["len"].max() or 0)
     # the best non-twin other of a candidate ranks at most (its twins + itself + 1)

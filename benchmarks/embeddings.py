@@ -8,17 +8,31 @@ Baseline: the decontamination stage's own detectors (13-gram + MinHash, ``find_c
 asset's input). A pair counts as flagged when the candidate matches its own eval item (any field); ``any`` counts
 matches with any eval text. Control: the eval texts themselves as candidates (the harness must flag them all).
 
-Models (each in its own process, so peak RSS is its own): every planted candidate and its eval text are embedded
-through :class:`assets.common.text.embeddings.Embedder` (cache cold); a pair's score is the max-over-chunks cosine. On
-the
-TUNE half the threshold is the lowest cosine at which at most 5% of hard negatives and at most 1% of random pairs
-score at or above it (the highest recall those limits allow); the HOLDOUT half is reported at that threshold: recall
-on paraphrases per benchmark and on translated ones, hard-negative and random-pair flag rates, and the same rates
-when a candidate counts as flagged if ANY eval prompt of the four benchmarks scores above the threshold (what the
-detector will see). Speed: ``--texts`` eval prompts of the four benchmarks (a fixed sample), batch ``--batch-size``,
-``--threads`` threads, through the Embedder (cold cache in a temp dir: chunking, hashing, Parquet shard) and through
-the library's own call on the same unique texts; the median of ``--rounds`` rounds. Model size: the installed files
-of the model's wheel; licence: the wheel's metadata.
+Models (each in its own process, so peak RSS is its own): every planted candidate and every eval prompt of the four
+benchmarks (the planted eval texts are among them) are embedded through
+:class:`assets.common.text.embeddings.Embedder` (``--cache``: a cache folder to reuse between runs; default a cold
+temporary one); scores are max-over-chunks cosines. Two scorings, each tuned on the TUNE half and reported on the
+HOLDOUT half:
+
+- ``cosine``: a pair is flagged when its cosine reaches the threshold (``choose_threshold``: the highest recall with
+  at most 5% of hard negatives and 1% of random pairs flagged on the tune half).
+- ``distinct`` (:func:`~assets.common.text.embeddings.similarity.distinct_neighbours`, the registered default): a
+  candidate is flagged with an eval item when the cosine reaches the threshold AND exceeds by ``margin`` its best
+  cosine with any eval prompt that is neither that item nor one of its twins. Tuned on a grid (margins 0 to 0.05 by
+  0.005, thresholds by 0.001): the highest tune recall such that, on the tune half, at most 5% of hard negatives and
+  1% of random pairs are flagged both with their own eval item and with ANY eval prompt (per unique text; a random
+  text that is itself an eval prompt, verbatim, is true contamination and left out); ties go to the larger margin.
+
+Both are reported on the holdout half: recall per benchmark and on translations, hard-negative and random-pair
+flag rates with their own item, and the whole-corpus per-row rate: the share of unique hard-negative / random
+candidates flagged with ANY of the eval prompts, and of the arena-hard and IFBench prompts (``--no-extra`` skips
+them: real instructions from benchmarks outside the corpus, so each flag is a false positive unless it is a true
+rephrasing of a corpus prompt; the top ones are printed to judge; ``--extra N``: the first N of each by hash).
+
+Speed: ``--texts`` eval prompts of the four benchmarks (a fixed sample), batch ``--batch-size``, ``--threads``
+threads, through the Embedder (cold cache in a temp dir: chunking, hashing, Parquet shard) and through the library's
+own call on the same unique texts; the median of ``--rounds`` rounds, the two alternating which goes first. Model
+size: the installed files of the model's wheel; licence: the wheel's metadata.
 
 The last line is ``key=value`` pairs.
 """
@@ -41,7 +55,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assets.eval_sets.planted import KINDS, choose_threshold, flag_rates, planted_pairs  # noqa: E402
+from assets.eval_sets.planted import KINDS, POSITIVE_KINDS, choose_threshold, flag_rates, planted_pairs  # noqa: E402
 from benchmarks.common import load_average  # noqa: E402
 
 
@@ -67,11 +81,6 @@ def baseline_flags(pairs: pl.DataFrame) -> pl.DataFrame:
 
 PROMPT_FIELDS = ("prompt", "instruction", "turn_1", "turn_2")
 BENCHMARKS = ("alpaca_eval", "humaneval", "ifeval", "mt_bench")
-
-
-def holdout_figures(part: pl.DataFrame, threshold: float, column: str = "score") -> dict[str, float]:
-    """Flag rates (:func:`flag_rates`) of one split at ``threshold``."""
-    return flag_rates(part.with_columns((pl.col(column) >= threshold).alias("flagged")))
 
 
 def _eval_prompts() -> list[str]:
@@ -117,26 +126,96 @@ def _direct(model: str, threads: int):
     return lambda texts, batch: inner.embed(texts, norm=True, batch_size=batch)
 
 
-def _timed(call) -> float:
-    start = time.perf_counter()
+def _timed(call, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``call``; its process CPU seconds (every thread) appended to ``cpu``: on a machine shared
+    with other jobs, waiting for a core inflates wall time at random, CPU time much less."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     call()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
-def _planted_scores(embedder, pairs: pl.DataFrame, prompts: list[str], with_any: bool) -> tuple[pl.DataFrame, int]:
-    """The planted ``pairs`` with ``score`` (max-over-chunks cosine with their eval text) and, when ``with_any``,
-    ``score_any`` (the highest over every eval prompt of the four benchmarks); and how many prompts that was."""
-    from assets.common.text.embeddings import max_chunk_cosine, paired_max_cosine
+def _extra_prompts(limit: int) -> tuple[list[str], list[str]]:
+    """The unique prompts of arena-hard and IFBench (outside the corpus), ordered by hash, the first ``limit`` of each
+    (0: all), and their benchmark."""
+    from assets.common.data.storage import sha256_text
+    from assets.eval_sets.core import load_bundled_eval_sets
 
-    candidates = embedder.embed(pairs["text"].to_list())
-    pairs = pairs.with_columns(pl.Series("score", paired_max_cosine(candidates, embedder.embed(
-        pairs["eval_text"].to_list()))))
-    _log(f"planted pairs scored ({pairs.height})")
-    if not with_any:
-        return pairs.with_columns(pl.lit(float("nan")).alias("score_any")), 0
-    any_scores = max_chunk_cosine(candidates, embedder.embed(prompts)).max(axis=1)
-    _log(f"every eval prompt embedded ({len(prompts)})")
-    return pairs.with_columns(pl.Series("score_any", any_scores)), len(prompts)
+    frame = load_bundled_eval_sets(["arena_hard", "ifbench"]).filter(field="prompt").unique("text")
+    frame = frame.with_columns(pl.col("text").map_elements(sha256_text, return_dtype=pl.Utf8).alias("h")).sort("h")
+    if limit:
+        frame = frame.filter(pl.int_range(pl.len()).over("benchmark") < limit)
+    return frame["text"].to_list(), frame["benchmark"].to_list()
+
+
+def _score_matrices(embedder, pairs: pl.DataFrame, prompts: list[str], extra: list[str]) -> dict:
+    """Embeddings and max-over-chunks cosines: ``S`` candidates x prompts, ``T`` prompts x prompts, ``X`` extra
+    prompts x prompts; ``own``: each pair's eval text as a position in ``prompts``."""
+    from assets.common.text.embeddings import max_chunk_cosine
+
+    position = {text: i for i, text in enumerate(prompts)}
+    own = np.array([position[text] for text in pairs["eval_text"]])  # every planted eval text is a prompt
+    candidates, corpus = embedder.embed(pairs["text"].to_list()), embedder.embed(prompts)
+    _log(f"planted candidates and {len(prompts)} eval prompts embedded")
+    extra_emb = embedder.embed(extra) if extra else None
+    if extra:
+        _log(f"{len(extra)} extra prompts embedded")
+    return {"candidates": candidates, "corpus": corpus, "extra": extra_emb, "own": own,
+            "S": max_chunk_cosine(candidates, corpus), "T": max_chunk_cosine(corpus, corpus),
+            "X": max_chunk_cosine(extra_emb, corpus) if extra else None}
+
+
+def distinct_flags(S: np.ndarray, T: np.ndarray, t: float, k: int = 10,
+                   order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``distinct_neighbours``' rule on full matrices, before the margin: (candidate, cosine, rival) of each row's
+    top-``k`` corpus texts, rival = the best cosine with a text neither the candidate nor one of its twins (``T >=
+    t``). A candidate is flagged at margin ``g`` when cosine >= t and cosine - rival >= g. ``order``: each row of
+    ``S`` sorted descending (ties by position), if already computed."""
+    twins = T >= t
+    np.fill_diagonal(twins, True)
+    order = np.argsort(-S, axis=1, kind="stable") if order is None else order
+    width = min(S.shape[1], max(k, int(twins.sum(axis=1).max()) + 1))  # the rival ranks within its twins + 2
+    order = order[:, :width]
+    top, values = order[:, :k], np.take_along_axis(S, order, axis=1)
+    rival = np.where(twins[top[:, :, None], order[:, None, :]], -np.inf, values[:, None, :]).max(axis=2)
+    return top, values[:, :k], rival
+
+
+def _flags_at(top, cos, rival, own, t: float, g: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged with its own eval item, flagged with any) per row."""
+    ok = (cos >= t) & (cos - rival >= g)
+    return (ok & (top == own[:, None])).any(axis=1), ok.any(axis=1)
+
+
+def _negatives_any(pairs: pl.DataFrame, prompts: list[str]) -> np.ndarray:
+    """Rows whose candidate counts in the whole-corpus rate: the first row of each unique hard-negative or random
+    text, a text that is itself an eval prompt (true contamination) left out."""
+    first = pairs.select(pl.int_range(pl.len()).over("text") == 0).to_series()
+    verbatim = pairs["text"].is_in(pl.Series(prompts).implode())
+    return (first & ~verbatim & ~pairs["kind"].is_in(list(POSITIVE_KINDS))).to_numpy()
+
+
+def choose_distinct(m: dict, pairs: pl.DataFrame, prompts: list[str]) -> tuple[float, float]:
+    """(threshold, margin) on the TUNE half (see the module's docstring)."""
+    tune = (pairs["split"] == "tune").to_numpy()
+    kinds, anyrow = pairs["kind"].to_numpy(), _negatives_any(pairs, prompts)
+    positive = np.isin(kinds, POSITIVE_KINDS)
+    own_scores = m["S"][np.arange(len(kinds)), m["own"]]
+    low = np.floor(own_scores[tune & positive].min() * 1000) / 1000
+    best, order = (-1.0, 0.0, 0.0), np.argsort(-m["S"], axis=1, kind="stable")
+    for t in np.round(np.arange(low, 1.0, max(0.001, (1.0 - low) / 300)), 3):
+        top, cos, rival = distinct_flags(m["S"], m["T"], t, order=order)
+        for g in np.round(np.arange(0.0, 0.0501, 0.005), 3):
+            own, anywhere = _flags_at(top, cos, rival, m["own"], t, g)
+            rate = lambda flags, kind, rows=tune: float(flags[rows & (kinds == kind)].mean())  # noqa: E731
+            if (rate(own, "hard_negative") <= 0.05 and rate(own, "random") <= 0.01
+                    and rate(anywhere, "hard_negative", tune & anyrow) <= 0.05
+                    and rate(anywhere, "random", tune & anyrow) <= 0.01):
+                recall = float(own[tune & positive].mean())
+                if (recall, g) > (best[0], best[2]):
+                    best = (recall, float(t), float(g))
+    return best[1], best[2]
 
 
 def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[float, float, int]:
@@ -145,18 +224,77 @@ def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[
 
     direct = _direct(model, config.threads)
     direct(texts[:config.batch_size], config.batch_size)  # warm-up
-    pipeline_s, direct_s = [], []
-    for _ in range(rounds):
-        direct_s.append(_timed(lambda: direct(texts, config.batch_size)))
+    pipeline_s, direct_s, chunks, pipeline_cpu, direct_cpu = [], [], 0, [], []
+
+    def through_embedder() -> None:
+        nonlocal chunks
         with tempfile.TemporaryDirectory() as cache:
-            start = time.perf_counter()
             chunks = Embedder(config, cache, backend=backend).embed(texts).owner.size
-            pipeline_s.append(time.perf_counter() - start)
-        _log(f"speed round: library {direct_s[-1]:.1f}s, Embedder {pipeline_s[-1]:.1f}s")
+
+    for round_ in range(rounds):  # alternate which goes first, so a drift in the machine's load favours neither
+        for which in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+            if which == 0:
+                direct_s.append(_timed(lambda: direct(texts, config.batch_size), direct_cpu))
+            else:
+                pipeline_s.append(_timed(through_embedder, pipeline_cpu))
+        _log(f"speed round: library {direct_s[-1]:.1f}s ({direct_cpu[-1]:.1f} CPU s), Embedder {pipeline_s[-1]:.1f}s "
+             f"({pipeline_cpu[-1]:.1f} CPU s)")
+    _log(f"CPU-time ratio (library CPU s / Embedder CPU s, medians): "
+         f"{statistics.median(direct_cpu) / statistics.median(pipeline_cpu):.2f}")
     return len(texts) / statistics.median(pipeline_s), len(texts) / statistics.median(direct_s), chunks
 
 
-def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds: int, with_any: bool) -> dict:
+def _holdout_report(m: dict, pairs: pl.DataFrame, prompts: list[str], own: np.ndarray, anywhere: np.ndarray,
+                    extra_flags: np.ndarray | None, extra_bench: list[str]) -> dict:
+    """Holdout flag rates with the own item, whole-corpus per-row rates, and the extra prompts' rates."""
+    holdout = (pairs["split"] == "holdout").to_numpy()
+    kinds, anyrow = pairs["kind"].to_numpy(), _negatives_any(pairs, prompts)
+    figures = flag_rates(pairs.with_columns(pl.Series("flagged", own)).filter(split="holdout"))
+    for kind in ("hard_negative", "random"):
+        rows = holdout & anyrow & (kinds == kind)
+        figures[f"any_{kind}"], figures[f"any_{kind}_n"] = float(anywhere[rows].mean()), int(rows.sum())
+    if extra_flags is not None:
+        bench = np.array(extra_bench)
+        for name in ("arena_hard", "ifbench"):
+            figures[f"any_{name}"], figures[f"any_{name}_n"] = float(extra_flags[bench == name].mean()), int(
+                (bench == name).sum())
+    return figures
+
+
+def _scorings(m: dict, pairs: pl.DataFrame, prompts: list[str], extra: list[str], extra_bench: list[str]) -> dict:
+    """Both scorings tuned on the tune half and reported on the holdout half; ``distinct`` through the API."""
+    from assets.common.text.embeddings import distinct_neighbours
+
+    tune = pairs.filter(split="tune")
+    own_scores = m["S"][np.arange(pairs.height), m["own"]]
+    out = {}
+    t = choose_threshold(own_scores[(pairs["split"] == "tune").to_numpy()], tune["kind"].to_numpy())
+    anywhere = m["S"].max(axis=1) >= t
+    extra_flags = m["X"].max(axis=1) >= t if m["X"] is not None else None
+    out["cosine"] = {"threshold": t, "margin": None, "holdout": _holdout_report(
+        m, pairs, prompts, own_scores >= t, anywhere, extra_flags, extra_bench)}
+    t, g = choose_distinct(m, pairs, prompts)
+    _log(f"distinct scoring tuned: threshold {t}, margin {g}")
+    found = distinct_neighbours(m["candidates"], m["corpus"], 10, t, g).filter(pl.col("score") >= t)
+    query, item = found["query"].to_numpy(), found["item"].to_numpy()
+    own = np.isin(np.arange(pairs.height), query[item == m["own"][query]])
+    anywhere = np.isin(np.arange(pairs.height), query)
+    check_own, check_any = _flags_at(*distinct_flags(m["S"], m["T"], t), m["own"], t, g)
+    assert (check_own == own).all() and (check_any == anywhere).all(), "the API and the tuning disagree"
+    extra_flags, examples = None, []
+    if m["extra"] is not None:
+        hits = distinct_neighbours(m["extra"], m["corpus"], 10, t, g).filter(pl.col("score") >= t)
+        extra_flags = np.isin(np.arange(len(extra)), hits["query"].to_numpy())
+        examples = [(round(float(r["score"]), 3), extra[r["query"]][:90], prompts[r["item"]][:90])
+                    for r in hits.sort("score", descending=True).unique("query", keep="first",
+                                                                        maintain_order=True).head(8).iter_rows(named=True)]
+    out["distinct"] = {"threshold": t, "margin": g, "examples": examples, "holdout": _holdout_report(
+        m, pairs, prompts, own, anywhere, extra_flags, extra_bench)}
+    return out
+
+
+def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds: int, extra_limit: int | None,
+                  cache: str | None) -> dict:
     """Everything for one model, run in its own process (see :func:`main`)."""
     import os
 
@@ -164,17 +302,17 @@ def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds
     from assets.common.text.embeddings import MODELS, Embedder, EmbeddingConfig
 
     pairs, prompts = planted_pairs(), _eval_prompts()  # the harness's own memory, before the model's
+    extra, extra_bench = _extra_prompts(extra_limit) if extra_limit is not None else ([], [])
     rss_before = _rss_mb()
     config = EmbeddingConfig(model=model, batch_size=batch, threads=threads)
     start = time.perf_counter()
-    embedder = Embedder(config, cache_root=None)
+    embedder = Embedder(config, cache_root=cache)
     backend = embedder.backend
     load_s = time.perf_counter() - start
     _log(f"{model} loaded in {load_s:.1f}s")
-    pairs, any_count = _planted_scores(embedder, pairs, prompts, with_any)
+    matrices = _score_matrices(embedder, pairs, prompts, extra)
     rss_model = _rss_mb() - rss_before  # the model loaded and run (weights read, buffers allocated)
-    tune, holdout = pairs.filter(split="tune"), pairs.filter(split="holdout")
-    threshold = choose_threshold(tune["score"].to_numpy(), tune["kind"].to_numpy())
+    scorings = _scorings(matrices, pairs, prompts, extra, extra_bench)
     texts = prompts[:texts_limit] if texts_limit else prompts
     pipeline, direct, chunks = _speed(model, config, backend, texts, rounds)
     dist = MODELS[model].distribution
@@ -182,13 +320,10 @@ def measure_model(model: str, texts_limit: int, batch: int, threads: int, rounds
         "model": model, "distribution": f"{dist}=={importlib.metadata.version(dist)}",
         "licence": _licence(importlib.metadata.metadata(dist)),
         "size_mb": sum((f.size or 0) for f in importlib.metadata.files(dist)) / 2**20,
-        "dim": backend.dim, "max_tokens": backend.max_tokens, "load_s": load_s, "threshold": threshold,
-        "tune": holdout_figures(tune, threshold), "holdout": holdout_figures(holdout, threshold),
-        "holdout_any": holdout_figures(holdout, threshold, "score_any"), "any_prompts": any_count,
-        "texts": len(texts), "chunks": chunks, "batch": batch, "threads": threads,
+        "dim": backend.dim, "max_tokens": backend.max_tokens, "load_s": load_s, "scorings": scorings,
+        "any_prompts": len(prompts), "texts": len(texts), "chunks": chunks, "batch": batch, "threads": threads,
         "pipeline_texts_per_s": pipeline, "direct_texts_per_s": direct, "rss_model_mb": rss_model,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "holdout_scores": holdout.select("id", "kind", "benchmark", "score", "score_any").to_dicts(),
     }
 
 
@@ -200,19 +335,21 @@ def _licence(meta) -> str:
 
 
 def _print_model(r: dict) -> None:
-    h, a = r["holdout"], r["holdout_any"]
     print(f"\n{r['model']} ({r['distribution']}, {r['licence']}, {r['size_mb']:.0f} MB installed, dim {r['dim']}, "
-          f"max {r['max_tokens']} tokens, load {r['load_s']:.1f}s): threshold {r['threshold']:.4f} (tune: "
-          f"paraphrase {r['tune']['paraphrase']:.3f}, translated {r['tune']['translated']:.3f}, hard "
-          f"{r['tune']['hard_negative']:.3f}, random {r['tune']['random']:.3f})")
-    print("  holdout: " + ", ".join(f"{k} {v:.3f}" for k, v in h.items()))
-    if r["any_prompts"]:
-        print(f"  holdout, flagged when ANY of the {r['any_prompts']} eval prompts scores above: hard_negative "
-              f"{a['hard_negative']:.3f}, random {a['random']:.3f}")
+          f"max {r['max_tokens']} tokens, load {r['load_s']:.1f}s)")
+    for name, sc in r["scorings"].items():
+        h = sc["holdout"]
+        margin = f", margin {sc['margin']}" if sc["margin"] is not None else ""
+        print(f"  {name}: threshold {sc['threshold']:.4f}{margin}; holdout: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in h.items() if not k.startswith("any_")))
+        print(f"    whole corpus ({r['any_prompts']} eval prompts), share of rows flagged with ANY: " + ", ".join(
+            f"{k[4:]} {h[k]:.3f} of {h[k + '_n']}" for k in h if k.startswith("any_") and not k.endswith("_n")))
+        for example in sc.get("examples", []):
+            print(f"    extra flagged: {example}")
     print(f"  speed ({r['texts']} eval prompts -> {r['chunks']} chunks, batch {r['batch']}, {r['threads']} threads, "
           f"cold cache): Embedder {r['pipeline_texts_per_s']:.1f} texts/s, library {r['direct_texts_per_s']:.1f} "
           f"texts/s (ratio {r['pipeline_texts_per_s'] / r['direct_texts_per_s']:.2f}); RSS added by the model "
-          f"(loaded and run on the planted pairs) {r['rss_model_mb']:.0f} MB, process peak {r['peak_rss_mb']:.0f} MB")
+          f"(loaded and run) {r['rss_model_mb']:.0f} MB, process peak {r['peak_rss_mb']:.0f} MB")
 
 
 def main() -> None:
@@ -220,33 +357,38 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["all-minilm-l6-v2", "multilingual-e5-small-q4",
                                                          "wordllama-l2-supercat-256"])
     parser.add_argument("--texts", type=int, default=400, help="eval prompts timed (0: all of them)")
-    parser.add_argument("--no-any", action="store_true", help="skip scoring candidates against every eval prompt")
+    parser.add_argument("--extra", type=int, default=0, help="arena-hard and IFBench prompts scored, the first N "
+                        "of each by hash (0: all of them, 750 + 300)")
+    parser.add_argument("--no-extra", action="store_true", help="skip the arena-hard and IFBench prompts")
+    parser.add_argument("--cache", default=None, help="embedding cache to reuse for the scores (speed stays cold)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_model(args.one, args.texts, args.batch_size, args.threads, args.rounds,
-                                       not args.no_any)))
+                                       None if args.no_extra else args.extra, args.cache)))
         return
     figures = {} if args.skip_baseline else run_baseline()
     for model in args.models:
         command = [sys.executable, __file__, "--one", model, "--texts", str(args.texts), "--batch-size",
                    str(args.batch_size), "--threads", str(args.threads), "--rounds", str(args.rounds)]
-        command += ["--no-any"] if args.no_any else []
+        command += ["--no-extra"] if args.no_extra else ["--extra", str(args.extra)]
+        command += ["--cache", args.cache] if args.cache else []
         output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         result = json.loads(output.splitlines()[-1])
         Path(tempfile.gettempdir(), f"embeddings-{model}.json").write_text(output.splitlines()[-1])
         _print_model(result)
-        short = model.split("-")[0]
-        figures |= {f"{short}_threshold": round(result["threshold"], 4),
-                    f"{short}_recall": round(result["holdout"]["positives"], 3),
-                    f"{short}_recall_en": round(result["holdout"]["paraphrase"], 3),
-                    f"{short}_recall_translated": round(result["holdout"]["translated"], 3),
-                    f"{short}_hard": round(result["holdout"]["hard_negative"], 3),
-                    f"{short}_random": round(result["holdout"]["random"], 3),
+        short, chosen = model.split("-")[0], result["scorings"]["distinct"]
+        h = chosen["holdout"]
+        figures |= {f"{short}_threshold": chosen["threshold"], f"{short}_margin": chosen["margin"],
+                    f"{short}_recall": round(h["positives"], 3),
+                    f"{short}_recall_translated": round(h["translated"], 3),
+                    f"{short}_hard": round(h["hard_negative"], 3), f"{short}_random": round(h["random"], 3),
+                    f"{short}_any_hard": round(h["any_hard_negative"], 3),
+                    f"{short}_any_random": round(h["any_random"], 3),
                     f"{short}_texts_per_s": round(result["pipeline_texts_per_s"], 1),
                     f"{short}_ratio": round(result["pipeline_texts_per_s"] / result["direct_texts_per_s"], 2),
                     f"{short}_rss_mb": round(result["peak_rss_mb"])}

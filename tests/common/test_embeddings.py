@@ -12,6 +12,7 @@ from assets.common.text.embeddings import (
     Embedder,
     EmbeddingConfig,
     chunk_text,
+    distinct_neighbours,
     load_backend,
     max_chunk_cosine,
     top_k_neighbours,
@@ -117,3 +118,36 @@ def test_top_k_neighbours_in_blocks_equal_the_full_matrix(smallest) -> None:
             assert rows["item"].to_list() == best
             assert np.allclose(rows["score"].to_numpy(), full[q, best])
     assert top_k_neighbours(queries, corpus, k=50)["query"].value_counts()["count"].max() == corpus.n_texts
+
+
+def _distinct_by_hand(full: np.ndarray, twins: np.ndarray, k: int, margin: float) -> list[tuple[int, int]]:
+    """(query, item) pairs :func:`distinct_neighbours` must keep, from the full score matrix, one pair at a time."""
+    kept = []
+    for q in range(full.shape[0]):
+        for item in sorted(range(full.shape[1]), key=lambda j: (-full[q, j], j))[:k]:
+            others = [full[q, z] for z in range(full.shape[1]) if z != item and not twins[item, z]]
+            if full[q, item] - max(others, default=-np.inf) >= margin:
+                kept.append((q, item))
+    return kept
+
+
+def test_distinct_neighbours_keep_an_item_and_its_twins_when_they_stand_out(smallest) -> None:
+    embedder = Embedder(backend=smallest)
+    corpus = embedder.embed(["How do I bake sourdough bread at home?",
+                             "Give me a recipe for baking sourdough bread at home.",  # a twin of the first (0.90)
+                             "Explain how vaccines train the immune system.", "Write a poem about autumn leaves.",
+                             "What is the capital of Peru?", "Write a poem about spring flowers."])
+    queries = embedder.embed(["Tell me how to bake a sourdough loaf at home.",
+                              "Write a short poem about falling leaves in autumn.", "Write a story about a dragon."])
+    found = distinct_neighbours(queries, corpus, k=3, threshold=0.75, margin=0.1)
+    # the sourdough query keeps both twins (each other's rival would be 0.77, not 0.07); the poem query keeps
+    # autumn, not spring (autumn beats it by 0.29); the dragon is about as close to both poems: nothing stands out
+    assert list(zip(found["query"], found["item"], strict=True)) == [(0, 0), (0, 1), (1, 3)]
+    assert found.schema == top_k_neighbours(queries, corpus, 3).schema
+    full = max_chunk_cosine(queries, corpus)
+    twins = max_chunk_cosine(corpus, corpus) >= 0.75
+    for k, margin, max_floats in ((3, 0.1, 1), (6, 0.0, 1 << 25), (1, 0.3, 5), (2, -1.0, 1)):
+        found = distinct_neighbours(queries, corpus, k, 0.75, margin, max_floats)
+        assert list(zip(found["query"], found["item"], strict=True)) == _distinct_by_hand(full, twins, k, margin)
+        pairs = zip(found["query"], found["item"], strict=True)
+        assert np.allclose(found["score"].to_numpy(), [full[q, i] for q, i in pairs])

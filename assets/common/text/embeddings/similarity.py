@@ -65,3 +65,54 @@ def _top_k_rows(scores: np.ndarray, k: int, offset: int) -> pl.DataFrame:
     items, values = np.take_along_axis(part, order, axis=1), np.take_along_axis(picked, order, axis=1)
     queries = np.repeat(np.arange(offset, offset + scores.shape[0]), k)
     return pl.DataFrame({"query": queries, "item": items.ravel(), "score": values.ravel()}, schema=NEIGHBOUR_SCHEMA)
+
+
+def corpus_twins(corpus: Embeddings, threshold: float, max_floats: int = 1 << 25) -> pl.DataFrame:
+    """Pairs of distinct corpus texts scoring at least ``threshold`` with each other (each a rephrasing of the other,
+    by the detector's own measure): columns ``item``, ``twin`` (positions in ``corpus``), both directions."""
+    schema = {"item": pl.Int64, "twin": pl.Int64}
+    if corpus.n_texts == 0:
+        return pl.DataFrame(schema=schema)
+    width = min(corpus.n_texts, 16)
+    while True:
+        found = top_k_neighbours(corpus, corpus, width, max_floats).filter(
+            (pl.col("query") != pl.col("item")) & (pl.col("score") >= threshold))
+        full = found.group_by("query").len().filter(pl.col("len") >= width - 1).height
+        if not full or width >= corpus.n_texts:  # every text's twins fit in the window (itself included)
+            return found.select(pl.col("query").alias("item"), pl.col("item").alias("twin")).cast(schema)
+        width = min(corpus.n_texts, width * 4)
+
+
+def distinct_neighbours(queries: Embeddings, corpus: Embeddings, k: int, threshold: float, margin: float,
+                        max_floats: int = 1 << 25) -> pl.DataFrame:
+    """Each query's ``k`` nearest corpus texts (as :func:`top_k_neighbours`: same columns, same max-over-chunks
+    cosine in ``score``, same order), keeping only those that stand out: a corpus text is kept when its cosine exceeds
+    by at least ``margin`` the query's best cosine with any corpus text that is neither it nor one of its twins
+    (:func:`corpus_twins` at ``threshold``). A rephrasing of one eval item is close to that item (and its
+    near-copies) and clearly further from every other one; a same-topic instruction is about as close to several
+    eval items, so the corpus as a whole, not one pair, decides (the ratio test of nearest-neighbour matching).
+    Flag the rows whose ``score`` is at least ``threshold``; the registry holds both per model
+    (:data:`~.models.MODELS`)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if queries.n_texts == 0 or corpus.n_texts == 0:
+        return pl.DataFrame(schema=NEIGHBOUR_SCHEMA)
+    twins = corpus_twins(corpus, threshold, max_floats)
+    most = int(twins.group_by("item").len()["len"].max() or 0)
+    # the best non-twin other of a candidate ranks at most (its twins + itself + 1)
+    width = min(corpus.n_texts, max(k, most + 2))
+    found = top_k_neighbours(queries, corpus, width, max_floats)
+    if found.is_empty():
+        return found
+    items = found["item"].to_numpy().reshape(-1, width)
+    scores = found["score"].to_numpy().reshape(-1, width)
+    keys = np.sort((twins["item"].to_numpy() * corpus.n_texts + twins["twin"].to_numpy()).astype(np.int64))
+    keep = np.zeros(items.shape, dtype=bool)
+    rows = max(1, max_floats // max(1, width * width))
+    for first in range(0, items.shape[0], rows):
+        block_items, block_scores = items[first:first + rows], scores[first:first + rows]
+        pair = block_items[:, :k, None] * corpus.n_texts + block_items[:, None, :]
+        other = np.isin(pair, keys, assume_unique=False) | (block_items[:, :k, None] == block_items[:, None, :])
+        rival = np.where(other, -np.inf, block_scores[:, None, :]).max(axis=2)  # -inf: nothing else in the corpus
+        keep[first:first + rows, :k] = block_scores[:, :k] - rival >= margin
+    return found.filter(pl.Series(keep.ravel()))

@@ -64,7 +64,7 @@ class SelectionConfig:
             return None
         if self.diversity_threshold is not None:
             return self.diversity_threshold
-        return MODELS[self.embedding_model].paraphrase_threshold
+        return MODELS[self.embedding_model].threshold
 
 
 def check_scores(df: pl.DataFrame) -> None:

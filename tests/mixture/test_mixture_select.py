@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from assets.common.orchestration.resources import INSTRUCTION_DIFFICULTY, SFT_MIXTURE, TAGGED_CONVERSATIONS, DataStorage
-from assets.common.text.embeddings import Embedder, EmbeddingConfig
+from assets.common.text.embeddings import MODELS, Embedder, EmbeddingConfig
 from assets.mixture.assets import sft_mixture
 from assets.mixture.core import MixtureConfig, build_mixture
 from tests.asset_runs import conversation, failure_text, frame, materialization, materialize
@@ -69,7 +69,7 @@ def test_diversity_floor_skips_a_near_identical_instruction(embed):
     assert sorted(result.mixture["ifd"].to_list(), reverse=True) == [0.95, 0.9]  # 0.93 skipped: too close to 0.95
     (skip,) = result.manifest["selection"]["diversity_skips"]
     assert skip["conversation_id"] == df["conversation_id"][4] and skip["too_close_to"] == df["conversation_id"][0]
-    assert result.manifest["selection"]["diversity_threshold"] == pytest.approx(0.57378)  # the model's own
+    assert result.manifest["selection"]["diversity_threshold"] == MODELS[MODEL].threshold  # the model's own
     assert skip["cosine"] >= result.manifest["selection"]["diversity_threshold"]
     off = MixtureConfig(validation_fraction=0.0, select={"keep": 0.4, "diversity": False})
     assert 0.93 in build_mixture(df.join(scores, on="conversation_id"), off).mixture["ifd"].to_list()

@@ -50,6 +50,9 @@ PROMOTION_CHECKS = (
 )
 
 MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash, template and tokens
+# <data root>/<EMBEDDING_CACHE>: the (model hash, text hash) cache of text embeddings (assets/common/text/embeddings)
+# that the stages embedding texts share, eval side and training side: a text is embedded once per model
+EMBEDDING_CACHE = "embeddings"
 CURRENT_MODEL = "current"  # the JSON promoted_model writes: the project's current model (continual SFT starts there)
 # Metadata entry of an asset that judges a trained model (the evaluation): the storage id of the `sft_model`
 # materialization it judged. Promotion counts its checks only for that very candidate.

@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common.data.schema import CONVERSATION_SCHEMA
-from assets.common.orchestration.resources import DataStorage
+from assets.common.orchestration.resources import DataStorage, VLLMEngine
 
 
 def conversation(row: int, user: str, assistant: str, shard: int = 0, system: str | None = None) -> dict:
@@ -39,7 +39,8 @@ def materialize(selection: list, storage: DataStorage, home: Path, config: dict 
     home.mkdir(parents=True, exist_ok=True)
     ops = {name: {"config": value} for name, value in (config or {}).items()}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        return dg.materialize(selection, resources={"storage": storage, **kwargs.pop("resources", {})},
+        resources = {"storage": storage, "engine": VLLMEngine(), **kwargs.pop("resources", {})}
+        return dg.materialize(selection, resources=resources,
                               run_config={"ops": ops}, instance=instance, raise_on_error=False, **kwargs)
 
 

@@ -59,7 +59,8 @@ def test_exactly_the_steps_that_start_vllm_or_train_sit_in_the_gpu_pool():
     limit is the deployment's GPUs; no other step is, so CPU stages never wait for a GPU slot."""
     nodes = {a.node_def.name: a for a in defs.resolve_asset_graph().assets_defs}  # assets and asset checks
     needs_gpu = {name for name, a in nodes.items() if "engine" in a.required_resource_keys or name in TRAINS}
-    assert needs_gpu == {"magpie_conversations", "tagged_conversations", "sft_model", "assistant_evaluation"}
+    assert needs_gpu == {"magpie_conversations", "decontaminated_conversations", "tagged_conversations", "sft_model",
+                         "assistant_evaluation"}
     in_pool = {name for name, a in nodes.items() if a.node_def.pool is not None}
     assert in_pool == needs_gpu
     assert {nodes[name].node_def.pool for name in in_pool} == {GPU_POOL}

@@ -10,7 +10,6 @@ from assets.common.data.report import markdown_table
 from assets.common.orchestration.resources import (
     DEDUPLICATED_CONVERSATIONS,
     EMBEDDING_CACHE,
-    ENGINE_RETRY,
     EVAL_SETS,
     GPU_POOL,
     MODEL_MANIFEST,
@@ -71,7 +70,7 @@ class SemanticSettings(dg.Config):
     def to_core(self) -> SemanticConfig:
         fields = self.model_dump(exclude={"enabled", "verify", "eval_fields"})
         return SemanticConfig(**fields, eval_fields=tuple(self.eval_fields) if self.eval_fields is not None else None,
-                              verify=self.verify.to_core() if self.verify.enabled else None)
+                              judge=self.verify.to_core() if self.verify.enabled else None)
 
 
 class DecontamSettings(dg.Config):
@@ -114,9 +113,9 @@ def judge_model(settings: RephraseVerifySettings, storage: DataStorage) -> dict:
 def _judge(config: DecontamSettings, core: DecontamConfig, storage: DataStorage, engine: VLLMEngine):
     """The rephrase judge when verification is on (its engine starts on the first pair to judge), else nothing."""
     semantic = core.semantic_detector
-    if semantic is None or semantic.verify is None:
+    if semantic is None or semantic.judge is None:
         return nullcontext(None)
-    return RephraseJudge(judge_model(config.semantic.verify, storage), semantic.verify, engine.engine_config(),
+    return RephraseJudge(judge_model(config.semantic.verify, storage), semantic.judge, engine.engine_config(),
                          storage.asset_dir("decontaminated_conversations") / "verdict_cache")
 
 
@@ -125,8 +124,9 @@ def _judge(config: DecontamSettings, core: DecontamConfig, storage: DataStorage,
     kinds={"polars", "parquet"},
     deps=[DEDUPLICATED_CONVERSATIONS, EVAL_SETS],
     automation_condition=REBUILD_ON_UPSTREAM_CHANGE,
-    pool=GPU_POOL,  # the semantic detector's LLM check starts a vLLM engine (when it is on and has pairs to judge)
-    retry_policy=ENGINE_RETRY,
+    # the semantic detector's LLM check starts a vLLM engine (when it is on and has pairs to judge); no retry policy:
+    # the engine is optional here, and a bad input (most failures of this step) would only be retried in vain
+    pool=GPU_POOL,
 )
 def decontaminated_conversations(
     context: dg.AssetExecutionContext, config: DecontamSettings, storage: DataStorage, engine: VLLMEngine

@@ -41,7 +41,7 @@ class SemanticConfig:
     """The semantic detector: every compared message against the eval texts of ``eval_fields`` (None: every field)
     embedded by ``model`` (:data:`assets.common.text.embeddings.MODELS` or a local sentence-transformers directory),
     its ``top_k`` nearest by cosine (max over chunks); a neighbour scoring >= ``threshold`` is a candidate (None: the
-    registered model's tuned ``paraphrase_threshold``; required for an unregistered model). ``verify``: the LLM
+    registered model's tuned ``paraphrase_threshold``; required for an unregistered model). ``judge``: the LLM
     check of each candidate (None: off; every candidate is then a match)."""
 
     model: str = DEFAULT_MODEL
@@ -49,7 +49,7 @@ class SemanticConfig:
     top_k: int = 5
     eval_fields: tuple[str, ...] | None = PROMPT_FIELDS
     batch_size: int = 32
-    verify: RephraseVerifyConfig | None = None
+    judge: RephraseVerifyConfig | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.batch_size < 1:

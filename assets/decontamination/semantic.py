@@ -61,7 +61,7 @@ class SemanticIndex:
     def build(cls, items: pl.DataFrame, cfg: SemanticConfig, cache_root: str | Path | None = None,
               judge: RephraseJudge | None = None) -> SemanticIndex:
         """``items``: the eval index's rows (benchmark, item_id, field, text), in its order."""
-        if cfg.verify is not None and judge is None:
+        if cfg.judge is not None and judge is None:
             raise ValueError("semantic verify is on but no judge was given: pass a RephraseJudge (the asset starts "
                              "one on the judge model) or turn verify off")
         selected = items["field"].is_in(list(cfg.eval_fields)) if cfg.eval_fields is not None else pl.repeat(

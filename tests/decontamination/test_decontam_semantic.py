@@ -85,12 +85,18 @@ def _run(storage: DataStorage, home, config: dict | None = None):
     return materialization(result, ASSET), check
 
 
+def _stored(storage: DataStorage):
+    return (storage.read_table(ASSET), storage.read_table(ASSET, "rejected"), storage.read_table(EVAL_SETS),
+            storage.read_json(ASSET, "report"))
+
+
 @pytest.fixture(scope="module")
 def runs(texts, tmp_path_factory) -> dict:
     """Default threshold (A, then A with a second shard), a weakened threshold (B), and a full rebuild of A's table."""
     root = tmp_path_factory.mktemp("semantic")
     a = _storage(root / "a", texts, _table(texts))
     first = _run(a, root / "d1")
+    first_tables = _stored(a)
     both = pl.concat([_table(texts), _table(texts, shard=1)])
     a.write_table(DEDUPLICATED_CONVERSATIONS, both)
     second = _run(a, root / "d2")
@@ -98,17 +104,16 @@ def runs(texts, tmp_path_factory) -> dict:
     weakened = _run(weak, root / "d3", {ASSET: {"semantic": {"model": MODEL, "threshold": 0.99}}})
     full = _storage(root / "c", texts, both)
     rebuilt = _run(full, root / "d4")
-    return {"a": a, "first": first, "second": second, "weak": weak, "weakened": weakened, "full": full,
-            "rebuilt": rebuilt}
+    return {"a": a, "first": first, "first_tables": first_tables, "second": second, "weak": weak,
+            "weakened": weakened, "full": full, "rebuilt": rebuilt}
 
 
 def test_the_paraphrase_is_removed_by_the_semantic_detector_and_the_hard_negatives_kept(runs):
     metadata, check = runs["first"]
-    rejected = runs["a"].read_table(ASSET, "rejected")
+    kept, rejected, _, report = runs["first_tables"]
     assert rejected["conversation_id"].to_list() == ["00000-0000000"]
     assert rejected["detail"][0].startswith("semantic ifeval/3376:prompt in prompt: cosine 0.8")
-    assert runs["a"].read_table(ASSET)["conversation_id"].to_list() == [f"00000-{i:07d}" for i in (1, 2, 3)]
-    report = runs["a"].read_json(ASSET, "report")
+    assert kept["conversation_id"].to_list() == [f"00000-{i:07d}" for i in (1, 2, 3)]
     assert report["benchmarks"]["ifeval"]["matches"] == {"ngram": 0, "minhash": 0, "semantic": 1}
     assert report["semantic"]["model"] == MODEL
     assert report["semantic"]["threshold"] == MODELS[MODEL].paraphrase_threshold
@@ -129,11 +134,6 @@ def test_a_paraphrase_left_in_the_table_fails_the_blocking_check(runs):
     assert not check.passed
     assert "as close as a rephrasing to an eval text" in check.description and "ifeval 3376" in check.description
     assert "00000-0000000" in check.metadata["semantic_leaks"].value
-
-
-def _stored(storage: DataStorage):
-    return (storage.read_table(ASSET), storage.read_table(ASSET, "rejected"), storage.read_table(EVAL_SETS),
-            storage.read_json(ASSET, "report"))
 
 
 def _verdicts(storage: DataStorage, texts: dict, prompt_hash: str) -> pl.DataFrame:
@@ -158,23 +158,6 @@ def test_a_stored_not_a_rephrasing_verdict_passes_the_pair_only_under_the_curren
     assert cleared.passed and cleared.semantic.cleared == 1, cleared.description
     other = verify_decontaminated(kept, rejected, eval_df, report, _verdicts(storage, texts, "0" * 64), cache)
     assert not other.passed and other.semantic.leaks[0].item_id == "3376"
-
-
-def test_a_model_hash_or_cache_that_is_not_the_models_is_refused(runs):
-    storage = runs["a"]
-    kept, rejected, eval_df, report = _stored(storage)
-    cache = storage.root_path / EMBEDDING_CACHE
-    wrong = {**report, "semantic": {**report["semantic"], "model_hash": "f" * 64}}
-    refused = verify_decontaminated(kept, rejected, eval_df, wrong, None, cache)
-    assert not refused.passed and "but the removal recorded ffffffffffff" in refused.description
-    folder = cache / report["semantic"]["model_hash"]
-    for shard in sorted(folder.rglob("*.parquet")):  # another model's vectors under this model's hash
-        table = pl.read_parquet(shard)
-        vectors = np.asarray(table["vector"].to_list(), dtype=np.float32)
-        shard.write_bytes(b"")
-        table.with_columns(pl.Series("vector", -vectors, dtype=table.schema["vector"])).write_parquet(shard)
-    poisoned = verify_decontaminated(kept, rejected, eval_df, report, None, cache)
-    assert not poisoned.passed and "holds vectors that model does not compute" in poisoned.description
 
 
 def test_an_unregistered_model_is_refused_unless_the_check_has_its_floor(texts):
@@ -220,3 +203,20 @@ def test_the_prompt_hash_is_the_files_sha256():
     prompt = load_rephrase_prompt("rephrase-v1")
     assert prompt.hash == hashlib.sha256((PROMPTS_DIR / "rephrase-v1.yaml").read_bytes()).hexdigest()
     assert prompt.schema["required"] == ["reason", "rephrasing"]
+
+
+def test_a_model_hash_or_cache_that_is_not_the_models_is_refused(runs):
+    storage = runs["full"]  # (it rewrites the cache: last in the file)
+    kept, rejected, eval_df, report = _stored(storage)
+    cache = storage.root_path / EMBEDDING_CACHE
+    wrong = {**report, "semantic": {**report["semantic"], "model_hash": "f" * 64}}
+    refused = verify_decontaminated(kept, rejected, eval_df, wrong, None, cache)
+    assert not refused.passed and "but the removal recorded ffffffffffff" in refused.description
+    folder = cache / report["semantic"]["model_hash"]
+    for shard in sorted(folder.rglob("*.parquet")):  # another model's vectors under this model's hash
+        table = pl.read_parquet(shard)
+        vectors = np.asarray(table["vector"].to_list(), dtype=np.float32)
+        shard.write_bytes(b"")
+        table.with_columns(pl.Series("vector", -vectors, dtype=table.schema["vector"])).write_parquet(shard)
+    poisoned = verify_decontaminated(kept, rejected, eval_df, report, None, cache)
+    assert not poisoned.passed and "holds vectors that model does not compute" in poisoned.description

@@ -2,7 +2,6 @@
 independently before training may use it."""
 
 from contextlib import nullcontext
-from pathlib import Path
 
 import dagster as dg
 
@@ -12,11 +11,10 @@ from assets.common.orchestration.resources import (
     EMBEDDING_CACHE,
     EVAL_SETS,
     GPU_POOL,
-    MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,
-    TEACHER_MODEL,
     DataStorage,
     VLLMEngine,
+    judge_model_info,
 )
 from assets.common.text.embeddings import DEFAULT_MODEL
 from assets.common.text.minhash.config import MinHashConfig
@@ -100,22 +98,13 @@ class DecontamSettings(dg.Config):
                               max_train_rows=self.max_train_rows, minhash=minhash, semantic_detector=semantic)
 
 
-def judge_model(settings: RephraseVerifySettings, storage: DataStorage) -> dict:
-    """Path, name and content hash of the judge: ``judge_model_path``, else the teacher's manifest."""
-    if settings.judge_model_path:
-        from assets.common.models.integrity import model_content_hash
-
-        path = Path(settings.judge_model_path).expanduser().resolve()
-        return {"path": str(path), "name": path.name, "content_hash": model_content_hash(path)}
-    return storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
-
-
 def _judge(config: DecontamSettings, core: DecontamConfig, storage: DataStorage, engine: VLLMEngine):
     """The rephrase judge when verification is on (its engine starts on the first pair to judge), else nothing."""
     semantic = core.semantic_detector
     if semantic is None or semantic.judge is None:
         return nullcontext(None)
-    return RephraseJudge(judge_model(config.semantic.verify, storage), semantic.judge, engine.engine_config(),
+    model = judge_model_info(config.semantic.verify.judge_model_path, storage)
+    return RephraseJudge(model, semantic.judge, engine.engine_config(),
                          storage.asset_dir("decontaminated_conversations") / "verdict_cache")
 
 

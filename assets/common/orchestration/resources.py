@@ -272,6 +272,17 @@ def verified_model(materialization: Materialization) -> str:
         raise input_error(error) from error
 
 
+def judge_model_info(judge_model_path: str | None, storage: DataStorage) -> dict:
+    """Path, name and content hash of an LLM judge: the chat model directory ``judge_model_path``, else the teacher
+    (its manifest). Tagging's judge and decontamination's rephrase check both run on it."""
+    if judge_model_path:
+        from assets.common.models.integrity import model_content_hash
+
+        path = Path(judge_model_path).expanduser().resolve()
+        return {"path": str(path), "name": path.name, "content_hash": model_content_hash(path)}
+    return storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
+
+
 def job_asset_graph(context: dg.AssetExecutionContext):
     """The asset graph of the run's job, or of the parent job of a run of a selection (how the
     automation sensor, `dagster asset materialize --select` and the UI's "Materialize selected" launch a run). In a

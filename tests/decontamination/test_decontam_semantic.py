@@ -45,20 +45,19 @@ ITEMS = ("3376", "1325", "227", "1005")  # IFEval prompts: the eval table
 WITH_MODEL = {ASSET: {"semantic": {"model": MODEL}}}
 
 
-def _planted(kind: str, item_id: str) -> str:
-    pairs = planted_pairs()
-    return pairs.filter((pl.col("kind") == kind) & (pl.col("item_id") == item_id))["text"][0]
-
-
 @pytest.fixture(scope="module")
 def texts() -> dict:
     pairs = planted_pairs().filter(pl.col("item_id").is_in(list(ITEMS)) & (pl.col("benchmark") == "ifeval"))
     evals = pairs.unique("item_id").sort("item_id").select(
         pl.lit("ifeval").alias("benchmark"), "item_id", pl.lit("prompt").alias("field"),
         pl.col("eval_text").alias("text"), pl.lit("test").alias("source"))
+
+    def planted(kind: str, item_id: str) -> str:
+        return pairs.filter((pl.col("kind") == kind) & (pl.col("item_id") == item_id))["text"][0]
+
     return {"eval": evals.cast({k: v for k, v in EVAL_SET_SCHEMA.items() if k in evals.columns}),
-            "paraphrase": _planted("paraphrase", "3376"), "second": _planted("paraphrase", "1325"),
-            "hard": _planted("hard_negative", "227"), "hard_same_item": _planted("hard_negative", "3376")}
+            "paraphrase": planted("paraphrase", "3376"), "second": planted("paraphrase", "1325"),
+            "hard": planted("hard_negative", "227"), "hard_same_item": planted("hard_negative", "3376")}
 
 
 def _table(texts: dict, shard: int = 0) -> pl.DataFrame:
@@ -79,10 +78,11 @@ def _storage(root, texts: dict, table: pl.DataFrame) -> DataStorage:
     return storage
 
 
-def _run(storage: DataStorage, home, config: dict | None = None):
-    result = materialize([decontaminated_conversations, no_eval_overlap], storage, home, config=config or WITH_MODEL)
-    (check,) = result.get_asset_check_evaluations()
-    return materialization(result, ASSET), check
+def _run(storage: DataStorage, home, config: dict | None = None, check: bool = True):
+    selection = [decontaminated_conversations, no_eval_overlap] if check else [decontaminated_conversations]
+    result = materialize(selection, storage, home, config=config or WITH_MODEL)
+    checks = result.get_asset_check_evaluations()
+    return materialization(result, ASSET), checks[0] if checks else None
 
 
 def _stored(storage: DataStorage):
@@ -103,7 +103,7 @@ def runs(texts, tmp_path_factory) -> dict:
     weak = _storage(root / "b", texts, _table(texts))
     weakened = _run(weak, root / "d3", {ASSET: {"semantic": {"model": MODEL, "threshold": 0.99}}})
     full = _storage(root / "c", texts, both)
-    rebuilt = _run(full, root / "d4")
+    rebuilt = _run(full, root / "d4", check=False)
     return {"a": a, "first": first, "first_tables": first_tables, "second": second, "weak": weak,
             "weakened": weakened, "full": full, "rebuilt": rebuilt}
 

@@ -10,7 +10,7 @@ import polars as pl
 
 from assets.common.data.schema import CONVERSATION_SCHEMA
 from assets.common.data.storage import sha256_file
-from assets.common.orchestration.resources import DataStorage
+from assets.common.orchestration.resources import DataStorage, VLLMEngine
 
 
 def conversation(row: int, user: str, assistant: str, shard: int = 0, system: str | None = None) -> dict:
@@ -40,7 +40,8 @@ def materialize(selection: list, storage: DataStorage, home: Path, config: dict 
     home.mkdir(parents=True, exist_ok=True)
     ops = {name: {"config": value} for name, value in (config or {}).items()}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        return dg.materialize(selection, resources={"storage": storage, **kwargs.pop("resources", {})},
+        resources = {"storage": storage, "engine": VLLMEngine(), **kwargs.pop("resources", {})}
+        return dg.materialize(selection, resources=resources,
                               run_config={"ops": ops}, instance=instance, raise_on_error=False, **kwargs)
 
 

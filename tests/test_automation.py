@@ -79,6 +79,8 @@ def profile(tiny_model_dir, data, eval_file, sft_file) -> dict:
             "eval_sets": {"config": {"benchmarks": ["humaneval"],
                                      "user_files": [{"path": str(eval_file), "benchmark": "user"}]}},
             "magpie_conversations": {"config": {"num_conversations": 40, "batch_size": 20}},
+            # the semantic detector has its own tests (tests/decontamination/test_decontam_semantic.py)
+            "decontaminated_conversations": {"config": {"semantic": {"enabled": False}}},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
             "tagged_conversations": {"config": {"use_judge": False, "calibrate": False}},
             "user_sft_sources": {"config": {"sources": [{"name": "mine", "path": str(sft_file)}]}},

@@ -19,6 +19,12 @@ from pipelines.definitions import defs
 DAGSTER_ONLY = {
     ("DedupSettings", "semantic"): "nested SemanticSettings, paired with SemanticDedupConfig on its own",
     ("DecontamSettings", "similarity_threshold"): "becomes minhash.threshold (0 disables the MinHash detector)",
+    ("DecontamSettings", "semantic"): "nested SemanticSettings, paired with SemanticConfig on its own; becomes "
+                                      "semantic_detector (None when semantic.enabled is false)",
+    ("SemanticSettings", "enabled"): "whether the semantic detector runs at all (off: semantic_detector None)",
+    ("SemanticSettings", "verify"): "nested RephraseVerifySettings, paired with RephraseVerifyConfig on its own",
+    ("RephraseVerifySettings", "enabled"): "whether the judge is asked at all (off: SemanticConfig.verify None)",
+    ("RephraseVerifySettings", "judge_model_path"): "which model directory the judge runs on, resolved by the asset",
     ("FilterSettings", "extra_special_tokens"): "merged with the models' special tokens into special_tokens",
     ("MagpieGenerationConfig", "batch_size"): "checkpointing granularity, not what is generated",
     ("SFTModelConfig", "model_name"): "names the model directory",
@@ -40,6 +46,9 @@ CORE_ONLY = {
     ("DecontamConfig", "roles"): "both sides are always compared (prompts and responses)",
     ("DecontamConfig", "minhash"): "built from similarity_threshold",
     ("DecontamConfig", "minhash_min_words"): "fixed by the detector's design (short texts go to the n-gram side)",
+    ("SemanticConfig", "judge"): "built from the nested verify settings (None when verify.enabled is false)",
+    ("DecontamConfig", "semantic_detector"): "built from the nested `semantic` settings; None in the library calls "
+                                             "(no embedding cache or judge there), on by default in the asset",
     ("FilterConfig", "special_tokens"): "read from the model manifests, plus extra_special_tokens",
     ("FilterConfig", "template_markers"): "read from the student's manifest (its chat template's markers)",
     ("MagpieConfig", "shard"): "the Dagster partition key",

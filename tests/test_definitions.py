@@ -62,7 +62,8 @@ def test_exactly_the_steps_that_start_vllm_or_train_sit_in_the_gpu_pool():
     nodes = {a.node_def.name: a for a in defs.resolve_asset_graph().assets_defs}  # assets and asset checks
     needs_gpu = {name for name, a in nodes.items() if "engine" in a.required_resource_keys
                  or name in TRAINS | FORWARD_PASSES}
-    assert needs_gpu == {"magpie_conversations", "tagged_conversations", "instruction_difficulty", "sft_model",
+    assert needs_gpu == {"magpie_conversations", "decontaminated_conversations", "tagged_conversations",
+                         "instruction_difficulty", "sft_model",
                          "assistant_evaluation"}
     in_pool = {name for name, a in nodes.items() if a.node_def.pool is not None}
     assert in_pool == needs_gpu

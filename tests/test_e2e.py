@@ -43,6 +43,9 @@ def tiny_run_config(model_dir) -> dict:
                 # min-p would keep only the end of turn and every answer would be empty
                 "response": {"temperature": 0.7, "top_p": 0.9, "min_p": 0.0, "max_tokens": 64},
             }},
+            # the semantic detector on the demo's model (the default, multilingual-e5-small, would embed the 2,720
+            # bundled eval prompts at a few texts/s on this CPU)
+            "decontaminated_conversations": {"config": {"semantic": {"model": "wordllama-l2-supercat-256"}}},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
             # the judge's prompt is ~1.1k tokens with the tiny tokenizer: the engine runs with max_model_len 2048
             "tagged_conversations": {"config": {"judge": {"max_tokens": 320}}},

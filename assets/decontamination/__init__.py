@@ -46,6 +46,11 @@ text, after the same normalization as dedup (NFKC, lowercase, punctuation delete
   with probability 0.95, J = 0.62 with 0.99). It compares whole texts, so an eval item buried in a much
   longer response is left to the n-gram detector.
 
+* ``detector="semantic"`` (when ``semantic_detector`` is set; the asset sets it by default): embedding cosine of
+  every message against the eval texts of the test items' inputs, each message's ``top_k`` nearest at or above the
+  model's tuned threshold, optionally confirmed by an LLM judge (a pair judged "not a rephrasing" is recorded with its
+  verdict and removes nothing). See :mod:`.semantic` and docs/semantic.md.
+
 :func:`assets.decontamination.matching.find_contamination` returns the matches;
 :func:`assets.decontamination.removal.decontaminate` splits the table into kept and rejected rows and builds a
 per-benchmark report. Build an :class:`assets.decontamination.index.EvalIndex` once to reuse across shards.
@@ -63,8 +68,10 @@ Modules, one job each (all Dagster-free but ``assets.py``):
 * :mod:`.index`: :class:`~.index.EvalIndex`, the eval side with its boilerplate cut-off;
 * :mod:`.train_frequency`: the training-side frequency cut-off;
 * :mod:`.matching`: the n-gram and MinHash detectors over training messages (:func:`~.matching.find_contamination`);
+* :mod:`.semantic`: the semantic detector's eval side and candidates; :mod:`.rephrase`: its LLM check (the judge);
 * :mod:`.removal`: :func:`~.removal.decontaminate`, kept / rejected rows and the report;
 * :mod:`.incremental`: :func:`~.incremental.decontaminate_shards`, the same over shards with a persisted state;
-* :mod:`.verify`: the independent re-check behind the blocking asset check; it imports none of the above;
+* :mod:`.verify` and :mod:`.verify_semantic`: the independent re-check behind the blocking asset check; they import
+  none of the above;
 * :mod:`.assets`: the Dagster asset and its checks.
 """

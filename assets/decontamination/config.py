@@ -6,12 +6,72 @@ from dataclasses import dataclass
 from typing import Any
 
 from assets.common.data.config import config_dict
+from assets.common.text.embeddings import DEFAULT_MODEL, MODELS
 from assets.common.text.minhash.config import MinHashConfig
 
 EVAL_COLUMNS = ("benchmark", "item_id", "field", "text")
 SIDES = {"user": "prompt", "assistant": "response"}
 REASON_CONTAMINATION = "contamination"
 DEFAULT_MINHASH = MinHashConfig(unit="word", ngram=3, num_perm=128, threshold=0.5, weights=(0.1, 0.9))
+# The eval fields the semantic detector compares with by default: the test items' inputs (the bundled benchmarks'
+# prompts and turns, and a user eval file's default field). Its thresholds were tuned on prompts; reference answers
+# are long (arena_hard's average 3,400-5,500 characters) and left to the string detectors unless named here.
+PROMPT_FIELDS = ("prompt", "instruction", "turn_1", "turn_2", "text")
+
+
+@dataclass(frozen=True)
+class RephraseVerifyConfig:
+    """The LLM check of each semantic candidate pair ("is this training text a rephrasing of that test item?"),
+    decoded under the JSON schema of the prompt file ``prompts/<prompt>.yaml`` (its hash names every verdict).
+    Greedy; message and eval texts are cut at ``max_chars``; ``batch_size`` pairs go to the engine at once."""
+
+    prompt: str = "rephrase-v1"
+    max_tokens: int = 128
+    batch_size: int = 64
+    max_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 16 or self.batch_size < 1 or self.max_chars < 1:
+            raise ValueError(f"verify max_tokens must be >= 16, batch_size and max_chars >= 1, got {self.max_tokens}, "
+                             f"{self.batch_size}, {self.max_chars}")
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """The semantic detector: every compared message against the eval texts of ``eval_fields`` (None: every field)
+    embedded by ``model`` (:data:`assets.common.text.embeddings.MODELS` or a local sentence-transformers directory),
+    its ``top_k`` nearest by cosine (max over chunks); a neighbour scoring >= ``threshold`` is a candidate (None: the
+    registered model's tuned ``threshold`` (and ``margin``); required for an unregistered model). ``judge``: the LLM
+    check of each candidate (None: off; every candidate is then a match)."""
+
+    model: str = DEFAULT_MODEL
+    threshold: float | None = None
+    top_k: int = 5
+    eval_fields: tuple[str, ...] | None = PROMPT_FIELDS
+    batch_size: int = 32
+    judge: RephraseVerifyConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.batch_size < 1:
+            raise ValueError(f"semantic top_k and batch_size must be >= 1, got {self.top_k}, {self.batch_size}")
+        if self.threshold is None and self.model not in MODELS:
+            raise ValueError(f"semantic model {self.model!r} is not registered ({sorted(MODELS)}): set semantic "
+                             "threshold to the cosine tuned for it (benchmarks/embeddings.py measures one)")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"semantic threshold must be in (0, 1], got {self.threshold}")
+        if self.eval_fields is not None:
+            object.__setattr__(self, "eval_fields", tuple(self.eval_fields))
+
+    @property
+    def cosine_threshold(self) -> float:
+        """``threshold``, or the registered model's tuned one."""
+        return self.threshold if self.threshold is not None else MODELS[self.model].threshold
+
+    @property
+    def margin(self) -> float:
+        """How far a match must stand out from the rest of the eval corpus: the registered model's tuned margin, 0
+        (plain cosine) for an unregistered one."""
+        return MODELS[self.model].margin if self.model in MODELS else 0.0
 
 
 @dataclass(frozen=True)
@@ -22,7 +82,9 @@ class DecontamConfig:
     and ignored (0: no cut-off). max_train_rows: an n-gram detector key found in at least this many distinct
     training conversations of the table being decontaminated is generic text and ignored (0: no cut-off).
     roles: message roles compared. minhash: config of the similarity detector
-    (None disables it). minhash_min_words: shortest message / eval text the similarity detector looks at."""
+    (None disables it). minhash_min_words: shortest message / eval text the similarity detector looks at.
+    semantic_detector: the embedding detector (None, the default of these library calls: off; the asset turns it
+    on, with an embedding cache and, if asked, a judge)."""
 
     ngram: int = 13
     min_words: int = 8
@@ -31,6 +93,7 @@ class DecontamConfig:
     roles: tuple[str, ...] = ("user", "assistant")
     minhash: MinHashConfig | None = DEFAULT_MINHASH
     minhash_min_words: int = 10
+    semantic_detector: SemanticConfig | None = None
 
     def __post_init__(self) -> None:
         if self.ngram < 1 or self.min_words < 1:

@@ -6,16 +6,19 @@ processed shard, its matches under the cut-off as it stood when they were comput
 row) triples of its n-gram hits on a key, from which the table-wide counts are summed. A run checks only the new
 shards, adds their triples to the counts, and re-checks only the earlier rows holding a key that the new
 conversations pushed over the cut-off; the other rows' matches cannot change (counts only grow while shards only
-arrive). The output, :func:`~.removal.removal_outputs` of the assembled matches, equals a full check of the table
-byte for byte.
+arrive). The semantic detector's matches depend on the row and the eval side alone (the embedding model, the
+threshold, the judge): they are kept with the shard's other matches and never re-checked (a re-check looks at the
+string detectors only); a new shard embeds and searches only its own messages, through the embedding cache. The output,
+:func:`~.removal.removal_outputs` of the assembled matches, equals a full check of the table byte for byte.
 
 State in ``state_dir``: ``matches-<generation>.parquet`` and ``keys-<generation>.parquet`` (every shard's rows, with
 ``shard``; small next to the table) and ``manifest.json`` (state format, config, eval-set hash, a hash of the code
-matches depend on, library versions, the two files and their SHA-256, and per shard its content hash and row count),
-written last and atomically: the commit point; files it does not name are deleted after it. The two files are not
-synced to disk (the manifest is): after a crash, a file that is not the bytes the manifest names starts over. A
-changed config, eval set, code, library or state format, or a processed shard that changed or disappeared, starts
-over from an empty state (a full check), and the reason is returned.
+matches depend on, library versions, the semantic detector's model hash, chunk length and judge, the two files and
+their SHA-256, and per shard its content hash and row count), written last and atomically: the commit point; files it
+does not name are deleted after it. The two files are not synced to disk (the manifest is): after a crash, a file that
+is not the bytes the manifest names starts over. A changed config, eval set, code, library, embedding model, judge or
+state format, or a processed shard that changed or disappeared, starts over from an empty state (a full check), and
+the reason is returned.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from assets.common.data.storage import write_json_atomic
 from assets.decontamination.index import EvalIndex
 from assets.decontamination.matching import MATCHES_SCHEMA, gather_evidence, matches_from, sort_matches
 from assets.decontamination.removal import removal_outputs
+from assets.decontamination.semantic import SEMANTIC, verdict_table
 from assets.decontamination.train_frequency import frequent_keys, frequent_owners
 
-STATE_VERSION = 2  # bump when what the state files hold changes
+STATE_VERSION = 3  # bump when what the state files hold changes
 MANIFEST = "manifest.json"
 # what matches depend on
-_CODE_MODULES = ("assets/common/text/normalize.py", "assets/common/text/minhash", "assets/decontamination")
+_CODE_MODULES = ("assets/common/text/normalize.py", "assets/common/text/minhash", "assets/common/text/embeddings",
+                 "assets/decontamination")
 _KEYS_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, "key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64}
 _MATCHES_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, **MATCHES_SCHEMA}
 
@@ -56,11 +61,13 @@ class IncrementalDecontamination:
     (``new_shards``) and reused, the keys that crossed the training-side cut-off and the earlier rows re-checked
     because of them, whether the state was rebuilt and why, and seconds per phase (``hash``: content hashes of every
     shard and the fingerprint; ``check``: state read, new shards checked, earlier rows re-checked; ``save``;
-    ``outputs``: kept, rejected and report of the whole table)."""
+    ``outputs``: kept, rejected and report of the whole table). ``verdicts``: the judged semantic pairs of the table
+    (:data:`~.semantic.VERDICT_SCHEMA`; empty when verification is off)."""
 
     kept: pl.DataFrame
     rejected: pl.DataFrame
     report: dict[str, Any]
+    verdicts: pl.DataFrame
     new_shards: list[str]
     reused_shards: list[str]
     crossed_keys: int
@@ -108,10 +115,12 @@ def decontaminate_shards(
     matches = _table_matches(state.matches, positions)
     kept, rejected, report = removal_outputs(df, index, matches, frequent_owners(index, frequent),
                                              max_detail=max_detail)
+    judge = index.semantic.judge.provenance() if index.semantic is not None and index.semantic.judge else None
+    verdicts = verdict_table(df, index.items, matches, judge)
     clock.lap("outputs")
     return IncrementalDecontamination(
-        kept, rejected, report, new, [key for key in positions if key not in new], crossed, rechecked, state.rebuilt,
-        reason if state.rebuilt else None, clock.laps,
+        kept, rejected, report, verdicts, new, [key for key in positions if key not in new], crossed, rechecked,
+        state.rebuilt, reason if state.rebuilt else None, clock.laps,
     )
 
 
@@ -136,7 +145,9 @@ def _fingerprint(index: EvalIndex) -> dict[str, Any]:
     items = hashlib.sha256()
     for seed, column in enumerate(("benchmark", "item_id", "field", "text")):
         items.update(index.items[column].hash(seed=seed).to_numpy().tobytes())
+    semantic = index.semantic.fingerprint() if index.semantic is not None else None
     return {"version": STATE_VERSION, "config": index.config.to_json(), "eval_sets": items.hexdigest(),
+            "semantic": semantic,
             "code": _code_hash(), "libraries": f"polars {pl.__version__}, numba {numba.__version__}, numpy "
                                                f"{np.__version__}"}
 
@@ -159,7 +170,8 @@ def _code_hash() -> str:
 
 _REASONS = {"version": "the state format changed", "config": "the decontamination settings changed",
             "eval_sets": "the eval sets changed", "code": "the decontamination code changed",
-            "libraries": "polars, numba or numpy changed version"}
+            "libraries": "polars, numba or numpy changed version",
+            "semantic": "the embedding model (its bytes or chunk length) or the judge changed"}
 
 
 def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, str]) -> tuple[_State, str | None]:
@@ -264,8 +276,11 @@ def _add_shards(df: pl.DataFrame, index: EvalIndex, positions: dict[str, np.ndar
                    .select("shard", "row").unique().sort("shard", "row"))
         fresh += [_recheck(df, index, key, positions[key], rows["row"].to_numpy(), frequent)
                   for (key,), rows in earlier.partition_by("shard", as_dict=True).items()]
-    if fresh:  # new shards have no matches in the state yet; re-checked rows drop theirs
-        state.matches = pl.concat([state.matches.join(earlier, on=["shard", "row"], how="anti"), *fresh])
+    if fresh:  # new shards have no matches in the state yet; re-checked rows drop their string detectors' ones
+        semantic = pl.col("detector") == SEMANTIC
+        state.matches = pl.concat([state.matches.filter(semantic),
+                                   state.matches.filter(~semantic).join(earlier, on=["shard", "row"], how="anti"),
+                                   *fresh])
     state.changed = bool(new) or earlier.height > 0
     if log and crossed.len():
         log(f"{crossed.len()} key(s) crossed max_train_rows={limit}; re-checked {earlier.height} earlier rows")
@@ -278,8 +293,8 @@ def _with_shard(key: str, frame: pl.DataFrame) -> pl.DataFrame:
 
 def _recheck(df: pl.DataFrame, index: EvalIndex, key: str, shard_positions: np.ndarray, rows: np.ndarray,
              frequent: pl.DataFrame) -> pl.DataFrame:
-    """The matches of rows ``rows`` (local to shard ``key``) under the ``frequent`` keys."""
-    fresh = matches_from(gather_evidence(_rows_of(df, shard_positions[rows]), index), index, frequent)
+    """The string detectors' matches of rows ``rows`` (local to shard ``key``) under the ``frequent`` keys."""
+    fresh = matches_from(gather_evidence(_rows_of(df, shard_positions[rows]), index, semantic=False), index, frequent)
     return _with_shard(key, fresh.with_columns(pl.Series("row", rows).gather(fresh["row"])))
 
 

@@ -5,6 +5,7 @@ reused for every shard."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -22,7 +23,9 @@ from assets.decontamination.kernels import (
     short_starts,
     window_bytes,
 )
+from assets.decontamination.rephrase import RephraseJudge
 from assets.decontamination.scan import MINHASH_ALL, MINHASH_OFF, MINHASH_SHARED, eval_shingle_set
+from assets.decontamination.semantic import SemanticIndex
 
 
 @dataclass(eq=False)
@@ -54,9 +57,13 @@ class EvalIndex:
     minhash_sorted: tuple[np.ndarray, np.ndarray] | None
     minhash_shingles: MinHashShingles  # which messages the MinHash detector must sign
     starts: tuple[np.ndarray, ...]  # first words and lengths of the short ("whole") eval texts, for the scan
+    semantic: SemanticIndex | None = None  # the semantic detector's eval side (``config.semantic_detector``)
 
     @classmethod
-    def build(cls, eval_df: pl.DataFrame, cfg: DecontamConfig | None = None) -> EvalIndex:
+    def build(cls, eval_df: pl.DataFrame, cfg: DecontamConfig | None = None, *,
+              embedding_cache: str | Path | None = None, judge: RephraseJudge | None = None) -> EvalIndex:
+        """The index of ``eval_df``; the semantic detector's vectors go through ``embedding_cache`` (None: no cache)
+        and its candidates to ``judge`` when its ``verify`` is on."""
         cfg = cfg or DecontamConfig()
         items = _eval_items(eval_df)
         data, offsets = utf8_buffer(items["normalized"])
@@ -93,9 +100,12 @@ class EvalIndex:
         mh_shingles = MinHashShingles.build(items["normalized"].gather(mh_rows), n_words[mh_rows], cfg)
         whole = np.flatnonzero(status == "whole")
         starts = short_starts(first_word_hashes(data, offsets)[whole], n_words[whole])
+        semantic = None
+        if cfg.semantic_detector is not None:
+            semantic = SemanticIndex.build(items, cfg.semantic_detector, embedding_cache, judge)
         return cls(
             cfg, items, table, table_items, table_pos, data, offsets, boilerplate, lengths, powers, bloom, mask,
-            mh_rows, mh_sigs, mh_sorted, mh_shingles, starts,
+            mh_rows, mh_sigs, mh_sorted, mh_shingles, starts, semantic,
         )
 
     def probe_args(self) -> tuple:

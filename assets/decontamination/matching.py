@@ -1,5 +1,6 @@
 """Matching training messages against the eval index: the n-gram detector (probe, training-side cut-off,
-string check) and the MinHash detector, merged into one table of matches (:data:`MATCH_SCHEMA`)."""
+string check), the MinHash detector and the semantic detector (:mod:`.semantic`), merged into one table of matches
+(:data:`MATCH_SCHEMA`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from assets.decontamination.config import SIDES, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.kernels import probe_hits
 from assets.decontamination.scan import Scan, as_series, scan
+from assets.decontamination.semantic import CANDIDATE_SCHEMA, SEMANTIC
 from assets.decontamination.train_frequency import frequent_keys, frequent_owners, hit_keys
 
 MATCH_SCHEMA: dict[str, pl.DataType] = {
@@ -24,9 +26,10 @@ MATCH_SCHEMA: dict[str, pl.DataType] = {
     "benchmark": pl.Utf8,
     "item_id": pl.Utf8,
     "field": pl.Utf8,
-    "detector": pl.Utf8,  # "ngram" | "minhash"
+    "detector": pl.Utf8,  # "ngram" | "minhash" | "semantic"
     "matched_ngram": pl.Utf8,  # normalized matched words (ngram detector), else null
-    "similarity": pl.Float64,  # estimated Jaccard (minhash detector), else null
+    "similarity": pl.Float64,  # estimated Jaccard (minhash detector), cosine (semantic detector), else null
+    "verdict": pl.Utf8,  # the LLM check of a semantic pair (rephrasing | not_rephrasing | unparsed | unverified)
 }
 MATCHES_SCHEMA: dict[str, pl.DataType] = {"row": pl.Int64, **MATCH_SCHEMA, "item": pl.Int64}  # find_matches' own
 
@@ -55,7 +58,7 @@ class Evidence:
     table: the compared messages (``msgs``: row, conversation_id, message_index, role); the n-gram probe hits
     (doc, pos, length, lo, hi; a doc is a position in ``hit_rows``, the messages with any hit, whose normalized
     text is ``data``/``offsets``) and the key of each (-1: a hash collision, or the cut-off is off); the MinHash
-    matches (msg, item, similarity)."""
+    matches (msg, item, similarity); the semantic candidates (msg, item, similarity, verdict)."""
 
     msgs: pl.DataFrame
     hit_rows: np.ndarray
@@ -64,6 +67,7 @@ class Evidence:
     hits: tuple[np.ndarray, ...]
     keys: np.ndarray
     minhash: pl.DataFrame
+    semantic: pl.DataFrame
 
     def key_conversations(self) -> pl.DataFrame:
         """Distinct (key, conversation_id, row) of the hits on a key: what the training-side cut-off counts."""
@@ -76,9 +80,10 @@ class Evidence:
         ).unique(maintain_order=True)
 
 
-def gather_evidence(df: pl.DataFrame, index: EvalIndex) -> Evidence:
+def gather_evidence(df: pl.DataFrame, index: EvalIndex, semantic: bool = True) -> Evidence:
     """Scan every compared message of ``df`` once (see :mod:`.scan`), then look again only at those with n-gram
-    probe hits (normalized text, hits, their keys) and at those the MinHash detector must sign."""
+    probe hits (normalized text, hits, their keys) and at those the MinHash detector must sign; the semantic detector
+    (if the index has one and ``semantic``) embeds and searches every compared message."""
     msgs, content = _training_messages(df, index.config.roles)
     scanned = scan(content, index.scan_args(), index.minhash_shingles.args())
     none = np.empty(0, np.int64)
@@ -88,7 +93,10 @@ def gather_evidence(df: pl.DataFrame, index: EvalIndex) -> Evidence:
     keys = np.full(hits[0].size, -1, np.int64)
     if index.config.max_train_rows and hits[0].size:
         keys = hit_keys(data, offsets, index, hits)
-    return Evidence(msgs, hit_rows, data, offsets, hits, keys, _minhash_matches(index, scanned))
+    candidates = pl.DataFrame(schema=CANDIDATE_SCHEMA)
+    if semantic and index.semantic is not None:
+        candidates = index.semantic.candidates(content)
+    return Evidence(msgs, hit_rows, data, offsets, hits, keys, _minhash_matches(index, scanned), candidates)
 
 
 def matches_from(evidence: Evidence, index: EvalIndex, frequent: pl.DataFrame) -> pl.DataFrame:
@@ -101,15 +109,20 @@ def matches_from(evidence: Evidence, index: EvalIndex, frequent: pl.DataFrame) -
     minhash = evidence.minhash.with_columns(
         pl.lit("minhash").alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
     )
-    cols = ["msg", "item", "detector", "matched_ngram", "similarity"]
-    matches = pl.concat([ngram.select(cols), minhash.select(cols)])
+    semantic = evidence.semantic.with_columns(
+        pl.lit(SEMANTIC).alias("detector"), pl.lit(None, pl.Utf8).alias("matched_ngram")
+    )
+    no_verdict = pl.lit(None, pl.Utf8).alias("verdict")
+    cols = ["msg", "item", "detector", "matched_ngram", "similarity", "verdict"]
+    matches = pl.concat([ngram.with_columns(no_verdict).select(cols), minhash.with_columns(no_verdict).select(cols),
+                         semantic.select(cols)])
     meta = evidence.msgs.select("row", "conversation_id", "message_index", "role")
     items = index.items.select("benchmark", "item_id", "field")
     out = pl.concat(
         [
             meta.select(pl.all().gather(matches["msg"])),
             items.select(pl.all().gather(matches["item"])),
-            matches.select("detector", "matched_ngram", "similarity", pl.col("item").cast(pl.Int64)),
+            matches.select("detector", "matched_ngram", "similarity", "verdict", pl.col("item").cast(pl.Int64)),
         ],
         how="horizontal",
     ).with_columns(pl.col("role").replace_strict(SIDES, return_dtype=pl.Utf8).alias("side"))

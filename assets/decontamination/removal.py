@@ -12,6 +12,8 @@ from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON
 from assets.decontamination.config import REASON_CONTAMINATION, DecontamConfig
 from assets.decontamination.index import EvalIndex, as_index
 from assets.decontamination.matching import find_matches
+from assets.decontamination.rephrase import NOT_REPHRASING
+from assets.decontamination.semantic import SEMANTIC, counting
 
 
 def decontaminate(
@@ -29,7 +31,9 @@ def decontaminate(
     matched n-gram, the eval-side stats (``too_short``, ``boilerplate_ngrams`` etc.) and an example of the
     boilerplate excluded by the ``max_ngram_items`` cut-off (``example_boilerplate``), the number of distinct keys
     ignored by the ``max_train_rows`` cut-off (``train_frequent_keys``) and the one found in most conversations
-    (``example_train_frequent``: ``{"key", "conversations"}``, ties by key text).
+    (``example_train_frequent``: ``{"key", "conversations"}``, ties by key text), and for the semantic detector the
+    pairs judged "not a rephrasing" (``semantic_cleared``: recorded, not removed) and the best-scoring match
+    (``example_semantic``). A semantic pair judged "not a rephrasing" removes nothing.
     """
     index = as_index(eval_df, cfg)
     return removal_outputs(df, index, *find_matches(df, index), max_detail=max_detail)
@@ -41,8 +45,9 @@ def removal_outputs(
     """(kept, rejected, report) of ``df`` from its matches (:func:`~.matching.find_matches`) and the keys ignored
     by the training-side cut-off: what :func:`decontaminate` returns, also for a table checked shard by shard."""
     mask = np.zeros(df.height, dtype=bool)
-    mask[matches["row"].unique().sort().to_numpy()] = True
-    rejected = _rejected_rows(df, matches, max_detail)
+    removing = matches.filter(counting(matches))
+    mask[removing["row"].unique().sort().to_numpy()] = True
+    rejected = _rejected_rows(df, removing, max_detail)
     # a filter, not a gather: a table read from Parquet is in chunks (one per row group), and a gather across chunks
     # costs far more than the filter (a million rows in 10 chunks: 5-20 s against 0.2 s, benchmarks/incremental.py)
     kept = df.filter(pl.Series(~mask))
@@ -50,8 +55,9 @@ def removal_outputs(
         "rows_in": df.height,
         "rows_kept": int((~mask).sum()),
         "rows_removed": int(mask.sum()),
-        "matches": matches.height,
+        "matches": removing.height,
         "config": index.config.to_json(),
+        "semantic": index.semantic.describe() if index.semantic is not None else None,
         "boilerplate_ngrams": int(
             index.boilerplate.filter(pl.col("length") == index.config.ngram)["hash"].n_unique()
         ),
@@ -68,6 +74,14 @@ def _describe(prefix: pl.Expr) -> pl.Expr:
         .then(
             pl.format(
                 "{} {}/{}:{} in {}: '{}'", prefix, "benchmark", "item_id", "field", "side", "matched_ngram"
+            )
+        )
+        .when(pl.col("detector") == SEMANTIC)
+        .then(
+            pl.format(
+                "{} {}/{}:{} in {}: cosine {}{}", prefix, "benchmark", "item_id", "field", "side",
+                pl.col("similarity").round(3), pl.when(pl.col("verdict").is_not_null())
+                .then(pl.format(" ({})", "verdict")).otherwise(pl.lit("")),
             )
         )
         .otherwise(
@@ -115,8 +129,10 @@ def _benchmark_reports(
     benchmarks: dict[str, dict[str, Any]] = {}
     boilerplate_examples = index.boilerplate_examples()
     for name, stats in index.stats().items():
-        sub = matches.filter(pl.col("benchmark") == name)
+        everything = matches.filter(pl.col("benchmark") == name)
+        sub = everything.filter(counting(everything))
         ngram = sub.filter(pl.col("detector") == "ngram")
+        semantic = sub.filter(pl.col("detector") == SEMANTIC).sort(["similarity", "row"], descending=[True, False])
         train_frequent = frequent.filter(pl.col("benchmark") == name).sort(
             ["conversations", "key"], descending=[True, False]
         )
@@ -125,8 +141,15 @@ def _benchmark_reports(
             "matched_item_ids": sorted(sub["item_id"].unique().to_list()),
             "matches": {
                 "ngram": ngram.height,
-                "minhash": sub.height - ngram.height,
+                "minhash": sub.height - ngram.height - semantic.height,
+                "semantic": semantic.height,
             },
+            "semantic_cleared": int((everything["verdict"] == NOT_REPHRASING).sum()),
+            "example_semantic": (
+                {"conversation_id": semantic["conversation_id"][0], "item_id": semantic["item_id"][0],
+                 "cosine": round(float(semantic["similarity"][0]), 4), "verdict": semantic["verdict"][0]}
+                if semantic.height else None
+            ),
             "example_ngram": ngram["matched_ngram"][0] if ngram.height else None,
             "example_conversation_id": sub["conversation_id"][0] if sub.height else None,
             "eval": stats,

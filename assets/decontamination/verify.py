@@ -25,6 +25,9 @@ cannot weaken the check that guards it:
   ``max_train_rows=0`` turns that cut-off off. Its trade-off is the removal's: a real leak repeated in
   ``max_train_rows`` or more rows that are not near-duplicates of each other is not reported (near-duplicate
   removal runs first and collapses repeated copies of a leak to one row).
+
+The semantic part (rephrased eval prompts, by embedding cosine, with a fixed floor per model that configuration cannot
+lower, and the stored verdicts of the judge) lives in :mod:`.verify_semantic`, under the same contract.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
+
+from assets.decontamination.verify_semantic import CHECK_SEMANTIC_FLOORS, SemanticCheck, check_semantic
 
 ROLES = ("user", "assistant")
 
@@ -286,14 +292,18 @@ class Verdict:
     overridden: list[str]
     leaks: list[Leak] = field(default_factory=list)
     problem: str = ""
+    semantic: SemanticCheck | None = None
 
 
-def verify_decontaminated(kept: pl.DataFrame, rejected: pl.DataFrame, eval_sets: pl.DataFrame,
-                          report: dict) -> Verdict:
+def verify_decontaminated(kept: pl.DataFrame, rejected: pl.DataFrame, eval_sets: pl.DataFrame, report: dict,
+                          verdicts: pl.DataFrame | None = None,
+                          embedding_cache: str | Path | None = None) -> Verdict:
     """Re-check a decontaminated table (``kept``; ``rejected``: the rows the removal took out; ``report``: its
-    report) against ``eval_sets`` with :func:`check_parameters`. Training-side frequencies are counted over the table
-    the removal saw, kept + rejected rows; if that is not the report's ``rows_in``, the tables and the report are
-    from different runs and the check fails without looking for leaks."""
+    report) against ``eval_sets`` with :func:`check_parameters`, then (when the removal ran its semantic detector)
+    with :func:`~.verify_semantic.check_semantic` on the vectors in ``embedding_cache`` and the stored ``verdicts``.
+    Training-side frequencies are counted over the table the removal saw, kept + rejected rows; if that is not the
+    report's ``rows_in``, the tables and the report are from different runs and the check fails without looking for
+    leaks."""
     parameters, removal, overridden = check_parameters(report.get("config", {}))
     weaker = (f"; the removal's {', '.join(f'{n}={removal[n]}' for n in overridden)} would be weaker than the "
               f"check's floors, which it used instead ({', '.join(f'{n}={parameters[n]}' for n in overridden)})"
@@ -309,11 +319,35 @@ def verify_decontaminated(kept: pl.DataFrame, rejected: pl.DataFrame, eval_sets:
                        "runs. Re-materialize decontaminated_conversations.")
             return verdict(passed=False, description=problem, problem=problem)
     leaks = find_leaks(kept, eval_sets, **parameters, limit=LEAK_LIMIT, counted_over=counted_over)
+    semantic = check_semantic(kept, eval_sets, report, verdicts, embedding_cache, LEAK_LIMIT)
+    verdict = functools.partial(verdict, semantic=semantic)
+    if semantic.problem:
+        return verdict(passed=False, leaks=leaks, description=semantic.problem, problem=semantic.problem)
+    if not leaks and semantic.leaks:
+        return verdict(passed=False, description=_semantic_description(semantic))
     if not leaks:
-        return verdict(passed=True, description=f"no eval text found in {kept.height} training rows{weaker}")
+        return verdict(passed=True, description=f"no eval text found in {kept.height} training rows{weaker}; "
+                                                f"{_semantic_summary(semantic)}")
     first = leaks[0]
     return verdict(passed=False, leaks=leaks, description=(
         f"{len(leaks)}{'+' if len(leaks) >= LEAK_LIMIT else ''} training conversation(s) contain eval text, e.g. "
         f"{first.conversation_id} ({first.role}) holds {first.benchmark} {first.item_id}: {first.evidence!r}"
         f"{weaker}. Remove them: re-materialize decontaminated_conversations with settings no weaker than the "
         f"check's floors {CHECK_FLOORS}."))
+
+
+def _semantic_summary(semantic: SemanticCheck) -> str:
+    if not semantic.checked:
+        return "semantic: not checked (the removal ran without its semantic detector)"
+    p = semantic.parameters
+    return (f"semantic ({p['model']}, cosine floor {p['threshold']:.3f}): no rephrased eval text"
+            + (f", {semantic.cleared} pair(s) above it judged not a rephrasing" if semantic.cleared else ""))
+
+
+def _semantic_description(semantic: SemanticCheck) -> str:
+    first, p = semantic.leaks[0], semantic.parameters
+    return (f"{len(semantic.leaks)}{'+' if len(semantic.leaks) >= LEAK_LIMIT else ''} kept training message(s) are "
+            f"as close as a rephrasing to an eval text ({p['model']}), e.g. {first.conversation_id} ({first.role}) "
+            f"and {first.benchmark} {first.item_id}: {first.evidence}. The check's floors "
+            f"({CHECK_SEMANTIC_FLOORS}) are not configurable: re-materialize decontaminated_conversations with the "
+            "semantic detector on (its threshold at most the floor), or with its judge's verdicts.")

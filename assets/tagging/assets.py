@@ -3,7 +3,6 @@ instruction and response quality, refusal, reason), its languages and a refusal 
 by named rules; label distributions, diversity and the funnel of every stage reported."""
 
 import base64
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -14,12 +13,12 @@ from assets.common.orchestration.resources import (
     ENGINE_RETRY,
     FILTERED_CONVERSATIONS,
     GPU_POOL,
-    MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,
     TAGGED_CONVERSATIONS,
     TEACHER_MODEL,
     DataStorage,
     VLLMEngine,
+    judge_model_info,
     upstream_assets,
 )
 from assets.tagging.config import TaggingConfig
@@ -93,12 +92,7 @@ class TaggingSettings(dg.Config):
 
 def judge_model(config: TaggingSettings, storage: DataStorage) -> dict:
     """Path, name and content hash of the judge's model: ``judge_model_path``, else the teacher's manifest."""
-    if config.judge_model_path:
-        from assets.common.models.integrity import model_content_hash
-
-        path = Path(config.judge_model_path).expanduser().resolve()
-        return {"path": str(path), "name": path.name, "content_hash": model_content_hash(path)}
-    return storage.read_json(JUDGE_MODEL_SOURCE, MODEL_MANIFEST)
+    return judge_model_info(config.judge_model_path, storage)
 
 
 @dg.asset(group_name="data", kinds={"vllm", "polars", "parquet"}, deps=[FILTERED_CONVERSATIONS, JUDGE_MODEL_SOURCE],

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from assets.common.data.schema import CONVERSATION_SCHEMA
-from assets.common.orchestration.resources import DataStorage
+from assets.common.orchestration.resources import DataStorage, VLLMEngine
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
 from assets.decontamination.verify import CHECK_FLOORS, find_leaks
 from assets.eval_sets.assets import eval_sets
@@ -16,6 +16,9 @@ from assets.eval_sets.core import load_bundled_eval_sets
 from assets.filtering.assets import filtered_conversations
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# the string detectors' gate: the semantic one (which would embed every HumanEval and MT-Bench prompt) is
+# tests/decontamination/test_decontam_semantic.py's
+STRINGS_ONLY = {"semantic": {"enabled": False}}
 
 
 def conversation(row: int, user: str, assistant: str) -> dict:
@@ -48,9 +51,9 @@ def run(storage, home, decontam_config, selection, user_files=()):
     eval_config = {"benchmarks": ["humaneval", "mt_bench"], "user_files": [{"path": str(f)} for f in user_files]}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         result = dg.materialize(
-            selection, resources={"storage": storage},
+            selection, resources={"storage": storage, "engine": VLLMEngine()},
             run_config={"ops": {"eval_sets": {"config": eval_config},
-                                "decontaminated_conversations": {"config": decontam_config}}},
+                                "decontaminated_conversations": {"config": {**STRINGS_ONLY, **decontam_config}}}},
             instance=instance, raise_on_error=False,
         )
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
@@ -242,7 +245,8 @@ def test_kept_plus_rejected_rows_that_disagree_with_the_report_fail_the_check(pl
     rejected = storage.read_table("decontaminated_conversations", "rejected")
     storage.write_table("decontaminated_conversations", rejected.head(0), name="rejected")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        alone = dg.materialize([decontaminated_conversations, no_eval_overlap], resources={"storage": storage},
+        alone = dg.materialize([decontaminated_conversations, no_eval_overlap],
+                               resources={"storage": storage, "engine": VLLMEngine()},
                                selection=dg.AssetSelection.checks(no_eval_overlap), instance=instance,
                                raise_on_error=False)
     (check,) = alone.get_asset_check_evaluations()

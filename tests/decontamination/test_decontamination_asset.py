@@ -15,7 +15,16 @@ from assets.common.orchestration.resources import (
 from assets.decontamination.assets import decontaminated_conversations
 from assets.decontamination.config import REASON_CONTAMINATION
 from assets.eval_sets.core import EVAL_SET_SCHEMA
-from tests.asset_runs import assert_names_its_tables, conversation, failure_text, frame, materialization, materialize
+from tests.asset_runs import assert_names_its_tables, conversation, failure_text, frame, materialization
+from tests.asset_runs import materialize as materialize_with
+
+# the semantic detector on the fastest registered model (the default, multilingual-e5-small, runs at a few texts/s on
+# this loaded CPU); tests/decontamination/test_decontam_semantic.py covers that detector
+SEMANTIC = {"decontaminated_conversations": {"semantic": {"model": "wordllama-l2-supercat-256"}}}
+
+
+def materialize(selection, storage, home):
+    return materialize_with(selection, storage, home, config=SEMANTIC)
 
 ASSET = DECONTAMINATED_CONVERSATIONS.to_user_string()
 EVAL_TEXT = ("A farmer has seventeen sheep and all but nine run away through the broken gate at dawn; how many sheep "

@@ -28,6 +28,7 @@ def profile(tiny_model_dir, data) -> dict:
             "teacher_model": {"config": {"path": str(tiny_model_dir)}},
             "base_model": {"config": {"path": str(tiny_model_dir), "chat_template": "tokenizer"}},
             "eval_sets": {"config": {"benchmarks": ["humaneval"]}},
+            "decontaminated_conversations": {"config": {"semantic": {"enabled": False}}},  # its own tests cover it
             "magpie_conversations": {"config": {"num_conversations": 40, "batch_size": 20}},
             "filtered_conversations": {"config": {"min_instruction_chars": 1, "min_response_chars": 1}},
             "tagged_conversations": {"config": {"use_judge": False, "calibrate": False}},

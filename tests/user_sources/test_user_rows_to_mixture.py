@@ -49,6 +49,7 @@ def test_user_rows_go_through_every_data_stage_and_are_mixed_by_tokens(tmp_path,
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     config = {"user_sft_sources": {"sources": [{"name": "mine", "path": str(path)}]},
               "eval_sets": {"benchmarks": ["humaneval"]},
+              "decontaminated_conversations": {"semantic": {"enabled": False}},  # its own tests cover it
               "tagged_conversations": {"use_judge": False, "calibrate": False},
               "sft_mixture": {"unit": "tokens", "source_shares": {"mine": 0.25}, "validation_fraction": 0.1}}
     defs = dg.Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS,

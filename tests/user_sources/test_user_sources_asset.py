@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.common.orchestration.resources import MAGPIE_CONVERSATIONS, DataStorage
+from assets.common.orchestration.resources import MAGPIE_CONVERSATIONS, DataStorage, VLLMEngine
 from assets.decontamination.assets import decontaminated_conversations, no_eval_overlap
 from assets.dedup.assets import deduplicated_conversations
 from assets.eval_sets.assets import eval_sets
@@ -49,12 +49,14 @@ def setup(tmp_path):
 def run(storage, home, path, selection, decontam=None):
     config = {"user_sft_sources": {"config": {"sources": [{"name": "mine", "path": str(path), "id_column": "id"}]}},
               "eval_sets": {"config": {"benchmarks": ["humaneval"]}},
-              "decontaminated_conversations": {"config": decontam or {}}}
+              # the string detectors (the semantic one has its own tests)
+              "decontaminated_conversations": {"config": {"semantic": {"enabled": False}, **(decontam or {})}}}
     names = {key.to_user_string() for a in selection if isinstance(a, dg.AssetsDefinition) for key in a.keys}
     config = {name: value for name, value in config.items() if name in names}
     home.mkdir(parents=True, exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        result = dg.materialize(selection, resources={"storage": storage}, run_config={"ops": config},
+        result = dg.materialize(selection, resources={"storage": storage, "engine": VLLMEngine()},
+                                run_config={"ops": config},
                                 instance=instance, raise_on_error=False)
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}

@@ -52,6 +52,9 @@ PROMOTION_CHECKS = (
 )
 
 MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash, template and tokens
+# <data root>/<EMBEDDING_CACHE>: the (model hash, text hash) cache of text embeddings (assets/common/text/embeddings)
+# that the stages embedding texts share, eval side and training side: a text is embedded once per model
+EMBEDDING_CACHE = "embeddings"
 CURRENT_MODEL = "current"  # the JSON promoted_model writes: the project's current model (continual SFT starts there)
 # Metadata entry of an asset that judges a trained model (the evaluation): the storage id of the `sft_model`
 # materialization it judged. Promotion counts its checks only for that very candidate.
@@ -269,6 +272,17 @@ def verified_model(materialization: Materialization) -> str:
                                       recorded_by))
     except ModelChangedError as error:
         raise input_error(error) from error
+
+
+def judge_model_info(judge_model_path: str | None, storage: DataStorage) -> dict:
+    """Path, name and content hash of an LLM judge: the chat model directory ``judge_model_path``, else the teacher
+    (its manifest). Tagging's judge and decontamination's rephrase check both run on it."""
+    if judge_model_path:
+        from assets.common.models.integrity import model_content_hash
+
+        path = Path(judge_model_path).expanduser().resolve()
+        return {"path": str(path), "name": path.name, "content_hash": model_content_hash(path)}
+    return storage.read_json(TEACHER_MODEL, MODEL_MANIFEST)
 
 
 def job_asset_graph(context: dg.AssetExecutionContext):

@@ -4,7 +4,8 @@ import sys
 
 import dagster as dg
 
-from assets.common.orchestration.resources import GENERATION_SHARDS, shard_index, shard_key
+from assets.common.data.shards import shard_index, shard_key
+from assets.common.orchestration.resources import GENERATION_SHARDS
 
 
 def next_shard(instance: dg.DagsterInstance) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
+from assets.common.data.prompts import read_prompt_file
 from assets.common.data.storage import sha256_text, write_parquet_atomic
 from assets.common.models.chat_template import TemplateError, end_of_turn_after, render
 from assets.common.models.engine import EngineConfig, SamplingConfig, TextGenerator
@@ -40,15 +40,9 @@ class RephrasePrompt:
 
 def load_rephrase_prompt(name: str) -> RephrasePrompt:
     """``prompts/<name>.yaml`` with keys ``system``, ``user`` (placeholders ``{test}`` and ``{train}``), ``schema``."""
-    path = PROMPTS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"rephrase prompt '{name}': no file {path}; known prompts: {known}")
-    raw = path.read_bytes()
-    doc = yaml.safe_load(raw)
-    if (not isinstance(doc, dict) or not isinstance(doc.get("user"), str) or not isinstance(doc.get("schema"), dict)
-            or "{test}" not in doc["user"] or "{train}" not in doc["user"]):
-        raise ValueError(f"{path}: expected keys 'system', 'user' (holding '{{test}}' and '{{train}}') and 'schema'")
+    doc, raw = read_prompt_file(PROMPTS_DIR, name, "rephrase", ("{test}", "{train}"))
+    if not isinstance(doc.get("schema"), dict):
+        raise ValueError(f"{PROMPTS_DIR / f'{name}.yaml'}: expected a 'schema' mapping (the answer's JSON schema)")
     return RephrasePrompt(name, str(doc.get("system") or ""), doc["user"], doc["schema"],
                           hashlib.sha256(raw).hexdigest())
 

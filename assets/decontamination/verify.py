@@ -42,7 +42,7 @@ from pathlib import Path
 
 import polars as pl
 
-from assets.decontamination.verify_semantic import CHECK_SEMANTIC_FLOORS, SemanticCheck, check_semantic
+from assets.decontamination.verify_semantic import CHECK_SEMANTIC_FLOORS, Leak, SemanticCheck, check_semantic
 
 ROLES = ("user", "assistant")
 
@@ -99,15 +99,6 @@ class _ShortKeys:
                 window = " ".join(words[i:i + length])
                 if window in self.keys:
                     yield window
-
-
-@dataclass(frozen=True)
-class Leak:
-    conversation_id: str
-    role: str
-    benchmark: str
-    item_id: str
-    evidence: str
 
 
 @dataclass

@@ -53,7 +53,9 @@ def _sha256(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class SemanticLeak:
+class Leak:
+    """A kept message the check found leaked (both parts of the check report leaks this way)."""
+
     conversation_id: str
     role: str
     benchmark: str
@@ -67,7 +69,7 @@ class SemanticCheck:
 
     checked: bool
     parameters: dict[str, Any] = field(default_factory=dict)
-    leaks: list[SemanticLeak] = field(default_factory=list)
+    leaks: list[Leak] = field(default_factory=list)
     cleared: int = 0  # pairs above the floor passed by a stored "not a rephrasing" verdict
     problem: str = ""
 
@@ -172,7 +174,7 @@ def _scan(kept: pl.DataFrame, eval_sets: pl.DataFrame, fields: list[str] | None,
                 result.cleared += 1
                 continue
             benchmark, item_id, name = texts.row(int(item))[:3]
-            result.leaks.append(SemanticLeak(conversation_id, role, benchmark, item_id, (
+            result.leaks.append(Leak(conversation_id, role, benchmark, item_id, (
                 f"cosine {per_message[row, item]:.3f} >= {parameters['threshold']:.3f} with {name}, no stored "
                 "'not a rephrasing' verdict of the report's judge and prompt")))
             if len(result.leaks) >= limit:

@@ -6,6 +6,7 @@ import shutil
 import dagster as dg
 
 from assets.common.data.config import config_dict
+from assets.common.data.shards import shard_index
 from assets.common.models.engine import SamplingConfig, VLLMGenerator, engine_distribution
 from assets.common.orchestration.resources import (
     ENGINE_RETRY,
@@ -17,7 +18,6 @@ from assets.common.orchestration.resources import (
     DataStorage,
     StoredTable,
     VLLMEngine,
-    shard_index,
 )
 from assets.generation.magpie import MagpieConfig, pre_query_prefixes, pre_query_report
 from assets.generation.shards import ShardResult, run_shard

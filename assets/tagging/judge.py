@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
+from assets.common.data.prompts import read_prompt_file
 from assets.common.data.taxonomy import CATEGORIES
 from assets.common.models.chat_template import TemplateError, render
 from assets.common.models.engine import SamplingConfig, TextGenerator
@@ -93,14 +93,7 @@ def judge_schema(categories: Sequence[str] = tuple(CATEGORIES)) -> dict:
 def load_prompt(name: str) -> JudgePrompt:
     """The judge prompt ``prompts/<name>.yaml`` (keys ``system`` and ``user``; ``user`` has the placeholders
     ``{categories}`` and ``{conversation}``)."""
-    path = PROMPTS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"judge prompt '{name}': no file {path}; known prompts: {known}")
-    raw = path.read_bytes()
-    doc = yaml.safe_load(raw)
-    if not isinstance(doc, dict) or not isinstance(doc.get("user"), str) or "{conversation}" not in doc["user"]:
-        raise ValueError(f"{path}: expected keys 'system' and 'user', the user text containing '{{conversation}}'")
+    doc, raw = read_prompt_file(PROMPTS_DIR, name, "judge", ("{conversation}",))
     digest = hashlib.sha256(raw)
     digest.update(json.dumps({"categories": CATEGORIES, "schema": judge_schema()}, sort_keys=True).encode())
     return JudgePrompt(name=name, system=str(doc.get("system") or ""), user=doc["user"], hash=digest.hexdigest())

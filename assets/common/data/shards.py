@@ -30,6 +30,17 @@ SHARD = "shard"
 _K1, _K2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
 
 
+def shard_key(index: int) -> str:
+    """The partition key of generation shard ``index`` (``00000``)."""
+    return f"{index:05d}"
+
+
+def shard_index(key: str) -> int:
+    if not key.isdigit():
+        raise ValueError(f"generation shard key {key!r}: expected a shard number such as '00000'")
+    return int(key)
+
+
 def shard_positions(df: pl.DataFrame) -> dict[str, np.ndarray]:
     """Shard key (the ``shard`` value as text) -> positions of its rows in ``df``, in table order; by shard value."""
     if SHARD not in df.columns or df[SHARD].null_count():

@@ -14,7 +14,7 @@ from assets.common.orchestration.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.filtering.core import FilterConfig, apply_filters
+from assets.filtering.core import FilterConfig, apply_filters, truncated_messages
 
 
 class FilterSettings(dg.Config):
@@ -58,6 +58,7 @@ def filtered_conversations(
         "thresholds": config_dict(core),
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
+        "truncated_by_message": truncated_messages(result.rejected),  # which message hit the token limit
     }
     storage.write_json(FILTERED_CONVERSATIONS, "report", report)
     context.log.info(f"kept {result.kept.height} of {df.height}; rejected {dict(reasons.iter_rows())}")
@@ -69,6 +70,7 @@ def filtered_conversations(
             "rows_rejected": result.rejected.height,
             "rejected_path": dg.MetadataValue.path(str(rejected.path)),
             "rejected_by_reason": dg.MetadataValue.json(report["rejected_by_reason"]),
+            "truncated_by_message": dg.MetadataValue.json(report["truncated_by_message"]),
             "funnel": dg.MetadataValue.md(markdown_table(result.funnel)),
             "rejection_examples": dg.MetadataValue.md(markdown_table(examples)),
             "thresholds": dg.MetadataValue.json({k: list(v) if isinstance(v, tuple) else v

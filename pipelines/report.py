@@ -7,7 +7,13 @@ import sys
 
 import dagster as dg
 
-from assets.common.orchestration.resources import ASSISTANT_EVALUATION, JUDGED_MODEL, PROMOTION_CHECKS, SFT_MODEL
+from assets.common.orchestration.resources import (
+    ASSISTANT_EVALUATION,
+    JUDGED_MODEL,
+    PROMOTION_CHECKS,
+    SFT_MIXTURE,
+    SFT_MODEL,
+)
 
 
 def _latest(instance: dg.DagsterInstance, key: dg.AssetKey):
@@ -54,9 +60,33 @@ def latest_evaluation(instance: dg.DagsterInstance) -> list[str] | None:
 TOKEN_METADATA = ("tokens_generated", "tokens_trained", "tokens")  # the first present counts a step's tokens
 
 
+def _requested(written: dict[str, dict]) -> int | None:
+    """Conversations the run asked the teacher for: the `attempted` of its generation steps (one per shard)."""
+    counts = [m["attempted"] for m in written.values() if isinstance(m.get("attempted"), int)]
+    return sum(counts) if counts else None
+
+
+def step_note(step: str, metadata: dict, requested: int | None) -> str | None:
+    """What a step kept or wasted, from its metadata: conversations requested (generation), which message hit the
+    token limit in truncated rows (filtering), rows reaching the mixture per requested conversation, and the share
+    of the trained batches that was padding (the pre-flight `padding_fraction` of training)."""
+    if isinstance(metadata.get("attempted"), int):
+        return f"{metadata['attempted']} requested"
+    if isinstance(metadata.get("truncated_by_message"), dict):
+        cut = metadata["truncated_by_message"]
+        return (f"truncated: {cut.get('instruction', 0)} instruction, {cut.get('response', 0)} response"
+                + (f", {cut['unknown']} other" if cut.get("unknown") else ""))
+    if step.split("[")[0] == SFT_MIXTURE.to_user_string() and requested and metadata.get("dagster/row_count"):
+        return f"{metadata['dagster/row_count'] / requested:.1%} of requested"
+    preflight = metadata.get("preflight")
+    if isinstance(preflight, dict) and "padding_fraction" in preflight:
+        return f"padding {preflight['padding_fraction']:.1%}"
+    return None
+
+
 def stage_times(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
     """Each step of a run (assets and checks): wall seconds, share of the steps' total, rows and tokens written, and
-    their rates, in the order the steps started."""
+    their rates, in the order the steps started; ``notes``: what the step kept or wasted (:func:`step_note`)."""
     stats = [s for s in instance.get_run_step_stats(run_id) if s.start_time and s.end_time]
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     written = {}
@@ -65,6 +95,7 @@ def stage_times(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
         metadata = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items() if v is not None}
         written[event.step_key] = metadata
     total = sum(s.end_time - s.start_time for s in stats) or 1.0
+    requested = _requested(written)
     rows = []
     for step in sorted(stats, key=lambda s: s.start_time):
         seconds = step.end_time - step.start_time
@@ -74,19 +105,20 @@ def stage_times(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
         rows.append({"step": step.step_key, "status": step.status.value if step.status else "?",
                      "seconds": round(seconds, 1), "share": f"{seconds / total:.0%}",
                      "rows": count, "rows/s": round(count / seconds, 1) if count and seconds else None,
-                     "tokens": tokens, "tokens/s": round(tokens / seconds, 1) if tokens and seconds else None})
+                     "tokens": tokens, "tokens/s": round(tokens / seconds, 1) if tokens and seconds else None,
+                     "notes": step_note(step.step_key, metadata, requested)})
     return rows
 
 
 def time_table(rows: list[dict]) -> str:
     """The stage-time table as aligned plain text (what `make demo` prints last)."""
-    header = ["step", "status", "seconds", "share", "rows", "rows/s", "tokens", "tokens/s"]
-    cells = [[str(r[h]) if r[h] is not None else "-" for h in header] for r in rows]
+    header = ["step", "status", "seconds", "share", "rows", "rows/s", "tokens", "tokens/s", "notes"]
+    cells = [[str(r[h]) if r.get(h) is not None else "" if h == "notes" else "-" for h in header] for r in rows]
     total = sum(r["seconds"] for r in rows)
-    cells.append(["total (steps)", "", f"{total:.1f}", "100%", "", "", "", ""])
+    cells.append(["total (steps)", "", f"{total:.1f}", "100%", "", "", "", "", ""])
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    line = lambda values: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
-                                    for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+    line = lambda values: "  ".join(v.ljust(w) if i in (0, len(header) - 1) else v.rjust(w)  # noqa: E731
+                                    for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
     return "\n".join([line(header), *(line(c) for c in cells)])
 
 

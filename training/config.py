@@ -44,6 +44,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 2048  # longer examples are dropped and counted, never truncated (that would cut EOS)
     packing: bool = False  # padding-free packing, no attention across examples
+    # the same examples per step as unpacked, laid end to end in one row (position ids restart per example, no
+    # attention across examples: transformers builds the block mask from them), so no padding is computed
+    padding_free: bool = False
     # validation and checkpoints
     eval_steps: int | None = None  # None: derived, see eval_interval (at least patience + 2 evaluations)
     early_stopping_patience: int = 2

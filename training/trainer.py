@@ -145,7 +145,7 @@ def sft_config(config: TrainConfig, output_dir: Path, has_eval: bool, gradient_c
         # no row itself; packing needs the length of its rows
         max_length=config.max_length if config.packing else None,
         packing=config.packing,
-        padding_free=config.packing,
+        padding_free=config.packing or config.padding_free,
         packing_strategy="bfd",
         assistant_only_loss=False,  # masks come pre-computed in `assistant_masks` (TRL folds them into labels)
         save_strategy="steps",

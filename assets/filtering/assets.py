@@ -14,7 +14,7 @@ from assets.common.orchestration.resources import (
     TEACHER_MODEL,
     DataStorage,
 )
-from assets.filtering.core import FilterConfig
+from assets.filtering.core import FilterConfig, truncated_messages
 from assets.filtering.incremental import filter_shards
 
 
@@ -62,6 +62,7 @@ def filtered_conversations(
         "thresholds": config_dict(core),
         "funnel": result.funnel,
         "rejected_by_reason": dict(reasons.iter_rows()),
+        "truncated_by_message": truncated_messages(result.rejected),  # which message hit the token limit
     }
     shards = {"shards_computed": len(incremental.computed_shards), "shards_reused": len(incremental.reused_shards)}
     storage.write_json(FILTERED_CONVERSATIONS, "report", report)
@@ -76,6 +77,7 @@ def filtered_conversations(
             **shards,
             "rejected_path": dg.MetadataValue.path(str(rejected.path)),
             "rejected_by_reason": dg.MetadataValue.json(report["rejected_by_reason"]),
+            "truncated_by_message": dg.MetadataValue.json(report["truncated_by_message"]),
             "funnel": dg.MetadataValue.md(markdown_table(result.funnel)),
             "rejection_examples": dg.MetadataValue.md(markdown_table(examples)),
             "thresholds": dg.MetadataValue.json({k: list(v) if isinstance(v, tuple) else v

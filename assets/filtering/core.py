@@ -11,7 +11,9 @@ as ``messages[i]``, 0-based, where there is one). The rules, in order:
 ``truncated``
     (only with ``require_stop``) some generated message did not finish with ``"stop"`` (e.g. ``"length"``:
     the generator hit its token limit). A null ``finish_reasons`` list or a null entry counts as not
-    ``"stop"``: completeness cannot be shown. An empty list has nothing to check and passes.
+    ``"stop"``: completeness cannot be shown. An empty list has nothing to check and passes. The detail says
+    which message was cut, the instruction or the response of which turn (``finish_reasons[k]`` is the k-th
+    non-system message); :func:`truncated_messages` counts them.
 ``template_leak``
     A message (any role, system included) contains verbatim one of ``special_tokens`` (the teacher's special tokens,
     e.g. ``"<|im_start|>"``: the generator leaked its own template) or one of ``template_markers`` (the strings the
@@ -55,6 +57,7 @@ import polars as pl
 
 from assets.common.data.rules import ROW as _ROW
 from assets.common.data.rules import index_rows, no_failures, rule_verdicts, split_by_verdicts
+from assets.common.data.schema import REJECTED_DETAIL, REJECTED_REASON
 
 _MSG = "__filter_msg"
 _ROLE = "__filter_role"
@@ -256,19 +259,41 @@ def _truncated_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -
     fr = pl.col("finish_reasons")
     not_stop = fr.list.eval(pl.element().fill_null("<null>") != "stop")
     first_bad = not_stop.list.arg_max()
+    # finish_reasons[k] belongs to the k-th generated (non-system) message: name it, so a report can say which
+    # message hit the limit (see truncated_messages)
+    generated = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") != "system").struct.field("role"))
+    role = generated.list.get(first_bad, null_on_oob=True)
+    cut = pl.when(role == "user").then(pl.lit("instruction")).when(role == "assistant").then(pl.lit("response"))
+    turn = generated.list.head(first_bad + 1).list.eval(pl.element() == "user").list.sum()
     detail = (
         pl.when(fr.is_null())
         .then(pl.lit("finish_reasons is null"))
         .when(not_stop.list.any())
         .then(
-            pl.format(
-                "finish_reasons[{}] = '{}' (not 'stop')",
-                first_bad,
-                fr.list.get(first_bad, null_on_oob=True).fill_null("<null>"),
+            pl.concat_str(
+                pl.format(
+                    "finish_reasons[{}] = '{}' (not 'stop')",
+                    first_bad,
+                    fr.list.get(first_bad, null_on_oob=True).fill_null("<null>"),
+                ),
+                pl.format(" in the {} of turn {}", cut, turn).fill_null(""),
             )
         )
     )
     return rows.select(_ROW, detail.alias("detail")).filter(pl.col("detail").is_not_null())
+
+
+_CUT = r"\(not 'stop'\) in the (instruction|response) of turn \d+$"
+
+
+def truncated_messages(rejected: pl.DataFrame) -> dict[str, int]:
+    """How many ``truncated`` rejections name an instruction, a response, or no message (``unknown``: a null
+    ``finish_reasons``, or one longer than the generated messages), from the rejected table's details."""
+    details = rejected.filter(pl.col(REJECTED_REASON) == "truncated").get_column(REJECTED_DETAIL)
+    kinds = details.str.extract(_CUT, 1).fill_null("unknown")
+    counts = dict(kinds.value_counts().iter_rows())
+    return {kind: int(counts.get(kind, 0)) for kind in ("instruction", "response", "unknown")}
 
 
 def _template_leak_rule(rows: pl.DataFrame, long: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:

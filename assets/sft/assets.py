@@ -48,6 +48,10 @@ class SFTModelConfig(dg.Config):
     gradient_accumulation_steps: int = 1
     max_length: int = 2048
     packing: bool = False
+    """Pack examples into rows of max_length (padding-free, fewer and fuller steps)."""
+    padding_free: bool = False
+    """The same examples per step as without it, laid end to end in one row with no attention across examples:
+    nothing is padded (the pre-flight `padding_fraction` is 0)."""
     eval_steps: int | None = None
     """Steps between validation evaluations (and checkpoints). Unset: min(steps per epoch // 4, total steps //
     (early_stopping_patience + 2)), at least 1, so that early stopping can end the run (see training.config)."""

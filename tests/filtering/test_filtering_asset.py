@@ -19,7 +19,7 @@ ASSET = FILTERED_CONVERSATIONS.to_user_string()
 QUESTION = "Could you explain how tides work, please?"
 ANSWER = "Tides come from the Moon's gravity pulling on the oceans, with the Sun adding a smaller pull."
 REJECTED = {  # row -> (the first rule it fails, a piece of the detail)
-    1: ("truncated", "finish_reasons[1] = 'length'"),
+    1: ("truncated", "finish_reasons[1] = 'length' (not 'stop') in the response of turn 1"),
     2: ("template_leak", "<|im_start|>"),
     3: ("length", "messages[0]"),
     5: ("repetition", "messages[1]"),
@@ -61,6 +61,8 @@ def test_failing_rows_are_rejected_with_reasons_and_metadata_matches_the_table(t
     report = storage.read_json(ASSET, "report")
     assert report["rejected_by_reason"] == metadata["rejected_by_reason"] == {
         "length": 1, "repetition": 1, "template_leak": 1, "truncated": 1}
+    assert report["truncated_by_message"] == metadata["truncated_by_message"] == {
+        "instruction": 0, "response": 1, "unknown": 0}
     assert [step["rows_out"] for step in report["funnel"]] == [7, 6, 5, 4, 3]
     assert "<|im_start|>" in report["thresholds"]["special_tokens"]
 

@@ -14,6 +14,7 @@ from assets.filtering.core import (
     apply_filters,
     duplicate_line_fraction,
     duplicate_ngram_char_fraction,
+    truncated_messages,
 )
 
 GOOD_USER = "Explain how photosynthesis works in plants."
@@ -84,12 +85,23 @@ BAD_ROWS = {
     "length-truncated": (
         conversation(finish=["stop", "length"]),
         "truncated",
-        "finish_reasons[1] = 'length' (not 'stop')",
+        "finish_reasons[1] = 'length' (not 'stop') in the response of turn 1",
+    ),
+    "instruction of turn 2 truncated, after a system message": (
+        conversation([("system", "Be nice."), ("user", GOOD_USER), ("assistant", GOOD_ASSISTANT),
+                      ("user", GOOD_USER), ("assistant", GOOD_ASSISTANT)], finish=["stop", "stop", "length", "stop"]),
+        "truncated",
+        "finish_reasons[2] = 'length' (not 'stop') in the instruction of turn 2",
     ),
     "null finish entry": (
         conversation(finish=[None, "stop"]),
         "truncated",
-        "finish_reasons[0] = '<null>' (not 'stop')",
+        "finish_reasons[0] = '<null>' (not 'stop') in the instruction of turn 1",
+    ),
+    "finish entry with no message": (
+        conversation(finish=["stop", "stop", "length"]),
+        "truncated",
+        "finish_reasons[2] = 'length' (not 'stop')",
     ),
     "null finish list": (conversation() | {"finish_reasons": None}, "truncated", "finish_reasons is null"),
     "leak in response": (
@@ -175,6 +187,14 @@ BAD_ROWS = {
 def test_each_rule_catches_its_row_with_reason_and_detail(name: str) -> None:
     row, reason, detail = BAD_ROWS[name]
     assert run_one(row) == (reason, detail)
+
+
+def test_truncated_rows_are_counted_by_the_message_that_was_cut() -> None:
+    names = ["length-truncated", "instruction of turn 2 truncated, after a system message", "null finish entry",
+             "null finish list", "finish entry with no message", "leak in response"]
+    result = apply_filters(frame([BAD_ROWS[name][0] for name in names] + [conversation()]), CFG)
+    assert truncated_messages(result.rejected) == {"instruction": 2, "response": 1, "unknown": 2}
+    assert truncated_messages(result.rejected.clear()) == {"instruction": 0, "response": 0, "unknown": 0}
 
 
 def test_duplicate_lines_alone_trigger_the_line_measure() -> None:

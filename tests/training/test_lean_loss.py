@@ -60,6 +60,24 @@ def test_lean_loss_equals_trls_loss_and_gradients(model_dir, tmp_path):
         torch.testing.assert_close(grad, trl_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_padding_free_batches_give_the_padded_loss_and_gradients(model_dir, tmp_path):
+    """The same examples laid end to end with no padding (position ids restart per example) train exactly as the
+    padded batch: no attention crosses from one example into the next, and no padding is computed."""
+    padded = _trainer(model_dir, tmp_path / "padded", lora_dropout=0.0)
+    flat = _trainer(model_dir, tmp_path / "flat", lora_dropout=0.0, padding_free=True)
+    flat.model.load_state_dict(padded.model.state_dict())  # the same LoRA start
+    padded_inputs = padded._prepare_inputs(next(iter(padded.get_train_dataloader())))
+    flat_inputs = flat._prepare_inputs(next(iter(flat.get_train_dataloader())))
+    assert "attention_mask" not in flat_inputs and flat_inputs["input_ids"].shape[0] == 1
+    assert flat_inputs["input_ids"].shape[1] == int(padded_inputs["attention_mask"].sum())  # no padding left
+    assert int((padded_inputs["attention_mask"] == 0).sum()) > 0  # the padded batch had some
+    padded_loss, padded_grads = _loss_and_grads(padded, padded_inputs)
+    flat_loss, flat_grads = _loss_and_grads(flat, flat_inputs)
+    torch.testing.assert_close(flat_loss, padded_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(flat_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_token_metrics_keep_trls_path(tiny_model_dir, tmp_path):
     trainer = _trainer(tiny_model_dir, tmp_path, token_metrics=True)
     assert not trainer.lean_loss

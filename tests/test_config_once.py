@@ -17,7 +17,7 @@ from pipelines.definitions import defs
 
 # (Dagster config class, field) -> why it has no field of that name in the core config
 DAGSTER_ONLY = {
-    ("DedupSettings", "semantic"): "nested SemanticSettings, paired with SemanticDedupConfig on its own",
+    ("DedupSettings", "semantic"): "nested SemanticDedupSettings, paired with SemanticDedupConfig on its own",
     ("DecontamSettings", "similarity_threshold"): "becomes minhash.threshold (0 disables the MinHash detector)",
     ("DecontamSettings", "semantic"): "nested SemanticSettings, paired with SemanticConfig on its own; becomes "
                                       "semantic_detector (None when semantic.enabled is false)",
@@ -151,6 +151,8 @@ def test_dagster_and_core_configs_agree(dagster_cls, cores):
 
 
 def test_the_exception_lists_name_real_fields():
+    names = [c.__name__ for c, _ in PAIRS]
+    assert len(names) == len(set(names)), f"config classes share a name (the lists above key by name): {names}"
     fields = {c.__name__: set(c.model_fields) for c, _ in PAIRS} | {
         k.__name__: {f.name for f in dataclasses.fields(k)} for _, cores in PAIRS for k in cores}
     stale = [key for key in [*DAGSTER_ONLY, *SAME_MEANING, *CORE_ONLY] if key[1] not in fields.get(key[0], set())]

@@ -33,7 +33,7 @@ def test_profile_values_are_the_config_defaults_and_resources():
     defs = build_definitions(demo, "demo")
     magpie = config_default(defs, "magpie_conversations")
     assert magpie["num_conversations"] == 96 and magpie["batch_size"] == 32
-    assert magpie["response"] == {"temperature": 0.7, "min_p": 0.05, "max_tokens": 448, "repetition_penalty": 1.05,
+    assert magpie["response"] == {"temperature": 0.7, "min_p": 0.05, "max_tokens": 256, "repetition_penalty": 1.05,
                                   "top_p": 1.0, "top_k": 0}  # top_p, top_k: not in the profile, the code's defaults
     assert magpie["system_prompts"] == []  # fields the profile leaves out keep the code's defaults
     assert config_default(defs, "base_model")["chat_template"] == "gemma"

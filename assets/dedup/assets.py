@@ -26,7 +26,7 @@ from assets.dedup.semantic import (
 )
 
 
-class SemanticSettings(dg.Config):
+class SemanticDedupSettings(dg.Config):
     enabled: bool = False
     """Remove an instruction (first user message) within `threshold` cosine of an earlier kept one, after MinHash.
     Off in code, on in the demo and GPU profiles (profiles/*.yaml)."""
@@ -49,14 +49,14 @@ class DedupSettings(dg.Config):
     threshold: float = 0.8
     """Estimated Jaccard at or above which two conversations are near-duplicates (LSH bands/rows follow)."""
     seed: int = 1
-    semantic: SemanticSettings = SemanticSettings()
+    semantic: SemanticDedupSettings = SemanticDedupSettings()
 
     def to_core(self) -> MinHashConfig:
         return MinHashConfig(unit=self.unit, ngram=self.ngram, num_perm=self.num_perm, threshold=self.threshold,
                              seed=self.seed)
 
 
-def _semantic_stage(config: SemanticSettings, storage: DataStorage) -> SemanticStage | None:
+def _semantic_stage(config: SemanticDedupSettings, storage: DataStorage) -> SemanticStage | None:
     """The semantic pass, its embeddings cached under ``<data root>/embeddings`` by (model hash, text hash)."""
     if not config.enabled:
         return None

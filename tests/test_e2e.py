@@ -89,7 +89,7 @@ def test_every_asset_reports_path_row_count_and_hash(pipeline_run):
         assert "path" in metadata, key
         assert "content_hash" in metadata and len(metadata["content_hash"].value) == 64, key
     tables = [key for key in ASSETS if str(materializations[key].metadata["path"].value).endswith(".parquet")]
-    assert len(tables) == 8, tables  # (the evaluation's: its answers; the tagging stage's: its labels)
+    assert len(tables) == 9, tables  # (the evaluation's: its answers; tagging's: its labels; the IFD scores)
     for key in tables:  # tables: the hash in metadata is the hash of the file on disk
         metadata = materializations[key].metadata
         assert sha256_file(metadata["path"].value) == metadata["content_hash"].value, key

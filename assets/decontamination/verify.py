@@ -245,10 +245,10 @@ class _Finder:
             yield words[run.start():run.end() + 1]
 
 
-Hit = tuple[int, str, str, list[str], list[str]]  # row, conversation_id, role, n-gram keys, short keys
+_Hit = tuple[int, str, str, list[str], list[str]]  # row, conversation_id, role, n-gram keys, short keys
 
 
-def _hits(conversations: pl.DataFrame, finder: _Finder, rows_at_once: int = 10_000) -> Iterator[Hit]:
+def _hits(conversations: pl.DataFrame, finder: _Finder, rows_at_once: int = 10_000) -> Iterator[_Hit]:
     """The user and assistant messages of ``conversations`` holding a key, in table order (row: the row's index),
     each normalized and searched once."""
     offset = 0
@@ -263,7 +263,7 @@ def _hits(conversations: pl.DataFrame, finder: _Finder, rows_at_once: int = 10_0
         offset += chunk.height
 
 
-def _frequent(hits: Iterable[Hit], max_train_rows: int) -> dict[str, int]:
+def _frequent(hits: Iterable[_Hit], max_train_rows: int) -> dict[str, int]:
     """The keys of ``hits`` found in ``max_train_rows`` or more distinct conversations -> their number."""
     found_in: dict[str, set] = defaultdict(set)
     for _, conversation_id, _, grams, short in hits:

@@ -34,8 +34,8 @@ def test_the_set_holds_what_issue_20_asks(pairs: pl.DataFrame) -> None:
     controls = pairs.filter(kind="translated_hard_negative")
     assert set(controls["lang"]) == {"fr", "de", "es"}
     assert sorted(controls["id"].str.strip_prefix("translated_")) == sorted(pairs.filter(kind="hard_negative")["id"])
-    assert controls.select("benchmark", "item_id", "split").sort("benchmark", "item_id", "split").equals(
-        pairs.filter(kind="hard_negative").select("benchmark", "item_id", "split").sort("benchmark", "item_id", "split"))
+    keys = ["benchmark", "item_id", "split"]
+    assert controls.select(keys).sort(keys).equals(pairs.filter(kind="hard_negative").select(keys).sort(keys))
     per_benchmark = pairs.filter(kind="paraphrase").group_by("benchmark").len()
     assert set(per_benchmark["benchmark"]) == {"ifeval", "alpaca_eval", "mt_bench", "humaneval"}
     assert per_benchmark["len"].min() >= 8

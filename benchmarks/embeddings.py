@@ -23,6 +23,16 @@ HOLDOUT half:
   1% of random pairs are flagged both with their own eval item and with ANY eval prompt (per unique text; a random
   text that is itself an eval prompt, verbatim, is true contamination and left out); ties go to the larger margin.
 
+- the cross-lingual tier of ``distinct`` (:class:`~assets.common.text.embeddings.CrossLingual`, registered per model):
+  a pair of two identified, different languages (fastText language ID) is also flagged at a lower cosine when it
+  stands out by a larger margin. Tuned by the same procedure on the tune half's cross-lingual pairs, after the first
+  tier (fixed): thresholds from the lowest tune translation's cosine up to the first tier's by 0.001, margins from the
+  first tier's to 0.1 by 0.005; the highest tune recall such that on the tune half at most 5% of hard negatives, 5%
+  of translated hard negatives (the same-topic control in French, German, Spanish) and 1% of random pairs are
+  flagged, with their own item and with ANY eval prompt, and at most 1% of the foreign texts of the language-ID
+  planted set (``assets/tagging/language_planted.yaml``, 15 languages; even positions tune, odd holdout) with ANY
+  eval prompt; ties go to the larger margin, then the lower threshold. No tier unless it raises the tune recall.
+
 Both are reported on the holdout half: recall per benchmark and on translations, hard-negative and random-pair
 flag rates with their own item, and the whole-corpus per-row rate: the share of unique hard-negative / random
 candidates flagged with ANY of the eval prompts, and of the arena-hard and IFBench prompts (``--no-extra`` skips
@@ -153,6 +163,7 @@ def _score_matrices(embedder, pairs: pl.DataFrame, prompts: list[str], extra: li
     """Embeddings and max-over-chunks cosines: ``S`` candidates x prompts, ``T`` prompts x prompts, ``X`` extra
     prompts x prompts; ``own``: each pair's eval text as a position in ``prompts``."""
     from assets.common.text.embeddings import max_chunk_cosine
+    from assets.common.text.language import detect_languages
 
     position = {text: i for i, text in enumerate(prompts)}
     own = np.array([position[text] for text in pairs["eval_text"]])  # every planted eval text is a prompt
@@ -161,9 +172,27 @@ def _score_matrices(embedder, pairs: pl.DataFrame, prompts: list[str], extra: li
     extra_emb = embedder.embed(extra) if extra else None
     if extra:
         _log(f"{len(extra)} extra prompts embedded")
-    return {"candidates": candidates, "corpus": corpus, "extra": extra_emb, "own": own,
-            "S": max_chunk_cosine(candidates, corpus), "T": max_chunk_cosine(corpus, corpus),
-            "X": max_chunk_cosine(extra_emb, corpus) if extra else None}
+    foreign, position = _foreign_texts()
+    foreign_emb = embedder.embed(foreign)
+    return {"candidates": candidates, "corpus": corpus, "extra": extra_emb, "own": own, "foreign": foreign_emb,
+            "foreign_tune": position % 2 == 0, "S": max_chunk_cosine(candidates, corpus),
+            "T": max_chunk_cosine(corpus, corpus), "X": max_chunk_cosine(extra_emb, corpus) if extra else None,
+            "F": max_chunk_cosine(foreign_emb, corpus),
+            "lang": {name: np.array(detect_languages(texts), dtype=object) for name, texts in (
+                ("S", pairs["text"].to_list()), ("T", prompts), ("X", extra), ("F", foreign))}}
+
+
+def _foreign_texts() -> tuple[list[str], np.ndarray]:
+    """The language-ID planted set's texts in a language other than English (cross-lingual random negatives), and
+    each one's position in its language's list (the same sentence has the same position in every language)."""
+    import yaml
+
+    from benchmarks.language_id import PLANTED
+
+    by_language = yaml.safe_load(PLANTED.read_text(encoding="utf-8"))
+    rows = [(text, i) for code, texts in by_language.items() if code not in ("en", "und")
+            for i, text in enumerate(texts)]
+    return [text for text, _ in rows], np.array([i for _, i in rows])
 
 
 def distinct_flags(S: np.ndarray, T: np.ndarray, t: float, k: int = 10,
@@ -182,10 +211,46 @@ def distinct_flags(S: np.ndarray, T: np.ndarray, t: float, k: int = 10,
     return top, values[:, :k], rival
 
 
-def _flags_at(top, cos, rival, own, t: float, g: float) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged with its own eval item, flagged with any) per row."""
+def _flags_at(top, cos, rival, own, t: float, g: float, cross=None) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged with its own eval item, flagged with any) per row; ``cross``: (mask of cross-lingual pairs, like
+    ``top``, threshold, margin) of the second tier."""
     ok = (cos >= t) & (cos - rival >= g)
-    return (ok & (top == own[:, None])).any(axis=1), ok.any(axis=1)
+    if cross is not None:
+        ok |= cross[0] & (cos >= cross[1]) & (cos - rival >= cross[2])
+    return (ok & (top == own[:, None])).any(axis=1) if own is not None else None, ok.any(axis=1)
+
+
+def _apart(languages: np.ndarray, corpus_languages: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Which of each row's ``top`` corpus texts is in another language than the row's text (both identified)."""
+    theirs = corpus_languages[top]
+    return (languages[:, None] != theirs) & (languages[:, None] != "und") & (theirs != "und")
+
+
+def choose_cross(m: dict, pairs: pl.DataFrame, prompts: list[str], t: float, g: float) -> tuple[float, float] | None:
+    """(threshold, margin) of the cross-lingual tier on the TUNE half (see the module's docstring), or None."""
+    tune, kinds = (pairs["split"] == "tune").to_numpy(), pairs["kind"].to_numpy()
+    anyrow, positive = _negatives_any(pairs, prompts), np.isin(kinds, POSITIVE_KINDS)
+    lang, own = m["lang"], m["own"]
+    top, cos, rival = distinct_flags(m["S"], m["T"], t)
+    ftop, fcos, frival = distinct_flags(m["F"], m["T"], t)
+    apart, fapart = _apart(lang["S"], lang["T"], top), _apart(lang["F"], lang["T"], ftop)
+    crossing = tune & positive & _apart(lang["S"], lang["T"], own[:, None])[:, 0]
+    if not crossing.any():
+        return None
+    low = np.floor(m["S"][np.arange(len(kinds)), own][crossing].min() * 1000) / 1000
+    before = float(_flags_at(top, cos, rival, own, t, g)[0][tune & positive].mean())
+    best = (before, None, None)
+    for tx in np.round(np.arange(low, t, 0.001), 3):
+        for gx in np.round(np.arange(g, 0.1001, 0.005), 3):
+            flags, anywhere = _flags_at(top, cos, rival, own, t, g, (apart, tx, gx))
+            rate = lambda f, kind, rows=tune: float(f[rows & (kinds == kind)].mean())  # noqa: E731
+            if all(rate(flags, kind) <= limit and rate(anywhere, kind, tune & anyrow) <= limit for kind, limit in (
+                    ("hard_negative", 0.05), ("translated_hard_negative", 0.05), ("random", 0.01))) and float(
+                    _flags_at(ftop, fcos, frival, None, t, g, (fapart, tx, gx))[1][m["foreign_tune"]].mean()) <= 0.01:
+                recall = float(flags[tune & positive].mean())
+                if (recall, gx) > (best[0], best[2] or 0.0):
+                    best = (recall, float(tx), float(gx))
+    return None if best[1] is None else (best[1], best[2])
 
 
 def _negatives_any(pairs: pl.DataFrame, prompts: list[str]) -> np.ndarray:
@@ -245,12 +310,16 @@ def _speed(model: str, config, backend, texts: list[str], rounds: int) -> tuple[
 
 
 def _holdout_report(m: dict, pairs: pl.DataFrame, prompts: list[str], own: np.ndarray, anywhere: np.ndarray,
-                    extra_flags: np.ndarray | None, extra_bench: list[str]) -> dict:
-    """Holdout flag rates with the own item, whole-corpus per-row rates, and the extra prompts' rates."""
+                    extra_flags: np.ndarray | None, extra_bench: list[str], foreign: np.ndarray | None = None) -> dict:
+    """Holdout flag rates with the own item, whole-corpus per-row rates, the extra prompts' and the holdout foreign
+    texts' (``foreign``: each foreign text flagged with any eval prompt) rates."""
     holdout = (pairs["split"] == "holdout").to_numpy()
     kinds, anyrow = pairs["kind"].to_numpy(), _negatives_any(pairs, prompts)
     figures = flag_rates(pairs.with_columns(pl.Series("flagged", own)).filter(split="holdout"))
-    for kind in ("hard_negative", "random"):
+    if foreign is not None:
+        rows = ~m["foreign_tune"]
+        figures["any_foreign"], figures["any_foreign_n"] = float(foreign[rows].mean()), int(rows.sum())
+    for kind in ("hard_negative", "random", "translated_hard_negative"):
         rows = holdout & anyrow & (kinds == kind)
         figures[f"any_{kind}"], figures[f"any_{kind}_n"] = float(anywhere[rows].mean()), int(rows.sum())
     if extra_flags is not None:
@@ -263,7 +332,7 @@ def _holdout_report(m: dict, pairs: pl.DataFrame, prompts: list[str], own: np.nd
 
 def _scorings(m: dict, pairs: pl.DataFrame, prompts: list[str], extra: list[str], extra_bench: list[str]) -> dict:
     """Both scorings tuned on the tune half and reported on the holdout half; ``distinct`` through the API."""
-    from assets.common.text.embeddings import distinct_neighbours
+    from assets.common.text.embeddings import CrossLingual, flagged_neighbours
 
     tune = pairs.filter(split="tune")
     own_scores = m["S"][np.arange(pairs.height), m["own"]]
@@ -274,22 +343,28 @@ def _scorings(m: dict, pairs: pl.DataFrame, prompts: list[str], extra: list[str]
     out["cosine"] = {"threshold": t, "margin": None, "holdout": _holdout_report(
         m, pairs, prompts, own_scores >= t, anywhere, extra_flags, extra_bench)}
     t, g = choose_distinct(m, pairs, prompts)
-    _log(f"distinct scoring tuned: threshold {t}, margin {g}")
-    found = distinct_neighbours(m["candidates"], m["corpus"], 10, t, g).filter(pl.col("score") >= t)
+    cross = choose_cross(m, pairs, prompts, t, g)
+    _log(f"distinct scoring tuned: threshold {t}, margin {g}, cross-lingual tier {cross}")
+    tier = (lambda side: None if cross is None else CrossLingual(*cross, m["lang"][side], m["lang"]["T"]))  # noqa: E731
+    found = flagged_neighbours(m["candidates"], m["corpus"], 10, t, g, tier("S"))
     query, item = found["query"].to_numpy(), found["item"].to_numpy()
     own = np.isin(np.arange(pairs.height), query[item == m["own"][query]])
     anywhere = np.isin(np.arange(pairs.height), query)
-    check_own, check_any = _flags_at(*distinct_flags(m["S"], m["T"], t), m["own"], t, g)
+    top, cos, rival = distinct_flags(m["S"], m["T"], t)
+    check_own, check_any = _flags_at(top, cos, rival, m["own"], t, g,
+                                     None if cross is None else (_apart(m["lang"]["S"], m["lang"]["T"], top), *cross))
     assert (check_own == own).all() and (check_any == anywhere).all(), "the API and the tuning disagree"
+    foreign = np.isin(np.arange(m["foreign"].n_texts),
+                      flagged_neighbours(m["foreign"], m["corpus"], 10, t, g, tier("F"))["query"].to_numpy())
     extra_flags, examples = None, []
     if m["extra"] is not None:
-        hits = distinct_neighbours(m["extra"], m["corpus"], 10, t, g).filter(pl.col("score") >= t)
+        hits = flagged_neighbours(m["extra"], m["corpus"], 10, t, g, tier("X"))
         extra_flags = np.isin(np.arange(len(extra)), hits["query"].to_numpy())
         examples = [(round(float(r["score"]), 3), extra[r["query"]][:90], prompts[r["item"]][:90])
                     for r in hits.sort("score", descending=True).unique("query", keep="first",
                                                                         maintain_order=True).head(8).iter_rows(named=True)]
-    out["distinct"] = {"threshold": t, "margin": g, "examples": examples, "holdout": _holdout_report(
-        m, pairs, prompts, own, anywhere, extra_flags, extra_bench)}
+    out["distinct"] = {"threshold": t, "margin": g, "cross_lingual": cross, "examples": examples,
+                       "holdout": _holdout_report(m, pairs, prompts, own, anywhere, extra_flags, extra_bench, foreign)}
     return out
 
 
@@ -340,6 +415,7 @@ def _print_model(r: dict) -> None:
     for name, sc in r["scorings"].items():
         h = sc["holdout"]
         margin = f", margin {sc['margin']}" if sc["margin"] is not None else ""
+        margin += f", cross-lingual tier {sc['cross_lingual']}" if sc.get("cross_lingual") else ""
         print(f"  {name}: threshold {sc['threshold']:.4f}{margin}; holdout: " + ", ".join(
             f"{k} {v:.3f}" for k, v in h.items() if not k.startswith("any_")))
         print(f"    whole corpus ({r['any_prompts']} eval prompts), share of rows flagged with ANY: " + ", ".join(
@@ -384,6 +460,9 @@ def main() -> None:
         short, chosen = model.split("-")[0], result["scorings"]["distinct"]
         h = chosen["holdout"]
         figures |= {f"{short}_threshold": chosen["threshold"], f"{short}_margin": chosen["margin"],
+                    f"{short}_cross_lingual": ",".join(map(str, chosen["cross_lingual"] or ["none"])),
+                    f"{short}_translated_hard": round(h["translated_hard_negative"], 3),
+                    f"{short}_any_foreign": round(h["any_foreign"], 3),
                     f"{short}_recall": round(h["positives"], 3),
                     f"{short}_recall_translated": round(h["translated"], 3),
                     f"{short}_hard": round(h["hard_negative"], 3), f"{short}_random": round(h["random"], 3),

@@ -60,7 +60,7 @@ def speed_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def _backend(name: str):
-    from assets.tagging.language import MIN_RELATIVE_DISTANCE, UNDETERMINED
+    from assets.common.text.language import MIN_RELATIVE_DISTANCE, UNDETERMINED
 
     if name in ("fasttext", "lingua-high"):
         return "fasttext" if name == "fasttext" else "lingua"
@@ -84,7 +84,7 @@ def _backend(name: str):
 
 def run_candidate(name: str, n: int) -> dict:
     """One candidate in this process: load, planted accuracy, speed, peak RSS."""
-    from assets.tagging.language import detect_languages
+    from assets.common.text.language import detect_languages
 
     texts = speed_texts(n)
     start = time.perf_counter()

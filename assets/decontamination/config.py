@@ -41,7 +41,8 @@ class SemanticConfig:
     """The semantic detector: every compared message against the eval texts of ``eval_fields`` (None: every field)
     embedded by ``model`` (:data:`assets.common.text.embeddings.MODELS` or a local sentence-transformers directory),
     its ``top_k`` nearest by cosine (max over chunks); a neighbour scoring >= ``threshold`` is a candidate (None: the
-    registered model's tuned ``threshold`` (and ``margin``); required for an unregistered model). ``judge``: the LLM
+    registered model's tuned ``threshold`` (and ``margin``, and its cross-lingual tier: ``cross_lingual``); required
+    for an unregistered model). ``judge``: the LLM
     check of each candidate (None: off; every candidate is then a match)."""
 
     model: str = DEFAULT_MODEL
@@ -72,6 +73,15 @@ class SemanticConfig:
         """How far a match must stand out from the rest of the eval corpus: the registered model's tuned margin, 0
         (plain cosine) for an unregistered one."""
         return MODELS[self.model].margin if self.model in MODELS else 0.0
+
+    @property
+    def cross_lingual(self) -> tuple[float, float] | None:
+        """(threshold, margin) of the cross-lingual tier (a message and an eval text in different languages): the
+        registered model's, None for a model without one (no knob: like the margin, it was tuned with the model)."""
+        spec = MODELS.get(self.model)
+        if spec is None or spec.cross_threshold is None or spec.cross_margin is None:
+            return None
+        return spec.cross_threshold, spec.cross_margin
 
 
 @dataclass(frozen=True)

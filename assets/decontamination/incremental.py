@@ -50,7 +50,7 @@ STATE_VERSION = 3  # bump when what the state files hold changes
 MANIFEST = "manifest.json"
 # what matches depend on
 _CODE_MODULES = ("assets/common/text/normalize.py", "assets/common/text/minhash", "assets/common/text/embeddings",
-                 "assets/decontamination")
+                 "assets/common/text/language.py", "assets/decontamination")
 _KEYS_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, "key": pl.Int64, "conversation_id": pl.Utf8, "row": pl.Int64}
 _MATCHES_SCHEMA: dict[str, pl.DataType] = {"shard": pl.Utf8, **MATCHES_SCHEMA}
 
@@ -171,7 +171,7 @@ def _code_hash() -> str:
 _REASONS = {"version": "the state format changed", "config": "the decontamination settings changed",
             "eval_sets": "the eval sets changed", "code": "the decontamination code changed",
             "libraries": "polars, numba or numpy changed version",
-            "semantic": "the embedding model (its bytes or chunk length) or the judge changed"}
+            "semantic": "the embedding model (its bytes or chunk length), the language-ID model or the judge changed"}
 
 
 def _load_state(state_dir: Path, fingerprint: dict[str, Any], hashes: dict[str, str]) -> tuple[_State, str | None]:

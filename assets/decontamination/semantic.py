@@ -3,7 +3,9 @@ fields, by embedding cosine, so a rephrased or translated eval item that shares 
 
 Vectors come from :class:`assets.common.text.embeddings.Embedder` through its (model hash, text hash) cache, eval side
 and training side, so a shard checked later embeds only its own new texts. Each message's ``top_k`` nearest eval texts
-(max-over-chunks cosine) scoring at least the threshold are its candidates. Without verification every candidate is a
+(max-over-chunks cosine) that stand out by the margin and reach the threshold are its candidates; a message and an
+eval text in different languages (fastText language ID) reach the model's cross-lingual tier instead when they miss
+the first (docs/semantic.md). Without verification every candidate is a
 match. With it, each candidate pair goes to the LLM judge (:mod:`.rephrase`) and carries its verdict; a pair judged
 "not a rephrasing" is recorded but removes nothing. A message whose ``top_k + 1``-th neighbour is also above the
 threshold has candidates the judge did not see: that neighbour is a match with verdict ``unverified``.
@@ -21,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from assets.common.data.storage import sha256_text
-from assets.common.text.embeddings import Embedder, EmbeddingConfig, Embeddings, distinct_neighbours
+from assets.common.text.embeddings import CrossLingual, Embedder, EmbeddingConfig, Embeddings, flagged_neighbours
+from assets.common.text.language import detect_languages, fasttext_model_hash
 from assets.decontamination.config import SemanticConfig
 from assets.decontamination.rephrase import NOT_REPHRASING, UNVERIFIED, RephraseJudge
 
@@ -39,10 +42,12 @@ VERDICT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def neighbours(queries: Embeddings, corpus: Embeddings, k: int, threshold: float, margin: float) -> pl.DataFrame:
-    """The detector's one scorer: each query's ``k`` best corpus texts (query, item, score), best first, keeping those
-    that stand out from the rest of the corpus by ``margin`` (:func:`distinct_neighbours`, docs/semantic.md)."""
-    return distinct_neighbours(queries, corpus, k, threshold, margin)
+def neighbours(queries: Embeddings, corpus: Embeddings, k: int, threshold: float, margin: float,
+               cross: CrossLingual | None = None) -> pl.DataFrame:
+    """The detector's one scorer: among each query's ``k`` best corpus texts (query, item, score), best first, those
+    flagged: at ``threshold`` standing out from the rest of the corpus by ``margin``, or a cross-lingual pair at
+    ``cross``'s threshold and margin (:func:`flagged_neighbours`, docs/semantic.md)."""
+    return flagged_neighbours(queries, corpus, k, threshold, margin, cross)
 
 
 @dataclass(eq=False)
@@ -56,6 +61,7 @@ class SemanticIndex:
     texts: list[str]
     vectors: Embeddings
     judge: RephraseJudge | None
+    languages: list[str] | None = None  # of ``texts``, when the model has a cross-lingual tier
     embedded: int = 0  # messages this index embedded (not found in the cache)
 
     @classmethod
@@ -70,17 +76,22 @@ class SemanticIndex:
         rows = np.flatnonzero(selected.to_numpy()).astype(np.int64)
         texts = items["text"].gather(rows).to_list()
         embedder = Embedder(EmbeddingConfig(model=cfg.model, batch_size=cfg.batch_size), cache_root)
-        return cls(cfg, embedder, rows, texts, embedder.embed(texts), judge)
+        languages = detect_languages(texts) if cfg.cross_lingual is not None else None
+        return cls(cfg, embedder, rows, texts, embedder.embed(texts), judge, languages)
 
     def fingerprint(self) -> dict[str, Any]:
         """What semantic matches depend on besides the config and the eval texts: the model's bytes (its hash),
-        the chunk length, and the judge's model and prompt."""
+        the chunk length, the judge's model and prompt, and the language-ID model (cross-lingual tier)."""
         return {"model_hash": self.vectors.model_hash, "chunk_tokens": self.embedder.chunk_tokens,
-                "judge": self.judge.provenance() if self.judge is not None else None}
+                "judge": self.judge.provenance() if self.judge is not None else None,
+                "language_id_hash": fasttext_model_hash() if self.languages is not None else None}
 
     def describe(self) -> dict[str, Any]:
         """The detector as the report states it (nothing that depends on what a run found in its cache)."""
+        cross = self.config.cross_lingual
         return {"model": self.config.model, "threshold": self.config.cosine_threshold, "margin": self.config.margin,
+                "cross_lingual": None if cross is None else {"threshold": cross[0], "margin": cross[1],
+                                                             "language_id": "fasttext lid.176"},
                 "top_k": self.config.top_k,
                 "eval_fields": list(self.config.eval_fields) if self.config.eval_fields is not None else None,
                 "eval_texts": int(self.rows.size), **self.fingerprint()}
@@ -94,8 +105,9 @@ class SemanticIndex:
         k = self.config.top_k + (1 if self.judge is not None else 0)
         vectors = self.embedder.embed(texts)
         self.embedded += vectors.computed
-        found = neighbours(vectors, self.vectors, k, self.config.cosine_threshold, self.config.margin)
-        found = found.filter(pl.col("score") >= self.config.cosine_threshold)
+        cross = self.config.cross_lingual
+        tier = None if cross is None else CrossLingual(cross[0], cross[1], detect_languages(texts), self.languages)
+        found = neighbours(vectors, self.vectors, k, self.config.cosine_threshold, self.config.margin, tier)
         if self.judge is not None:
             found = found.with_columns(pl.int_range(pl.len()).over("query").alias("rank"))
         else:

@@ -15,8 +15,10 @@ hashes, today, to the verdict's prompt hash. Before any score:
   model computes for those texts now (a cache folder holding another model's vectors is refused).
 
 Parameters are the stricter of the check's and the removal's: the lower of the floor and the removal's threshold,
-the union of :data:`CHECK_SEMANTIC_FIELDS` and the removal's eval fields. When the removal ran without the semantic
-detector (``semantic.enabled: false``) there is nothing to re-verify: the check says so in its description.
+the lower of the margins, the cross-lingual tier (:data:`CHECK_SEMANTIC_CROSS_LINGUAL`) at the lower of the floors and
+of the margins, the union of :data:`CHECK_SEMANTIC_FIELDS` and the removal's eval fields. When the removal ran without
+the semantic detector (``semantic.enabled: false``) there is nothing to re-verify: the check says so in its
+description.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from assets.common.text.embeddings import Embedder, EmbeddingConfig, load_backend
+from assets.common.text.language import UNDETERMINED, detect_languages
 
 # The check's own floors per registered embedding model: today's tuned thresholds (benchmarks/embeddings.py, the planted
 # pairs' tune half). tests/decontamination/test_decontam_semantic.py asserts each is at least the model's registered
@@ -40,6 +43,10 @@ CHECK_SEMANTIC_FLOORS_BY_HASH: dict[str, float] = {}  # model hash -> floor, for
 # ... and the most a pair must stand out from the rest of the eval texts (the tuned margins; the removal's scoring,
 # docs/semantic.md), computed below with the check's own numpy; an unregistered model: 0 (plain cosine)
 CHECK_SEMANTIC_MARGINS = {"multilingual-e5-small-q4": 0.02, "all-minilm-l6-v2": 0.05, "wordllama-l2-supercat-256": 0.05}
+# ... and the cross-lingual tier (a message and an eval text in different languages, fastText language ID): (floor,
+# margin) per model that has one, today's tuned values; the check runs at the lower floor and the lower margin of its
+# own and the removal's (a pair counts when it passes either tier: the tier only adds pairs)
+CHECK_SEMANTIC_CROSS_LINGUAL = {"multilingual-e5-small-q4": (0.888, 0.03)}
 CHECK_SEMANTIC_FIELDS = ("prompt", "instruction", "turn_1", "turn_2", "text")
 NOT_REPHRASING = "not_rephrasing"
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -92,8 +99,13 @@ def check_semantic(kept: pl.DataFrame, eval_sets: pl.DataFrame, report: dict, ve
             "add its floor to CHECK_SEMANTIC_FLOORS_BY_HASH, or use a registered model."))
     fields = None if removal.get("eval_fields") is None else sorted({*CHECK_SEMANTIC_FIELDS, *removal["eval_fields"]})
     margin = min(CHECK_SEMANTIC_MARGINS.get(removal["model"], 0.0), float(removal.get("margin", 0.0)))
+    tiers = [tier for tier in (CHECK_SEMANTIC_CROSS_LINGUAL.get(removal["model"]), removal.get("cross_lingual"))
+             if tier]
+    tiers = [(float(t["threshold"]), float(t["margin"])) if isinstance(t, dict) else t for t in tiers]
+    cross = [min(t for t, _ in tiers), min(g for _, g in tiers)] if tiers else None
     parameters = {"model": removal["model"], "model_hash": removal["model_hash"], "floor": floor,
-                  "threshold": min(floor, float(removal["threshold"])), "margin": margin, "eval_fields": fields}
+                  "threshold": min(floor, float(removal["threshold"])), "margin": margin, "cross_lingual": cross,
+                  "eval_fields": fields}
     embedder, problem = _cached_embedder(removal, eval_sets, fields, embedding_cache)
     if problem:
         return SemanticCheck(True, parameters, problem=problem)
@@ -161,21 +173,29 @@ def _scan(kept: pl.DataFrame, eval_sets: pl.DataFrame, fields: list[str] | None,
     bounds = np.searchsorted(mine.owner, np.arange(mine.n_texts + 1))
     eval_starts = np.searchsorted(evals.owner, np.arange(evals.n_texts))
     apart = _not_twins(evals, eval_starts, parameters["threshold"])
+    cross = parameters["cross_lingual"]
+    languages = (np.array(detect_languages([m[2] for m in messages]), dtype=object),
+                 np.array(detect_languages(texts["text"].to_list()), dtype=object)) if cross else None
     first = 0
     while first < mine.n_texts and len(result.leaks) < limit:
         last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + _BLOCK, side="right")) - 1)
         sims = mine.vectors[bounds[first]:bounds[last]] @ evals.vectors.T
         per_chunk = np.maximum.reduceat(sims, eval_starts, axis=1)  # the best chunk of each eval text
         per_message = np.maximum.reduceat(per_chunk, bounds[first:last] - bounds[first], axis=0)
-        for row, item in zip(*_distinct(per_message, apart, parameters["threshold"], parameters["margin"]),
-                             strict=True):
+        block_languages = None if languages is None else (languages[0][first:last], languages[1])
+        for row, item in zip(*_distinct(per_message, apart, parameters["threshold"], parameters["margin"], cross,
+                                        block_languages), strict=True):
             conversation_id, role, content = messages[first + row]
             if (_sha256(content), eval_hashes[item]) in cleared:
                 result.cleared += 1
                 continue
             benchmark, item_id, name = texts.row(int(item))[:3]
+            floor = parameters["threshold"]
+            if per_message[row, item] < floor - _EPS:  # passed by the cross-lingual tier
+                floor = cross[0]
+                name = f"{name} ({block_languages[0][row]} vs {languages[1][item]})"
             result.leaks.append(Leak(conversation_id, role, benchmark, item_id, (
-                f"cosine {per_message[row, item]:.3f} >= {parameters['threshold']:.3f} with {name}, no stored "
+                f"cosine {per_message[row, item]:.3f} >= {floor:.3f} with {name}, no stored "
                 "'not a rephrasing' verdict of the report's judge and prompt")))
             if len(result.leaks) >= limit:
                 break
@@ -193,12 +213,24 @@ def _not_twins(evals, eval_starts: np.ndarray, threshold: float) -> np.ndarray:
     return apart
 
 
-def _distinct(per_message: np.ndarray, apart: np.ndarray, threshold: float, margin: float) -> tuple:
+def _distinct(per_message: np.ndarray, apart: np.ndarray, threshold: float, margin: float,
+              cross: list[float] | None = None, languages: tuple[np.ndarray, np.ndarray] | None = None) -> tuple:
     """(rows, items) of ``per_message`` (messages x eval texts) at or above ``threshold`` that exceed by at least
-    ``margin`` the message's best cosine with every eval text apart from the item (-inf when there is none)."""
-    rows, items = np.nonzero(per_message >= threshold - _EPS)
-    if margin <= 0 or rows.size == 0:
+    ``margin`` the message's best cosine with every eval text apart from the item (-inf when there is none); with
+    ``cross`` ([floor, margin]) and ``languages`` (of the messages, of the eval texts), also the pairs of two
+    identified, different languages at or above that floor that exceed it by that margin."""
+    low = threshold if cross is None else min(threshold, cross[0])
+    rows, items = np.nonzero(per_message >= low - _EPS)
+    if rows.size == 0:
+        return rows, items
+    score = per_message[rows, items]
+    if margin <= 0 and cross is None:
         return rows, items
     rivals = np.where(apart[items], per_message[rows], -np.inf).max(axis=1)
-    keep = per_message[rows, items] - rivals >= margin - _EPS
+    lead = score - rivals
+    keep = (score >= threshold - _EPS) & ((lead >= margin - _EPS) | (margin <= 0))
+    if cross is not None:
+        mine, theirs = languages[0][rows], languages[1][items]
+        other = (mine != theirs) & (mine != UNDETERMINED) & (theirs != UNDETERMINED)
+        keep |= other & (score >= cross[0] - _EPS) & (lead >= cross[1] - _EPS)
     return rows[keep], items[keep]

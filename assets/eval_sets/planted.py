@@ -15,7 +15,7 @@ import yaml
 from assets.eval_sets.core import load_bundled_eval_sets
 
 PLANTED_PAIRS_PATH = Path(__file__).parent / "planted_pairs.yaml"
-KINDS = ("paraphrase", "translated", "hard_negative", "random")
+KINDS = ("paraphrase", "translated", "hard_negative", "random", "translated_hard_negative")
 POSITIVE_KINDS = ("paraphrase", "translated")  # a detector should flag these, and only these
 SPLITS = ("tune", "holdout")
 _FIELDS = ("id", "benchmark", "item_id", "field", "kind", "lang", "split", "text")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from assets.tagging.language import DETECTORS
+from assets.common.text.language import DETECTORS
 
 
 @dataclass(frozen=True)
 class TaggingConfig:
     """The tagging stage's knobs besides the judge's. ``language_detector``: ``fasttext`` (lid.176, the default) or
-    ``lingua`` (75 languages, high accuracy, 28-62x slower; see assets/tagging/language.py). ``min_letters``: a text
+    ``lingua`` (75 languages, high accuracy, 28-62x slower; see assets/common/text/language.py). ``min_letters``: a text
     with fewer letters (code removed) is language ``und``. Label filters (all off by default): ``allowed_languages``,
     ISO 639-1 codes both the instruction and the response must be in (None: all); scores are the judge's 1-5, bounds
     inclusive, None off; ``reject_unparsed`` rejects rows whose judge answer did not parse."""

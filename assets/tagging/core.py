@@ -7,7 +7,7 @@ labels by named rules; the labels and the kept set's diversity are reported (no 
   ``judge_model_hash``, ``judge_prompt``, ``judge_prompt_hash``);
 * ``task`` (the category the mixture samples by) and ``task_source``: the judge's category where its answer parsed
   (``judge``), else the fallback regex tagger's (``fallback``; every row when no judge ran);
-* ``instruction_language`` and ``response_language`` (:mod:`assets.tagging.language`);
+* ``instruction_language`` and ``response_language`` (:mod:`assets.common.text.language`);
 * ``refusal_phrase`` (the phrase rule's match, :mod:`assets.tagging.refusal`) and ``refusal``: the judge said so or
   the phrase rule matched. Flagged, not dropped.
 
@@ -23,10 +23,10 @@ import polars as pl
 
 from assets.common.data.rules import RuleSplit
 from assets.common.data.taxonomy import TASKS, first_instruction, task_expr
+from assets.common.text.language import language_columns
 from assets.tagging.config import TaggingConfig
 from assets.tagging.judge import JUDGE_COLUMNS, PARSED, SCORES
 from assets.tagging.labels import filter_on_labels
-from assets.tagging.language import language_columns
 from assets.tagging.refusal import refusal_phrase_expr
 
 PROVENANCE_COLUMNS = ("judge_model", "judge_model_hash", "judge_prompt", "judge_prompt_hash")

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import polars as pl
 
 from assets.common.data.rules import ROW, RuleSplit, index_rows, no_failures, split_by_rules
+from assets.common.text.language import UNDETERMINED
 from assets.tagging.config import TaggingConfig
 from assets.tagging.judge import UNPARSED
-from assets.tagging.language import UNDETERMINED
 
 
 def _failing(rows: pl.DataFrame, detail: pl.Expr) -> pl.DataFrame:

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from assets.common.text.embeddings import (
+    CrossLingual,
     Embedder,
     EmbeddingConfig,
+    Embeddings,
     chunk_text,
     distinct_neighbours,
+    flagged_neighbours,
     load_backend,
     max_chunk_cosine,
     top_k_neighbours,
@@ -151,3 +154,31 @@ def test_distinct_neighbours_keep_an_item_and_its_twins_when_they_stand_out(smal
         assert list(zip(found["query"], found["item"], strict=True)) == _distinct_by_hand(full, twins, k, margin)
         pairs = zip(found["query"], found["item"], strict=True)
         assert np.allclose(found["score"].to_numpy(), [full[q, i] for q, i in pairs])
+
+
+def _unit_rows(rows: list[list[float]]) -> Embeddings:
+    vectors = np.asarray(rows, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Embeddings("test", np.arange(len(rows)), vectors, len(rows), 0)
+
+
+def test_the_cross_lingual_tier_adds_pairs_of_two_languages_at_its_own_threshold_and_margin() -> None:
+    corpus = _unit_rows([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    # query 0: cosine 0.89 with item 0, its best other 0.32 (it stands out); query 1: 0.72 with item 0 and 0.69
+    # with item 1 (it does not stand out by 0.05)
+    queries = _unit_rows([[0.89, 0.32, np.sqrt(1 - 0.89**2 - 0.32**2)], [0.72, 0.69, 0.0]])
+    pairs = lambda found: list(zip(found["query"], found["item"], strict=True))  # noqa: E731
+    assert flagged_neighbours(queries, corpus, 2, threshold=0.9, margin=0.02).is_empty()  # 0.89 < 0.9
+    tier = CrossLingual(0.7, 0.05, ["fr", "fr"], ["en", "en", "en"])
+    assert pairs(flagged_neighbours(queries, corpus, 2, 0.9, 0.02, tier)) == [(0, 0)]
+    for same in (["en", "en"], ["und", "fr"]):  # the same language, or one not identified: the first tier only
+        assert flagged_neighbours(queries, corpus, 2, 0.9, 0.02, CrossLingual(0.7, 0.05, same, ["en"] * 3)).is_empty()
+    for threshold, margin in ((0.895, 0.05), (0.7, 0.6)):  # the tier's own threshold and margin both hold
+        tier = CrossLingual(threshold, margin, ["fr"] * 2, ["en"] * 3)
+        assert flagged_neighbours(queries, corpus, 2, 0.9, 0.02, tier).is_empty()
+    # the first tier is as it was, whatever the languages
+    tier = CrossLingual(0.95, 0.5, ["fr", "fr"], ["en"] * 3)
+    assert pairs(flagged_neighbours(queries, corpus, 2, 0.85, 0.02, tier)) == pairs(
+        flagged_neighbours(queries, corpus, 2, 0.85, 0.02)) == [(0, 0)]
+    with pytest.raises(ValueError, match="one language per text"):
+        flagged_neighbours(queries, corpus, 2, 0.9, 0.02, CrossLingual(0.7, 0.05, ["fr"], ["en"] * 3))

@@ -34,7 +34,12 @@ from assets.decontamination.rephrase import (
 )
 from assets.decontamination.semantic import VERDICT_SCHEMA
 from assets.decontamination.verify import verify_decontaminated
-from assets.decontamination.verify_semantic import CHECK_SEMANTIC_FLOORS, CHECK_SEMANTIC_MARGINS, check_semantic
+from assets.decontamination.verify_semantic import (
+    CHECK_SEMANTIC_CROSS_LINGUAL,
+    CHECK_SEMANTIC_FLOORS,
+    CHECK_SEMANTIC_MARGINS,
+    check_semantic,
+)
 from assets.eval_sets.core import EVAL_SET_SCHEMA
 from assets.eval_sets.planted import planted_pairs
 from tests.asset_runs import conversation, frame, materialization, materialize
@@ -176,6 +181,10 @@ def test_the_checks_floors_are_at_least_the_registered_thresholds():
     assert set(CHECK_SEMANTIC_FLOORS) == set(CHECK_SEMANTIC_MARGINS) == set(MODELS)
     assert all(CHECK_SEMANTIC_FLOORS[name] >= MODELS[name].threshold for name in MODELS)
     assert all(CHECK_SEMANTIC_MARGINS[name] >= MODELS[name].margin for name in MODELS)
+    tiers = {name: (spec.cross_threshold, spec.cross_margin) for name, spec in MODELS.items() if spec.cross_threshold}
+    assert set(CHECK_SEMANTIC_CROSS_LINGUAL) == set(tiers)  # a model's cross-lingual tier is checked by its own floor
+    assert all(CHECK_SEMANTIC_CROSS_LINGUAL[name][0] >= t and CHECK_SEMANTIC_CROSS_LINGUAL[name][1] >= g
+               for name, (t, g) in tiers.items())
 
 
 def test_a_new_shard_embeds_only_its_rows_and_equals_a_full_rebuild(runs):
@@ -235,3 +244,41 @@ def test_the_checks_margin_rule_is_the_removals():
     apart[0, 1] = apart[1, 0] = False  # items 0 and 1 are twins: the first message stands out from the rest
     rows, items = _distinct(per_message, apart, 0.9, 0.02)
     assert sorted(zip(rows.tolist(), items.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_the_checks_cross_lingual_tier_adds_pairs_of_two_languages():
+    """Its own numpy version of the removal's second tier: a message and an eval text in two identified, different
+    languages count at the tier's lower floor when they stand out by its larger margin."""
+    from assets.decontamination.verify_semantic import _distinct
+
+    per_message = np.array([[0.89, 0.30, 0.10], [0.89, 0.87, 0.10], [0.89, 0.30, 0.10]])
+    apart = ~np.eye(3, dtype=bool)
+
+    def found(*args) -> list[tuple[int, int]]:
+        rows, items = _distinct(per_message, apart, 0.9, 0.02, *args)
+        return sorted(zip(rows.tolist(), items.tolist(), strict=True))
+
+    assert found() == []
+    messages, evals = np.array(["fr", "fr", "und"], dtype=object), np.array(["en", "en", "en"], dtype=object)
+    # message 1 leads its rival by 0.02 (0.03 asked); message 2's language is not identified
+    assert found([0.888, 0.03], (messages, evals)) == [(0, 0)]
+    assert found([0.888, 0.03], (messages, np.array(["fr", "en", "en"], dtype=object))) == []  # the same language
+    assert found([0.895, 0.03], (messages, evals)) == []
+
+
+def test_the_check_scores_cross_lingual_pairs_at_the_recorded_tier(runs, texts):
+    """The check's scan identifies the languages itself: with a cross-lingual tier recorded by the removal (here a
+    deliberately low one, WordLlama has none of its own), a French message's best eval text counts, English ones
+    do not, nor an answer whose language is not identified."""
+    storage = runs["a"]
+    kept, _, eval_df, report = _stored(storage)
+    french = planted_pairs().filter(pl.col("id") == "translated-ifeval-00")["text"][0]
+    table = pl.concat([kept.select("conversation_id", "messages"),
+                       frame([conversation(9, french, "- 1990-2024: ...")]).select("conversation_id", "messages")])
+    cache = storage.root_path / EMBEDDING_CACHE
+    assert check_semantic(table, eval_df, report, None, cache).leaks == []  # WordLlama's first tier alone
+    tier = {**report, "semantic": {**report["semantic"], "cross_lingual": {"threshold": 0.1, "margin": 0.0}}}
+    result = check_semantic(table, eval_df, tier, None, cache)
+    assert result.parameters["cross_lingual"] == [0.1, 0.0]  # its best eval text: 0.17 (WordLlama)
+    assert [leak.conversation_id for leak in result.leaks] == ["00000-0000009"]
+    assert "(fr vs en)" in result.leaks[0].evidence

@@ -28,7 +28,14 @@ def test_the_set_holds_what_issue_20_asks(pairs: pl.DataFrame) -> None:
     assert counts["paraphrase"] + counts["translated"] >= 40 and counts["hard_negative"] >= 40
     assert counts["translated"] >= 8 and counts["random"] >= 100
     assert set(pairs.filter(kind="translated")["lang"]) == {"fr", "de", "es"}
-    assert set(pairs.filter(pl.col("kind") != "translated")["lang"]) == {"en"}
+    translated = pl.col("kind").is_in(["translated", "translated_hard_negative"])
+    assert set(pairs.filter(~translated)["lang"]) == {"en"}
+    # every hard negative has its translation (the cross-lingual same-topic control), same item and split
+    controls = pairs.filter(kind="translated_hard_negative")
+    assert set(controls["lang"]) == {"fr", "de", "es"}
+    assert sorted(controls["id"].str.strip_prefix("translated_")) == sorted(pairs.filter(kind="hard_negative")["id"])
+    keys = ["benchmark", "item_id", "split"]
+    assert controls.select(keys).sort(keys).equals(pairs.filter(kind="hard_negative").select(keys).sort(keys))
     per_benchmark = pairs.filter(kind="paraphrase").group_by("benchmark").len()
     assert set(per_benchmark["benchmark"]) == {"ifeval", "alpaca_eval", "mt_bench", "humaneval"}
     assert per_benchmark["len"].min() >= 8

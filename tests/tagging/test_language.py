@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 import yaml
 
+from assets.common.text.language import UNDETERMINED, detect_languages, letter_count, prose
 from assets.tagging.config import TaggingConfig
-from assets.tagging.language import UNDETERMINED, detect_languages, letter_count, prose
 
 PLANTED = yaml.safe_load((resources.files("assets.tagging") / "language_planted.yaml").read_text(encoding="utf-8"))
 # measured with fastText (benchmarks/language_id.py): 218/220 Latin-script texts (one nl, one sv miss), 132/132 in the

@@ -11,6 +11,7 @@ import pytest
 from assets.common.data.rules import ROW
 from assets.common.data.schema import CONVERSATION_SCHEMA, REJECTED_DETAIL, REJECTED_REASON
 from assets.common.data.taxonomy import TASKS
+from assets.common.text.language import DETECTORS, detect_languages
 from assets.tagging.config import TaggingConfig
 from assets.tagging.core import JudgeProvenance, refusal_rates, tag_and_filter, tag_rows
 from assets.tagging.diversity import distinct_n, diversity_report, near_duplicate_rate
@@ -28,7 +29,6 @@ from assets.tagging.judge import (
     run_judge,
 )
 from assets.tagging.labels import LABEL_RULES, filter_on_labels
-from assets.tagging.language import DETECTORS, detect_languages
 from assets.tagging.planted import agreement, planted_rows, planted_table
 from tests.tagging.judge_fakes import FakeJudge, answer
 

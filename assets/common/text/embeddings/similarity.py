@@ -3,10 +3,14 @@ small sets, aligned pairs, and each query's top-k neighbours in a corpus compute
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
 from assets.common.text.embeddings.store import Embeddings
+from assets.common.text.language import UNDETERMINED
 
 NEIGHBOUR_SCHEMA: dict[str, pl.DataType] = {"query": pl.Int64, "item": pl.Int64, "score": pl.Float32}
 
@@ -91,28 +95,76 @@ def distinct_neighbours(queries: Embeddings, corpus: Embeddings, k: int, thresho
     (:func:`corpus_twins` at ``threshold``). A rephrasing of one eval item is close to that item (and its
     near-copies) and clearly further from every other one; a same-topic instruction is about as close to several
     eval items, so the corpus as a whole, not one pair, decides (the ratio test of nearest-neighbour matching).
-    Flag the rows whose ``score`` is at least ``threshold``; the registry holds both per model
-    (:data:`~.models.MODELS`)."""
+    The decontamination's rule (the threshold too, and cross-lingual pairs) is :func:`flagged_neighbours`."""
+    found, lead = _neighbours_and_leads(queries, corpus, k, threshold, max_floats)
+    return found.filter(pl.Series(lead >= margin)) if found.height else found
+
+
+@dataclass(frozen=True)
+class CrossLingual:
+    """The second tier of :func:`flagged_neighbours`: a pair whose two texts are in different languages (both
+    identified: :mod:`assets.common.text.language`) is flagged at cosine >= ``threshold`` when it stands out by
+    ``margin``. A translation scores lower with its item than an English rephrasing does (multilingual models keep a
+    language component in every vector), and lower with every other eval text too, so for those pairs the margin
+    carries more of the weight: a lower cosine, a larger margin. ``query_languages`` / ``corpus_languages``: one
+    code per text (``und``: unidentified, never cross-lingual)."""
+
+    threshold: float
+    margin: float
+    query_languages: Sequence[str]
+    corpus_languages: Sequence[str]
+
+
+def flagged_neighbours(queries: Embeddings, corpus: Embeddings, k: int, threshold: float, margin: float,
+                       cross: CrossLingual | None = None, max_floats: int = 1 << 25) -> pl.DataFrame:
+    """The semantic decontamination's pairs (the detector and ``benchmarks/embeddings.py`` both score with this):
+    among each query's ``k`` nearest corpus texts (:data:`NEIGHBOUR_SCHEMA`, in :func:`top_k_neighbours`' order),
+    those whose cosine reaches ``threshold`` and stands out by ``margin`` (:func:`distinct_neighbours`, twins at
+    ``threshold``), and, with ``cross``, the cross-lingual pairs reaching its threshold and margin. The registry holds
+    both tiers per model (:data:`~.models.MODELS`)."""
+    found, lead = _neighbours_and_leads(queries, corpus, k, threshold, max_floats)
+    if found.is_empty():
+        return found
+    score = found["score"].to_numpy()
+    keep = (score >= threshold) & (lead >= margin)
+    if cross is not None:
+        if len(cross.query_languages) != queries.n_texts or len(cross.corpus_languages) != corpus.n_texts:
+            raise ValueError(f"CrossLingual needs one language per text: {len(cross.query_languages)} for "
+                             f"{queries.n_texts} queries, {len(cross.corpus_languages)} for {corpus.n_texts} corpus "
+                             "texts")
+        mine = np.asarray(cross.query_languages, dtype=object)[found["query"].to_numpy()]
+        theirs = np.asarray(cross.corpus_languages, dtype=object)[found["item"].to_numpy()]
+        apart = (mine != theirs) & (mine != UNDETERMINED) & (theirs != UNDETERMINED)
+        keep |= apart & (score >= cross.threshold) & (lead >= cross.margin)
+    return found.filter(pl.Series(keep))
+
+
+def _neighbours_and_leads(queries: Embeddings, corpus: Embeddings, k: int, threshold: float,
+                          max_floats: int) -> tuple[pl.DataFrame, np.ndarray]:
+    """Each query's ``k`` nearest corpus texts and, per row, how far its cosine exceeds the query's best cosine with
+    a corpus text that is neither that one nor one of its twins at ``threshold`` (+inf: there is none)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if queries.n_texts == 0 or corpus.n_texts == 0:
-        return pl.DataFrame(schema=NEIGHBOUR_SCHEMA)
+        return pl.DataFrame(schema=NEIGHBOUR_SCHEMA), np.zeros(0)
     twins = corpus_twins(corpus, threshold, max_floats)
     most = int(twins.group_by("item").len()["len"].max() or 0)
     # the best non-twin other of a candidate ranks at most (its twins + itself + 1)
     width = min(corpus.n_texts, max(k, most + 2))
     found = top_k_neighbours(queries, corpus, width, max_floats)
     if found.is_empty():
-        return found
+        return found, np.zeros(0)
     items = found["item"].to_numpy().reshape(-1, width)
     scores = found["score"].to_numpy().reshape(-1, width)
     keys = np.sort((twins["item"].to_numpy() * corpus.n_texts + twins["twin"].to_numpy()).astype(np.int64))
-    keep = np.zeros(items.shape, dtype=bool)
+    lead = np.full(items.shape, -np.inf)  # rows past k are dropped
     rows = max(1, max_floats // max(1, width * width))
     for first in range(0, items.shape[0], rows):
         block_items, block_scores = items[first:first + rows], scores[first:first + rows]
         pair = block_items[:, :k, None] * corpus.n_texts + block_items[:, None, :]
         other = np.isin(pair, keys, assume_unique=False) | (block_items[:, :k, None] == block_items[:, None, :])
         rival = np.where(other, -np.inf, block_scores[:, None, :]).max(axis=2)  # -inf: nothing else in the corpus
-        keep[first:first + rows, :k] = block_scores[:, :k] - rival >= margin
-    return found.filter(pl.Series(keep.ravel()))
+        lead[first:first + rows, :k] = block_scores[:, :k] - rival
+    in_k = np.zeros(items.shape, dtype=bool)
+    in_k[:, :k] = True
+    return found.filter(pl.Series(in_k.ravel())), lead[:, :k].ravel()

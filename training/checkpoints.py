@@ -41,9 +41,11 @@ def run_fingerprint(model_path: Path, config: TrainConfig, base_model_hash: str 
         h.update(f"|{split}:{len(dataset)}".encode())
         if len(dataset) == 0:
             continue
-        for column in ("input_ids", "assistant_masks"):
-            for chunk in dataset.data.column(column).chunks:
+        for column in ("input_ids", "assistant_masks"):  # every length, then every value: the same digest
+            chunks = dataset.data.column(column).chunks  # however the column is chunked (tokenize_rows: by rows)
+            for chunk in chunks:
                 h.update(chunk.value_lengths().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
+            for chunk in chunks:
                 h.update(chunk.flatten().to_numpy(zero_copy_only=False).astype("int64", copy=False).tobytes())
     return h.hexdigest()
 

@@ -43,6 +43,7 @@ TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (v
 # What became of each row (train_rows.parquet, after the row's own columns)
 OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason", "tokens_sha256")
 TRAINED, VALIDATED, DROPPED = "trained", "validated", "dropped"
+TOKENIZE_CHUNK_ROWS = 2_000  # rows tokenize_rows holds as Python lists at once
 
 
 @dataclass(frozen=True)
@@ -68,24 +69,35 @@ def check_rows(rows: pl.DataFrame, splits: Sequence[str] = (*TRAINED_SPLITS, VAL
         raise ValueError(f"{what}: unknown split value(s) {unknown} in column `split`; expected one of {list(splits)}")
 
 
-def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_length: int) -> TokenizedRows:
-    """Tokenize every row (see the module docstring); rows longer than ``max_length`` tokens are marked dropped."""
+def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_length: int,
+                  chunk_rows: int = TOKENIZE_CHUNK_ROWS) -> TokenizedRows:
+    """Tokenize every row (see the module docstring); rows longer than ``max_length`` tokens are marked dropped.
+
+    ``chunk_rows`` rows at a time: a chunk's token ids live as Python lists (~40 KB a row: an int object per token)
+    only until they are Arrow arrays of its examples, so memory holds the Arrow data of every row, not the lists."""
     check_rows(rows)
     end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
-    tokenized = [tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
-                 for messages in rows["messages"].to_list()]
-    lengths = [len(t.input_ids) for t in tokenized]
-    status = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
-              for n, split in zip(lengths, rows["split"].to_list(), strict=True)]
+    lengths, status, digests, train, validation = [], [], [], [], []
+    for start in range(0, max(rows.height, 1), chunk_rows):  # an empty table: one empty chunk
+        chunk = rows.slice(start, chunk_rows)
+        tokenized = [tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
+                     for messages in chunk["messages"].to_list()]
+        n_tokens = [len(t.input_ids) for t in tokenized]
+        outcome = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
+                   for n, split in zip(n_tokens, chunk["split"].to_list(), strict=True)]
+        lengths += n_tokens
+        status += outcome
+        digests += [token_digest(t.input_ids, t.assistant_masks) for t in tokenized]
+        train.append(_examples(tokenized, chunk, outcome, TRAINED))
+        validation.append(_examples(tokenized, chunk, outcome, VALIDATED))
     table = rows.with_columns(
         pl.Series("num_tokens", lengths, dtype=pl.Int64),
         pl.Series("status", status, dtype=pl.Utf8),
         pl.Series("drop_reason", [f"longer than max_length={max_length} tokens ({n})" if s == DROPPED else None
                                   for n, s in zip(lengths, status, strict=True)], dtype=pl.Utf8),
-        pl.Series("tokens_sha256", [token_digest(t.input_ids, t.assistant_masks) for t in tokenized], dtype=pl.Utf8),
+        pl.Series("tokens_sha256", digests, dtype=pl.Utf8),
     )
-    return TokenizedRows(train=_examples(tokenized, table, TRAINED), validation=_examples(tokenized, table, VALIDATED),
-                         rows=table)
+    return TokenizedRows(train=_concatenate(train), validation=_concatenate(validation), rows=table)
 
 
 def token_digest(input_ids: Sequence[int], assistant_masks: Sequence[int]) -> str:
@@ -128,11 +140,11 @@ def token_mismatches(model_dir: str | Path, limit: int = 5) -> TokenCheck:
     return TokenCheck(rows=rows.height, mismatched=len(mismatches), examples=mismatches[:limit])
 
 
-def _examples(tokenized: Sequence, table: pl.DataFrame, status: str):
-    """The ``datasets.Dataset`` of the rows with ``status``, in table order."""
+def _examples(tokenized: Sequence, table: pl.DataFrame, outcome: Sequence[str], status: str):
+    """The ``datasets.Dataset`` of the rows of ``table`` whose ``outcome`` is ``status``, in table order."""
     from datasets import Dataset
 
-    keep = [i for i, s in enumerate(table["status"].to_list()) if s == status]
+    keep = [i for i, s in enumerate(outcome) if s == status]
     ids, splits = table["conversation_id"].to_list(), table["split"].to_list()
     return Dataset.from_dict({
         "input_ids": [tokenized[i].input_ids for i in keep],
@@ -140,6 +152,15 @@ def _examples(tokenized: Sequence, table: pl.DataFrame, status: str):
         "conversation_id": [ids[i] for i in keep],
         "split": [splits[i] for i in keep],
     })
+
+
+def _concatenate(parts: Sequence):
+    """The chunks' datasets as one (its Arrow table in several chunks: nothing is copied). Empty ones are left out (a
+    dataset made of no rows has no types to concatenate with)."""
+    from datasets import concatenate_datasets
+
+    filled = [part for part in parts if len(part)] or list(parts[:1])
+    return filled[0] if len(filled) == 1 else concatenate_datasets(filled)
 
 
 def train_rows_table(rows: pl.DataFrame, rehearsal: pl.DataFrame | None = None) -> pl.DataFrame:

@@ -65,6 +65,24 @@ def test_bad_row_is_named_with_index_id_and_field(messages, field):
     assert "2 of 6 rows fail" in message  # the first bad row is shown, the others counted
 
 
+@pytest.mark.parametrize("slice_rows", [1, 2, 4, 5])
+def test_a_table_checked_in_slices_names_the_same_first_row_and_counts_every_bad_row(monkeypatch, slice_rows):
+    """The rows are checked VALIDATION_ROWS at a time (bounded memory): the first bad row and the count of bad rows
+    are the table's, wherever the slices fall (here bad rows at 3 and 5 of 7, in one slice or two)."""
+    import assets.common.data.schema as schema
+
+    monkeypatch.setattr(schema, "VALIDATION_ROWS", slice_rows)
+    df = table(msgs(("assistant", "Hello"), ("user", "Hi")), msgs(("user", "fine"), ("assistant", "fine")),
+               msgs(("user", "Hi"), ("bot", "Beep")), msgs(("user", "fine"), ("assistant", "fine")))
+    with pytest.raises(SchemaError) as error:
+        validate_conversations(df, SOURCE)
+    message = str(error.value)
+    assert message.startswith(f"{SOURCE}: row 3 (conversation_id '00000-0000003'): messages[0].role: 'assistant' "
+                              "where 'user' is expected"), message
+    assert "2 of 7 rows fail" in message
+    assert validate_conversations(table(), SOURCE).height == 3
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda df: df.drop("messages"),
      "missing column 'messages' (expected type List(Struct({'role': String, 'content': String})))"),

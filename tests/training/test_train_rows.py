@@ -78,6 +78,29 @@ def test_tokenized_examples_keep_their_ids_and_long_rows_are_listed_as_dropped(t
     assert validation["conversation_id"] == validated["conversation_id"].to_list()
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 5])
+def test_rows_tokenized_in_chunks_give_the_same_examples_table_and_fingerprint(tokenizer, tiny_model_dir, chunk_rows):
+    """tokenize_rows holds a chunk's token lists at a time (memory); the datasets it returns (several Arrow chunks,
+    a chunk with no validation row among them), the rows table and the checkpoint fingerprint are the whole
+    table's."""
+    from pathlib import Path
+
+    from assets.common.models.chat_template import read_chat_template
+    from training.checkpoints import run_fingerprint
+
+    rows, template = mixture().drop("quality_score"), read_chat_template(tiny_model_dir)
+    whole = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=rows.height)
+    chunked = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=chunk_rows)
+    assert chunked.rows.equals(whole.rows)
+    assert len(chunked.train.data.column("input_ids").chunks) > 1
+    for split in ("train", "validation"):
+        assert getattr(chunked, split).features == getattr(whole, split).features
+        assert getattr(chunked, split).to_dict() == getattr(whole, split).to_dict()
+    fingerprint = [run_fingerprint(Path("m"), TrainConfig(), "h", data.train, data.validation)
+                   for data in (whole, chunked)]
+    assert fingerprint[0] == fingerprint[1]
+
+
 @pytest.mark.parametrize(("rows", "message"), [
     (pl.DataFrame({"split": ["train"], "messages": [[{"role": "user", "content": "x"}]]}),
      r"no column\(s\) \['conversation_id'\]"),

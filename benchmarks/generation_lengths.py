@@ -49,7 +49,7 @@ def generate(args: argparse.Namespace, model, tokenizer):
         response=SamplingConfig(temperature=0.7, min_p=0.05, max_tokens=max(args.response_limits),
                                 repetition_penalty=1.05))
     rows = range(config.num_conversations)
-    pre_queries = [_pre_query(tokenizer, _history(""), config) for _ in rows]
+    pre_queries = [_pre_query(tokenizer, _history(args.system_prompt), config) for _ in rows]
     stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
     stop_strings = tokenizer.convert_ids_to_tokens(stops)
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -62,8 +62,9 @@ def generate(args: argparse.Namespace, model, tokenizer):
                                           [row_seed(config, i, 1, "user") for i in rows])
         texts = [_clean(c.text, stop_strings) for c in instructions]
         middle = time.monotonic()
-        prompts = [ids(render(tokenizer, [{"role": "user", "content": text or "?"}], add_generation_prompt=True))
-                   for text in texts]
+        answering = args.response_system_prompt if args.response_system_prompt is not None else args.system_prompt
+        prompts = [ids(render(tokenizer, [*_history(answering), {"role": "user", "content": text or "?"}],
+                              add_generation_prompt=True)) for text in texts]
         responses = generator.generate(prompts, config.response, stops,
                                        [row_seed(config, i, 1, "assistant") for i in rows])
         ended = time.monotonic()
@@ -115,6 +116,11 @@ def arguments() -> argparse.Namespace:
                         help="instruction max_tokens to compare (default 64,96,128,192,256; the largest is run)")
     parser.add_argument("--response-limits", default="256,320,384,448,512",
                         help="response max_tokens to compare (default 256,320,384,448,512; the largest is run)")
+    parser.add_argument("--system-prompt", default="",
+                        help="the system prompt of every conversation, as `system_prompts` in the pipeline: in the "
+                             "pre-query prefix and when answering (default none: the template's own default)")
+    parser.add_argument("--response-system-prompt", default=None,
+                        help="a system prompt for the answers only (default: --system-prompt)")
     parser.add_argument("--seed", type=int, default=0, help="Magpie run seed (default 0, the demo's)")
     parser.add_argument("--max-model-len", type=int, default=2048, help="vLLM max_model_len (default 2048, the demo's)")
     parser.add_argument("--kv-cache-gb", type=int, default=2, help="vLLM CPU KV cache GB (default 2, the demo's)")

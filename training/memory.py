@@ -113,7 +113,7 @@ class MemoryPlan:
     gradient_checkpointing: bool
     reason: str
     setting: str
-    tokens_per_batch: int  # batch size x the longest example (or the packed length)
+    tokens_per_batch: int  # the most tokens one step holds (training.trainer.tokens_per_batch)
     estimate_gb: float  # peak without checkpointing
     estimate_checkpointed_gb: float
     activations_gb: float  # of which activations, without checkpointing

@@ -221,21 +221,31 @@ def build_trainer(model_path: Path, tokenizer: Any, data: TokenizedRows, config:
 def memory_plan(model_path: Path, data: TokenizedRows, config: TrainConfig,
                 memory: DeviceMemory | None = None) -> MemoryPlan:
     """Whether this run needs gradient checkpointing (:mod:`training.memory`): from the model's config, this
-    process's batch (its share of the global batch, :mod:`training.distributed`) and the longest training example
-    (the packed length when packing), against the memory of the device this process trains on."""
+    process's batch (its share of the global batch, :mod:`training.distributed`) and the most tokens one of its steps
+    can hold (:func:`tokens_per_batch`), against the memory of the device this process trains on."""
     from assets.common.models.templates import read_chat_markers
     from training.loss import VOCABULARY_CHUNK
 
     lengths = data.rows.filter(pl.col("status") == TRAINED)["num_tokens"]
-    longest = config.max_length if config.packing else int(lengths.max() or 0)
     markers = read_chat_markers(model_path)
     batch = batch_settings(config.per_device_train_batch_size, config.gradient_accumulation_steps)["per_process_batch"]
-    return plan_memory(ModelShape.from_model_dir(model_path), batch * longest,
+    return plan_memory(ModelShape.from_model_dir(model_path), tokens_per_batch(lengths, batch, config),
                        lora=config.method == "lora", setting=config.gradient_checkpointing,
                        budget_gb=config.memory_budget_gb, memory=memory,
                        bytes_per_value=2 if _precision(config)["bf16"] else 4,
                        vocabulary_chunk=32768 if config.token_metrics else VOCABULARY_CHUNK,
                        trained_embedding_rows=bool(markers and markers.rows_to_initialise and config.method == "lora"))
+
+
+def tokens_per_batch(lengths: pl.Series, batch: int, config: TrainConfig) -> int:
+    """The most tokens one step's forward pass can hold: packing fills rows of ``max_length``; padding-free batches
+    lay their rows end to end, so the ``batch`` longest rows together bound any step; padded batches are as long as
+    their longest row, ``batch`` times over."""
+    if config.packing:
+        return batch * config.max_length
+    if config.padding_free:
+        return int(lengths.sort(descending=True).head(batch).sum() or 0)
+    return batch * int(lengths.max() or 0)
 
 
 def _initialise_markers(model: Any, tokenizer: Any, model_path: Path, config: TrainConfig,

@@ -138,7 +138,7 @@ def _teacher(inputs: CardInputs) -> str:
 
 def _settings_key(report: dict) -> str:
     return json.dumps({k: report.get(k) for k in ("model", "model_hash", "sampling", "num_turns", "system_prompts",
-                                                  "seed")}, sort_keys=True)
+                                                  "response_system_prompt", "seed")}, sort_keys=True)
 
 
 def _generation(inputs: CardInputs) -> str:
@@ -152,12 +152,15 @@ def _generation(inputs: CardInputs) -> str:
         first = reports[0]
         engine = first.get("engine") or {}
         sampling = first.get("sampling") or {}
+        answering = first.get("response_system_prompt")
         parts.append(f"Shards {', '.join(str(r.get('shard')) for r in reports)}: model {first.get('model')} "
                      f"(`{str(first.get('model_hash'))[:16]}`), {first.get('num_turns')} turn(s), seed "
                      f"{first.get('seed')}, engine {engine.get('name')}=={engine.get('version')}\n\n"
                      f"- instruction sampling: `{json.dumps(sampling.get('instruction'), sort_keys=True)}`\n"
                      f"- response sampling: `{json.dumps(sampling.get('response'), sort_keys=True)}`\n"
-                     f"- system prompts (text, weight): `{json.dumps(first.get('system_prompts'))}`")
+                     f"- system prompts (text, weight): `{json.dumps(first.get('system_prompts'))}`"
+                     + (f"\n- answered under the system prompt (not stored in the rows): `{json.dumps(answering)}`"
+                        if answering else ""))
     usage: dict[tuple, int] = {}
     for report in inputs.generation_reports:
         for u in report.get("pre_query_template_usage") or []:

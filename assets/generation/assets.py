@@ -53,6 +53,11 @@ class MagpieGenerationConfig(dg.Config):
     response: Sampling = Sampling(temperature=0.7, min_p=0.05, max_tokens=1024)
     system_prompts: list[SystemPrompt] = []
     """Weighted system prompts to sample per conversation; empty = no system message (the template's default)."""
+    response_system_prompt: str = ""
+    """A system message the teacher answers under, not stored in the conversation and not used when instructions
+    are sampled (context distillation: the stored rows look like what a user sends, the answers take the style it
+    asks for, e.g. brevity so that answers end within `response.max_tokens`). Joined after a row's own system
+    prompt, if it has one; recorded in every row's `sampling_params` and in the shard's report. Empty: none."""
     pre_query_template: str | None = None
     """Replaces the pre-query prefix derived from the chat template, for the first turn of conversations without a
     system prompt only (e.g. a template whose prefix cannot be cut automatically). It cannot stand for a prefix
@@ -72,6 +77,7 @@ class MagpieGenerationConfig(dg.Config):
             instruction=self.instruction.to_core(),
             response=self.response.to_core(),
             system_prompts=tuple((p.text, p.weight) for p in self.system_prompts) or (("", 1.0),),
+            response_system_prompt=self.response_system_prompt,
             pre_query_template=self.pre_query_template,
             seed=self.seed,
             shard=shard,
@@ -133,6 +139,7 @@ def _report(model: dict, tokenizer, core: MagpieConfig, result: ShardResult, eng
         "sampling": {"instruction": core.instruction.to_dict(), "response": core.response.to_dict()},
         "num_turns": core.num_turns,
         "system_prompts": [list(p) for p in core.system_prompts],
+        "response_system_prompt": core.response_system_prompt,
         "seed": core.seed,
         "shard": core.shard,
         "engine": engine,

@@ -2,7 +2,8 @@
 
 For each conversation: pick a system prompt (or none) from a weighted list, render the pre-query prefix with the
 model's own chat template, sample what the model writes there (an instruction: it stops at the end-of-turn token),
-then render the conversation with the generation prompt and sample the answer. Repeat for N turns. A conversation
+then render the conversation with the generation prompt and sample the answer (with ``response_system_prompt``, if set,
+as the answering system message: it shapes the answers and is not stored). Repeat for N turns. A conversation
 whose instruction or answer is empty or contains template tokens is dropped, and counted by reason, so every row
 written has the conversation schema every later stage checks on read (non-empty messages, alternating roles).
 """
@@ -37,6 +38,11 @@ class MagpieConfig:
     response: SamplingConfig = SamplingConfig(temperature=0.7, min_p=0.05, max_tokens=1024)
     # (system prompt, weight); the empty string means "no system message" (the template's default applies).
     system_prompts: tuple[tuple[str, float], ...] = (("", 1.0),)
+    # A system message the teacher answers under, not stored in the conversation and not seen when instructions are
+    # sampled: the answers take its style (e.g. "answer briefly") and the stored rows look like the prompts a user
+    # sends (context distillation). Joined after the row's own system prompt, if it has one. Recorded in every row's
+    # `sampling_params` and in the shard's report.
+    response_system_prompt: str = ""
     # Replaces the derived prefix of FIRST turns WITHOUT a system prompt only (see MagpieGenerationConfig); each
     # row's pre_query_template_hash is the hash of the first-turn prefix it really used.
     pre_query_template: str | None = None
@@ -95,6 +101,26 @@ def choose_system_prompt(config: MagpieConfig, row_index: int) -> str:
 
 def _history(system_prompt: str) -> list[dict]:
     return [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+
+def answering_messages(messages: Sequence[dict], config: MagpieConfig) -> list[dict]:
+    """The conversation as the teacher sees it when it answers: ``messages`` with ``config.response_system_prompt``
+    as the system message (after the row's own system prompt, if any); ``messages`` unchanged when it is not set."""
+    extra = config.response_system_prompt
+    if not extra:
+        return list(messages)
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{extra}"}, *messages[1:]]
+    return [{"role": "system", "content": extra}, *messages]
+
+
+def sampling_record(config: MagpieConfig) -> dict[str, Any]:
+    """What every row's ``sampling_params`` says about how its messages were sampled: both samplings, and the
+    answering system prompt when one was set (absent otherwise, so rows of runs without one keep their bytes)."""
+    record: dict[str, Any] = {"instruction": config.instruction.to_dict(), "response": config.response.to_dict()}
+    if config.response_system_prompt:
+        record["response_system_prompt"] = config.response_system_prompt
+    return record
 
 
 def _clean(text: str, stop_strings: Sequence[str]) -> str:
@@ -208,7 +234,8 @@ class _Conversations:
         return [self._ids(pq.prefix) for pq in pre_queries], stops
 
     def response_prompts(self) -> list[list[int]]:
-        return [self._ids(render(self.tokenizer, self.messages[i], add_generation_prompt=True)) for i in self.alive]
+        return [self._ids(render(self.tokenizer, answering_messages(self.messages[i], self.config),
+                                 add_generation_prompt=True)) for i in self.alive]
 
     def add(self, role: str, turn: int, completions: Sequence[Completion], stops: Sequence[int],
             stats: MagpieStats) -> None:
@@ -231,8 +258,7 @@ class _Conversations:
     def table(self, model_name: str, model_hash: str, generator: TextGenerator) -> pl.DataFrame:
         """The live rows with their provenance, in the conversation schema."""
         config = self.config
-        sampling = json.dumps({"instruction": config.instruction.to_dict(), "response": config.response.to_dict()},
-                              sort_keys=True)
+        sampling = json.dumps(sampling_record(config), sort_keys=True)
         prefix_hashes = {prefix: sha256_text(prefix) for prefix in set(self.first_prefix.values())}
         return pl.DataFrame([
             {

@@ -66,3 +66,40 @@ def test_without_override_every_row_records_its_derived_prefix(tokenizer):
 def test_config_rejects_impossible_sizes(field, value):
     with pytest.raises(ValueError, match=field):
         replace(tiny_magpie_config(), **{field: value})
+
+
+def test_answers_are_written_under_the_response_system_prompt_that_no_row_stores(tokenizer):
+    """`response_system_prompt` is in every answer prompt of every turn (after a row's own system prompt) and in
+    no instruction prompt; the stored messages are the conversation without it, and every row's sampling_params
+    names it. Without it, the answer prompts are the conversation as stored."""
+    import json
+
+    from assets.common.models.chat_template import render
+
+    style = "Answer in one sentence."
+    config = replace(tiny_magpie_config(num_conversations=30), response_system_prompt=style)
+    engine = FakeGenerator()
+    table, _ = generate_conversations(engine, tokenizer, config, "tiny", "tiny-hash")
+    plain_engine = FakeGenerator()
+    plain, _ = generate_conversations(plain_engine, tokenizer, replace(config, response_system_prompt=""), "tiny",
+                                      "tiny-hash")
+    assert table["messages"].to_list() == plain["messages"].to_list()  # same rows: the prompt is not stored
+    assert all(style not in m["content"] for row in table["messages"].to_list() for m in row)
+    assert [json.loads(s).get("response_system_prompt") for s in table["sampling_params"]] == [style] * table.height
+    assert "response_system_prompt" not in json.loads(plain["sampling_params"][0])
+
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    answer_calls = [c for c in engine.calls if c["sampling"] == config.response]
+    instruction_calls = [c for c in engine.calls if c["sampling"] == config.instruction]
+    assert len(answer_calls) == config.num_turns and instruction_calls
+    assert all(style in decode(p) for c in answer_calls for p in c["prompts"])
+    assert not any(style in decode(p) for c in instruction_calls for p in c["prompts"])
+    by_seed = {row_seed(config, i, 1, "assistant"): i for i in range(config.num_conversations)}
+    first = {by_seed[s]: p for s, p in zip(answer_calls[0]["seeds"], answer_calls[0]["prompts"], strict=True)}
+    for row in table.iter_rows(named=True):  # the first answer's prompt: stored system prompt, then the style
+        stored = row["messages"][:2] if row["messages"][0]["role"] == "system" else row["messages"][:1]
+        system = f"{stored[0]['content']}\n\n{style}" if len(stored) == 2 else style
+        expected = render(tokenizer, [{"role": "system", "content": system}, stored[-1]], add_generation_prompt=True)
+        assert decode(first[row["row_index"]]) == decode(tokenizer(expected, add_special_tokens=False)["input_ids"])
+    plain_answers = [c for c in plain_engine.calls if c["sampling"] == config.response]
+    assert not any(style in decode(p) for c in plain_answers for p in c["prompts"])

@@ -118,3 +118,29 @@ def test_each_process_plans_for_its_share_of_the_global_batch(tiny_model_dir, mo
     shared = memory_plan(tiny_model_dir, data, config, device_memory(GpuHost(*[(8, 8)] * 4)))
     assert alone.tokens_per_batch == 4 * shared.tokens_per_batch > 0
     assert shared.device == "cuda:3"
+
+
+def test_padding_free_steps_are_planned_for_their_longest_rows_laid_end_to_end(tiny_model_dir):
+    """Padded batches hold batch x the longest row; a padding-free step lays its rows end to end, so the batch's
+    longest rows together bound it (one long row does not make every row long); packing fills max_length rows."""
+    from transformers import AutoTokenizer
+
+    from assets.common.models.chat_template import read_chat_template
+    from training.dataset import conversation_rows, tokenize_rows
+    from training.trainer import TRAINED, memory_plan
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[{"role": "user", "content": "Say it. " * (40 if i == 0 else 1 + i)},
+                      {"role": "assistant", "content": f"It is {i}."}] for i in range(6)]
+    data = tokenize_rows(tokenizer, conversation_rows(conversations), read_chat_template(tiny_model_dir), 512)
+    lengths = sorted(data.rows.filter(data.rows["status"] == TRAINED)["num_tokens"].to_list(), reverse=True)
+    assert len(lengths) == 6 and lengths[0] > 2 * lengths[1]  # one long row among short ones
+    host = device_memory(GpuHost((8, 8)))
+    padded = memory_plan(tiny_model_dir, data, TrainConfig(per_device_train_batch_size=4), host)
+    free = memory_plan(tiny_model_dir, data, TrainConfig(per_device_train_batch_size=4, padding_free=True), host)
+    packed = memory_plan(tiny_model_dir, data, TrainConfig(per_device_train_batch_size=4, packing=True,
+                                                           max_length=300), host)
+    assert padded.tokens_per_batch == 4 * lengths[0]
+    assert free.tokens_per_batch == sum(lengths[:4]) < padded.tokens_per_batch
+    assert packed.tokens_per_batch == 4 * 300
+    assert free.estimate_gb < padded.estimate_gb

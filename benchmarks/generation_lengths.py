@@ -6,13 +6,13 @@
 
 The filtering stage's ``truncated`` rule rejects a conversation whose instruction or response ended on ``length``
 (its ``max_tokens``) instead of a stop token. Which limits to set is a trade: longer limits keep more rows and cost
-more tokens. This generates the demo's conversations once (shard 0, ``--seed``, the demo's sampling, no system
-prompt, one turn) at the largest limits, then reads every smaller limit off the same rows: a message that stops
-within a limit is the same message at any larger limit (per-row seeds), and one that does not is cut. Each
-combination's rows go through the filtering stage's own rules (``assets.filtering.core.apply_filters``, default
-thresholds, the teacher's special tokens and a Gemma student's markers), so the figure is what reaches
-``filtered_conversations``. Token counts for a limit below the run's are an estimate where an instruction is cut
-(its answer is the one to the longer instruction).
+more tokens. This generates the demo's conversations once (shard 0, ``--seed``, the demo's sampling, one turn, no
+system prompt unless ``--system-prompt`` / ``--response-system-prompt``) at the largest limits, then reads every
+smaller limit off the same rows: a message that stops within a limit is the same message at any larger limit
+(per-row seeds), and one that does not is cut. Each combination's rows go through the filtering stage's own rules
+(``assets.filtering.core.apply_filters``, default thresholds, the teacher's special tokens and a Gemma student's
+markers), so the figure is what reaches ``filtered_conversations``. Token counts for a limit below the run's are an
+estimate where an instruction is cut (its answer is the one to the longer instruction).
 
 Prints the length distributions, then one line per (instruction, response) limit: rows kept, cut instructions and
 responses, tokens generated.
@@ -40,14 +40,15 @@ def generate(args: argparse.Namespace, model, tokenizer):
 
     from assets.common.models.chat_template import render
     from assets.common.models.engine import EngineConfig, SamplingConfig, VLLMGenerator
-    from assets.generation.magpie import MagpieConfig, _clean, _history, _pre_query, row_seed
+    from assets.generation.magpie import MagpieConfig, _clean, _history, _pre_query, answering_messages, row_seed
     from assets.generation.templates import stop_token_ids
 
     config = MagpieConfig(
         num_conversations=args.conversations, seed=args.seed,
         instruction=SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max(args.instruction_limits)),
         response=SamplingConfig(temperature=0.7, min_p=0.05, max_tokens=max(args.response_limits),
-                                repetition_penalty=1.05))
+                                repetition_penalty=1.05),
+        system_prompts=((args.system_prompt, 1.0),), response_system_prompt=args.response_system_prompt)
     rows = range(config.num_conversations)
     pre_queries = [_pre_query(tokenizer, _history(args.system_prompt), config) for _ in rows]
     stops = sorted({t for pq in pre_queries for t in stop_token_ids(tokenizer, pq)})
@@ -62,9 +63,9 @@ def generate(args: argparse.Namespace, model, tokenizer):
                                           [row_seed(config, i, 1, "user") for i in rows])
         texts = [_clean(c.text, stop_strings) for c in instructions]
         middle = time.monotonic()
-        answering = args.response_system_prompt if args.response_system_prompt is not None else args.system_prompt
-        prompts = [ids(render(tokenizer, [*_history(answering), {"role": "user", "content": text or "?"}],
-                              add_generation_prompt=True)) for text in texts]
+        prompts = [ids(render(tokenizer, answering_messages(
+            [*_history(args.system_prompt), {"role": "user", "content": text or "?"}], config),
+            add_generation_prompt=True)) for text in texts]
         responses = generator.generate(prompts, config.response, stops,
                                        [row_seed(config, i, 1, "assistant") for i in rows])
         ended = time.monotonic()
@@ -119,8 +120,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--system-prompt", default="",
                         help="the system prompt of every conversation, as `system_prompts` in the pipeline: in the "
                              "pre-query prefix and when answering (default none: the template's own default)")
-    parser.add_argument("--response-system-prompt", default=None,
-                        help="a system prompt for the answers only (default: --system-prompt)")
+    parser.add_argument("--response-system-prompt", default="",
+                        help="`response_system_prompt` in the pipeline: a system message for the answers only, not "
+                             "in the pre-query prefix (after --system-prompt, if both are set; default none)")
     parser.add_argument("--seed", type=int, default=0, help="Magpie run seed (default 0, the demo's)")
     parser.add_argument("--max-model-len", type=int, default=2048, help="vLLM max_model_len (default 2048, the demo's)")
     parser.add_argument("--kv-cache-gb", type=int, default=2, help="vLLM CPU KV cache GB (default 2, the demo's)")

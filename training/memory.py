@@ -3,7 +3,8 @@
 Gradient checkpointing keeps only each decoder layer's input and recomputes the rest in the backward pass: it
 saves most of the activation memory and costs a second forward (about a quarter more per step on a CPU). So it is
 switched on only when the run would not fit without it (``TrainConfig.gradient_checkpointing = "auto"``), decided
-before the model is loaded from its ``config.json``, the batch and the longest example, and reported:
+before the model is loaded from its ``config.json`` and the most tokens one step holds (the batch times its longest
+example; padding-free, the batch's longest examples end to end), and reported:
 
 - weights (+ gradients and Adam state of what is trained: LoRA adapters are small, full fine-tuning is 16 bytes a
   parameter in fp32);

@@ -11,15 +11,21 @@ import pytest
 
 from assets.common.data.retention import plan_retention
 from assets.common.orchestration.resources import (
+    BASE_MODEL,
     CURRENT,
+    DECONTAMINATED_CONVERSATIONS,
+    FILTERED_CONVERSATIONS,
+    MODEL_MANIFEST,
     PROMOTED_MODEL,
     SFT_MIXTURE,
     TAGGED_CONVERSATIONS,
+    TEACHER_MODEL,
     DataStorage,
 )
+from assets.filtering.assets import filtered_conversations
 from assets.mixture.assets import sft_mixture
 from pipelines.retention import main, retain
-from tests.asset_runs import conversation, frame
+from tests.asset_runs import conversation, frame, materialization
 from tests.retention_checks import assert_everything_kept_reads, disk_bytes
 
 MIXTURE = SFT_MIXTURE.to_user_string()
@@ -108,3 +114,43 @@ def test_the_command_line_and_its_refusals(three_rounds, tmp_path, capsys, monke
     with pytest.raises(RuntimeError, match="queued or in progress"):
         retain(instance, storage.root_path, keep_runs=0)
     assert disk_bytes(storage.root_path) == before
+
+
+def test_caches_only_with_the_option_and_a_rebuild_reads_what_it_read_before(tmp_path, capsys, monkeypatch):
+    """`filtered_conversations` on two shards, then again with shard 1 changed: the shard's old verdicts are stale.
+    Retention without `--caches` leaves them; with it they go, the rebuild of the current input checks no shard and
+    writes the same version, and the old input checks only the shard removed."""
+    storage = DataStorage(root=str(tmp_path / "data"))
+    for model in (TEACHER_MODEL, BASE_MODEL):
+        storage.write_json(model, MODEL_MANIFEST, {"path": str(tmp_path / "tiny"), "special_tokens": ["<|im_start|>"]})
+    tables = [frame([conversation(r, f"How do tides work? (shard {s}, case {r})", f"The Moon pulls the oceans"
+                                  f"{' and so does the Sun' if s == changed else ''}. Case {s}-{r}.", shard=s)
+                     for r in range(4) for s in range(2)]) for changed in (None, 1)]
+    (tmp_path / "dagster").mkdir()
+    results = storage.asset_dir(FILTERED_CONVERSATIONS) / "shard_results"
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        def build(table):
+            storage.write_table(DECONTAMINATED_CONVERSATIONS, table)
+            result = dg.materialize([filtered_conversations], resources={"storage": storage}, instance=instance)
+            return materialization(result, FILTERED_CONVERSATIONS.to_user_string())
+
+        first, current = build(tables[0]), build(tables[1])
+        assert (first["shards_computed"], current["shards_computed"], current["shards_reused"]) == (2, 1, 1)
+        assert len(list(results.glob("*.parquet"))) == 3
+        assert retain(instance, storage.root_path, keep_runs=2, dry_run=True).caches == {}  # not without --caches
+
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "another_instance"))
+        (tmp_path / "another_instance").mkdir()
+        assert main(["--keep-runs", "2", "--root", str(storage.root_path), "--caches", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        stale = results / next(iter(set(p.name for p in results.glob("*.parquet"))
+                                    - set(json.loads((results / "IN_USE.json").read_text())["entries"])))
+        assert f"filtered_conversations/shard_results: would free {stale.stat().st_size:,} bytes (1 entries " \
+               "removed, 2 kept)" in out and stale.exists()
+
+        plan = retain(instance, storage.root_path, keep_runs=2, caches=True)
+        assert [u.path for u in plan.removed if u.kind == "cache entry"] == [stale] and not stale.exists()
+        again = build(tables[1])
+        assert (again["shards_computed"], again["path"], again["content_hash"]) == (
+            0, current["path"], current["content_hash"])
+        assert build(tables[0])["shards_computed"] == 1

@@ -8,6 +8,7 @@ import polars as pl
 
 from assets.common.data.report import markdown_table
 from assets.common.orchestration.resources import (
+    EMBEDDING_CACHE,
     MAGPIE_CONVERSATIONS,
     REBUILD_ON_UPSTREAM_CHANGE,
     USER_SFT_SOURCES,
@@ -60,7 +61,7 @@ def _semantic_stage(config: SemanticDedupSettings, storage: DataStorage) -> Sema
     """The semantic pass, its embeddings cached under ``<data root>/embeddings`` by (model hash, text hash)."""
     if not config.enabled:
         return None
-    embedder = Embedder(EmbeddingConfig(model=config.model), cache_root=storage.root_path / "embeddings")
+    embedder = Embedder(EmbeddingConfig(model=config.model), cache_root=storage.root_path / EMBEDDING_CACHE)
     return SemanticStage(config.to_core(), embedder)
 
 

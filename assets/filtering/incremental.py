@@ -43,6 +43,7 @@ def filter_shards(df: pl.DataFrame, cfg: FilterConfig, results_dir: str | Path) 
     hashes = shard_hashes(df, positions, INPUT_COLUMNS)
     results = ShardResults(results_dir, {"stage": "filtering", "code": _code_version(),
                                          "config": config_dict(cfg), "polars": pl.__version__})
+    results.record_in_use(hashes.values())
     verdicts = {}
     for key, rows in positions.items():
         kept = results.read(key, hashes[key])

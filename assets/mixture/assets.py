@@ -9,6 +9,7 @@ from assets.common.data.report import markdown_table
 from assets.common.data.schema import DIFFICULTY_COLUMNS
 from assets.common.orchestration.resources import (
     BASE_MODEL,
+    EMBEDDING_CACHE,
     INSTRUCTION_DIFFICULTY,
     MODEL_MANIFEST,
     REBUILD_ON_UPSTREAM_CHANGE,
@@ -127,7 +128,7 @@ def sft_mixture(
         df = df.join(scores, on="conversation_id", how="left")
     embed = None
     if core.select is not None and core.select.threshold is not None:
-        embedder = Embedder(EmbeddingConfig(model=core.select.embedding_model), storage.root_path / "embeddings")
+        embedder = Embedder(EmbeddingConfig(model=core.select.embedding_model), storage.root_path / EMBEDDING_CACHE)
         embed = embedder.embed
     try:
         result = build_mixture(df, core, count_tokens=counter, embed=embed)

@@ -8,7 +8,8 @@ under a folder named by the tokenizer's identity (:func:`tokenizer_identity`: th
 template files, the counting code, the transformers and tokenizers versions), in immutable Parquet files named by
 their content, one per build that counted new rows. A rebuild counts only rows it has not seen; the counts are the
 same as counting every row (a 64-bit collision between two different rows' messages, odds about 3e-8 at a million
-rows, would give one row the other's count).
+rows, would give one row the other's count). Each build names its tokenizer's folder in ``<cache_root>/IN_USE.json``:
+retention (``--caches``) removes the other tokenizers' folders (:mod:`~assets.common.data.caches`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from assets.common.data.caches import record_in_use
 from assets.common.data.shards import row_hashes
 from assets.common.data.storage import sha256_file, write_bytes_atomic
 from assets.common.models.chat_template import read_chat_template
@@ -82,6 +84,7 @@ class CachedTokenCounts:
 
     def table(self, messages: pl.Series) -> pl.DataFrame:
         """``tokens`` and ``trainable`` (Int64) of every row of ``messages``, in order."""
+        record_in_use(self.folder.parent, [self.folder.name])  # retention keeps this tokenizer's counts, not others'
         keys = pl.DataFrame({"row_hash": row_hashes(messages.to_frame("messages"), ("messages",))})
         known = self._known()
         found = keys.join(known, on="row_hash", how="left", maintain_order="left")

@@ -46,6 +46,7 @@ def tag_shards(df: pl.DataFrame, cfg: TaggingConfig, results_dir: str | Path) ->
     results = ShardResults(results_dir, {"stage": "tagging", "code": _code_version(),
                                          "language_detector": cfg.language_detector, "min_letters": cfg.min_letters,
                                          "libraries": _versions()})
+    results.record_in_use(hashes.values())
     tags = {}
     for key, rows in positions.items():
         tags[key] = results.read(key, hashes[key])

@@ -6,7 +6,8 @@ is ever overwritten (lineage files name exact versions), so the root grows witho
 decides what may go; :func:`apply_retention` removes it and counts the bytes freed.
 
 What may be removed (the *units*; nothing else under the root is ever touched, e.g. the incremental dedup and
-decontamination ``state`` folders, the ``external_inputs`` hash cache or a Dagster home):
+decontamination ``state`` folders, the ``external_inputs`` hash cache or a Dagster home; the three caches below
+only with ``caches=True``):
 
 - **versions**: ``<root>/<asset>/<name>/<sha16>.parquet|json`` in a folder with a ``CURRENT`` pointer, and
   ``<root>/<asset>/<name>/<sha16>/`` folders there (``sft_dataset``'s exported datasets folders);
@@ -14,7 +15,10 @@ decontamination ``state`` folders, the ``external_inputs`` hash cache or a Dagst
   scheme: ``models/sft/<name>-<key>``, ``models/student/...``, ``models/embedded/...``);
 - **working files**: hidden entries beside versions and model directories (``.<dir>.checkpoints`` of an unfinished
   training, ``.<name>.*.tmp`` and ``.<dir>.*`` of an interrupted write) and ``<root>/<asset>/checkpoints/*``
-  (an unfinished generation shard).
+  (an unfinished generation shard);
+- **cache entries** (``caches=True``): entries of filtering's and tagging's ``shard_results``, the mixture's
+  ``token_counts`` and the ``embeddings`` cache that no build of the current inputs would read (the rules and why
+  removing them changes no output: :mod:`.caches`).
 
 What is kept: every unit a *reference* names, and, transitively, every unit named by a kept unit. References start
 at every ``CURRENT`` pointer's version and at the paths given by the caller (the last N runs' materialization
@@ -25,6 +29,9 @@ its base model, a previous model it continued from). A path names the unit that 
 ``train_rows.parquet`` keeps the directory) or, if it is a directory holding units, every unit under it. Working
 files are kept while they are referenced or were modified after ``keep_work_since`` (the start of the oldest kept
 run: a checkpoint a retried run may resume from survives).
+
+Cache entries are kept by their own rules only (:mod:`.caches`): what a kept string names decides nothing there but
+which embedding models' folders stay.
 
 Bytes freed count every removed file once, and only when no link to its data is left (the prepared student's
 weights are hard links of the original's).
@@ -41,13 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assets.common.data.caches import MODELS, cache_entries
 from assets.common.data.storage import CURRENT, VERSION_CHARS
 
-MODELS = "models"
 LINEAGE = "lineage.json"
 SCANNED_JSON_BYTES = 1 << 20  # other top-level JSON files of a kept model directory read for paths, up to this size
 VERSION_NAME = re.compile(rf"^[0-9a-f]{{{VERSION_CHARS}}}(\.parquet|\.json)?$")  # no suffix: a folder version
-VERSION, MODEL, WORK = "version", "model directory", "working files"
+VERSION, MODEL, WORK, CACHE = "version", "model directory", "working files", "cache entry"
 
 
 @dataclass(frozen=True)
@@ -63,16 +70,34 @@ class RetentionPlan:
     removed: list[Unit] = field(default_factory=list)
     bytes_freed: int = 0  # what removing ``removed`` frees
     units: dict[Path, Unit] = field(default_factory=dict)
+    caches: dict[Path, str] = field(default_factory=dict)  # cache entry -> its cache (relative to the root)
+    cache_records: dict[Path, Path | None] = field(default_factory=dict)  # cache entry -> the record that decided it
+    cache_bytes_freed: dict[str, int] = field(default_factory=dict)  # cache -> what removing its entries frees
 
     def summary(self) -> dict[str, Any]:
-        """Counts per kind, kept and removed, and the bytes freed: what the command prints."""
+        """Counts per kind, kept and removed, the bytes freed, and per cache (with ``caches``) the entries kept and
+        removed and the bytes freed: what the command prints."""
         kinds = sorted({u.kind for u in self.units.values()})
-        return {
+        summary = {
             "root": str(self.root), "bytes_freed": self.bytes_freed,
             "removed": {k: sum(u.kind == k for u in self.removed) for k in kinds},
             "kept": {k: sum(self.units[p].kind == k for p in self.kept) for k in kinds},
-            "removed_paths": [str(u.path) for u in self.removed],
         }
+        if self.caches:
+            removed = [u.path for u in self.removed if u.path in self.caches]
+            summary["caches"] = {cache: {
+                "bytes_freed": self.cache_bytes_freed.get(cache, 0),
+                "entries_removed": sum(self.caches[p] == cache for p in removed),
+                "entries_kept": sum(self.caches[p] == cache for p in self.caches if p in self.kept),
+            } for cache in sorted(set(self.caches.values()))}
+        return {**summary, "removed_paths": [str(u.path) for u in self.removed]}
+
+    def count_freed(self) -> None:
+        """``bytes_freed`` and ``cache_bytes_freed`` of ``removed``."""
+        self.bytes_freed = _bytes_freed([u.path for u in self.removed])
+        self.cache_bytes_freed = {cache: _bytes_freed([u.path for u in self.removed
+                                                       if self.caches.get(u.path) == cache])
+                                  for cache in sorted(set(self.caches.values()))}
 
 
 def find_units(root: Path) -> dict[Path, Unit]:
@@ -182,15 +207,18 @@ def _current_versions(root: Path) -> list[tuple[Path, str]]:
 
 
 def plan_retention(root: str | os.PathLike, referenced: Iterable[tuple[str, str]] = (),
-                   keep_work_since: float | None = None) -> RetentionPlan:
+                   keep_work_since: float | None = None, caches: bool = False) -> RetentionPlan:
     """What to keep and what to remove under ``root``. ``referenced``: (text naming paths, why) pairs from outside
     the root (the last runs' metadata); ``keep_work_since``: working files modified after this time (seconds since
-    the epoch) are kept; None keeps none that nothing references."""
+    the epoch) are kept; None keeps none that nothing references. ``caches``: cache entries no build of the current
+    inputs would read are removed too (:mod:`.caches`)."""
     root = Path(os.path.normpath(Path(root).resolve()))
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data root; pass the storage root the assets write to (--root, "
                                 "SFT_DATA_ROOT or the profile's storage.root)")
     plan = RetentionPlan(root=root, units=find_units(root))
+    referenced = list(referenced)
+    kept_strings = [text for text, _ in referenced]  # what decides which embedding models' caches stay
     queue: list[tuple[Path, str]] = _current_versions(root)
     queue += [(path, why) for text, why in referenced for path in paths_under(root, [text])]
     while queue:
@@ -201,7 +229,15 @@ def plan_retention(root: str | os.PathLike, referenced: Iterable[tuple[str, str]
             plan.kept[name] = why
             unit = plan.units[name]
             origin = f"named by {name.relative_to(root)}"
-            queue += [(found, origin) for found in paths_under(root, _references(unit))]
+            strings = _references(unit)
+            kept_strings += strings
+            queue += [(found, origin) for found in paths_under(root, strings)]
+    if caches:  # decided after the rest: only by the caches' own rules
+        for entry in cache_entries(root, kept_strings):
+            plan.units[entry.path] = Unit(entry.path, CACHE)
+            plan.caches[entry.path], plan.cache_records[entry.path] = entry.cache, entry.record
+            if entry.kept is not None:
+                plan.kept[entry.path] = entry.kept
     for name, unit in plan.units.items():
         if name in plan.kept:
             continue
@@ -210,7 +246,7 @@ def plan_retention(root: str | os.PathLike, referenced: Iterable[tuple[str, str]
             continue
         plan.removed.append(unit)
     plan.removed.sort(key=lambda u: str(u.path))
-    plan.bytes_freed = _bytes_freed([u.path for u in plan.removed])
+    plan.count_freed()
     return plan
 
 
@@ -241,19 +277,27 @@ def _bytes_freed(paths: list[Path]) -> int:
 def apply_retention(plan: RetentionPlan, unchanged_since: float | None = None) -> int:
     """Remove the plan's units; returns the bytes freed. With ``unchanged_since`` (seconds since the epoch), a unit
     changed after it is left in place (a write that began after the caller checked that nothing runs) and dropped
-    from ``plan.removed``."""
+    from ``plan.removed``; so is a cache entry whose cache's record (its ``IN_USE.json``; for the embedding cache,
+    any ``CURRENT`` pointer) changed after it."""
     if unchanged_since is not None:
-        changed = [u for u in plan.removed if _newest_change(u.path) > unchanged_since]
+        changed = [u for u in plan.removed if _newest_change(u.path) > unchanged_since
+                   or u.path in plan.caches and _record_changed(plan, u.path, unchanged_since)]
         for unit in changed:
             plan.kept[unit.path] = "changed while retention ran"
         plan.removed = [u for u in plan.removed if u not in changed]
-        plan.bytes_freed = _bytes_freed([u.path for u in plan.removed])
+        plan.count_freed()
     for unit in plan.removed:
         if unit.path.is_dir() and not unit.path.is_symlink():
             shutil.rmtree(unit.path, onerror=_gone_already)
         else:
             unit.path.unlink(missing_ok=True)
     return plan.bytes_freed
+
+
+def _record_changed(plan: RetentionPlan, entry: Path, since: float) -> bool:
+    record = plan.cache_records.get(entry)
+    records = [record] if record is not None else plan.root.rglob(CURRENT)
+    return any(r.exists() and r.stat().st_mtime > since for r in records)
 
 
 def _gone_already(function, path, exc_info) -> None:

@@ -6,7 +6,9 @@ shard and keeps it in a :class:`ShardResults` folder, named by what it was compu
 (:func:`shard_hashes`, over the columns the stage reads) and the stage's identity (its code version, settings and
 library versions). A later build finds the shards it has seen and computes only the others; a changed setting or
 code changes the identity, so nothing computed under the old one is ever read. Files are written once, atomically
-(:func:`~assets.common.data.storage.write_parquet_atomic`), never replaced.
+(:func:`~assets.common.data.storage.write_parquet_atomic`), never replaced. Each build first names the results of
+its input's shards in the folder's ``IN_USE.json`` (:meth:`ShardResults.record_in_use`): retention (``--caches``)
+removes the others (:mod:`~assets.common.data.caches`).
 
 The content hashes are the one part of such a build that reads the whole table: one 64-bit hash per row from
 polars' hashes (the message contents hashed in slices on polars' threads, each message's role and position mixed
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from assets.common.data.caches import record_in_use
 from assets.common.data.storage import write_parquet_atomic
 
 SHARD = "shard"
@@ -141,6 +144,11 @@ class ShardResults:
         digest = self._identity_hash.copy()
         digest.update(b"\0" + shard_hash.encode())
         return self.folder / f"{digest.hexdigest()[:32]}.parquet"
+
+    def record_in_use(self, shard_hashes: Iterable[str]) -> None:
+        """Name the results of these shard contents (the build's input) as the folder's entries in use: retention
+        keeps them and may remove the folder's other results (changed or departed shards, other identities)."""
+        record_in_use(self.folder, [self.path(h).name for h in shard_hashes])
 
     def read(self, key: str, shard_hash: str) -> pl.DataFrame | None:
         """The result kept for this content under this identity, or None (then :meth:`write` it)."""

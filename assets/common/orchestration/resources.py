@@ -14,6 +14,7 @@ import polars as pl
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION  # Dagster's own tags
 from dagster._core.events import DagsterEventType
 
+from assets.common.data.caches import EMBEDDING_CACHE  # noqa: F401 (<data root>/embeddings; stage assets import it here)
 from assets.common.data.schema import COLUMN_DESCRIPTIONS, SchemaError, validate_conversations
 from assets.common.data.storage import CURRENT, read_parquet, sha256_file, write_json_versioned, write_parquet_versioned
 from assets.common.models.engine import EngineConfig
@@ -52,8 +53,6 @@ PROMOTION_CHECKS = (
 )
 
 MODEL_MANIFEST = "manifest"  # the JSON a model asset writes: where the model is, its hash, template and tokens
-# <data root>/<EMBEDDING_CACHE>: the (model hash, text hash) cache of text embeddings every stage shares (one per model)
-EMBEDDING_CACHE = "embeddings"
 CURRENT_MODEL = "current"  # the JSON promoted_model writes: the project's current model (continual SFT starts there)
 # Metadata entry of an asset that judges a trained model (the evaluation): the storage id of the `sft_model`
 # materialization it judged. Promotion counts its checks only for that very candidate.

@@ -306,7 +306,7 @@ def reference_masks(offsets, spans):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_masks_from_offsets_follow_the_per_token_rule(seed):
-    """Offsets no tokenizer here produces too: zero-width tokens, tokens sharing a character (byte fallback), tokens
+    """Offsets no tokenizer here produces: zero-width tokens, tokens sharing a character (byte fallback), tokens
     out of order, several tokens ending where a span ends, spans overlapping, no span."""
     import random
 

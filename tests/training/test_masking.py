@@ -263,7 +263,7 @@ def test_template_without_end_of_turn_after_the_reply_is_rejected(chatml):
 # ---- the batched path (tokenize_conversations) against the per-row one it replaced --------------------------------
 def reference_tokenize_conversation(tokenizer, messages, chat_template=None, end_of_turn=None):
     """training/masking.py's tokenize_conversation as it was before batching (main at 21155f5), verbatim but for its
-    name: every prefix rendered, the masks by a loop over every token's offsets."""
+    name and its mask loop, moved to reference_masks: every prefix rendered, one tokenizer call a row."""
     end_of_turn = end_of_turn or assistant_end_of_turn(tokenizer, chat_template)
     full = render(tokenizer, messages, chat_template=chat_template)
     spans = []

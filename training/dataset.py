@@ -29,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from training.masking import assistant_end_of_turn, tokenize_conversation
+from training.masking import assistant_end_of_turn, tokenize_conversations
 
 TRAIN_ROWS_FILE = "train_rows.parquet"
 # What a model directory keeps of every row it saw: provenance back to the generation shard and row (or the user
@@ -80,8 +80,7 @@ def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_le
     lengths, status, digests, train, validation = [], [], [], [], []
     for start in range(0, max(rows.height, 1), chunk_rows):  # an empty table: one empty chunk
         chunk = rows.slice(start, chunk_rows)
-        tokenized = [tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
-                     for messages in chunk["messages"].to_list()]
+        tokenized = tokenize_conversations(tokenizer, chunk["messages"].to_list(), chat_template, end_of_turn)
         n_tokens = [len(t.input_ids) for t in tokenized]
         outcome = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
                    for n, split in zip(n_tokens, chunk["split"].to_list(), strict=True)]
@@ -132,11 +131,14 @@ def token_mismatches(model_dir: str | Path, limit: int = 5) -> TokenCheck:
     template = read_chat_template(model_dir)
     end_of_turn = assistant_end_of_turn(tokenizer, template)
     mismatches = []
-    for row in rows.select("conversation_id", "messages", "num_tokens", "tokens_sha256").iter_rows(named=True):
-        again = tokenize_conversation(tokenizer, row["messages"], template, end_of_turn)
-        if token_digest(again.input_ids, again.assistant_masks) != row["tokens_sha256"]:
-            mismatches.append({"conversation_id": row["conversation_id"], "trained_tokens": row["num_tokens"],
-                               "served_tokens": len(again.input_ids)})
+    for start in range(0, rows.height, TOKENIZE_CHUNK_ROWS):
+        chunk = rows.slice(start, TOKENIZE_CHUNK_ROWS)
+        tokenized = tokenize_conversations(tokenizer, chunk["messages"].to_list(), template, end_of_turn)
+        for row, again in zip(chunk.select("conversation_id", "num_tokens", "tokens_sha256").iter_rows(named=True),
+                              tokenized, strict=True):
+            if token_digest(again.input_ids, again.assistant_masks) != row["tokens_sha256"]:
+                mismatches.append({"conversation_id": row["conversation_id"], "trained_tokens": row["num_tokens"],
+                                   "served_tokens": len(again.input_ids)})
     return TokenCheck(rows=rows.height, mismatched=len(mismatches), examples=mismatches[:limit])
 
 

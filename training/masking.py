@@ -11,6 +11,11 @@ The characters in ``[len(before_i), end of the end-of-turn token]`` are the assi
 that ends its turn (so the model learns to stop). Tokens are mapped to characters with the fast tokenizer's offsets;
 a token holding any character of that range is trained (as transformers' ``{% generation %}`` masks do).
 A template for which the rendered prefixes do not extend each other cannot be masked this way: that is an error.
+
+:func:`tokenize_conversations` does the same for many conversations at a time, with the same results: each
+rendering kind in one ``apply_chat_template`` call, every text in one tokenizer call (the fast tokenizer encodes a
+batch on all cores); a conversation's last assistant turn, when it ends the conversation, is not rendered again
+(its ``upto`` is the whole rendering).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from assets.common.models.chat_template import TemplateError, end_of_turn_after, render
+from assets.common.models.chat_template import TemplateError, end_of_turn_after, render, render_many
 
 
 @dataclass(frozen=True)
@@ -48,35 +53,75 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], chat_templat
     end_of_turn = end_of_turn or assistant_end_of_turn(tokenizer, chat_template)
     full = render(tokenizer, messages, chat_template=chat_template)
     spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
+    for i in _assistant_turns(messages):
         before = render(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template)
-        upto = render(tokenizer, messages[: i + 1], chat_template=chat_template)
-        if not (upto.startswith(before) and full.startswith(upto)):
-            raise TemplateError(
-                f"message {i}: rendering the conversation up to this assistant turn is not a prefix of the whole "
-                "rendering (the template rewrites earlier turns), so assistant tokens cannot be located"
-            )
-        turn = upto[len(before):]
-        stop = turn.rfind(end_of_turn)
-        if stop < 0:
-            raise TemplateError(f"message {i}: the template renders no '{end_of_turn}' after the assistant's words")
-        spans.append((len(before), len(before) + stop + len(end_of_turn)))
-
+        upto = full if i == len(messages) - 1 else render(tokenizer, messages[: i + 1], chat_template=chat_template)
+        spans.append(_assistant_span(i, before, upto, full, end_of_turn))
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoding["input_ids"])
-    masks = [0] * len(input_ids)
+    return _masked(encoding["input_ids"], encoding["offset_mapping"], full, spans)
+
+
+def tokenize_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict]], chat_template: str | None = None,
+                           end_of_turn: str | None = None) -> list[TokenizedConversation]:
+    """:func:`tokenize_conversation` of every conversation, in order, with the same results and errors (when several
+    conversations fail, the first one's error), at a fraction of the cost: see the module docstring. The caller
+    chooses the batch size (every conversation's token lists are held at once)."""
+    end_of_turn = end_of_turn or assistant_end_of_turn(tokenizer, chat_template)
+    conversations = [list(messages) for messages in conversations]
+    if not conversations:
+        return []
+    try:
+        turns = [_assistant_turns(messages) for messages in conversations]
+        full = render_many(tokenizer, conversations, chat_template=chat_template)
+        before = iter(render_many(tokenizer, [m[:i] for m, ts in zip(conversations, turns, strict=True) for i in ts],
+                                  add_generation_prompt=True, chat_template=chat_template))
+        upto = iter(render_many(tokenizer, [m[: i + 1] for m, ts in zip(conversations, turns, strict=True) for i in ts
+                                            if i < len(m) - 1], chat_template=chat_template))
+        spans = [[_assistant_span(i, next(before), full[k] if i == len(m) - 1 else next(upto), full[k], end_of_turn)
+                  for i in ts] for k, (m, ts) in enumerate(zip(conversations, turns, strict=True))]
+    except Exception:
+        for messages in conversations:  # row by row, so the error raised is the first failing conversation's
+            tokenize_conversation(tokenizer, messages, chat_template, end_of_turn)
+        raise
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                         return_token_type_ids=False)
+    return [_masked(ids, offsets, text, row_spans) for ids, offsets, text, row_spans
+            in zip(encoding["input_ids"], encoding["offset_mapping"], full, spans, strict=True)]
+
+
+def _assistant_turns(messages: Sequence[dict]) -> list[int]:
+    return [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+
+
+def _assistant_span(i: int, before: str, upto: str, full: str, end_of_turn: str) -> tuple[int, int]:
+    """The characters of assistant message ``i`` in ``full``: from the end of ``before`` (the conversation up to it,
+    with the generation prompt) through its end-of-turn token in ``upto`` (the conversation through it)."""
+    if not (upto.startswith(before) and full.startswith(upto)):
+        raise TemplateError(
+            f"message {i}: rendering the conversation up to this assistant turn is not a prefix of the whole "
+            "rendering (the template rewrites earlier turns), so assistant tokens cannot be located"
+        )
+    stop = upto.rfind(end_of_turn, len(before))
+    if stop < 0:
+        raise TemplateError(f"message {i}: the template renders no '{end_of_turn}' after the assistant's words")
+    return len(before), stop + len(end_of_turn)
+
+
+def _masked(input_ids: Sequence[int], offsets: Sequence[tuple[int, int]], text: str,
+            spans: list[tuple[int, int]]) -> TokenizedConversation:
+    """Every token holding at least one character of a span is trained: a token straddling the start (e.g. " It"
+    after a generation prompt ending in a space) carries the assistant's first word. A span's end-of-turn position
+    is the last such token ending exactly where the span ends. (A plain loop: at ~400 tokens and 1-3 spans a row it
+    is faster than numpy, whose arrays cost more to build from the offsets than the loop does.)"""
+    masks = [0] * len(offsets)
     eot_positions = []
     for start, end in spans:
         eot_position = None
-        for t, (s, e) in enumerate(encoding["offset_mapping"]):
-            # every token holding at least one character of the span: a token straddling the start (e.g. " It"
-            # after a generation prompt ending in a space) carries the assistant's first word and must be trained
+        for t, (s, e) in enumerate(offsets):
             if e > s and s < end and e > start:
                 masks[t] = 1
                 if e == end:
                     eot_position = t
         if eot_position is not None:
             eot_positions.append(eot_position)
-    return TokenizedConversation(input_ids, masks, full, spans, eot_positions)
+    return TokenizedConversation(list(input_ids), masks, text, spans, eot_positions)

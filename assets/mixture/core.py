@@ -273,11 +273,13 @@ def _label(df: pl.DataFrame, cfg: MixtureConfig, count_tokens: TokenCounter | No
 
 def _token_counts(messages: pl.Series, count_tokens: TokenCounter) -> tuple[pl.Series, pl.Series]:
     """Every row's tokens and trainable tokens: by the counter's ``table`` when it has one (a cache of earlier
-    counts, :class:`~assets.mixture.tokens.CachedTokenCounts`), else row by row."""
+    counts, :class:`~assets.mixture.tokens.CachedTokenCounts`), else by its ``many`` (all rows in batches,
+    :class:`~assets.mixture.tokens.StudentTokenCounter`), else row by row."""
     if hasattr(count_tokens, "table"):
         counts = count_tokens.table(messages)
         return counts["tokens"].cast(pl.Int64).alias(TOKENS), counts["trainable"].cast(pl.Int64).alias(TRAINABLE)
-    counts = [count_tokens(row) for row in messages.to_list()]
+    rows = messages.to_list()
+    counts = count_tokens.many(rows) if hasattr(count_tokens, "many") else [count_tokens(row) for row in rows]
     return (pl.Series(TOKENS, [c[0] for c in counts], dtype=pl.Int64),
             pl.Series(TRAINABLE, [c[1] for c in counts], dtype=pl.Int64))
 

@@ -2,7 +2,8 @@
 (every token of the rendered conversation) and what is trained (assistant tokens and their end-of-turn token), as
 ``training`` masks them.
 
-Counting is the mixture's one slow step (about 2,000 rows/s), so :class:`CachedTokenCounts` keeps every count it
+Counting is the mixture's one slow step (rows are tokenized in batches, on all cores: see
+:func:`~training.masking.tokenize_conversations`), so :class:`CachedTokenCounts` keeps every count it
 makes: keyed by the row's content (a 64-bit hash of its messages, :func:`~assets.common.data.shards.row_hashes`)
 under a folder named by the tokenizer's identity (:func:`tokenizer_identity`: the model directory's tokenizer and
 template files, the counting code, the transformers and tokenizers versions), in immutable Parquet files named by
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from assets.common.data.shards import row_hashes
 from assets.common.data.storage import sha256_file, write_bytes_atomic
 from assets.common.models.chat_template import read_chat_template
 from assets.common.models.code_version import source_version
-from training.masking import assistant_end_of_turn, tokenize_conversation
+from training.masking import assistant_end_of_turn, tokenize_conversations
 
 COUNTS_SCHEMA = {"row_hash": pl.UInt64, "tokens": pl.Int64, "trainable": pl.Int64}
 _WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx")  # files the counts do not depend on
@@ -35,19 +36,36 @@ _CODE = (Path(__file__), Path(__file__).parents[2] / "training" / "masking.py",
          Path(__file__).parents[1] / "common" / "models" / "chat_template.py")
 
 
-def student_token_counter(model_dir: str | Path) -> Callable[[Sequence[dict]], tuple[int, int]]:
+COUNT_CHUNK_ROWS = 2_000  # conversations tokenized together (their token lists held at once)
+
+
+class StudentTokenCounter:
+    """messages -> (tokens, trainable tokens) under a model directory's tokenizer and chat template; :meth:`many`
+    counts a list of conversations in batches (:func:`~training.masking.tokenize_conversations`), with the counts
+    of one by one."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.template = read_chat_template(model_dir)
+        self.end_of_turn = assistant_end_of_turn(self.tokenizer, self.template)
+
+    def __call__(self, messages: Sequence[dict]) -> tuple[int, int]:
+        return self.many([messages])[0]
+
+    def many(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[int, int]]:
+        counts = []
+        for start in range(0, len(conversations), COUNT_CHUNK_ROWS):
+            tokenized = tokenize_conversations(self.tokenizer, conversations[start:start + COUNT_CHUNK_ROWS],
+                                               self.template, self.end_of_turn)
+            counts += [(len(t.input_ids), sum(t.assistant_masks)) for t in tokenized]
+        return counts
+
+
+def student_token_counter(model_dir: str | Path) -> StudentTokenCounter:
     """messages -> (tokens, trainable tokens) under the model directory's tokenizer and chat template."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    template = read_chat_template(model_dir)
-    end_of_turn = assistant_end_of_turn(tokenizer, template)
-
-    def count(messages: Sequence[dict]) -> tuple[int, int]:
-        tokenized = tokenize_conversation(tokenizer, list(messages), template, end_of_turn)
-        return len(tokenized.input_ids), sum(tokenized.assistant_masks)
-
-    return count
+    return StudentTokenCounter(model_dir)
 
 
 def tokenizer_identity(model_dir: str | Path) -> str:
@@ -76,7 +94,7 @@ class CachedTokenCounts:
         self.rows_reused = 0
 
     @cached_property
-    def _count(self) -> Callable[[Sequence[dict]], tuple[int, int]]:
+    def _count(self) -> StudentTokenCounter:
         return student_token_counter(self.model_dir)
 
     def __call__(self, messages: Sequence[dict]) -> tuple[int, int]:
@@ -91,7 +109,7 @@ class CachedTokenCounts:
         todo = (found.with_row_index("position").filter(pl.col("tokens").is_null())
                 .unique("row_hash", keep="first", maintain_order=True))
         if todo.height:
-            counts = [self._count(m) for m in messages.gather(todo["position"]).to_list()]
+            counts = self._count.many(messages.gather(todo["position"]).to_list())
             new = pl.DataFrame({"row_hash": todo["row_hash"], "tokens": [c[0] for c in counts],
                                 "trainable": [c[1] for c in counts]}, schema=COUNTS_SCHEMA).sort("row_hash")
             self._keep(new)

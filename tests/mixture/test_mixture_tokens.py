@@ -46,6 +46,23 @@ def test_a_user_jsonl_source_at_25_percent_of_tokens_lands_within_1_percent(tiny
     assert 0 < result.manifest["train_trainable_tokens"] < result.manifest["train_tokens"] == sum(tokens)
 
 
+def test_counting_in_batches_gives_the_per_row_counts(tiny_model_dir, monkeypatch) -> None:
+    """The counter tokenizes conversations in batches (several batches here); every count is the one the per-row
+    path gave: all tokens, and the trained ones."""
+    from assets.mixture import tokens
+    from tests.training.test_masking import reference_tokenize_conversation, varied_conversations
+
+    monkeypatch.setattr(tokens, "COUNT_CHUNK_ROWS", 7)
+    count = student_token_counter(tiny_model_dir)
+    conversations = varied_conversations(30, seed=3)
+    expected = [reference_tokenize_conversation(count.tokenizer, m, count.template, count.end_of_turn)
+                for m in conversations]
+    expected = [(len(t.input_ids), sum(t.assistant_masks)) for t in expected]
+    assert count.many(conversations) == expected
+    assert [count(m) for m in conversations[:5]] == expected[:5]
+    assert count.many([]) == []
+
+
 def _frame_bytes(df: pl.DataFrame) -> bytes:
     import io
 

@@ -6,8 +6,13 @@ import re
 
 import pytest
 
-from assets.common.models.chat_template import TemplateError, read_chat_template
-from training.masking import assistant_end_of_turn, tokenize_conversation
+from assets.common.models.chat_template import TemplateError, read_chat_template, render
+from training.masking import (
+    TokenizedConversation,
+    assistant_end_of_turn,
+    tokenize_conversation,
+    tokenize_conversations,
+)
 
 SYSTEM = "You answer in one short sentence."
 CONVERSATIONS = {
@@ -253,3 +258,159 @@ def test_template_without_end_of_turn_after_the_reply_is_rejected(chatml):
     with pytest.raises(TemplateError, match=re.escape("renders no '<|im_end|>' after the assistant's words")):
         tokenize_conversation(tokenizer, CONVERSATIONS["single-turn"], chat_template=template,
                               end_of_turn="<|im_end|>")
+
+
+# ---- the batched path (tokenize_conversations) against the per-row one it replaced --------------------------------
+def reference_tokenize_conversation(tokenizer, messages, chat_template=None, end_of_turn=None):
+    """training/masking.py's tokenize_conversation as it was before batching (main at 21155f5), verbatim but for its
+    name and its mask loop, moved to reference_masks: every prefix rendered, one tokenizer call a row."""
+    end_of_turn = end_of_turn or assistant_end_of_turn(tokenizer, chat_template)
+    full = render(tokenizer, messages, chat_template=chat_template)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, chat_template=chat_template)
+        upto = render(tokenizer, messages[: i + 1], chat_template=chat_template)
+        if not (upto.startswith(before) and full.startswith(upto)):
+            raise TemplateError(
+                f"message {i}: rendering the conversation up to this assistant turn is not a prefix of the whole "
+                "rendering (the template rewrites earlier turns), so assistant tokens cannot be located"
+            )
+        turn = upto[len(before):]
+        stop = turn.rfind(end_of_turn)
+        if stop < 0:
+            raise TemplateError(f"message {i}: the template renders no '{end_of_turn}' after the assistant's words")
+        spans.append((len(before), len(before) + stop + len(end_of_turn)))
+
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    masks, eot_positions = reference_masks(encoding["offset_mapping"], spans)
+    return TokenizedConversation(list(encoding["input_ids"]), masks, full, spans, eot_positions)
+
+
+def reference_masks(offsets, spans):
+    """The per-token loop of the per-row path."""
+    masks = [0] * len(offsets)
+    eot_positions = []
+    for start, end in spans:
+        eot_position = None
+        for t, (s, e) in enumerate(offsets):
+            if e > s and s < end and e > start:
+                masks[t] = 1
+                if e == end:
+                    eot_position = t
+        if eot_position is not None:
+            eot_positions.append(eot_position)
+    return masks, eot_positions
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_masks_from_offsets_follow_the_per_token_rule(seed):
+    """Offsets no tokenizer here produces: zero-width tokens, tokens sharing a character (byte fallback), tokens
+    out of order, several tokens ending where a span ends, spans overlapping, no span."""
+    import random
+
+    from training.masking import _masked
+
+    rng = random.Random(seed)
+    for _ in range(200):
+        offsets = [(a, a + rng.choice((0, 0, 1, 1, 2, 3))) for a in sorted(rng.randrange(40) for _ in range(30))]
+        if rng.random() < 0.3:
+            rng.shuffle(offsets)
+        spans = [tuple(sorted(rng.sample(range(45), 2))) for _ in range(rng.choice((0, 1, 2, 3)))]
+        tokenized = _masked(list(range(len(offsets))), offsets, "", spans)
+        assert (tokenized.assistant_masks, tokenized.end_of_turn_token_positions) == reference_masks(offsets, spans)
+        assert all(type(m) is int for m in tokenized.assistant_masks)  # as the digests' JSON needs
+
+
+WORDS = ("the", "river", "café", "naïve", "Straße", "日本語", "😀", "x=1;", "  ", "\n", "\t", "<b>", "--", "état")
+
+
+def varied_conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    """Seeded conversations of every shape the data has: 1-3 turns, with or without a system prompt, replies empty,
+    padded with spaces and newlines (templates that trim them), holding the end-of-turn text or the template's
+    markers, accents, CJK and emoji (several tokens a character)."""
+    import random
+
+    rng = random.Random(seed)
+    extras = ["", " ", "\n\n", "<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<start_of_turn>model", "<|im_start|>"]
+
+    def text(low: int, high: int) -> str:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
+        return rng.choice(extras[:3]) + " ".join(words) + rng.choice(extras) + rng.choice(extras[:3])
+
+    conversations = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": text(1, 8)}] if rng.random() < 0.3 else []
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            messages.append({"role": "user", "content": text(1, 20)})
+            messages.append({"role": "assistant", "content": "" if rng.random() < 0.05 else text(0, 60)})
+        conversations.append(messages)
+    return [*CONVERSATIONS.values(), *conversations]
+
+
+@pytest.mark.parametrize("family", ["chatml", "gemma", "llama3"])
+def test_batched_tokenization_equals_the_per_row_reference(family, request):
+    """Same ids, masks, text, spans and end-of-turn positions as the per-row path it replaced, row for row; so the
+    same token counts, digests and run fingerprint downstream."""
+    tokenizer, template, end_of_turn, _ = request.getfixturevalue(family)
+    conversations = varied_conversations(60, seed=len(family))
+    expected = [reference_tokenize_conversation(tokenizer, m, template, end_of_turn) for m in conversations]
+    assert tokenize_conversations(tokenizer, conversations, template, end_of_turn) == expected
+    assert tokenize_conversations(tokenizer, conversations[:7], template) == expected[:7]  # end of turn probed
+    assert [tokenize_conversation(tokenizer, m, template, end_of_turn) for m in conversations[:20]] == expected[:20]
+    assert tokenize_conversations(tokenizer, [], template, end_of_turn) == []
+    # the hard cases occur: empty replies, replies holding the end-of-turn text (the template's own one ends the span)
+    assert any(m["content"] == "" for c in conversations for m in c if m["role"] == "assistant")
+    assert any(m["content"].count(end_of_turn) for c in conversations for m in c if m["role"] == "assistant")
+
+
+def test_rows_tokenized_in_batches_keep_the_per_row_digests(chatml):
+    """tokenize_rows (batched) records the digest the per-row path would have: train_rows.parquet's
+    tokens_sha256 of models trained before still match."""
+    from training.dataset import conversation_rows, token_digest, tokenize_rows
+
+    tokenizer, template, end_of_turn, _ = chatml
+    conversations = varied_conversations(30, seed=7)
+    data = tokenize_rows(tokenizer, conversation_rows(conversations), template, max_length=4096, chunk_rows=8)
+    expected = [reference_tokenize_conversation(tokenizer, m, template, end_of_turn) for m in conversations]
+    assert data.rows["tokens_sha256"].to_list() == [token_digest(t.input_ids, t.assistant_masks) for t in expected]
+    assert data.train["assistant_masks"] == [t.assistant_masks for t in expected]
+
+
+@pytest.mark.parametrize(("family", "bad_rows"), [
+    ("gemma", [[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]]),  # roles must alternate
+    ("gemma", [[{"role": "assistant", "content": "first"}]]),  # nothing before the reply: an empty prefix
+    ("gemma", [[{"role": "assistant", "content": "first"}],
+               [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]]),
+    ("gemma", [[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+               [{"role": "assistant", "content": "first"}]]),
+    ("chatml", [[]]),
+    ("chatml", [[{"role": "assistant", "content": "first"}]]),  # the generation prompt of no messages: an error
+])
+def test_a_failing_conversation_in_a_batch_raises_its_own_error(family, bad_rows, request):
+    """Among good conversations, the first failing one raises what the per-row path raised for it."""
+    tokenizer, template, end_of_turn, _ = request.getfixturevalue(family)
+    good = list(CONVERSATIONS.values())
+    with pytest.raises(TemplateError) as expected:
+        reference_tokenize_conversation(tokenizer, bad_rows[0], template, end_of_turn)
+    with pytest.raises(TemplateError) as raised:
+        tokenize_conversations(tokenizer, [*good, *bad_rows, *good], template, end_of_turn)
+    assert str(raised.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("template", [LAST_MESSAGE_ONLY, REWRITES_EARLIER_TURNS], ids=["last-only", "rewrites"])
+def test_a_template_rewriting_earlier_turns_fails_the_batch_as_it_fails_a_row(chatml, template):
+    tokenizer, _, _, _ = chatml
+    single, multi = CONVERSATIONS["single-turn"], CONVERSATIONS["multi-turn"]
+    with pytest.raises(TemplateError) as expected:
+        reference_tokenize_conversation(tokenizer, multi, template, "<|im_end|>")
+    with pytest.raises(TemplateError) as raised:
+        tokenize_conversations(tokenizer, [single, multi, single], template, "<|im_end|>")
+    assert str(raised.value) == str(expected.value)
+    with pytest.raises(TemplateError) as raised:  # a later row failing sooner (rendering) does not mask it
+        tokenize_conversations(tokenizer, [single, multi, []], template, "<|im_end|>")
+    assert str(raised.value) == str(expected.value)
+    if template is REWRITES_EARLIER_TURNS:  # single replies still pass, as row by row
+        assert tokenize_conversations(tokenizer, [single], template, "<|im_end|>") == [
+            reference_tokenize_conversation(tokenizer, single, template, "<|im_end|>")]

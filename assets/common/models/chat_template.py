@@ -31,6 +31,23 @@ def render(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool
         raise TemplateError(f"the chat template failed to render roles {roles}: {error}") from error
 
 
+def render_many(tokenizer: Any, conversations: Sequence[Sequence[dict]], add_generation_prompt: bool = False,
+                chat_template: str | None = None) -> list[str]:
+    """:func:`render` of each conversation, in one ``apply_chat_template`` call (its batch form renders each
+    conversation as the single form does). A failure, or an empty conversation (which the batch form would render
+    instead of rejecting), renders them one by one, so the first failing conversation raises its own error."""
+    batch = [list(messages) for messages in conversations]
+    if not batch:
+        return []
+    if all(batch):
+        try:
+            return list(tokenizer.apply_chat_template(
+                batch, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template))
+        except Exception:  # re-rendered one by one below: the failing conversation raises its own error
+            pass
+    return [render(tokenizer, messages, add_generation_prompt, chat_template) for messages in batch]
+
+
 def special_token_strings(tokenizer: Any) -> list[str]:
     """Special token strings (longer than one character), sorted: the tokenizer's named special tokens and every
     added token marked special. Added tokens that are not special are ordinary text pieces matched whole (Gemma's

@@ -45,6 +45,7 @@ TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (v
 OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason", "tokens_sha256")
 TRAINED, VALIDATED, DROPPED = "trained", "validated", "dropped"
 TOKENIZE_CHUNK_ROWS = 2_000  # rows tokenize_rows holds as Python lists at once
+CACHE_WINDOW_ROWS = 200_000  # rows tokenize_rows reads from a token cache at once (their tokens as Arrow, ~2 KB a row)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def check_rows(rows: pl.DataFrame, splits: Sequence[str] = (*TRAINED_SPLITS, VAL
 
 
 def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_length: int,
-                  chunk_rows: int = TOKENIZE_CHUNK_ROWS, cache: TokenizedRowsCache | None = None) -> TokenizedRows:
+                  chunk_rows: int = TOKENIZE_CHUNK_ROWS, cache: TokenizedRowsCache | None = None,
+                  cache_window_rows: int = CACHE_WINDOW_ROWS) -> TokenizedRows:
     """Tokenize every row (see the module docstring); rows longer than ``max_length`` tokens are marked dropped.
 
     ``chunk_rows`` rows at a time: a chunk's token ids live as Python lists (~40 KB a row: an int object per token)
@@ -80,15 +82,23 @@ def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_le
     ``cache``: rows tokenized before under this same tokenizer and template (the mixture's token counts keep them,
     :class:`~assets.common.models.token_cache.TokenizedRowsCache`, which must be the folder of the model directory
     ``tokenizer`` and ``chat_template`` were read from): the rows found there are read, not tokenized, with the same
-    results; the others are tokenized."""
+    results; the others are tokenized. The cache is read ``cache_window_rows`` rows at a time (a multiple of
+    ``chunk_rows``): only their cached tokens are held, beside the examples made so far."""
     check_rows(rows)
     end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
-    known = cache.lookup(row_keys(rows["messages"])) if cache is not None and rows.height else None
+    keys = row_keys(rows["messages"]) if cache is not None and rows.height else None
+    window = max(1, cache_window_rows // chunk_rows) * chunk_rows
+    known, reused = None, 0
     lengths, status, digests, train, validation = [], [], [], [], []
     for start in range(0, max(rows.height, 1), chunk_rows):  # an empty table: one empty chunk
         chunk = rows.slice(start, chunk_rows)
-        tokenized = _tokenized(tokenizer, chunk["messages"], None if known is None else known.slice(start, chunk_rows),
-                               chat_template, end_of_turn)
+        if keys is not None and start % window == 0:  # the next window's cached rows (the last window's freed)
+            known = None
+            known = cache.lookup(keys.slice(start, window))
+            reused += known.height - known["tokens_sha256"].null_count()
+        tokenized = _tokenized(tokenizer, chunk["messages"],
+                               None if known is None else known.slice(start % window, chunk_rows), chat_template,
+                               end_of_turn)
         n_tokens = [len(t.input_ids) for t in tokenized]
         outcome = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
                    for n, split in zip(n_tokens, chunk["split"].to_list(), strict=True)]
@@ -104,7 +114,6 @@ def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_le
                                   for n, s in zip(lengths, status, strict=True)], dtype=pl.Utf8),
         pl.Series("tokens_sha256", digests, dtype=pl.Utf8),
     )
-    reused = 0 if known is None else rows.height - known["tokens_sha256"].null_count()
     return TokenizedRows(train=_concatenate(train), validation=_concatenate(validation), rows=table,
                          rows_from_cache=reused)
 

@@ -61,7 +61,7 @@ def test_a_warm_cache_gives_the_cold_examples_rows_and_fingerprint_and_missing_r
     # holds row 3's messages: found by its content)
     cold = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5)
     cache = TokenizedRowsCache(tiny_model_dir, root)
-    warm = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5, cache=cache)
+    warm = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5, cache=cache, cache_window_rows=10)
     assert len(cache.parts()) == 2 and cache.skipped == []
     assert (cold.rows_from_cache, warm.rows_from_cache) == (0, 14)
     _assert_same(cold, warm)

@@ -15,7 +15,7 @@ matches rows on 128 bits). Each build names its tokenizer's folder in ``<cache_r
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -49,13 +49,12 @@ class StudentTokenCounter:
         return self.many([messages])[0]
 
     def many(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[int, int]]:
-        return [(len(t.input_ids), sum(t.assistant_masks)) for chunk in self.chunks(conversations) for t in chunk]
+        return [(len(t.input_ids), sum(t.assistant_masks)) for start in range(0, len(conversations), COUNT_CHUNK_ROWS)
+                for t in self.tokenize(conversations[start:start + COUNT_CHUNK_ROWS])]
 
-    def chunks(self, conversations: Sequence[Sequence[dict]]) -> Iterator[list[TokenizedConversation]]:
-        """The conversations tokenized, :data:`COUNT_CHUNK_ROWS` at a time, in order."""
-        for start in range(0, len(conversations), COUNT_CHUNK_ROWS):
-            yield tokenize_conversations(self.tokenizer, conversations[start:start + COUNT_CHUNK_ROWS],
-                                         self.template, self.end_of_turn)
+    def tokenize(self, conversations: Sequence[Sequence[dict]]) -> list[TokenizedConversation]:
+        """One batch of conversations tokenized (:func:`~training.masking.tokenize_conversations`), in order."""
+        return tokenize_conversations(self.tokenizer, conversations, self.template, self.end_of_turn)
 
 
 def student_token_counter(model_dir: str | Path) -> StudentTokenCounter:
@@ -101,7 +100,8 @@ class CachedTokenCounts:
         """Tokenize ``messages`` (keys: their ``row_keys``), keep every row in parts of :data:`PART_ROWS` rows
         (only a part's tokens are held at once), and return their counts."""
         counts, part, held, done = [], [], 0, 0
-        for tokenized in self._count.chunks(messages.to_list()):
+        for start in range(0, messages.len(), COUNT_CHUNK_ROWS):  # a chunk's messages as Python objects at a time
+            tokenized = self._count.tokenize(messages.slice(start, COUNT_CHUNK_ROWS).to_list())
             rows = pl.DataFrame({
                 "row_hash": keys["row_hash"].slice(done, len(tokenized)),
                 "messages_hash": keys["messages_hash"].slice(done, len(tokenized)),

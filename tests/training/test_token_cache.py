@@ -53,16 +53,18 @@ def _assert_same(cold: TokenizedRows, warm: TokenizedRows) -> None:
 
 
 def test_a_warm_cache_gives_the_cold_examples_rows_and_fingerprint_and_missing_rows_are_tokenized(
-        tokenizer, tiny_model_dir, tmp_path) -> None:
+        tokenizer, tiny_model_dir, tmp_path, monkeypatch) -> None:
     rows, template = mixture().drop("quality_score"), read_chat_template(tiny_model_dir)
     root = tmp_path / "token_counts"
-    CachedTokenCounts(tiny_model_dir, root).table(rows["messages"].head(8))  # two builds: two parts
-    CachedTokenCounts(tiny_model_dir, root).table(rows["messages"].slice(8, 5))  # rows 13-15 never counted (13
+    monkeypatch.setattr("assets.mixture.tokens.COUNT_CHUNK_ROWS", 3)
+    monkeypatch.setattr("assets.mixture.tokens.PART_ROWS", 5)  # 8 rows: parts of 6 and 2
+    CachedTokenCounts(tiny_model_dir, root).table(rows["messages"].head(8))
+    CachedTokenCounts(tiny_model_dir, root).table(rows["messages"].slice(8, 5))  # a third part; rows 13-15 never (13
     # holds row 3's messages: found by its content)
     cold = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5)
     cache = TokenizedRowsCache(tiny_model_dir, root)
     warm = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5, cache=cache, cache_window_rows=10)
-    assert len(cache.parts()) == 2 and cache.skipped == []
+    assert len(cache.parts()) == 3 and cache.skipped == []
     assert (cold.rows_from_cache, warm.rows_from_cache) == (0, 14)
     _assert_same(cold, warm)
 

@@ -143,6 +143,7 @@ def sft_model(
             "rehearsal_rows": run.rehearsal_rows,
             "validation_rows": run.validation_rows,
             "dropped_too_long": result.dropped_too_long,
+            "token_rows_from_cache": result.rows_from_cache,  # tokenized by the mixture's counter, read, not redone
             "init_from": config.init_from,
             "retrained_from": dg.MetadataValue.json(retrained_from) if isinstance(retrained_from, dict)
             else retrained_from,

@@ -69,7 +69,8 @@ def test_a_warm_cache_gives_the_cold_examples_rows_and_fingerprint_and_missing_r
     _assert_same(cold, warm)
 
 
-def test_a_part_that_is_not_what_its_name_says_is_not_trusted(tokenizer, tiny_model_dir, tmp_path) -> None:
+def test_a_part_that_is_not_what_its_name_says_is_not_trusted_and_is_counted_again(
+        tokenizer, tiny_model_dir, tmp_path) -> None:
     rows, template = mixture().drop("quality_score"), read_chat_template(tiny_model_dir)
     root = tmp_path / "token_counts"
     cache = TokenizedRowsCache(tiny_model_dir, root)
@@ -83,6 +84,12 @@ def test_a_part_that_is_not_what_its_name_says_is_not_trusted(tokenizer, tiny_mo
     assert warm.rows_from_cache == 0 and len(cache.skipped) == 2
     assert any("do not hash to its name" in reason for reason in cache.skipped)
     _assert_same(cold, warm)
+    recount = CachedTokenCounts(tiny_model_dir, root)  # the mixture's next build counts those rows again
+    recount.table(rows["messages"])
+    assert recount.rows_counted == rows["messages"].n_unique() and len(recount.cache.skipped) == 2
+    again = tokenize_rows(tokenizer, rows, template, max_length=256, chunk_rows=5, cache=cache)
+    assert again.rows_from_cache == rows.height
+    _assert_same(cold, again)
 
 
 def test_a_run_reads_the_mixture_cache_and_writes_the_cold_runs_rows_and_lineage(tiny_model_dir, tmp_path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -65,14 +66,16 @@ class TokenizedRowsCache:
 
     def __init__(self, model_dir: str | Path, cache_root: str | Path) -> None:
         self.folder = Path(cache_root) / tokenizer_identity(model_dir)[:16]
-        self.skipped: list[str] = []  # parts not trusted by the last lookup, and why
+        self.skipped: list[str] = []  # parts the last read (counts, lookup) did not trust, and why
 
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob("*.parquet"))
 
     def counts(self) -> pl.DataFrame:
-        """``row_hash``, ``tokens``, ``trainable`` of every row kept (one row per row_hash)."""
-        frames = [pl.read_parquet(part, columns=list(COUNT_COLUMNS)) for part in self.parts()]
+        """``row_hash``, ``tokens``, ``trainable`` of every row kept in a trusted part (one row per row_hash): the
+        rows of a part that is not are counted again, and kept in a new part."""
+        self.skipped = []
+        frames = [frame for part in self.parts() if (frame := self._read(part, COUNT_COLUMNS)) is not None]
         if not frames:
             return pl.DataFrame(schema={c: SCHEMA[c] for c in COUNT_COLUMNS})
         return pl.concat(frames).unique("row_hash", keep="first", maintain_order=True)
@@ -90,20 +93,23 @@ class TokenizedRowsCache:
         part has the row. Reads only those rows: at most the tokens of the rows asked for are held."""
         self.skipped = []
         wanted = keys.select(KEY_COLUMNS).unique()
-        found = [frame for part in self.parts() if (frame := self._read(part, wanted)) is not None]
+        found = [frame for part in self.parts()
+                 if (frame := self._read(part, (*KEY_COLUMNS, *TOKEN_COLUMNS), wanted)) is not None]
         schema = {c: SCHEMA[c] for c in (*KEY_COLUMNS, *TOKEN_COLUMNS)}
         known = (pl.concat(found) if found else pl.DataFrame(schema=schema)).unique(KEY_COLUMNS, keep="first")
         return keys.select(KEY_COLUMNS).join(known, on=list(KEY_COLUMNS), how="left",
                                              maintain_order="left").select(TOKEN_COLUMNS)
 
-    def _read(self, part: Path, wanted: pl.DataFrame) -> pl.DataFrame | None:
+    def _read(self, part: Path, columns: Sequence[str], wanted: pl.DataFrame | None = None) -> pl.DataFrame | None:
+        """``columns`` of the part's rows (those of ``wanted``'s keys), or None when the part is not trusted."""
         try:
             data = part.read_bytes()  # one part at a time (PART_ROWS rows, compressed)
             if hashlib.sha256(data).hexdigest()[:16] != part.stem:
                 raise ValueError("its bytes do not hash to its name")
-            return (pl.scan_parquet(io.BytesIO(data)).select(*KEY_COLUMNS, *TOKEN_COLUMNS)
-                    .join(wanted.lazy(), on=list(KEY_COLUMNS), how="semi").collect().cast(
-                        {c: SCHEMA[c] for c in (*KEY_COLUMNS, *TOKEN_COLUMNS)}))
+            rows = pl.scan_parquet(io.BytesIO(data)).select(columns)
+            if wanted is not None:
+                rows = rows.join(wanted.lazy(), on=list(KEY_COLUMNS), how="semi")
+            return rows.collect().cast({c: SCHEMA[c] for c in columns})
         except Exception as error:  # noqa: BLE001 (any unreadable part is a miss, never a wrong result)
             self.skipped.append(f"{part.name}: {error}")
             return None

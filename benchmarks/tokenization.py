@@ -155,7 +155,9 @@ def cache_figures(model: str, rows: pl.DataFrame) -> dict:
     conversations = rows["messages"].to_list()
     counter = StudentTokenCounter(model)
     plain, *counts = timed(counter.many, conversations)
-    cached, *kept = timed(CachedTokenCounts(model, root).table, rows["messages"])
+    keeper = CachedTokenCounts(model, root)
+    keeper._count  # noqa: B018 (its tokenizer loaded before the clock starts, as the plain counter's was)
+    cached, *kept = timed(keeper.table, rows["messages"])
     assert [c[0] for c in plain] == cached["tokens"].to_list(), "cached counts differ"
     max_length = TrainConfig().max_length
     cold, *tokenized = timed(tokenize_rows, tokenizer, rows, template, max_length)

@@ -4,6 +4,7 @@ what ``sft_model`` runs before it trains).
 
     nice -n 10 .venv/bin/python benchmarks/tokenization.py --model DIR [--model DIR2] --rows 20000
     .venv/bin/python benchmarks/tokenization.py --model DIR --rows 2000 --old-ref HEAD~1
+    nice -n 10 .venv/bin/python benchmarks/tokenization.py --model DIR --rows 10000 --cache
 
 ``DIR``: a model directory with a tokenizer and a chat template, e.g. the demo's prepared student
 (``data/models/student/gemma-3-270m-<key>``, gemma template) or the embedded teacher
@@ -17,6 +18,11 @@ on all cores), rows/s, CPU ms a row, and the ratios old/new; then the equality c
 counts (tokens, trained tokens), end-of-turn positions and assistant character spans; the rows table with its
 ``num_tokens`` and ``tokens_sha256`` (every row's ids and masks); the checkpoint fingerprint of the datasets. The last
 line is ``key=value`` pairs.
+
+``--cache``: the token cache instead (``assets/common/models/token_cache.py``): the mixture's counts without the
+cache (``StudentTokenCounter.many``) and with a cold one (``CachedTokenCounts.table``, which now also keeps every
+row's ids, masks and digest: the cost of keeping them), then ``tokenize_rows`` cold (no cache) and warm (every row
+kept by that count), checking the same rows table, examples and fingerprint; and the cache's bytes on disk.
 """
 
 from __future__ import annotations
@@ -137,20 +143,57 @@ def compare(model: str, rows: pl.DataFrame, masking, dataset) -> dict:
     return out
 
 
+def cache_figures(model: str, rows: pl.DataFrame) -> dict:
+    from transformers import AutoTokenizer
+
+    from assets.common.models.chat_template import read_chat_template
+    from assets.common.models.token_cache import TokenizedRowsCache
+    from assets.mixture.tokens import CachedTokenCounts, StudentTokenCounter
+
+    tokenizer, template, n = AutoTokenizer.from_pretrained(model), read_chat_template(model), rows.height
+    name, root = Path(model).name.split("-")[0].lower(), Path(tempfile.mkdtemp()) / "token_counts"
+    conversations = rows["messages"].to_list()
+    counter = StudentTokenCounter(model)
+    plain, *counts = timed(counter.many, conversations)
+    keeper = CachedTokenCounts(model, root)
+    keeper._count  # noqa: B018 (its tokenizer loaded before the clock starts, as the plain counter's was)
+    cached, *kept = timed(keeper.table, rows["messages"])
+    assert [c[0] for c in plain] == cached["tokens"].to_list(), "cached counts differ"
+    max_length = TrainConfig().max_length
+    cold, *tokenized = timed(tokenize_rows, tokenizer, rows, template, max_length)
+    warm, *read = timed(tokenize_rows, tokenizer, rows, template, max_length, TOKENIZE_CHUNK_ROWS,
+                        TokenizedRowsCache(model, root))
+    assert warm.rows_from_cache == n and warm.rows.equals(cold.rows), "rows table differs"
+    assert all(getattr(warm, s).data.table.equals(getattr(cold, s).data.table) for s in ("train", "validation"))
+    prints = [run_fingerprint(Path("m"), TrainConfig(), "h", d.train, d.validation) for d in (cold, warm)]
+    assert prints[0] == prints[1], "checkpoint fingerprint differs"
+    size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
+    print(f"\n{model} ({name}): {n} rows; equal: counts, rows table, examples, fingerprint {prints[1][:12]}; "
+          f"cache {size / 1e6:.1f} MB ({size / n:,.0f} B a row)", flush=True)
+    print("| step | wall s | CPU s | rows/s |\n|---|---:|---:|---:|")
+    steps = {"counts_no_cache": counts, "counts_cold_cache": kept, "tokenize_rows_cold": tokenized,
+             "tokenize_rows_warm": read}
+    for step, (wall, cpu) in steps.items():
+        print(f"| {step} | {wall:.1f} | {cpu:.1f} | {n / wall:,.0f} |", flush=True)
+    return {**{f"{name}_{step}_rows_per_s": round(n / wall) for step, (wall, _) in steps.items()},
+            f"{name}_warm_speedup": round(tokenized[0] / read[0], 2), f"{name}_cache_bytes_per_row": round(size / n)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="a model directory (repeatable)")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--old-ref", default="main", help="git revision of the per-row version")
+    parser.add_argument("--cache", action="store_true", help="time the token cache (cold vs warm) instead")
     args = parser.parse_args()
-    masking, dataset = old_modules(args.old_ref)
+    masking, dataset = (None, None) if args.cache else old_modules(args.old_ref)
     start = time.perf_counter()
     rows = synthetic_rows(args.rows)
     print(f"{rows.height} synthetic rows in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores; "
-          f"load average {load_average()}; old: {args.old_ref}", flush=True)
+          f"load average {load_average()}; old: {'-' if args.cache else args.old_ref}", flush=True)
     figures = {"rows": rows.height}
     for model in args.model:
-        figures |= compare(model, rows, masking, dataset)
+        figures |= cache_figures(model, rows) if args.cache else compare(model, rows, masking, dataset)
     figures["load"] = load_average()
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

@@ -50,6 +50,8 @@ def _arguments() -> argparse.ArgumentParser:
     parser.add_argument("--previous-model", help="continual mode: the previous fine-tune's model directory")
     parser.add_argument("--rehearsal-fraction", type=float, default=0.0,
                         help="continual mode: rehearsal rows from the previous model per new training row (> 0)")
+    parser.add_argument("--token-cache", help="optional: a folder of rows tokenized before with this model's tokenizer "
+                        "(a data root's sft_mixture/token_counts): rows found there are not tokenized again")
     return parser
 
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     try:
         run = run_training(base, rows, config, continual, output.parent, output.name,
-                           previous_model_dir=args.previous_model,
+                           previous_model_dir=args.previous_model, token_cache=args.token_cache,
                            lineage_extras={"data": {"path": str(Path(args.data).resolve())}})
     except ContinualError as error:
         raise SystemExit(str(error)) from None

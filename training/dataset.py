@@ -25,11 +25,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
-from training.masking import assistant_end_of_turn, tokenize_conversations
+from assets.common.models.token_cache import TokenizedRowsCache, row_keys
+from training.masking import assistant_end_of_turn, token_digest, tokenize_conversations
 
 TRAIN_ROWS_FILE = "train_rows.parquet"
 # What a model directory keeps of every row it saw: provenance back to the generation shard and row (or the user
@@ -44,6 +45,7 @@ TRAINED_SPLITS = (TRAIN_SPLIT, REHEARSAL_SPLIT)  # rows a model is trained on (v
 OUTCOME_COLUMNS = ("num_tokens", "status", "drop_reason", "tokens_sha256")
 TRAINED, VALIDATED, DROPPED = "trained", "validated", "dropped"
 TOKENIZE_CHUNK_ROWS = 2_000  # rows tokenize_rows holds as Python lists at once
+CACHE_WINDOW_ROWS = 200_000  # rows tokenize_rows reads from a token cache at once (their tokens as Arrow, ~2 KB a row)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TokenizedRows:
     train: Any  # datasets.Dataset: input_ids, assistant_masks, conversation_id, split (train + rehearsal rows kept)
     validation: Any  # datasets.Dataset, same columns (validation rows kept)
     rows: pl.DataFrame  # every input row, in order, with OUTCOME_COLUMNS: the model's train_rows.parquet
+    rows_from_cache: int = 0  # rows read from the token cache instead of tokenized (the same result either way)
 
     def dropped(self, splits: Sequence[str] = (*TRAINED_SPLITS, VALIDATION_SPLIT)) -> int:
         """Rows of ``splits`` dropped (longer than max_length)."""
@@ -70,23 +73,38 @@ def check_rows(rows: pl.DataFrame, splits: Sequence[str] = (*TRAINED_SPLITS, VAL
 
 
 def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_length: int,
-                  chunk_rows: int = TOKENIZE_CHUNK_ROWS) -> TokenizedRows:
+                  chunk_rows: int = TOKENIZE_CHUNK_ROWS, cache: TokenizedRowsCache | None = None,
+                  cache_window_rows: int = CACHE_WINDOW_ROWS) -> TokenizedRows:
     """Tokenize every row (see the module docstring); rows longer than ``max_length`` tokens are marked dropped.
 
     ``chunk_rows`` rows at a time: a chunk's token ids live as Python lists (~40 KB a row: an int object per token)
-    only until they are Arrow arrays of its examples, so memory holds the Arrow data of every row, not the lists."""
+    only until they are Arrow arrays of its examples, so memory holds the Arrow data of every row, not the lists.
+    ``cache``: rows tokenized before under this same tokenizer and template (the mixture's token counts keep them,
+    :class:`~assets.common.models.token_cache.TokenizedRowsCache`, which must be the folder of the model directory
+    ``tokenizer`` and ``chat_template`` were read from): the rows found there are read, not tokenized, with the same
+    results; the others are tokenized. The cache is read ``cache_window_rows`` rows at a time (a multiple of
+    ``chunk_rows``): only their cached tokens are held, beside the examples made so far."""
     check_rows(rows)
     end_of_turn = assistant_end_of_turn(tokenizer, chat_template)
+    keys = row_keys(rows["messages"]) if cache is not None and rows.height else None
+    window = max(1, cache_window_rows // chunk_rows) * chunk_rows
+    known, reused = None, 0
     lengths, status, digests, train, validation = [], [], [], [], []
     for start in range(0, max(rows.height, 1), chunk_rows):  # an empty table: one empty chunk
         chunk = rows.slice(start, chunk_rows)
-        tokenized = tokenize_conversations(tokenizer, chunk["messages"].to_list(), chat_template, end_of_turn)
+        if keys is not None and start % window == 0:  # the next window's cached rows (the last window's freed)
+            known = None
+            known = cache.lookup(keys.slice(start, window))
+            reused += known.height - known["tokens_sha256"].null_count()
+        tokenized = _tokenized(tokenizer, chunk["messages"],
+                               None if known is None else known.slice(start % window, chunk_rows), chat_template,
+                               end_of_turn)
         n_tokens = [len(t.input_ids) for t in tokenized]
         outcome = [DROPPED if n > max_length else VALIDATED if split == VALIDATION_SPLIT else TRAINED
                    for n, split in zip(n_tokens, chunk["split"].to_list(), strict=True)]
         lengths += n_tokens
         status += outcome
-        digests += [token_digest(t.input_ids, t.assistant_masks) for t in tokenized]
+        digests += [t.tokens_sha256 for t in tokenized]
         train.append(_examples(tokenized, chunk, outcome, TRAINED))
         validation.append(_examples(tokenized, chunk, outcome, VALIDATED))
     table = rows.with_columns(
@@ -96,14 +114,31 @@ def tokenize_rows(tokenizer: Any, rows: pl.DataFrame, chat_template: str, max_le
                                   for n, s in zip(lengths, status, strict=True)], dtype=pl.Utf8),
         pl.Series("tokens_sha256", digests, dtype=pl.Utf8),
     )
-    return TokenizedRows(train=_concatenate(train), validation=_concatenate(validation), rows=table)
+    return TokenizedRows(train=_concatenate(train), validation=_concatenate(validation), rows=table,
+                         rows_from_cache=reused)
 
 
-def token_digest(input_ids: Sequence[int], assistant_masks: Sequence[int]) -> str:
-    """SHA-256 of a tokenized example: its token ids and which of them carry the loss."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([list(input_ids), list(assistant_masks)], separators=(",", ":")).encode())
-    return digest.hexdigest()
+class _Example(NamedTuple):
+    input_ids: list[int]
+    assistant_masks: list[int]
+    tokens_sha256: str
+
+
+def _tokenized(tokenizer: Any, messages: pl.Series, known: pl.DataFrame | None, chat_template: str,
+               end_of_turn: str) -> list[_Example]:
+    """A chunk's rows tokenized: those ``known`` has (the cache's, in row order; null: not found) as kept there, the
+    others by :func:`~training.masking.tokenize_conversations`."""
+    if known is None:
+        found: list[_Example | None] = [None] * messages.len()
+    else:
+        found = [None if digest is None else _Example(ids, masks, digest) for ids, masks, digest
+                 in zip(*(known[c].to_list() for c in ("input_ids", "assistant_masks", "tokens_sha256")), strict=True)]
+    todo = [i for i, example in enumerate(found) if example is None]
+    fresh = tokenize_conversations(tokenizer, messages.gather(todo).to_list() if todo else [], chat_template,
+                                   end_of_turn)
+    for i, t in zip(todo, fresh, strict=True):
+        found[i] = _Example(t.input_ids, t.assistant_masks, token_digest(t.input_ids, t.assistant_masks))
+    return found
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ batch on all cores); a conversation's last assistant turn, when it ends the conv
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,13 @@ def tokenize_conversations(tokenizer: Any, conversations: Sequence[Sequence[dict
                          return_token_type_ids=False)
     return [_masked(ids, offsets, text, row_spans) for ids, offsets, text, row_spans
             in zip(encoding["input_ids"], encoding["offset_mapping"], full, spans, strict=True)]
+
+
+def token_digest(input_ids: Sequence[int], assistant_masks: Sequence[int]) -> str:
+    """SHA-256 of a tokenized example: its token ids and which of them carry the loss."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(input_ids), list(assistant_masks)], separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 def _assistant_turns(messages: Sequence[dict]) -> list[int]:

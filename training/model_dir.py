@@ -73,6 +73,7 @@ class TrainResult:
     dropped_too_long: int = 0
     early_stopping: dict[str, Any] = field(default_factory=dict)
     rows: pl.DataFrame | None = None  # train_rows.parquet's content
+    rows_from_cache: int = 0  # rows whose tokens were read from a token cache, not tokenized (the same either way)
 
 
 def write_model_dir(trained: TrainedModel, output_dir: Path, lineage: dict[str, Any]) -> TrainResult:
@@ -107,6 +108,7 @@ def model_dir_result(trained: TrainedModel, output_dir: Path) -> TrainResult:
         dropped_too_long=trained.data.dropped(),
         early_stopping=trained.early_stopping,
         rows=trained.data.rows,
+        rows_from_cache=trained.data.rows_from_cache,
     )
 
 

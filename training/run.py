@@ -52,6 +52,7 @@ def run_training(
     lineage_extras: Mapping[str, Any] | None = None,
     log: Log = print,
     warn: Log | None = None,
+    token_cache: str | Path | None = None,
 ) -> TrainingRun:
     """Train a model on ``mixture`` and write its directory.
 
@@ -65,6 +66,8 @@ def run_training(
       (so the same inputs resume the same checkpoints); else ``<output_root>/<model_name>``. An existing directory
       is never replaced: see :mod:`training.model_dir` (``result.model_dir`` says where the model went).
     - ``lineage_extras``: what the caller adds to lineage.json (upstream assets, run id, data path).
+    - ``token_cache``: the mixture's token cache (``training.trainer.train``), read when training starts from the
+      base model (a continual run's tokenizer is the previous model directory's: another identity, not looked up).
     """
     check_rows(mixture, splits=(TRAIN_SPLIT, VALIDATION_SPLIT), what="training data")
     new_train = mixture.filter(pl.col("split") == TRAIN_SPLIT).height
@@ -84,7 +87,7 @@ def run_training(
     log(f"training {config.method} from {start.model_path} on {new_train} conversations + {n_rehearsal} "
         f"rehearsal ({validation} validation) -> {output_dir}")
     result = train(start.model_path, train_rows_table(mixture, rehearsal), output_dir, config, lineage=lineage,
-                   log=log)
+                   log=log, token_cache=token_cache if start.previous is None else None)
     return TrainingRun(result=result, start=start, run_key=key, new_train_rows=new_train,
                        rehearsal_rows=n_rehearsal, validation_rows=validation)
 

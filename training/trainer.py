@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from assets.common.models.chat_template import read_chat_template
+from assets.common.models.token_cache import TokenizedRowsCache
 from training.checkpoints import checkpoint_dir, last_checkpoint, run_fingerprint, step_of
 from training.config import TrainConfig
 from training.dataset import TRAINED, TokenizedRows, tokenize_rows
@@ -36,13 +37,14 @@ def train(
     config: TrainConfig = TrainConfig(),  # noqa: B008 (frozen dataclass)
     lineage: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    token_cache: str | Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``model_path`` on ``rows`` (split train/rehearsal: trained; validation: validated); write the model
     directory at ``output_dir`` (or, when ``output_dir`` holds another model, beside it: the result says where).
 
     ``model_path`` is the model training starts from: the base model, or in continual mode the previous fine-tune
     (then ``lineage["base_model"]`` names the base model). Every row is listed in the directory's
-    ``train_rows.parquet`` with what became of it (trained, validated, or dropped and why)."""
+    ``train_rows.parquet`` with what became of it (trained, validated or dropped). ``token_cache``: see _tokenize."""
     import torch
     from transformers import AutoTokenizer
 
@@ -52,7 +54,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     template = read_chat_template(model_path)
     check_template_identity(tokenizer.chat_template or "", template, f"{model_path} (tokenizer as loaded)")
-    data = _tokenize(tokenizer, rows, template, config, log)
+    data = _tokenize(tokenizer, rows, template, config, log, model_path, token_cache)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoint_dir(output_dir)
@@ -97,9 +99,16 @@ def peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)  # KiB on Linux
 
 
-def _tokenize(tokenizer: Any, rows: pl.DataFrame, template: str, config: TrainConfig,
-              log: Callable[[str], None]) -> TokenizedRows:
-    data = tokenize_rows(tokenizer, rows, template, config.max_length)
+def _tokenize(tokenizer: Any, rows: pl.DataFrame, template: str, config: TrainConfig, log: Callable[[str], None],
+              model_path: Path, token_cache: str | Path | None = None) -> TokenizedRows:
+    """``rows`` tokenized; with ``token_cache`` (a folder of rows tokenized before,
+    :class:`~assets.common.models.token_cache.TokenizedRowsCache`), the rows found there under ``model_path``'s
+    tokenizer identity are read, not tokenized again: everything trained is the same with or without it."""
+    cache = TokenizedRowsCache(model_path, token_cache) if token_cache is not None else None
+    data = tokenize_rows(tokenizer, rows, template, config.max_length, cache=cache)
+    if cache is not None:
+        log(f"token cache {cache.folder}: {data.rows_from_cache} of {rows.height} rows read, the others tokenized"
+            + (f"; parts skipped: {cache.skipped}" if cache.skipped else ""))
     if len(data.train) == 0:
         raise PreflightError(f"no training examples left ({data.dropped()} rows longer than max_length="
                              f"{config.max_length} were dropped): nothing to train on; raise max_length")

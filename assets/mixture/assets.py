@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.common.data.report import markdown_table
 from assets.common.data.schema import DIFFICULTY_COLUMNS
+from assets.common.models.token_cache import CACHE_FOLDER as TOKEN_CACHE_FOLDER
 from assets.common.orchestration.resources import (
     BASE_MODEL,
     EMBEDDING_CACHE,
@@ -117,7 +118,7 @@ def sft_mixture(
     counter = None
     if storage.has(BASE_MODEL, MODEL_MANIFEST):
         counter = CachedTokenCounts(storage.read_json(BASE_MODEL, MODEL_MANIFEST)["path"],
-                                    storage.asset_dir(SFT_MIXTURE) / "token_counts")
+                                    storage.asset_dir(SFT_MIXTURE) / TOKEN_CACHE_FOLDER)
     else:
         context.log.warning("no base_model manifest: tokens are not counted (unit rows only)")
     core = config.to_core()

@@ -3,20 +3,18 @@
 ``training`` masks them.
 
 Counting is the mixture's one slow step (rows are tokenized in batches, on all cores: see
-:func:`~training.masking.tokenize_conversations`), so :class:`CachedTokenCounts` keeps every count it
-makes: keyed by the row's content (a 64-bit hash of its messages, :func:`~assets.common.data.shards.row_hashes`)
-under a folder named by the tokenizer's identity (:func:`tokenizer_identity`: the model directory's tokenizer and
-template files, the counting code, the transformers and tokenizers versions), in immutable Parquet files named by
-their content, one per build that counted new rows. A rebuild counts only rows it has not seen; the counts are the
-same as counting every row (a 64-bit collision between two different rows' messages, odds about 3e-8 at a million
-rows, would give one row the other's count). Each build names its tokenizer's folder in ``<cache_root>/IN_USE.json``:
-retention (``--caches``) removes the other tokenizers' folders (:mod:`~assets.common.data.caches`).
+:func:`~training.masking.tokenize_conversations`), so :class:`CachedTokenCounts` keeps every row it tokenizes in a
+:class:`~assets.common.models.token_cache.TokenizedRowsCache`: keyed by the row's content under a folder named by
+the tokenizer's identity (:func:`tokenizer_identity`), its counts and also its token ids, assistant masks and token
+digest, which training reads instead of tokenizing the row again (:func:`training.dataset.tokenize_rows`). A
+rebuild counts only rows it has not seen; the counts are the same as counting every row (a 64-bit collision between
+two different rows' messages, odds about 3e-8 at a million rows, would give one row the other's count; training
+matches rows on 128 bits). Each build names its tokenizer's folder in ``<cache_root>/IN_USE.json``: retention
+(``--caches``) removes the other tokenizers' folders (:mod:`~assets.common.data.caches`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -24,16 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from assets.common.data.caches import record_in_use
-from assets.common.data.shards import row_hashes
-from assets.common.data.storage import sha256_file, write_bytes_atomic
 from assets.common.models.chat_template import read_chat_template
-from assets.common.models.code_version import source_version
-from training.masking import assistant_end_of_turn, tokenize_conversations
+from assets.common.models.token_cache import PART_ROWS, SCHEMA, TokenizedRowsCache, row_keys, tokenizer_identity
+from training.masking import TokenizedConversation, assistant_end_of_turn, token_digest, tokenize_conversations
 
-COUNTS_SCHEMA = {"row_hash": pl.UInt64, "tokens": pl.Int64, "trainable": pl.Int64}
-_WEIGHTS = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx")  # files the counts do not depend on
-_CODE = (Path(__file__), Path(__file__).parents[2] / "training" / "masking.py",
-         Path(__file__).parents[1] / "common" / "models" / "chat_template.py")
+__all__ = ["COUNT_CHUNK_ROWS", "CachedTokenCounts", "StudentTokenCounter", "student_token_counter",
+           "tokenizer_identity"]
 
 
 COUNT_CHUNK_ROWS = 2_000  # conversations tokenized together (their token lists held at once)
@@ -55,12 +49,12 @@ class StudentTokenCounter:
         return self.many([messages])[0]
 
     def many(self, conversations: Sequence[Sequence[dict]]) -> list[tuple[int, int]]:
-        counts = []
-        for start in range(0, len(conversations), COUNT_CHUNK_ROWS):
-            tokenized = tokenize_conversations(self.tokenizer, conversations[start:start + COUNT_CHUNK_ROWS],
-                                               self.template, self.end_of_turn)
-            counts += [(len(t.input_ids), sum(t.assistant_masks)) for t in tokenized]
-        return counts
+        return [(len(t.input_ids), sum(t.assistant_masks)) for start in range(0, len(conversations), COUNT_CHUNK_ROWS)
+                for t in self.tokenize(conversations[start:start + COUNT_CHUNK_ROWS])]
+
+    def tokenize(self, conversations: Sequence[Sequence[dict]]) -> list[TokenizedConversation]:
+        """One batch of conversations tokenized (:func:`~training.masking.tokenize_conversations`), in order."""
+        return tokenize_conversations(self.tokenizer, conversations, self.template, self.end_of_turn)
 
 
 def student_token_counter(model_dir: str | Path) -> StudentTokenCounter:
@@ -68,28 +62,15 @@ def student_token_counter(model_dir: str | Path) -> StudentTokenCounter:
     return StudentTokenCounter(model_dir)
 
 
-def tokenizer_identity(model_dir: str | Path) -> str:
-    """SHA-256 of what a count depends on: every file of the model directory but its weights (tokenizer, template,
-    configs; names and bytes), the counting code's version, and the transformers and tokenizers versions."""
-    import tokenizers
-    import transformers
-
-    root = Path(model_dir)
-    digest = hashlib.sha256(f"{source_version(_CODE)} transformers {transformers.__version__} tokenizers "
-                            f"{tokenizers.__version__}\n".encode())
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(_WEIGHTS)):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
 class CachedTokenCounts:
     """A student token counter (per row, as :func:`student_token_counter`) with :meth:`table`: the counts of a whole
-    ``messages`` column, reusing every count kept under ``cache_root`` for this tokenizer and keeping the new ones.
-    The tokenizer is loaded only when a row has to be counted."""
+    ``messages`` column, reusing every row kept under ``cache_root`` for this tokenizer and keeping the new ones
+    (counts, token ids, masks and digests). The tokenizer is loaded only when a row has to be tokenized."""
 
     def __init__(self, model_dir: str | Path, cache_root: str | Path) -> None:
         self.model_dir = Path(model_dir)
-        self.folder = Path(cache_root) / tokenizer_identity(model_dir)[:16]
+        self.cache = TokenizedRowsCache(model_dir, cache_root)
+        self.folder = self.cache.folder
         self.rows_counted = 0
         self.rows_reused = 0
 
@@ -102,31 +83,39 @@ class CachedTokenCounts:
 
     def table(self, messages: pl.Series) -> pl.DataFrame:
         """``tokens`` and ``trainable`` (Int64) of every row of ``messages``, in order."""
-        record_in_use(self.folder.parent, [self.folder.name])  # retention keeps this tokenizer's counts, not others'
-        keys = pl.DataFrame({"row_hash": row_hashes(messages.to_frame("messages"), ("messages",))})
-        known = self._known()
+        record_in_use(self.folder.parent, [self.folder.name])  # retention keeps this tokenizer's rows, not others'
+        keys = row_keys(messages)
+        known = self.cache.counts()
         found = keys.join(known, on="row_hash", how="left", maintain_order="left")
         todo = (found.with_row_index("position").filter(pl.col("tokens").is_null())
                 .unique("row_hash", keep="first", maintain_order=True))
         if todo.height:
-            counts = self._count.many(messages.gather(todo["position"]).to_list())
-            new = pl.DataFrame({"row_hash": todo["row_hash"], "tokens": [c[0] for c in counts],
-                                "trainable": [c[1] for c in counts]}, schema=COUNTS_SCHEMA).sort("row_hash")
-            self._keep(new)
+            new = self._tokenize(messages.gather(todo["position"]), todo)
             found = keys.join(pl.concat([known, new]), on="row_hash", how="left", maintain_order="left")
         self.rows_counted += todo.height
         self.rows_reused += messages.len() - todo.height
         return found.select("tokens", "trainable")
 
-    def _known(self) -> pl.DataFrame:
-        files = sorted(self.folder.glob("*.parquet"))
-        if not files:
-            return pl.DataFrame(schema=COUNTS_SCHEMA)
-        return pl.concat([pl.read_parquet(f) for f in files]).unique("row_hash", keep="first")
-
-    def _keep(self, counts: pl.DataFrame) -> None:
-        """``counts`` as one more immutable file, named by its bytes."""
-        buffer = io.BytesIO()
-        counts.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True)
-        data = buffer.getvalue()
-        write_bytes_atomic(data, self.folder / f"{hashlib.sha256(data).hexdigest()[:16]}.parquet")
+    def _tokenize(self, messages: pl.Series, keys: pl.DataFrame) -> pl.DataFrame:
+        """Tokenize ``messages`` (keys: their ``row_keys``), keep every row in parts of :data:`PART_ROWS` rows
+        (only a part's tokens are held at once), and return their counts."""
+        counts, part, held, done = [], [], 0, 0
+        for start in range(0, messages.len(), COUNT_CHUNK_ROWS):  # a chunk's messages as Python objects at a time
+            tokenized = self._count.tokenize(messages.slice(start, COUNT_CHUNK_ROWS).to_list())
+            rows = pl.DataFrame({
+                "row_hash": keys["row_hash"].slice(done, len(tokenized)),
+                "messages_hash": keys["messages_hash"].slice(done, len(tokenized)),
+                "tokens": [len(t.input_ids) for t in tokenized],
+                "trainable": [sum(t.assistant_masks) for t in tokenized],
+                "input_ids": [t.input_ids for t in tokenized],
+                "assistant_masks": [t.assistant_masks for t in tokenized],
+                "tokens_sha256": [token_digest(t.input_ids, t.assistant_masks) for t in tokenized],
+            }, schema=SCHEMA)
+            done += len(tokenized)
+            counts.append(rows.select("row_hash", "tokens", "trainable"))
+            part.append(rows)
+            held += rows.height
+            if held >= PART_ROWS or done == messages.len():
+                self.cache.keep(pl.concat(part))
+                part, held = [], 0
+        return pl.concat(counts)

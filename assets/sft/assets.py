@@ -7,6 +7,7 @@ import dagster as dg
 
 from assets.common.data.report import markdown_table
 from assets.common.models.integrity import model_content_hash, verified_model_dir
+from assets.common.models.token_cache import CACHE_FOLDER as TOKEN_CACHE_FOLDER
 from assets.common.orchestration.resources import (
     BASE_MODEL,
     CURRENT_MODEL,
@@ -122,6 +123,7 @@ def sft_model(
                         "external_inputs": external},
         log=context.log.info,
         warn=context.log.warning,
+        token_cache=storage.asset_dir(SFT_MIXTURE) / TOKEN_CACHE_FOLDER,  # the rows the mixture tokenized, read again
     )
     result, start = run.result, run.start
     rows_path = result.train_rows_path
@@ -141,6 +143,7 @@ def sft_model(
             "rehearsal_rows": run.rehearsal_rows,
             "validation_rows": run.validation_rows,
             "dropped_too_long": result.dropped_too_long,
+            "token_rows_from_cache": result.rows_from_cache,  # tokenized by the mixture's counter, read, not redone
             "init_from": config.init_from,
             "retrained_from": dg.MetadataValue.json(retrained_from) if isinstance(retrained_from, dict)
             else retrained_from,

@@ -100,3 +100,10 @@ def test_the_ui_lineage_summary_is_the_same_from_both_runs(two_runs):
     for name in ("teacher_model", "base_model", "magpie_conversations", "decontaminated_conversations", "sft_mixture"):
         assert hashes[name] in alone["lineage"], name
     assert "`teacher_model_files` (hash recorded by teacher_model)" in alone["lineage"]
+
+
+def test_sft_model_reads_every_row_the_mixture_tokenized(two_runs):
+    """The mixture's token counter kept every row's ids and masks; training tokenizes none of them again (the same
+    examples either way: tests/training/test_token_cache.py)."""
+    for run in two_runs[:2]:
+        assert run["token_rows_from_cache"] == run["new_train_rows"] + run["validation_rows"] > 0

@@ -8,8 +8,9 @@ current inputs would read, by two rules:
   at the start of every build, the entries that build reads or writes: filtering's and tagging's
   ``<asset>/shard_results/`` (the results of the input's shards under the build's code and settings: one file per
   (identity, shard content), :class:`~.shards.ShardResults`) and the mixture's ``sft_mixture/token_counts/`` (the
-  folder of the student tokenizer's identity). Every other entry directly in that folder (a shard that changed or
-  left the input, results under older settings or code, another tokenizer's counts) is removable. A cache folder
+  folder of the student tokenizer's identity: its rows' counts, token ids and masks, which ``sft_model`` reads too).
+  Every other entry directly in that folder (a shard that changed or left the input, results under older settings or
+  code, another tokenizer's counts) is removable. A cache folder
   without a record (written before records existed) is left as it is until its stage's next build writes one.
 - **the embedding cache** ``<root>/embeddings/<model hash>/``: a model's folder is kept when its hash appears in a
   string retention keeps anyway (a kept JSON version: the current dedup and decontamination reports and the mixture's

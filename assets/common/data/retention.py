@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assets.common.data.caches import MODELS, cache_entries
+from assets.common.data.caches import MODELS, CacheEntry, cache_entries
 from assets.common.data.storage import CURRENT, VERSION_CHARS
 
 LINEAGE = "lineage.json"
@@ -70,8 +70,7 @@ class RetentionPlan:
     removed: list[Unit] = field(default_factory=list)
     bytes_freed: int = 0  # what removing ``removed`` frees
     units: dict[Path, Unit] = field(default_factory=dict)
-    caches: dict[Path, str] = field(default_factory=dict)  # cache entry -> its cache (relative to the root)
-    cache_records: dict[Path, Path | None] = field(default_factory=dict)  # cache entry -> the record that decided it
+    caches: dict[Path, CacheEntry] = field(default_factory=dict)  # cache entry's path -> its cache and record
     cache_bytes_freed: dict[str, int] = field(default_factory=dict)  # cache -> what removing its entries frees
 
     def summary(self) -> dict[str, Any]:
@@ -87,17 +86,20 @@ class RetentionPlan:
             removed = [u.path for u in self.removed if u.path in self.caches]
             summary["caches"] = {cache: {
                 "bytes_freed": self.cache_bytes_freed.get(cache, 0),
-                "entries_removed": sum(self.caches[p] == cache for p in removed),
-                "entries_kept": sum(self.caches[p] == cache for p in self.caches if p in self.kept),
-            } for cache in sorted(set(self.caches.values()))}
+                "entries_removed": sum(self.caches[p].cache == cache for p in removed),
+                "entries_kept": sum(e.cache == cache for p, e in self.caches.items() if p in self.kept),
+            } for cache in self._cache_names()}
         return {**summary, "removed_paths": [str(u.path) for u in self.removed]}
 
     def count_freed(self) -> None:
         """``bytes_freed`` and ``cache_bytes_freed`` of ``removed``."""
         self.bytes_freed = _bytes_freed([u.path for u in self.removed])
-        self.cache_bytes_freed = {cache: _bytes_freed([u.path for u in self.removed
-                                                       if self.caches.get(u.path) == cache])
-                                  for cache in sorted(set(self.caches.values()))}
+        self.cache_bytes_freed = {cache: _bytes_freed([u.path for u in self.removed if u.path in self.caches
+                                                       and self.caches[u.path].cache == cache])
+                                  for cache in self._cache_names()}
+
+    def _cache_names(self) -> list[str]:
+        return sorted({entry.cache for entry in self.caches.values()})
 
 
 def find_units(root: Path) -> dict[Path, Unit]:
@@ -235,7 +237,7 @@ def plan_retention(root: str | os.PathLike, referenced: Iterable[tuple[str, str]
     if caches:  # decided after the rest: only by the caches' own rules
         for entry in cache_entries(root, kept_strings):
             plan.units[entry.path] = Unit(entry.path, CACHE)
-            plan.caches[entry.path], plan.cache_records[entry.path] = entry.cache, entry.record
+            plan.caches[entry.path] = entry
             if entry.kept is not None:
                 plan.kept[entry.path] = entry.kept
     for name, unit in plan.units.items():
@@ -295,7 +297,7 @@ def apply_retention(plan: RetentionPlan, unchanged_since: float | None = None) -
 
 
 def _record_changed(plan: RetentionPlan, entry: Path, since: float) -> bool:
-    record = plan.cache_records.get(entry)
+    record = plan.caches[entry].record
     records = [record] if record is not None else plan.root.rglob(CURRENT)
     return any(r.exists() and r.stat().st_mtime > since for r in records)
 
